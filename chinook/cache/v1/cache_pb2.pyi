@@ -1,0 +1,178 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WriteBackState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WRITE_BACK_STATE_UNSPECIFIED: _ClassVar[WriteBackState]
+    WRITE_BACK_STATE_CLEAN: _ClassVar[WriteBackState]
+    WRITE_BACK_STATE_PENDING: _ClassVar[WriteBackState]
+WRITE_BACK_STATE_UNSPECIFIED: WriteBackState
+WRITE_BACK_STATE_CLEAN: WriteBackState
+WRITE_BACK_STATE_PENDING: WriteBackState
+
+class Row(_message.Message):
+    __slots__ = ("entity", "id", "fields", "version")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    id: int
+    fields: _struct_pb2.Struct
+    version: int
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetRowRequest(_message.Message):
+    __slots__ = ("entity", "id")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    id: int
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+
+class GetRowResponse(_message.Message):
+    __slots__ = ("row", "cache_hit", "write_back")
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BACK_FIELD_NUMBER: _ClassVar[int]
+    row: Row
+    cache_hit: bool
+    write_back: WriteBackState
+    def __init__(self, row: _Optional[_Union[Row, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ...) -> None: ...
+
+class RowUpdate(_message.Message):
+    __slots__ = ("id", "fields")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    fields: _struct_pb2.Struct
+    def __init__(self, id: _Optional[int] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class UpdateRowRequest(_message.Message):
+    __slots__ = ("entity", "update")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    update: RowUpdate
+    def __init__(self, entity: _Optional[str] = ..., update: _Optional[_Union[RowUpdate, _Mapping]] = ...) -> None: ...
+
+class UpdateRowResponse(_message.Message):
+    __slots__ = ("id", "version", "write_back")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BACK_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    version: int
+    write_back: WriteBackState
+    def __init__(self, id: _Optional[int] = ..., version: _Optional[int] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ...) -> None: ...
+
+class BulkUpdateRequest(_message.Message):
+    __slots__ = ("entity", "updates")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    updates: _containers.RepeatedCompositeFieldContainer[RowUpdate]
+    def __init__(self, entity: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[RowUpdate, _Mapping]]] = ...) -> None: ...
+
+class RowVersion(_message.Message):
+    __slots__ = ("id", "version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    version: int
+    def __init__(self, id: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class BulkUpdateResponse(_message.Message):
+    __slots__ = ("accepted", "rows")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    rows: _containers.RepeatedCompositeFieldContainer[RowVersion]
+    def __init__(self, accepted: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[RowVersion, _Mapping]]] = ...) -> None: ...
+
+class RandomizeAlbumTitlesRequest(_message.Message):
+    __slots__ = ("include_rows",)
+    INCLUDE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    include_rows: bool
+    def __init__(self, include_rows: _Optional[bool] = ...) -> None: ...
+
+class GetWriteBackStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WriteBackStatus(_message.Message):
+    __slots__ = ("pending", "oldest_pending_age_s", "accepted_total", "flushed_total", "failed")
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_PENDING_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FLUSHED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    pending: int
+    oldest_pending_age_s: float
+    accepted_total: int
+    flushed_total: int
+    failed: int
+    def __init__(self, pending: _Optional[int] = ..., oldest_pending_age_s: _Optional[float] = ..., accepted_total: _Optional[int] = ..., flushed_total: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+
+class FlushRequest(_message.Message):
+    __slots__ = ("wait_seconds",)
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    wait_seconds: float
+    def __init__(self, wait_seconds: _Optional[float] = ...) -> None: ...
+
+class AckFlushedRequest(_message.Message):
+    __slots__ = ("entity", "rows", "written")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    rows: _containers.RepeatedCompositeFieldContainer[RowVersion]
+    written: int
+    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[RowVersion, _Mapping]]] = ..., written: _Optional[int] = ...) -> None: ...
+
+class AckFlushedResponse(_message.Message):
+    __slots__ = ("cleaned",)
+    CLEANED_FIELD_NUMBER: _ClassVar[int]
+    cleaned: int
+    def __init__(self, cleaned: _Optional[int] = ...) -> None: ...
+
+class StartDuplicationRequest(_message.Message):
+    __slots__ = ("multiplier",)
+    MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    multiplier: int
+    def __init__(self, multiplier: _Optional[int] = ...) -> None: ...
+
+class TaskRef(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class GetTaskRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class TaskStatus(_message.Message):
+    __slots__ = ("task_id", "state", "done", "total", "result", "error")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    state: str
+    done: int
+    total: int
+    result: _struct_pb2.Struct
+    error: str
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,59 @@
+"""Configuration from environment variables, with defaults for a local run.
+
+Every variable is listed in README.md and .env.example.
+"""
+
+import os
+from dataclasses import dataclass, fields
+
+
+class ConfigError(Exception):
+    """A variable is set to something unusable; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/chinook"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    celery_result_backend: str = "redis://127.0.0.1:6379/1"
+    gateway_port: int = 5000
+    cache_grpc_port: int = 50051
+    persistence_grpc_port: int = 50052
+    cache_svc_addr: str = "127.0.0.1:50051"
+    persistence_svc_addr: str = "127.0.0.1:50052"
+    writeback_batch_size: int = 500
+    writeback_delay_ms: int = 100
+    # A claimed batch whose worker has not acknowledged it by then is scheduled again.
+    writeback_lease_ms: int = 30_000
+    cache_ttl_s: int = 3600
+    # Every Redis key this system writes starts with it, so runs can share a Redis.
+    redis_key_prefix: str = "chinook:"
+    grpc_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+
+_POSITIVE = {
+    "gateway_port", "cache_grpc_port", "persistence_grpc_port", "writeback_batch_size",
+    "writeback_lease_ms", "cache_ttl_s", "grpc_timeout_s",
+}
+
+
+def load_settings(environ=None) -> Settings:
+    """Reads every setting from its upper-case variable, falling back to the default."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for field in fields(Settings):
+        name = field.name.upper()
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        kind = type(field.default)
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        if kind in (int, float) and (value < 0 or (field.name in _POSITIVE and value == 0)):
+            raise ConfigError(f"{name}={raw!r} must be {'positive' if field.name in _POSITIVE else 'zero or more'}")
+        values[field.name] = value
+    return Settings(**values)

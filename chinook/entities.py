@@ -1,0 +1,144 @@
+"""The tables that go through write-back, described once.
+
+The cache service, the persistence service and the gateway all work from this
+registry, so a new table needs an entry here (and its `wb_version` column in
+`sql/`), not a change to the machinery.
+"""
+
+from dataclasses import dataclass, field
+
+# Postgres' int range: an accepted write must be one Postgres will take.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
+
+class ValidationError(ValueError):
+    """The input breaks a rule; the message says which and where."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    pg_type: str  # "int" or "varchar"; the SQL cast used for batch writes
+    max_length: int = 0
+    nullable: bool = False
+    # Name of the entity this column points at; its existence is checked on write.
+    references: str | None = None
+
+    def validate(self, value, where: str):
+        if value is None:
+            if self.nullable:
+                return None
+            raise ValidationError(f"{where}: must not be null")
+        if self.pg_type == "int":
+            # JSON numbers may arrive as floats (protobuf Struct); 3.0 is 3, 3.5 is not.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+                raise ValidationError(f"{where}: must be an integer")
+            value = int(value)
+            if not INT_MIN <= value <= INT_MAX:
+                raise ValidationError(f"{where}: {value} is out of range")
+            return value
+        if not isinstance(value, str):
+            raise ValidationError(f"{where}: must be a string")
+        if not 1 <= len(value) <= self.max_length:
+            raise ValidationError(f"{where}: must be 1-{self.max_length} characters, got {len(value)}")
+        if "\x00" in value:
+            raise ValidationError(f"{where}: must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{where}: is not valid Unicode") from None
+        return value
+
+    def from_store(self, raw):
+        """Converts a value read back from a string store (Redis) to its type."""
+        if raw is None:
+            return None
+        return int(raw) if self.pg_type == "int" else raw
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str  # singular, as in URLs and RPCs: "album"
+    table: str
+    primary_key: str
+    # The columns a write may change; the primary key is not one of them.
+    columns: tuple[Column, ...] = field(default_factory=tuple)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+    def validate_patch(self, patch, where: str = "") -> dict:
+        """Checks a partial update; returns it with values converted to their types.
+
+        References to other entities are checked by the caller, which can see them.
+        """
+        prefix = f"{where}." if where else ""
+        if not isinstance(patch, dict):
+            raise ValidationError(f"{where or 'body'}: must be a JSON object")
+        if not patch:
+            raise ValidationError(f"{where or 'body'}: give at least one of {', '.join(self.column_names)}")
+        unknown = sorted(set(patch) - set(self.column_names))
+        if unknown:
+            raise ValidationError(
+                f"{prefix}{unknown[0]}: unknown field for {self.name}; allowed: {', '.join(self.column_names)}"
+            )
+        return {name: self.column(name).validate(value, prefix + name) for name, value in patch.items()}
+
+    def validate_full_row(self, values, where: str = "") -> dict:
+        """Checks a whole row, as a flush writes it: every column present and valid."""
+        missing = [name for name in self.column_names if isinstance(values, dict) and name not in values]
+        if missing:
+            raise ValidationError(f"{where or 'row'}: missing {', '.join(missing)}")
+        return self.validate_patch(values, where)
+
+    def row_from_store(self, raw: dict) -> dict:
+        return {c.name: c.from_store(raw.get(c.name)) for c in self.columns}
+
+
+ENTITIES: dict[str, Entity] = {
+    entity.name: entity
+    for entity in (
+        Entity(
+            name="album",
+            table="album",
+            primary_key="album_id",
+            columns=(
+                Column("title", "varchar", max_length=160),
+                Column("artist_id", "int", references="artist"),
+            ),
+        ),
+        Entity(
+            name="artist",
+            table="artist",
+            primary_key="artist_id",
+            columns=(Column("name", "varchar", max_length=120, nullable=True),),
+        ),
+    )
+}
+
+
+def get_entity(name: str) -> Entity:
+    try:
+        return ENTITIES[name]
+    except KeyError:
+        raise ValidationError(f"unknown entity {name!r}; known: {', '.join(ENTITIES)}") from None
+
+
+def parse_id(raw, where: str = "id") -> int:
+    """A primary key from a URL or JSON: a positive integer in Postgres' int range."""
+    if isinstance(raw, str):
+        if not raw.isdecimal() or not raw.isascii():
+            raise ValidationError(f"{where}: must be a positive integer, got {raw!r}")
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ValidationError(f"{where}: must be a positive integer")
+    if not 1 <= raw <= INT_MAX:
+        raise ValidationError(f"{where}: {raw} is out of range")
+    return raw

@@ -1,0 +1,149 @@
+"""Clients of the two gRPC services. Every call carries a deadline; UNAVAILABLE is
+retried with exponential backoff by grpc itself, through the service config."""
+
+import json
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
+from chinook.persistence.v1 import persistence_pb2, persistence_pb2_grpc
+
+CACHE_SERVICE = "chinook.cache.v1.CacheService"
+PERSISTENCE_SERVICE = "chinook.persistence.v1.PersistenceService"
+
+
+def _service_config(service_names: list[str]) -> str:
+    return json.dumps({
+        "methodConfig": [{
+            "name": [{"service": name} for name in service_names],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]
+    })
+
+
+def make_channel(address: str, service_names: list[str]) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=[
+        ("grpc.service_config", _service_config(service_names)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ])
+
+
+def to_struct(values: dict) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def from_struct(struct: struct_pb2.Struct) -> dict:
+    return json_format.MessageToDict(struct)
+
+
+class _Client:
+    service_name = ""
+    stub_class = None
+
+    def __init__(self, address: str, timeout_s: float):
+        self.address = address
+        self.timeout_s = timeout_s
+        self.channel = make_channel(address, [self.service_name])
+        self.stub = self.stub_class(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def is_serving(self) -> bool:
+        response = self._health.Check(
+            health_pb2.HealthCheckRequest(service=self.service_name), timeout=min(self.timeout_s, 2.0)
+        )
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def close(self):
+        self.channel.close()
+
+
+class PersistenceClient(_Client):
+    service_name = PERSISTENCE_SERVICE
+    stub_class = persistence_pb2_grpc.PersistenceServiceStub
+    # Ids per GetRows call, to keep messages small.
+    chunk = 5000
+
+    def get_rows(self, entity: str, ids: list[int]) -> list[persistence_pb2.Row]:
+        rows = []
+        for start in range(0, len(ids), self.chunk):
+            response = self.stub.GetRows(
+                persistence_pb2.GetRowsRequest(entity=entity, ids=ids[start:start + self.chunk]),
+                timeout=self.timeout_s,
+            )
+            rows.extend(response.rows)
+        return rows
+
+    def apply_writes(self, entity: str, rows: list[persistence_pb2.Row]) -> persistence_pb2.ApplyWritesResponse:
+        return self.stub.ApplyWrites(
+            persistence_pb2.ApplyWritesRequest(entity=entity, rows=rows), timeout=self.timeout_s
+        )
+
+    def list_ids(self, entity: str) -> list[int]:
+        ids = []
+        for chunk in self.stub.ListIds(persistence_pb2.ListIdsRequest(entity=entity), timeout=self.timeout_s * 6):
+            ids.extend(chunk.ids)
+        return ids
+
+    def duplicate_rows(self, entity: str, multiplier: int, operation_id: str, timeout_s: float):
+        """Yields DuplicateProgress messages until the copy is committed."""
+        return self.stub.DuplicateRows(
+            persistence_pb2.DuplicateRowsRequest(entity=entity, multiplier=multiplier, operation_id=operation_id),
+            timeout=timeout_s,
+        )
+
+
+class CacheClient(_Client):
+    service_name = CACHE_SERVICE
+    stub_class = cache_pb2_grpc.CacheServiceStub
+
+    def get_row(self, entity: str, row_id: int) -> cache_pb2.GetRowResponse:
+        return self.stub.GetRow(cache_pb2.GetRowRequest(entity=entity, id=row_id), timeout=self.timeout_s)
+
+    def update_row(self, entity: str, row_id: int, fields: dict) -> cache_pb2.UpdateRowResponse:
+        update = cache_pb2.RowUpdate(id=row_id, fields=to_struct(fields))
+        return self.stub.UpdateRow(cache_pb2.UpdateRowRequest(entity=entity, update=update), timeout=self.timeout_s)
+
+    def bulk_update(self, entity: str, updates: list[tuple[int, dict]]) -> cache_pb2.BulkUpdateResponse:
+        request = cache_pb2.BulkUpdateRequest(
+            entity=entity,
+            updates=[cache_pb2.RowUpdate(id=row_id, fields=to_struct(fields)) for row_id, fields in updates],
+        )
+        return self.stub.BulkUpdate(request, timeout=self.timeout_s * 12)
+
+    def randomize_album_titles(self, include_rows: bool) -> cache_pb2.BulkUpdateResponse:
+        return self.stub.RandomizeAlbumTitles(
+            cache_pb2.RandomizeAlbumTitlesRequest(include_rows=include_rows), timeout=self.timeout_s * 12
+        )
+
+    def write_back_status(self) -> cache_pb2.WriteBackStatus:
+        return self.stub.GetWriteBackStatus(cache_pb2.GetWriteBackStatusRequest(), timeout=self.timeout_s)
+
+    def flush(self, wait_s: float) -> cache_pb2.WriteBackStatus:
+        return self.stub.Flush(cache_pb2.FlushRequest(wait_seconds=wait_s), timeout=self.timeout_s + wait_s)
+
+    def ack_flushed(self, entity: str, versions: list[tuple[int, int]], written: int) -> cache_pb2.AckFlushedResponse:
+        request = cache_pb2.AckFlushedRequest(
+            entity=entity,
+            rows=[cache_pb2.RowVersion(id=row_id, version=version) for row_id, version in versions],
+            written=written,
+        )
+        return self.stub.AckFlushed(request, timeout=self.timeout_s)
+
+    def start_duplication(self, multiplier: int) -> str:
+        request = cache_pb2.StartDuplicationRequest(multiplier=multiplier)
+        return self.stub.StartDuplication(request, timeout=self.timeout_s).task_id
+
+    def get_task(self, task_id: str) -> cache_pb2.TaskStatus:
+        return self.stub.GetTask(cache_pb2.GetTaskRequest(task_id=task_id), timeout=self.timeout_s)

@@ -1,0 +1,122 @@
+"""A gRPC server with what every service here needs: the standard health service,
+server reflection, request logging, readiness that follows the backing store, and a
+graceful stop on SIGTERM."""
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class LoggingInterceptor(grpc.ServerInterceptor):
+    """Logs every call that ends in an error, with its code and duration."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        inner = handler.unary_unary
+
+        def logged(request, context):
+            started = time.perf_counter()
+            try:
+                return inner(request, context)
+            finally:
+                code = context.code()
+                if code not in (None, grpc.StatusCode.OK):
+                    log.info("%s -> %s in %.1f ms: %s", method, code.name,
+                             (time.perf_counter() - started) * 1000, context.details())
+
+        return grpc.unary_unary_rpc_method_handler(
+            logged,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class GrpcService:
+    """Owns one grpc.Server; `probe` tells whether the backing store answers."""
+
+    def __init__(self, port: int, service_names: list[str], probe=None, max_workers: int = 16,
+                 grace_s: float = 10.0):
+        self.service_names = service_names
+        self.probe = probe
+        self.grace_s = grace_s
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=[LoggingInterceptor()],
+            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                     ("grpc.max_send_message_length", 64 * 1024 * 1024)],
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = self.server.add_insecure_port(f"[::]:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on gRPC port {port}: is another process using it?")
+        self._stopping = threading.Event()
+        self._on_stop = []
+
+    def on_stop(self, callback):
+        """Runs callback after the server stopped taking calls, before exit."""
+        self._on_stop.append(callback)
+
+    def _set_status(self, status):
+        self.health.set("", status)
+        for name in self.service_names:
+            self.health.set(name, status)
+
+    def _watch_backing_store(self, interval_s: float = 2.0, remind_s: float = 30.0):
+        healthy, last_warning = None, 0.0
+        while not self._stopping.wait(0 if healthy is None else interval_s):
+            try:
+                self.probe()
+                problem = None
+            except Exception as exc:  # any failure of the store means not ready
+                problem = exc
+            if problem is None and healthy is not True:
+                log.info("backing store reachable: SERVING")
+            elif problem is not None and (healthy is not False or time.monotonic() - last_warning > remind_s):
+                log.warning("NOT_SERVING, retrying every %.0f s: %s", interval_s, problem)
+                last_warning = time.monotonic()
+            if healthy is not (problem is None):
+                healthy = problem is None
+                self._set_status(SERVING if healthy else NOT_SERVING)
+
+    def serve_forever(self):
+        self.server.start()
+        log.info("gRPC listening on port %d: %s", self.port, ", ".join(self.service_names))
+        if self.probe is None:
+            self._set_status(SERVING)
+        else:
+            self._set_status(NOT_SERVING)
+            threading.Thread(target=self._watch_backing_store, name="health-probe", daemon=True).start()
+        signal.signal(signal.SIGTERM, self._handle_signal)
+        signal.signal(signal.SIGINT, self._handle_signal)
+        self.server.wait_for_termination()
+        for callback in self._on_stop:
+            callback()
+        log.info("stopped")
+
+    def _handle_signal(self, signum, _frame):
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        log.info("%s: NOT_SERVING, finishing calls in flight (up to %.0f s)",
+                 signal.Signals(signum).name, self.grace_s)
+        self.health.enter_graceful_shutdown()
+        # stop() returns at once; wait_for_termination() in serve_forever returns when done.
+        self.server.stop(self.grace_s)
