@@ -45,7 +45,15 @@ def to_struct(values: dict) -> struct_pb2.Struct:
 
 
 def from_struct(struct: struct_pb2.Struct) -> dict:
-    return json_format.MessageToDict(struct)
+    """The Struct as a dict. Struct carries every number as a double; integral ones
+    come back as ints, since every numeric column here is an integer."""
+    return {key: _integral(value) for key, value in json_format.MessageToDict(struct).items()}
+
+
+def _integral(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class _Client:

@@ -1,0 +1,43 @@
+# make run   set up everything and start the five processes (Ctrl-C stops them)
+# make test  set up everything and run the whole test suite
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# Where the shared package and each service's package live; the virtual environment
+# gets a .pth file naming them, so every process it runs can import them.
+SOURCE_DIRS := . services/gateway services/cache-svc services/persistence-svc workers
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+REQUIREMENTS := requirements-dev.txt chinook/requirements.txt $(wildcard services/*/requirements.txt) workers/requirements.txt
+
+.PHONY: run test venv stubs db preflight clean
+
+run: venv stubs preflight db
+	honcho start --procfile Procfile
+
+test: venv
+	$(BIN)/pytest
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: $(REQUIREMENTS)
+	@echo "Setting up $(VENV) with $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --progress-bar off -r requirements-dev.txt
+	printf '%s\n' $(abspath $(SOURCE_DIRS)) > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/chinook-writeback.pth"
+	touch $@
+
+# Regenerates the gRPC stubs from protos/; a test fails when they are stale.
+stubs: venv
+	$(BIN)/python protos/generate.py
+
+preflight: venv
+	$(BIN)/python -m chinook.preflight
+
+# Creates and loads the database named in DATABASE_URL if it does not exist.
+db: venv
+	$(BIN)/python -m persistence_svc.initdb
+
+clean:
+	rm -rf $(VENV) .pytest_cache

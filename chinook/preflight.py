@@ -1,0 +1,41 @@
+"""Checks that Postgres, Redis and RabbitMQ answer at the configured URLs, and says
+how to start the ones that do not. `python -m chinook.preflight`"""
+
+import socket
+import sys
+from urllib.parse import urlsplit
+
+from chinook.config import load_settings
+
+HOW_TO_START = {
+    "DATABASE_URL": "start Postgres, e.g. `pg_ctlcluster 15 main start`",
+    "REDIS_URL": "start Redis, e.g. `redis-server --daemonize yes`",
+    "BROKER_URL": "start RabbitMQ, e.g. `rabbitmq-server -detached`",
+    "CELERY_RESULT_BACKEND": "start Redis, e.g. `redis-server --daemonize yes`",
+}
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379, "amqp": 5672}
+
+
+def unreachable(settings) -> list[str]:
+    problems = []
+    for variable, hint in HOW_TO_START.items():
+        url = getattr(settings, variable.lower())
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or DEFAULT_PORTS.get(parts.scheme)
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+        except OSError as exc:
+            problems.append(f"{variable}: nothing answers at {host}:{port} ({exc.strerror or exc}); {hint} "
+                            f"or set {variable}")
+    return problems
+
+
+def main():
+    problems = unreachable(load_settings())
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()

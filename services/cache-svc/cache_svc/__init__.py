@@ -1,0 +1,1 @@
+"""The cache service: owns Redis and the write-back logic."""

@@ -1,0 +1,112 @@
+"""gRPC entry points of the cache service: requests in, WriteBack calls, status codes out."""
+
+import contextlib
+
+import grpc
+import redis
+
+from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
+from chinook.entities import ValidationError, get_entity
+from chinook.grpc_client import from_struct, to_struct
+
+from .writeback import NotFound, WriteBack
+
+CLEAN = cache_pb2.WRITE_BACK_STATE_CLEAN
+PENDING = cache_pb2.WRITE_BACK_STATE_PENDING
+MAX_MULTIPLIER = 64
+
+
+@contextlib.contextmanager
+def status_codes(context):
+    try:
+        yield
+    except ValidationError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except NotFound as exc:
+        context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    except redis.ConnectionError as exc:
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"Redis unavailable: {exc}")
+    except grpc.RpcError as exc:
+        # A failure of the persistence service, passed on with its own code.
+        context.abort(exc.code(), f"persistence service: {exc.details()}")
+
+
+def _status_message(status) -> cache_pb2.WriteBackStatus:
+    return cache_pb2.WriteBackStatus(
+        pending=status.pending, oldest_pending_age_s=status.oldest_pending_age_s,
+        accepted_total=status.accepted_total, flushed_total=status.flushed_total, failed=status.failed,
+    )
+
+
+class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
+    def __init__(self, write_back: WriteBack, publisher):
+        self.write_back = write_back
+        self.publisher = publisher
+
+    def GetRow(self, request, context):
+        with status_codes(context):
+            result = self.write_back.get(request.entity, request.id)
+            entity = get_entity(request.entity)
+            row = cache_pb2.Row(entity=entity.name, id=result.row.id, version=result.row.version,
+                                fields=to_struct(entity.row_from_store(result.row.fields)))
+            return cache_pb2.GetRowResponse(row=row, cache_hit=result.cache_hit,
+                                            write_back=PENDING if result.row.dirty else CLEAN)
+
+    def UpdateRow(self, request, context):
+        with status_codes(context):
+            version = self.write_back.update(request.entity, request.update.id, from_struct(request.update.fields))
+            return cache_pb2.UpdateRowResponse(id=request.update.id, version=version, write_back=PENDING)
+
+    def BulkUpdate(self, request, context):
+        with status_codes(context):
+            updates = [(u.id, from_struct(u.fields)) for u in request.updates]
+            versions = self.write_back.bulk_update(request.entity, updates)
+            return cache_pb2.BulkUpdateResponse(accepted=len(versions))
+
+    def RandomizeAlbumTitles(self, request, context):
+        with status_codes(context):
+            ids, versions = self.write_back.randomize_album_titles()
+            rows = [cache_pb2.RowVersion(id=i, version=v) for i, v in zip(ids, versions)] if request.include_rows else []
+            return cache_pb2.BulkUpdateResponse(accepted=len(versions), rows=rows)
+
+    def GetWriteBackStatus(self, request, context):
+        with status_codes(context):
+            return _status_message(self.write_back.status())
+
+    def Flush(self, request, context):
+        with status_codes(context):
+            if request.wait_seconds < 0:
+                raise ValidationError("wait_seconds: must not be negative")
+            status = self.write_back.flush(request.wait_seconds)
+            if request.wait_seconds and status.pending:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"{status.pending} rows still pending after {request.wait_seconds:g} s")
+            return _status_message(status)
+
+    def AckFlushed(self, request, context):
+        with status_codes(context):
+            versions = [(r.id, r.version) for r in request.rows]
+            return cache_pb2.AckFlushedResponse(
+                cleaned=self.write_back.ack_flushed(request.entity, versions, request.written)
+            )
+
+    def StartDuplication(self, request, context):
+        with status_codes(context):
+            if not 2 <= request.multiplier <= MAX_MULTIPLIER:
+                raise ValidationError(f"multiplier: must be 2-{MAX_MULTIPLIER}, got {request.multiplier}")
+            return cache_pb2.TaskRef(task_id=self.publisher.duplicate_rows("album", request.multiplier))
+
+    def GetTask(self, request, context):
+        with status_codes(context):
+            if not request.task_id:
+                raise ValidationError("task_id: required")
+            state, info = self.publisher.task_state(request.task_id)
+            status = cache_pb2.TaskStatus(task_id=request.task_id, state=state)
+            if state == "PROGRESS" and isinstance(info, dict):
+                status.done, status.total = info.get("done", 0), info.get("total", 0)
+            elif state == "SUCCESS" and isinstance(info, dict):
+                status.done = status.total = info.get("inserted", 0)
+                status.result.update(info)
+            elif isinstance(info, BaseException):
+                status.error = f"{type(info).__name__}: {info}"
+            return status

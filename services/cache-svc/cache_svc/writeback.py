@@ -1,0 +1,169 @@
+"""Write-back logic: cache-aside reads, validated writes into the cache, and the
+bookkeeping that lets workers flush them. Infrastructure comes in through the
+constructor (a RowStore, a persistence client, a task publisher)."""
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from chinook.entities import ENTITIES, Entity, ValidationError, get_entity, parse_id
+from chinook.grpc_client import from_struct
+
+from .store import CachedRow, RowStore
+
+log = logging.getLogger(__name__)
+
+MAX_BULK_UPDATES = 100_000
+# Words for the demo's random titles.
+TITLE_WORDS = (
+    "Midnight", "Electric", "Silent", "Golden", "Broken", "Velvet", "Neon", "Wild", "Distant", "Crimson",
+    "Echoes", "Rivers", "Machines", "Hearts", "Storms", "Dreams", "Highways", "Mirrors", "Ashes", "Signals",
+)
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    row: CachedRow
+    cache_hit: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    pending: int
+    oldest_pending_age_s: float
+    accepted_total: int
+    flushed_total: int
+    failed: int
+
+
+class WriteBack:
+    def __init__(self, store: RowStore, persistence, settings):
+        self.store = store
+        self.persistence = persistence
+        self.settings = settings
+
+    # Reads
+
+    def get(self, entity_name: str, row_id: int) -> ReadResult:
+        entity = get_entity(entity_name)
+        row_id = parse_id(row_id)
+        cached = self.store.get(entity.name, row_id)
+        if cached:
+            return ReadResult(cached, cache_hit=True)
+        loaded = self._load(entity, [row_id], reply=True)
+        if not loaded:
+            raise NotFound(f"{entity.name} {row_id} not found")
+        return ReadResult(loaded[0], cache_hit=False)
+
+    def _load(self, entity: Entity, ids: list[int], reply: bool = False) -> list[CachedRow]:
+        """Reads rows from Postgres into the cache; returns them when asked (missing left out)."""
+        rows = self.persistence.get_rows(entity.name, ids)
+        loaded = [(r.id, entity.validate_full_row(from_struct(r.fields), entity.name), r.version) for r in rows]
+        return self.store.fill(entity.name, loaded, reply=reply)
+
+    def _ensure_cached(self, entity: Entity, ids: list[int]) -> list[int]:
+        """Loads the rows not cached yet; returns the ids that exist nowhere."""
+        cached = self.store.cached_ids(entity.name, ids)
+        absent = [i for i in ids if i not in cached]
+        if not absent:
+            return []
+        found = {row.id for row in self._load(entity, absent, reply=True)}
+        return [i for i in absent if i not in found]
+
+    # Writes
+
+    def update(self, entity_name: str, row_id: int, patch: dict) -> int:
+        entity = get_entity(entity_name)
+        row_id = parse_id(row_id)
+        fields = entity.validate_patch(patch)
+        if self._ensure_cached(entity, [row_id]):
+            raise NotFound(f"{entity.name} {row_id} not found")
+        self._check_references(entity, [fields], lambda _: "")
+        return self._accept(entity, [(row_id, fields)])[0]
+
+    def bulk_update(self, entity_name: str, updates: list[tuple[int, dict]]) -> list[int]:
+        """Validates every update first, so a bad one changes nothing, then accepts all."""
+        entity = get_entity(entity_name)
+        if len(updates) > MAX_BULK_UPDATES:
+            raise ValidationError(f"updates: at most {MAX_BULK_UPDATES} per request, got {len(updates)}")
+        checked = [
+            (parse_id(row_id, f"updates[{i}].{entity.primary_key}"), entity.validate_patch(patch, f"updates[{i}]"))
+            for i, (row_id, patch) in enumerate(updates)
+        ]
+        ids = list(dict.fromkeys(row_id for row_id, _ in checked))
+        missing = set(self._ensure_cached(entity, ids))
+        if missing:
+            index = next(i for i, (row_id, _) in enumerate(checked) if row_id in missing)
+            raise ValidationError(
+                f"updates[{index}].{entity.primary_key}: {entity.name} {checked[index][0]} does not exist"
+                + (f" ({len(missing)} unknown ids in all)" if len(missing) > 1 else "")
+            )
+        self._check_references(entity, [fields for _, fields in checked], lambda i: f"updates[{i}].")
+        return self._accept(entity, checked)
+
+    def randomize_album_titles(self) -> tuple[list[int], list[int]]:
+        """The demo workload: a random title for every album. Returns ids and versions."""
+        ids = self.persistence.list_ids("album")
+        pick = random.Random().choice
+        updates = [(row_id, {"title": f"{pick(TITLE_WORDS)} {pick(TITLE_WORDS)} {row_id}"}) for row_id in ids]
+        return ids, self.bulk_update("album", updates)
+
+    def _check_references(self, entity: Entity, patches: list[dict], where):
+        for column in entity.columns:
+            if not column.references:
+                continue
+            target = get_entity(column.references)
+            values = list(dict.fromkeys(p[column.name] for p in patches if p.get(column.name) is not None))
+            unknown = set(self._ensure_cached(target, values))
+            if unknown:
+                index = next(i for i, p in enumerate(patches) if p.get(column.name) in unknown)
+                raise ValidationError(
+                    f"{where(index)}{column.name}: {target.name} {patches[index][column.name]} does not exist"
+                )
+
+    def _accept(self, entity: Entity, updates: list[tuple[int, dict]]) -> list[int]:
+        versions = self.store.accept(entity.name, updates)
+        # A clean row can expire between loading and accepting: load it again and retry.
+        for _ in range(3):
+            retry = [i for i, version in enumerate(versions) if version < 0]
+            if not retry:
+                return versions
+            self._ensure_cached(entity, [updates[i][0] for i in retry])
+            for i, version in zip(retry, self.store.accept(entity.name, [updates[i] for i in retry])):
+                versions[i] = version
+        raise RuntimeError(f"{entity.name} rows keep vanishing from the cache while being updated")
+
+    # Flushing
+
+    def ack_flushed(self, entity_name: str, versions: list[tuple[int, int]], written: int) -> int:
+        entity = get_entity(entity_name)
+        cleaned, _lags = self.store.ack(entity.name, versions, written)
+        return cleaned
+
+    def status(self) -> Status:
+        pending, oldest = 0, None
+        for name in ENTITIES:
+            count, first = self.store.pending(name)
+            pending += count
+            if first is not None and (oldest is None or first < oldest):
+                oldest = first
+        counters = self.store.counters()
+        age = max(0.0, (self.store.now_ms() - oldest) / 1000) if oldest is not None else 0.0
+        return Status(pending, round(age, 3), counters.get("accepted", 0), counters.get("flushed", 0),
+                      counters.get("failed", 0))
+
+    def flush(self, wait_s: float) -> Status:
+        """Makes every pending row claimable now; with wait_s, waits until none is pending."""
+        for name in ENTITIES:
+            self.store.expedite(name)
+        deadline = time.monotonic() + wait_s
+        status = self.status()
+        while wait_s > 0 and status.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+            status = self.status()
+        return status

@@ -1,0 +1,1 @@
+"""The HTTP gateway: JSON over HTTP in front of the cache service, nothing else."""

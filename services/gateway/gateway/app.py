@@ -1,0 +1,245 @@
+"""Flask routes: parse HTTP input, call the cache service, shape JSON out."""
+
+import json
+
+import grpc
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from chinook.cache.v1 import cache_pb2
+from chinook.config import load_settings
+from chinook.entities import ValidationError, get_entity, parse_id
+from chinook.grpc_client import CacheClient, from_struct
+from chinook.logs import configure_logging
+
+from . import errors
+from .errors import ApiError
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_FLUSH_WAIT_S = 300
+
+api = Blueprint("api", __name__)
+
+
+def cache() -> CacheClient:
+    return current_app.extensions["cache_client"]
+
+
+def bad_request(message: str):
+    return ApiError(400, "invalid_argument", message)
+
+
+def json_body() -> dict:
+    if not request.data:
+        raise bad_request("request body: expected a JSON object")
+    try:
+        body = json.loads(request.data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("request body: expected a JSON object")
+    return body
+
+
+def path_id(raw: str, name: str) -> int:
+    try:
+        return parse_id(raw, name)
+    except ValidationError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def write_back_header(state) -> str:
+    return "pending" if state == cache_pb2.WRITE_BACK_STATE_PENDING else "clean"
+
+
+def read_row(entity_name: str, row_id: int):
+    entity = get_entity(entity_name)
+    response = cache().get_row(entity.name, row_id)
+    fields = from_struct(response.row.fields)
+    body = {entity.primary_key: response.row.id, **{name: fields.get(name) for name in entity.column_names}}
+    return body, response
+
+
+def update_row(entity_name: str, row_id: int):
+    entity = get_entity(entity_name)
+    response = cache().update_row(entity.name, row_id, json_body())
+    return jsonify({entity.primary_key: response.id, "version": response.version, "write_back": "pending"}), 202
+
+
+@api.get("/albums/<raw_id>")
+def get_album(raw_id):
+    return _get("album", raw_id)
+
+
+@api.get("/artists/<raw_id>")
+def get_artist(raw_id):
+    return _get("artist", raw_id)
+
+
+def _get(entity_name, raw_id):
+    entity = get_entity(entity_name)
+    body, response = read_row(entity.name, path_id(raw_id, entity.primary_key))
+    result = jsonify(body)
+    result.headers["X-Cache"] = "HIT" if response.cache_hit else "MISS"
+    result.headers["X-Write-Back"] = write_back_header(response.write_back)
+    return result
+
+
+@api.patch("/albums/<raw_id>")
+def patch_album(raw_id):
+    return update_row("album", path_id(raw_id, "album_id"))
+
+
+@api.patch("/artists/<raw_id>")
+def patch_artist(raw_id):
+    return update_row("artist", path_id(raw_id, "artist_id"))
+
+
+@api.post("/albums/bulk")
+def bulk_update_albums():
+    body = json_body()
+    extra = sorted(set(body) - {"updates"})
+    if extra:
+        raise bad_request(f"{extra[0]}: unknown field; expected only 'updates'")
+    items = body.get("updates")
+    if not isinstance(items, list):
+        raise bad_request("updates: expected a list of {album_id, title?, artist_id?}")
+    updates = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or "album_id" not in item:
+            raise bad_request(f"updates[{index}]: expected an object with album_id")
+        fields = dict(item)
+        try:
+            row_id = parse_id(fields.pop("album_id"), f"updates[{index}].album_id")
+        except ValidationError as exc:
+            raise bad_request(str(exc)) from None
+        updates.append((row_id, fields))
+    response = cache().bulk_update("album", updates)
+    return jsonify({"accepted": response.accepted}), 202
+
+
+@api.post("/albums/bulk-random")
+def bulk_random_albums():
+    response = cache().randomize_album_titles(include_rows=False)
+    return jsonify({"accepted": response.accepted}), 202
+
+
+@api.post("/tasks/duplicate")
+def start_duplication():
+    body = json_body() if request.data else {}
+    extra = sorted(set(body) - {"multiplier"})
+    if extra:
+        raise bad_request(f"{extra[0]}: unknown field; expected only 'multiplier'")
+    multiplier = body.get("multiplier", 2)
+    if isinstance(multiplier, bool) or not isinstance(multiplier, int):
+        raise bad_request("multiplier: must be an integer")
+    if not 2 <= multiplier <= 64:
+        raise bad_request(f"multiplier: must be 2-64, got {multiplier}")
+    return jsonify({"task_id": cache().start_duplication(multiplier)}), 202
+
+
+def task_body(task_id: str) -> dict:
+    status = cache().get_task(task_id)
+    return {
+        "task_id": status.task_id,
+        "state": status.state,
+        "progress": {"done": status.done, "total": status.total},
+        "result": from_struct(status.result) if status.state == "SUCCESS" else None,
+        "error": status.error or None,
+    }
+
+
+@api.get("/tasks/<task_id>")
+def get_task(task_id):
+    return jsonify(task_body(task_id))
+
+
+def status_body(status) -> dict:
+    return {
+        "pending": status.pending,
+        "oldest_pending_age_s": status.oldest_pending_age_s,
+        "accepted_total": status.accepted_total,
+        "flushed_total": status.flushed_total,
+        "failed": status.failed,
+    }
+
+
+@api.get("/write-back/status")
+def write_back_status():
+    return jsonify(status_body(cache().write_back_status()))
+
+
+@api.post("/write-back/flush")
+def write_back_flush():
+    raw = request.args.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise bad_request(f"wait: must be a number of seconds, got {raw!r}") from None
+    if not 0 <= wait <= MAX_FLUSH_WAIT_S:
+        raise bad_request(f"wait: must be 0-{MAX_FLUSH_WAIT_S} seconds, got {raw}")
+    return jsonify(status_body(cache().flush(wait))), 202 if wait == 0 else 200
+
+
+@api.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@api.get("/readyz")
+def readyz():
+    try:
+        serving = cache().is_serving()
+    except grpc.RpcError as exc:
+        return errors.error_response(503, "unavailable", f"cache service unreachable: {exc.details()}")
+    if not serving:
+        return errors.error_response(503, "unavailable", "cache service is not serving")
+    return jsonify({"status": "ready"})
+
+
+# The original demo's routes, with their original shapes.
+
+
+@api.get("/album")
+def legacy_get_album():
+    raw = request.args.get("album_id")
+    if raw is None:
+        raise bad_request("album_id: query parameter required, e.g. /album?album_id=193")
+    body, _ = read_row("album", path_id(raw, "album_id"))
+    return jsonify({"album_id": body["album_id"], "title": body["title"]})
+
+
+@api.get("/update-album")
+def legacy_update_all_albums():
+    response = cache().randomize_album_titles(include_rows=True)
+    return jsonify([{"album_id": r.id, "version": r.version} for r in response.rows])
+
+
+@api.get("/duplicate_database")
+def legacy_duplicate():
+    task_id = cache().start_duplication(2)
+    return Response(f"Duplication task started (id.: {task_id})", mimetype="text/plain")
+
+
+@api.get("/get_task_result")
+def legacy_task_result():
+    task_id = request.args.get("result_id")
+    if not task_id:
+        raise bad_request("result_id: query parameter required")
+    task = task_body(task_id)
+    if task["state"] == "SUCCESS":
+        return jsonify({"ready": True, "successful": True, "value": task["result"]})
+    if task["state"] in ("FAILURE", "REVOKED"):
+        return jsonify({"status": "ERROR", "error_message": task["error"]})
+    return jsonify({"status": "Pending"})
+
+
+def create_app(cache_client: CacheClient | None = None, settings=None) -> Flask:
+    """Builds the app; the cache client is created here, in the serving process."""
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False
+    app.extensions["cache_client"] = cache_client or CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s)
+    app.register_blueprint(api)
+    errors.register(app)
+    return app

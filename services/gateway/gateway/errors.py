@@ -1,0 +1,49 @@
+"""Every error leaves the gateway as JSON {"error": {"code", "message"}}."""
+
+import grpc
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+
+# gRPC status of the cache service -> HTTP status and error code.
+GRPC_TO_HTTP = {
+    grpc.StatusCode.NOT_FOUND: (404, "not_found"),
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_argument"),
+    grpc.StatusCode.FAILED_PRECONDITION: (409, "failed_precondition"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (503, "resource_exhausted"),
+    grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "deadline_exceeded"),
+}
+RETRY_AFTER_S = "1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str, headers=None):
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def register(app):
+    @app.errorhandler(ApiError)
+    def api_error(exc):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(grpc.RpcError)
+    def rpc_error(exc):
+        status, code = GRPC_TO_HTTP.get(exc.code(), (500, "internal"))
+        headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+        message = exc.details() or exc.code().name
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            message = f"cache service unavailable: {message}"
+        return error_response(status, code, message, headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)

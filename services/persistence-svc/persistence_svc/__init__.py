@@ -1,0 +1,1 @@
+"""The persistence service: the only component that talks to Postgres."""

@@ -1,0 +1,28 @@
+"""Starts the persistence service: `python -m persistence_svc`."""
+
+from chinook.config import load_settings
+from chinook.grpc_client import PERSISTENCE_SERVICE
+from chinook.grpc_server import GrpcService
+from chinook.logs import configure_logging
+from chinook.persistence.v1 import persistence_pb2_grpc
+
+from .db import Database
+from .servicer import PersistenceServicer
+
+MAX_WORKERS = 16
+
+
+def main():
+    settings = load_settings()
+    configure_logging("persistence-svc", settings.log_level)
+    # Two spare connections for the health probe and a stream that outlives its call.
+    db = Database(settings.database_url, max_connections=MAX_WORKERS + 2)
+    service = GrpcService(settings.persistence_grpc_port, [PERSISTENCE_SERVICE], probe=db.ping,
+                          max_workers=MAX_WORKERS)
+    persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(PersistenceServicer(db), service.server)
+    service.on_stop(db.close)
+    service.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""A small pool of Postgres connections, created once by the entry point."""
+
+import contextlib
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import psycopg2.errors
+from psycopg2.pool import ThreadedConnectionPool
+
+# Errors after which a connection must not go back to the pool.
+BROKEN_CONNECTION = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class Database:
+    def __init__(self, url: str, max_connections: int = 16):
+        self.url = url
+        self._pool = ThreadedConnectionPool(0, max_connections, url)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Yields a cursor inside one transaction: committed on success, rolled back on error."""
+        conn = self._pool.getconn()
+        broken = False
+        try:
+            with conn, conn.cursor() as cur:
+                yield cur
+        except BROKEN_CONNECTION:
+            broken = True
+            raise
+        finally:
+            self._pool.putconn(conn, close=broken or conn.closed != 0)
+
+    def ping(self):
+        try:
+            with self.transaction() as cur:
+                cur.execute("SELECT 1")
+        except BROKEN_CONNECTION as exc:
+            raise ConnectionError(
+                f"cannot reach Postgres at {redact(self.url)}: {str(exc).strip().splitlines()[0]}. "
+                "Start Postgres or set DATABASE_URL; `make db` creates and loads the database"
+            ) from exc
+
+    def close(self):
+        self._pool.closeall()
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for log lines."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)

@@ -1,0 +1,162 @@
+"""Set-based SQL over the entity registry. Identifiers come from the registry and
+are quoted by psycopg2.sql; every value is a bound parameter."""
+
+import logging
+from dataclasses import dataclass
+
+import psycopg2.errors
+from psycopg2 import sql
+from psycopg2.extras import Json
+
+from chinook.entities import INT_MAX, Entity
+
+log = logging.getLogger(__name__)
+
+VERSION_COLUMN = "wb_version"
+# Deadlocks between batches that lock the same rows in another order are retried.
+DEADLOCK_RETRIES = 5
+DUPLICATE_CHUNK_ROWS = 20_000
+
+
+class NotFound(Exception):
+    pass
+
+
+class PreconditionFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    id: int
+    fields: dict
+    version: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    applied_ids: list
+    stale_ids: list
+    missing_ids: list
+
+
+def _columns(entity: Entity):
+    return sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
+
+
+def get_rows(db, entity: Entity, ids: list[int]) -> list[StoredRow]:
+    query = sql.SQL("SELECT {pk}, {cols}, {ver} FROM {table} WHERE {pk} = ANY(%s) ORDER BY {pk}").format(
+        pk=sql.Identifier(entity.primary_key), cols=_columns(entity),
+        ver=sql.Identifier(VERSION_COLUMN), table=sql.Identifier(entity.table),
+    )
+    with db.transaction() as cur:
+        cur.execute(query, (list(ids),))
+        records = cur.fetchall()
+    names = entity.column_names
+    return [StoredRow(r[0], dict(zip(names, r[1:-1])), r[-1]) for r in records]
+
+
+def _apply_writes_query(entity: Entity) -> sql.Composed:
+    # One statement per batch: unnest the arrays into rows, update where the stored
+    # version is older, and report for every input row whether it was written or exists.
+    input_columns = ["id", "version", *entity.column_names]
+    casts = ["int", "bigint", *(c.pg_type for c in entity.columns)]
+    return sql.SQL(
+        "WITH input AS (SELECT * FROM unnest({arrays}) AS u({input_columns})), "
+        "written AS (UPDATE {table} AS t SET {assignments}, {ver} = input.version "
+        "FROM input WHERE t.{pk} = input.id AND t.{ver} < input.version RETURNING t.{pk}) "
+        "SELECT input.id, written.{pk} IS NOT NULL, "
+        "EXISTS (SELECT 1 FROM {table} AS e WHERE e.{pk} = input.id) "
+        "FROM input LEFT JOIN written ON written.{pk} = input.id"
+    ).format(
+        arrays=sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(cast)) for cast in casts),
+        input_columns=sql.SQL(", ").join(sql.Identifier(c) for c in input_columns),
+        table=sql.Identifier(entity.table),
+        assignments=sql.SQL(", ").join(
+            sql.SQL("{col} = input.{col}").format(col=sql.Identifier(c)) for c in entity.column_names
+        ),
+        ver=sql.Identifier(VERSION_COLUMN),
+        pk=sql.Identifier(entity.primary_key),
+    )
+
+
+def apply_writes(db, entity: Entity, rows: list[StoredRow]) -> WriteResult:
+    """Writes each row whose version is newer than Postgres', in one statement."""
+    newest = {}
+    for row in rows:
+        if row.id not in newest or row.version > newest[row.id].version:
+            newest[row.id] = row
+    # Sorted ids make concurrent batches lock shared rows in the same order.
+    ordered = [newest[i] for i in sorted(newest)]
+    arrays = [[r.id for r in ordered], [r.version for r in ordered]]
+    arrays += [[r.fields.get(name) for r in ordered] for name in entity.column_names]
+    query = _apply_writes_query(entity)
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            with db.transaction() as cur:
+                cur.execute(query, arrays)
+                outcome = cur.fetchall()
+            break
+        except psycopg2.errors.DeadlockDetected:
+            if attempt == DEADLOCK_RETRIES:
+                raise
+            log.info("deadlock writing %d %s rows, attempt %d; retrying", len(ordered), entity.name, attempt)
+    applied = sorted(i for i, written, _ in outcome if written)
+    stale = sorted(i for i, written, exists in outcome if exists and not written)
+    missing = sorted(i for i, _, exists in outcome if not exists)
+    return WriteResult(applied, stale, missing)
+
+
+def list_ids(db, entity: Entity) -> list[int]:
+    query = sql.SQL("SELECT {pk} FROM {table} ORDER BY {pk}").format(
+        pk=sql.Identifier(entity.primary_key), table=sql.Identifier(entity.table)
+    )
+    with db.transaction() as cur:
+        cur.execute(query)
+        return [r[0] for r in cur.fetchall()]
+
+
+def duplicate_rows(db, entity: Entity, multiplier: int, operation_id: str):
+    """Multiplies the table: copy k gets ids shifted by k times the largest id.
+
+    Runs in one transaction, so a crash leaves nothing half-done; the operation id is
+    recorded with the result, so a redelivered task does not copy twice. Yields
+    (done, total) after every chunk and returns the result dict.
+    """
+    if multiplier < 2:
+        raise PreconditionFailed("multiplier must be at least 2")
+    pk, table = sql.Identifier(entity.primary_key), sql.Identifier(entity.table)
+    with db.transaction() as cur:
+        # Serialises duplications and holds back writes to the table while it grows.
+        cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
+        cur.execute("SELECT result FROM wb_operation WHERE operation_id = %s", (operation_id,))
+        previous = cur.fetchone()
+        if previous:
+            result = previous[0]
+            yield result["inserted"], result["inserted"]
+            return result
+        cur.execute(sql.SQL("SELECT count(*), coalesce(max({pk}), 0) FROM {table}").format(pk=pk, table=table))
+        rows_before, max_id = cur.fetchone()
+        if max_id * multiplier > INT_MAX:
+            raise PreconditionFailed(
+                f"{entity.table} would need ids up to {max_id * multiplier}, beyond Postgres' int range"
+            )
+        total = rows_before * (multiplier - 1)
+        insert = sql.SQL(
+            "INSERT INTO {table} ({pk}, {cols}) SELECT {pk} + %(shift)s, {cols} FROM {table} "
+            "WHERE {pk} > %(low)s AND {pk} <= %(high)s"
+        ).format(table=table, pk=pk, cols=_columns(entity))
+        done = 0
+        yield done, total
+        for copy in range(1, multiplier):
+            for low in range(0, max_id, DUPLICATE_CHUNK_ROWS):
+                cur.execute(insert, {"shift": copy * max_id, "low": low, "high": low + DUPLICATE_CHUNK_ROWS})
+                done += cur.rowcount
+                yield done, total
+        result = {"entity": entity.name, "multiplier": multiplier, "rows_before": rows_before,
+                  "rows_after": rows_before + done, "inserted": done}
+        cur.execute(
+            "INSERT INTO wb_operation (operation_id, kind, result) VALUES (%s, %s, %s)",
+            (operation_id, "duplicate_rows", Json(result)),
+        )
+    return result

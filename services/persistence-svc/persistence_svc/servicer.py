@@ -1,0 +1,75 @@
+"""gRPC entry points: turn requests into repository calls and errors into status codes."""
+
+import contextlib
+
+import grpc
+import psycopg2
+
+from chinook.entities import ValidationError, get_entity, parse_id
+from chinook.grpc_client import from_struct, to_struct
+from chinook.persistence.v1 import persistence_pb2, persistence_pb2_grpc
+
+from . import repository
+
+ID_CHUNK = 10_000
+
+
+@contextlib.contextmanager
+def status_codes(context):
+    try:
+        yield
+    except ValidationError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except repository.NotFound as exc:
+        context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    except repository.PreconditionFailed as exc:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"Postgres unavailable: {str(exc).strip()}")
+    except psycopg2.DataError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Postgres refused the data: {str(exc).strip()}")
+    except psycopg2.IntegrityError as exc:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Postgres refused the write: {str(exc).strip()}")
+
+
+class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
+    def __init__(self, db):
+        self.db = db
+
+    def GetRows(self, request, context):
+        with status_codes(context):
+            entity = get_entity(request.entity)
+            rows = repository.get_rows(self.db, entity, list(request.ids))
+            return persistence_pb2.GetRowsResponse(rows=[
+                persistence_pb2.Row(id=r.id, fields=to_struct(r.fields), version=r.version) for r in rows
+            ])
+
+    def ApplyWrites(self, request, context):
+        with status_codes(context):
+            entity = get_entity(request.entity)
+            rows = [
+                repository.StoredRow(
+                    parse_id(r.id, f"rows[{i}].id"),
+                    entity.validate_full_row(from_struct(r.fields), f"rows[{i}]"),
+                    r.version,
+                )
+                for i, r in enumerate(request.rows)
+            ]
+            result = repository.apply_writes(self.db, entity, rows)
+            return persistence_pb2.ApplyWritesResponse(
+                applied_ids=result.applied_ids, stale_ids=result.stale_ids, missing_ids=result.missing_ids
+            )
+
+    def ListIds(self, request, context):
+        with status_codes(context):
+            ids = repository.list_ids(self.db, get_entity(request.entity))
+            for start in range(0, len(ids), ID_CHUNK):
+                yield persistence_pb2.IdChunk(ids=ids[start:start + ID_CHUNK])
+
+    def DuplicateRows(self, request, context):
+        with status_codes(context):
+            if not request.operation_id:
+                raise ValidationError("operation_id: required, it makes the copy idempotent")
+            entity = get_entity(request.entity)
+            for done, total in repository.duplicate_rows(self.db, entity, request.multiplier, request.operation_id):
+                yield persistence_pb2.DuplicateProgress(done=done, total=total)
