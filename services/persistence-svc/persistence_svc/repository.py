@@ -150,7 +150,9 @@ def duplicate_rows(db, entity: Entity, multiplier: int, operation_id: str):
         yield done, total
         for copy in range(1, multiplier):
             for low in range(0, max_id, DUPLICATE_CHUNK_ROWS):
-                cur.execute(insert, {"shift": copy * max_id, "low": low, "high": low + DUPLICATE_CHUNK_ROWS})
+                # Only the original rows are copied, never an earlier copy.
+                high = min(low + DUPLICATE_CHUNK_ROWS, max_id)
+                cur.execute(insert, {"shift": copy * max_id, "low": low, "high": high})
                 done += cur.rowcount
                 yield done, total
         result = {"entity": entity.name, "multiplier": multiplier, "rows_before": rows_before,

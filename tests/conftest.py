@@ -1,0 +1,39 @@
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from chinook.config import load_settings
+from persistence_svc import initdb
+from tests.support.stack import Isolation, Stack
+
+
+@pytest.fixture(scope="session")
+def isolation():
+    """A database, Redis key prefix and RabbitMQ vhost for this test run only."""
+    isolation = Isolation.create("test")
+    yield isolation
+    isolation.destroy()
+
+
+@pytest.fixture(scope="session")
+def stack(isolation, tmp_path_factory):
+    stack = Stack(isolation, tmp_path_factory.mktemp("stack"))
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def fresh_database():
+    """A freshly loaded Chinook database for one test; dropped afterwards."""
+    url = urlsplit(load_settings().database_url)._replace(path=f"/chinook_db_{uuid.uuid4().hex[:12]}").geturl()
+    initdb.init_database(url)
+    yield url
+    initdb.drop_database(url)
+
+
+@pytest.fixture
+def redis_client():
+    return redis.Redis.from_url(load_settings().redis_url, decode_responses=True)

@@ -1,0 +1,198 @@
+"""Runs the whole system for tests and benchmarks: the five processes of the
+Procfile, on free ports, against a database, a Redis key prefix and a RabbitMQ
+vhost of their own, so runs never collide with each other or with `make run`."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+import redis
+
+from chinook.config import load_settings
+from chinook.grpc_client import CacheClient, PersistenceClient
+from persistence_svc import initdb
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROCFILE = REPO_ROOT / "Procfile"
+READY_TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def procfile_commands(path: Path = PROCFILE) -> dict[str, str]:
+    commands = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([\w-]+):\s*(.+)$", line)
+        if match:
+            commands[match.group(1)] = match.group(2)
+    return commands
+
+
+def rabbitmqctl(*args: str):
+    subprocess.run(["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass
+class Isolation:
+    """The stores' names one run uses: a database, a key prefix, a vhost."""
+
+    run_id: str
+    database_url: str
+    redis_url: str
+    result_backend: str
+    key_prefix: str
+    broker_url: str
+    vhost: str
+
+    @classmethod
+    def create(cls, label: str = "test") -> "Isolation":
+        base = load_settings()
+        run_id = f"{label}_{uuid.uuid4().hex[:10]}"
+        vhost = f"chinook_{run_id}"
+        database_url = urlsplit(base.database_url)._replace(path=f"/chinook_{run_id}").geturl()
+        broker_url = urlsplit(base.broker_url)._replace(path=f"/{vhost}").geturl()
+        isolation = cls(run_id, database_url, base.redis_url, base.celery_result_backend,
+                        f"chinook_{run_id}:", broker_url, vhost)
+        initdb.init_database(database_url)
+        rabbitmqctl("add_vhost", vhost)
+        user = urlsplit(base.broker_url).username or "guest"
+        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        return isolation
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def destroy(self):
+        initdb.drop_database(self.database_url)
+        client = self.redis()
+        for key in client.scan_iter(match=f"{self.key_prefix}*", count=1000):
+            client.delete(key)
+        rabbitmqctl("delete_vhost", self.vhost)
+
+    def env(self) -> dict:
+        return {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "CELERY_RESULT_BACKEND": self.result_backend,
+            "REDIS_KEY_PREFIX": self.key_prefix,
+            "BROKER_URL": self.broker_url,
+        }
+
+
+class Stack:
+    """The five processes. Each logs to a file under `workdir`."""
+
+    def __init__(self, isolation: Isolation, workdir: Path, extra_env: dict | None = None):
+        self.isolation = isolation
+        self.workdir = Path(workdir)
+        self.gateway_port, self.cache_port, self.persistence_port = free_port(), free_port(), free_port()
+        self.env = {
+            **os.environ,
+            # The Procfile's commands (python, gunicorn, celery) come from this environment.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **isolation.env(),
+            "GATEWAY_PORT": str(self.gateway_port),
+            "CACHE_GRPC_PORT": str(self.cache_port),
+            "PERSISTENCE_GRPC_PORT": str(self.persistence_port),
+            "CACHE_SVC_ADDR": f"127.0.0.1:{self.cache_port}",
+            "PERSISTENCE_SVC_ADDR": f"127.0.0.1:{self.persistence_port}",
+            **(extra_env or {}),
+        }
+        # Worker node names must differ from those of other runs on this host.
+        self.commands = {
+            name: command.replace("@%h", f"-{isolation.run_id}@%h")
+            for name, command in procfile_commands().items()
+        }
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def cache_addr(self) -> str:
+        return f"127.0.0.1:{self.cache_port}"
+
+    @property
+    def persistence_addr(self) -> str:
+        return f"127.0.0.1:{self.persistence_port}"
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    def start(self, *names: str):
+        for name in names or self.commands:
+            log = open(self.log_path(name), "ab")
+            self.processes[name] = subprocess.Popen(
+                ["bash", "-c", f"exec {self.commands[name]}"], cwd=REPO_ROOT, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.wait_ready(*(names or self.commands))
+
+    def signal(self, name: str, sig=signal.SIGTERM):
+        os.killpg(self.processes[name].pid, sig)
+
+    def stop(self, *names: str, timeout_s: float = 20):
+        for name in names or list(self.processes):
+            process = self.processes.pop(name, None)
+            if process is None or process.poll() is not None:
+                continue
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def logs(self, name: str, tail: int = 40) -> str:
+        path = self.log_path(name)
+        return "\n".join(path.read_text(errors="replace").splitlines()[-tail:]) if path.exists() else ""
+
+    def wait_ready(self, *names: str):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = set(names)
+        while waiting:
+            for name in list(waiting):
+                process = self.processes[name]
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.logs(name)}")
+                if self._is_ready(name):
+                    waiting.discard(name)
+            if time.monotonic() > deadline:
+                details = "\n".join(f"--- {n}\n{self.logs(n)}" for n in sorted(waiting))
+                raise TimeoutError(f"not ready after {READY_TIMEOUT_S} s: {', '.join(sorted(waiting))}\n{details}")
+            time.sleep(0.2)
+
+    def _is_ready(self, name: str) -> bool:
+        if name.endswith("worker"):
+            return " ready." in self.log_path(name).read_text(errors="replace")
+        if name == "gateway":
+            try:
+                with socket.create_connection(("127.0.0.1", self.gateway_port), timeout=1):
+                    return True
+            except OSError:
+                return False
+        client_class, address = {
+            "cache-svc": (CacheClient, self.cache_addr),
+            "persistence-svc": (PersistenceClient, self.persistence_addr),
+        }[name]
+        client = client_class(address, timeout_s=1)
+        try:
+            return client.is_serving()
+        except grpc.RpcError:
+            return False
+        finally:
+            client.close()

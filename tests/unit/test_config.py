@@ -1,0 +1,27 @@
+import pytest
+
+from chinook.config import ConfigError, Settings, load_settings
+
+
+def test_defaults_for_a_local_run():
+    settings = load_settings({})
+    assert settings == Settings()
+    assert (settings.gateway_port, settings.cache_grpc_port, settings.persistence_grpc_port) == (5000, 50051, 50052)
+    assert (settings.writeback_batch_size, settings.writeback_delay_ms, settings.cache_ttl_s) == (500, 100, 3600)
+
+
+def test_variables_override_defaults_with_their_types():
+    settings = load_settings({"WRITEBACK_BATCH_SIZE": "50", "REDIS_URL": "redis://r:1/2", "GRPC_TIMEOUT_S": "2.5"})
+    assert settings.writeback_batch_size == 50
+    assert settings.redis_url == "redis://r:1/2"
+    assert settings.grpc_timeout_s == 2.5
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WRITEBACK_BATCH_SIZE": "many"}, "WRITEBACK_BATCH_SIZE='many' is not a valid int"),
+    ({"WRITEBACK_BATCH_SIZE": "0"}, "WRITEBACK_BATCH_SIZE='0' must be positive"),
+    ({"WRITEBACK_DELAY_MS": "-5"}, "WRITEBACK_DELAY_MS='-5' must be zero or more"),
+])
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)

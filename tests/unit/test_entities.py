@@ -1,0 +1,67 @@
+import pytest
+
+from chinook.entities import ENTITIES, ValidationError, get_entity, parse_id
+
+ALBUM = get_entity("album")
+
+
+def test_valid_patch_is_converted_to_column_types():
+    assert ALBUM.validate_patch({"title": "X", "artist_id": 127.0}) == {"title": "X", "artist_id": 127}
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({}, "at least one of title, artist_id"),
+    ({"title": ""}, "title: must be 1-160 characters, got 0"),
+    ({"title": "x" * 161}, "title: must be 1-160 characters, got 161"),
+    ({"title": 5}, "title: must be a string"),
+    ({"title": "a\x00b"}, "NUL"),
+    ({"title": "\ud800"}, "not valid Unicode"),
+    ({"artist_id": "127"}, "artist_id: must be an integer"),
+    ({"artist_id": 1.5}, "artist_id: must be an integer"),
+    ({"artist_id": True}, "artist_id: must be an integer"),
+    ({"artist_id": 2**31}, "out of range"),
+    ({"artist_id": None}, "must not be null"),
+    ({"album_id": 3}, "album_id: unknown field for album"),
+    ({"title": "x", "genre": "rock"}, "genre: unknown field"),
+    ([], "must be a JSON object"),
+])
+def test_invalid_patches_are_refused_with_the_reason(patch, message):
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(")):
+        ALBUM.validate_patch(patch)
+
+
+def test_title_of_exactly_160_characters_is_accepted():
+    assert ALBUM.validate_patch({"title": "é" * 160})["title"] == "é" * 160
+
+
+def test_full_row_needs_every_column():
+    with pytest.raises(ValidationError, match="missing artist_id"):
+        ALBUM.validate_full_row({"title": "x"}, "rows[0]")
+    assert ALBUM.validate_full_row({"title": "x", "artist_id": 1}) == {"title": "x", "artist_id": 1}
+
+
+def test_nullable_column_takes_null():
+    assert get_entity("artist").validate_full_row({"name": None}) == {"name": None}
+
+
+@pytest.mark.parametrize("raw, expected", [("193", 193), (193, 193), ("2147483647", 2**31 - 1)])
+def test_ids_parse(raw, expected):
+    assert parse_id(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "0", "1.5", "१२", "2147483648", "", True, 3.0, None])
+def test_bad_ids_are_refused(raw):
+    with pytest.raises(ValidationError):
+        parse_id(raw)
+
+
+def test_unknown_entity_names_the_known_ones():
+    with pytest.raises(ValidationError, match="known: album, artist"):
+        get_entity("track")
+
+
+def test_references_point_at_registered_entities():
+    for entity in ENTITIES.values():
+        for column in entity.columns:
+            assert column.references is None or column.references in ENTITIES
+            assert not column.name.startswith("_"), "columns starting with _ clash with cache metadata"
