@@ -4,6 +4,7 @@ Every variable is listed in README.md and .env.example.
 """
 
 import os
+import sys
 from dataclasses import dataclass, fields
 
 
@@ -57,3 +58,11 @@ def load_settings(environ=None) -> Settings:
             raise ConfigError(f"{name}={raw!r} must be {'positive' if field.name in _POSITIVE else 'zero or more'}")
         values[field.name] = value
     return Settings(**values)
+
+
+def settings_or_exit(environ=None) -> Settings:
+    """load_settings() for entry points: a bad value stops the process with its name."""
+    try:
+        return load_settings(environ)
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc} (README.md and .env.example list every variable)")

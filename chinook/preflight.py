@@ -5,7 +5,7 @@ import socket
 import sys
 from urllib.parse import urlsplit
 
-from chinook.config import load_settings
+from chinook.config import settings_or_exit
 
 HOW_TO_START = {
     "DATABASE_URL": "start Postgres, e.g. `pg_ctlcluster 15 main start`",
@@ -31,7 +31,7 @@ def unreachable(settings) -> list[str]:
 
 
 def main():
-    problems = unreachable(load_settings())
+    problems = unreachable(settings_or_exit())
     for problem in problems:
         print(problem, file=sys.stderr)
     sys.exit(1 if problems else 0)

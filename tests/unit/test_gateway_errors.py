@@ -36,7 +36,7 @@ class FailingCache:
     (grpc.StatusCode.INTERNAL, 500, "internal"),
 ])
 def test_grpc_codes_map_to_http(code, status, error_code):
-    client = create_app(cache_client=FailingCache(code), settings=Settings()).test_client()
+    client = create_app(Settings(), cache_client=FailingCache(code)).test_client()
     response = client.get("/albums/1")
     assert response.status_code == status
     assert response.json["error"]["code"] == error_code

@@ -9,13 +9,13 @@ import logging
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, make_celery
-from chinook.config import load_settings
+from chinook.config import settings_or_exit
 from chinook.grpc_client import CacheClient, PersistenceClient
 from chinook.logs import configure_logging
 
 from . import jobs
 
-settings = load_settings()
+settings = settings_or_exit()
 app = make_celery("worker", settings)
 log = logging.getLogger(__name__)
 

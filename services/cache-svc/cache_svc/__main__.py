@@ -3,7 +3,7 @@
 import redis
 
 from chinook.cache.v1 import cache_pb2_grpc
-from chinook.config import load_settings
+from chinook.config import settings_or_exit
 from chinook.grpc_client import CACHE_SERVICE, PersistenceClient
 from chinook.grpc_server import GrpcService
 from chinook.logs import configure_logging
@@ -16,7 +16,7 @@ from .writeback import WriteBack
 
 
 def main():
-    settings = load_settings()
+    settings = settings_or_exit()
     configure_logging("cache-svc", settings.log_level)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=10,
                                   socket_connect_timeout=2, socket_timeout=10)

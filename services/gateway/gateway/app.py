@@ -6,7 +6,7 @@ import grpc
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from chinook.cache.v1 import cache_pb2
-from chinook.config import load_settings
+from chinook.config import Settings
 from chinook.entities import ValidationError, get_entity, parse_id
 from chinook.grpc_client import CacheClient, from_struct
 from chinook.logs import configure_logging
@@ -233,9 +233,8 @@ def legacy_task_result():
     return jsonify({"status": "Pending"})
 
 
-def create_app(cache_client: CacheClient | None = None, settings=None) -> Flask:
+def create_app(settings: Settings, cache_client: CacheClient | None = None) -> Flask:
     """Builds the app; the cache client is created here, in the serving process."""
-    settings = settings or load_settings()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False

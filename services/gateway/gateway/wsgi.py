@@ -4,11 +4,11 @@ gunicorn loads it in each worker after the fork (no --preload), so each worker h
 its own gRPC channel.
 """
 
-from chinook.config import load_settings
+from chinook.config import settings_or_exit
 from chinook.logs import configure_logging
 
 from .app import create_app
 
-settings = load_settings()
+settings = settings_or_exit()
 configure_logging("gateway", settings.log_level)
-app = create_app(settings=settings)
+app = create_app(settings)

@@ -1,6 +1,6 @@
 """Starts the persistence service: `python -m persistence_svc`."""
 
-from chinook.config import load_settings
+from chinook.config import settings_or_exit
 from chinook.grpc_client import PERSISTENCE_SERVICE
 from chinook.grpc_server import GrpcService
 from chinook.logs import configure_logging
@@ -13,7 +13,7 @@ MAX_WORKERS = 16
 
 
 def main():
-    settings = load_settings()
+    settings = settings_or_exit()
     configure_logging("persistence-svc", settings.log_level)
     # Two spare connections for the health probe and a stream that outlives its call.
     db = Database(settings.database_url, max_connections=MAX_WORKERS + 2)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import psycopg2
 from psycopg2 import sql
 
-from chinook.config import load_settings
+from chinook.config import settings_or_exit
 from chinook.logs import configure_logging
 
 from .db import redact
@@ -80,7 +80,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drop", action="store_true", help="drop and recreate the database")
     args = parser.parse_args(argv)
-    settings = load_settings()
+    settings = settings_or_exit()
     configure_logging("initdb", settings.log_level)
     try:
         created = init_database(settings.database_url, drop=args.drop)
