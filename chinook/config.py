@@ -27,17 +27,30 @@ class Settings:
     writeback_delay_ms: int = 100
     # A claimed batch whose worker has not acknowledged it by then is scheduled again.
     writeback_lease_ms: int = 30_000
+    # Above this many pending rows, new writes are refused (503 / RESOURCE_EXHAUSTED).
+    writeback_max_pending: int = 1_000_000
+    # Tries of a write Postgres refuses before it goes to the dead letters, and the
+    # backoff between them (doubling, with full jitter).
+    writeback_max_attempts: int = 5
+    writeback_retry_backoff_ms: int = 1000
     cache_ttl_s: int = 3600
     # Every Redis key this system writes starts with it, so runs can share a Redis.
     redis_key_prefix: str = "chinook:"
+    # If set (always, everysec or no), cache-svc turns on Redis' append-only file with
+    # this fsync policy at start; if empty, it only warns when Redis does not persist.
+    redis_appendfsync: str = ""
     grpc_timeout_s: float = 10.0
+    # Port of the process' own /metrics endpoint; 0 means the service's default.
+    metrics_port: int = 0
     log_level: str = "INFO"
 
 
 _POSITIVE = {
     "gateway_port", "cache_grpc_port", "persistence_grpc_port", "writeback_batch_size",
-    "writeback_lease_ms", "cache_ttl_s", "grpc_timeout_s",
+    "writeback_lease_ms", "cache_ttl_s", "grpc_timeout_s", "writeback_max_pending", "writeback_max_attempts",
+    "writeback_retry_backoff_ms",
 }
+_CHOICES = {"redis_appendfsync": ("", "always", "everysec", "no")}
 
 
 def load_settings(environ=None) -> Settings:
@@ -56,6 +69,8 @@ def load_settings(environ=None) -> Settings:
             raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
         if kind in (int, float) and (value < 0 or (field.name in _POSITIVE and value == 0)):
             raise ConfigError(f"{name}={raw!r} must be {'positive' if field.name in _POSITIVE else 'zero or more'}")
+        if field.name in _CHOICES and value not in _CHOICES[field.name]:
+            raise ConfigError(f"{name}={raw!r} must be one of {', '.join(c for c in _CHOICES[field.name] if c)}")
         values[field.name] = value
     return Settings(**values)
 

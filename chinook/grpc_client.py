@@ -149,6 +149,21 @@ class CacheClient(_Client):
         )
         return self.stub.AckFlushed(request, timeout=self.timeout_s)
 
+    def dead_letter(self, entity: str, failures: list[tuple[int, int, str]]) -> cache_pb2.DeadLetterResponse:
+        request = cache_pb2.DeadLetterRequest(
+            entity=entity, rows=[cache_pb2.FailedWrite(id=i, version=v, error=e) for i, v, e in failures]
+        )
+        return self.stub.DeadLetter(request, timeout=self.timeout_s)
+
+    def list_dead_letters(self, limit: int) -> cache_pb2.ListDeadLettersResponse:
+        return self.stub.ListDeadLetters(cache_pb2.ListDeadLettersRequest(limit=limit), timeout=self.timeout_s)
+
+    def retry_dead_letter(self, entity: str, row_id: int) -> cache_pb2.DeadLetterEntry:
+        return self.stub.RetryDeadLetter(cache_pb2.DeadLetterKey(entity=entity, id=row_id), timeout=self.timeout_s)
+
+    def discard_dead_letter(self, entity: str, row_id: int) -> cache_pb2.DeadLetterEntry:
+        return self.stub.DiscardDeadLetter(cache_pb2.DeadLetterKey(entity=entity, id=row_id), timeout=self.timeout_s)
+
     def start_duplication(self, multiplier: int) -> str:
         request = cache_pb2.StartDuplicationRequest(multiplier=multiplier)
         return self.stub.StartDuplication(request, timeout=self.timeout_s).task_id

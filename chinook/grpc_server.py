@@ -12,14 +12,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from chinook import metrics
+
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class LoggingInterceptor(grpc.ServerInterceptor):
-    """Logs every call that ends in an error, with its code and duration."""
+class ObservingInterceptor(grpc.ServerInterceptor):
+    """Times every unary call by method and code, and logs the ones that fail."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -29,14 +31,18 @@ class LoggingInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
 
         def logged(request, context):
-            started = time.perf_counter()
+            started, failure = time.perf_counter(), None
             try:
                 return inner(request, context)
+            except Exception:
+                failure = grpc.StatusCode.UNKNOWN  # unless the handler aborted with a code
+                raise
             finally:
-                code = context.code()
-                if code not in (None, grpc.StatusCode.OK):
-                    log.info("%s -> %s in %.1f ms: %s", method, code.name,
-                             (time.perf_counter() - started) * 1000, context.details())
+                elapsed = time.perf_counter() - started
+                code = context.code() or failure or grpc.StatusCode.OK
+                metrics.GRPC_SERVER_SECONDS.labels(method, code.name).observe(elapsed)
+                if code != grpc.StatusCode.OK:
+                    log.info("%s -> %s in %.1f ms: %s", method, code.name, elapsed * 1000, context.details())
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
@@ -55,7 +61,7 @@ class GrpcService:
         self.grace_s = grace_s
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[LoggingInterceptor()],
+            interceptors=[ObservingInterceptor()],
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024)],
         )

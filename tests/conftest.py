@@ -19,7 +19,9 @@ def isolation():
 
 @pytest.fixture(scope="session")
 def stack(isolation, tmp_path_factory):
-    stack = Stack(isolation, tmp_path_factory.mktemp("stack"))
+    # Refused writes reach the dead letters in well under a second.
+    stack = Stack(isolation, tmp_path_factory.mktemp("stack"),
+                  {"WRITEBACK_MAX_ATTEMPTS": "3", "WRITEBACK_RETRY_BACKOFF_MS": "50"})
     stack.start()
     yield stack
     stack.stop()

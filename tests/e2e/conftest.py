@@ -27,6 +27,9 @@ class Api:
     def patch(self, path, **kwargs):
         return self.request("PATCH", path, **kwargs)
 
+    def delete(self, path, **kwargs):
+        return self.request("DELETE", path, **kwargs)
+
     def flush(self, wait_s=30):
         response = self.post(f"/write-back/flush?wait={wait_s}")
         assert response.status_code == 200, response.text
@@ -36,7 +39,7 @@ class Api:
     def sql(self, query, params=()):
         with psycopg2.connect(self.database_url) as conn, conn.cursor() as cur:
             cur.execute(query, params)
-            return cur.fetchall()
+            return cur.fetchall() if cur.description else None
 
     def wait_for_task(self, task_id, timeout_s=60):
         deadline = time.monotonic() + timeout_s

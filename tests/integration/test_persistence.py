@@ -78,13 +78,18 @@ def test_values_are_bound_never_spliced_into_sql(db):
     assert query(db, "SELECT count(*) FROM album") == [(347,)]
 
 
-def test_a_refused_batch_changes_nothing(db):
-    with pytest.raises(psycopg2.IntegrityError):
-        repository.apply_writes(db, ALBUM, [
-            StoredRow(1, {"title": "fine", "artist_id": 1}, 5),
-            StoredRow(2, {"title": "no such artist", "artist_id": 999_999}, 5),
-        ])
-    assert query(db, "SELECT title FROM album WHERE album_id = 1") == [("For Those About To Rock We Salute You",)]
+def test_refused_rows_are_isolated_and_the_rest_is_written(db):
+    original_7 = query(db, "SELECT title, artist_id, wb_version FROM album WHERE album_id = 7")
+    rows = [StoredRow(i, {"title": f"ok {i}", "artist_id": 1}, 5) for i in range(1, 41)]
+    rows[6] = StoredRow(7, {"title": "no such artist", "artist_id": 999_999}, 5)
+    rows[30] = StoredRow(31, {"title": "nor this", "artist_id": 888_888}, 5)
+    result = repository.apply_writes(db, ALBUM, rows)
+    assert [i for i, _ in result.failed] == [7, 31]
+    assert "album_artist_id_fkey" in result.failed[0][1]
+    assert result.applied_ids == [i for i in range(1, 41) if i not in (7, 31)]
+    assert result.statements > 2, "isolation halves the batch"
+    assert query(db, "SELECT title FROM album WHERE album_id = 6") == [("ok 6",)]
+    assert query(db, "SELECT title, artist_id, wb_version FROM album WHERE album_id = 7") == original_7
 
 
 def test_duplication_multiplies_the_table_with_new_ids_and_progress(db):

@@ -5,19 +5,21 @@ import uuid
 
 import pytest
 
-from cache_svc.store import RowStore
+from cache_svc.store import Backpressure, RowStore
+from chinook.entities import ENTITIES
 
 
 @pytest.fixture
 def store(redis_client):
     prefix = f"chinook_store_{uuid.uuid4().hex[:10]}:"
-    yield RowStore(redis_client, prefix, ttl_s=3600)
+    yield RowStore(redis_client, prefix, ttl_s=3600, entities=ENTITIES, max_pending=5)
     for key in redis_client.scan_iter(match=f"{prefix}*"):
         redis_client.delete(key)
 
 
 def cache_row(store, row_id=1, title="Old", version=7):
-    store.fill("album", [(row_id, {"title": title, "artist_id": 1}, version)])
+    token = store.begin_fill("album", [row_id])
+    store.fill("album", token, [(row_id, {"title": title, "artist_id": 1}, version)])
 
 
 def test_fill_caches_clean_rows_with_the_ttl(store):
@@ -136,3 +138,79 @@ def test_values_are_stored_verbatim(store):
     cache_row(store)
     store.accept("album", [(1, {"title": title})])
     assert store.get("album", 1).fields["title"] == title
+
+
+def test_a_load_overtaken_by_another_fill_does_not_cache_its_stale_value(store):
+    slow_token = store.begin_fill("album", [1])  # a reader starts loading version 7
+    cache_row(store, version=7)  # another loader caches it first...
+    [version] = store.accept("album", [(1, {"title": "New"})])
+    [claimed] = store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)
+    store.ack("album", [(1, claimed.version)], written=1)  # ...it is written, flushed...
+    store.redis.delete(f"{store.prefix}album:1")  # ...and evicted
+    [reply] = store.fill("album", slow_token, [(1, {"title": "Old", "artist_id": 1}, 7)], reply=True)
+    assert reply is None and store.get("album", 1) is None, "the slow reader must not cache version 7"
+
+
+def test_backpressure_refuses_new_pending_rows_beyond_the_limit(store):
+    for i in range(1, 8):
+        cache_row(store, row_id=i)
+    store.accept("album", [(i, {"title": "x"}) for i in range(1, 6)])
+    with pytest.raises(Backpressure, match="WRITEBACK_MAX_PENDING"):
+        store.accept("album", [(6, {"title": "refused"})])
+    assert store.get("album", 6).fields["title"] == "Old" and store.pending_total() == 5
+    assert store.accept("album", [(1, {"title": "already pending rows still take writes"})])[0] > 0
+
+
+def test_claim_reports_how_many_writes_a_flush_covers(store):
+    cache_row(store)
+    for i in range(4):
+        store.accept("album", [(1, {"title": f"t{i}"})])
+    [claimed] = store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)
+    assert claimed.writes == 4
+
+
+def test_dead_letter_takes_the_row_out_of_the_schedule_but_keeps_its_value(store):
+    cache_row(store)
+    [version] = store.accept("album", [(1, {"title": "poison"})])
+    assert store.dead_letter("album", [(1, version, "violates a constraint")]) == 1
+    row = store.get("album", 1)
+    assert row.dead_lettered and row.fields["title"] == "poison"
+    assert store.redis.ttl(f"{store.prefix}album:1") == -1
+    assert store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000) == []
+    [entry] = store.dead_letters("album")
+    assert (entry.id, entry.version, entry.error) == (1, version, "violates a constraint")
+    assert store.dead_letter_count() == 1 and store.pending_total() == 0
+
+
+def test_a_newer_write_is_not_dead_lettered_for_an_older_failure(store):
+    cache_row(store)
+    [old] = store.accept("album", [(1, {"title": "poison"})])
+    store.accept("album", [(1, {"title": "fixed"})])
+    assert store.dead_letter("album", [(1, old, "refused")]) == 0
+    assert len(store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)) == 1
+
+
+def test_a_new_write_supersedes_a_dead_letter(store):
+    cache_row(store)
+    [version] = store.accept("album", [(1, {"title": "poison"})])
+    store.dead_letter("album", [(1, version, "refused")])
+    store.accept("album", [(1, {"title": "fixed"})])
+    assert store.dead_letter_count() == 0 and not store.get("album", 1).dead_lettered
+    assert [r.fields["title"] for r in store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)] == ["fixed"]
+
+
+def test_retry_schedules_a_dead_letter_again(store):
+    cache_row(store)
+    [version] = store.accept("album", [(1, {"title": "poison"})])
+    store.dead_letter("album", [(1, version, "refused")])
+    assert store.resolve_dead_letter("album", 1, "retry").version == version
+    assert [r.version for r in store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)] == [version]
+    assert store.resolve_dead_letter("album", 1, "retry") is None
+
+
+def test_discard_drops_the_cached_row(store):
+    cache_row(store)
+    [version] = store.accept("album", [(1, {"title": "poison"})])
+    store.dead_letter("album", [(1, version, "refused")])
+    store.resolve_dead_letter("album", 1, "discard")
+    assert store.get("album", 1) is None and store.pending_total() == 0 and store.dead_letter_count() == 0

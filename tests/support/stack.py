@@ -99,6 +99,8 @@ class Stack:
         self.isolation = isolation
         self.workdir = Path(workdir)
         self.gateway_port, self.cache_port, self.persistence_port = free_port(), free_port(), free_port()
+        self.metrics_ports = {name: free_port() for name in
+                              ("CACHE", "PERSISTENCE", "WRITE_BACK_WORKER", "DUPLICATION_WORKER")}
         self.env = {
             **os.environ,
             # The Procfile's commands (python, gunicorn, celery) come from this environment.
@@ -109,6 +111,7 @@ class Stack:
             "PERSISTENCE_GRPC_PORT": str(self.persistence_port),
             "CACHE_SVC_ADDR": f"127.0.0.1:{self.cache_port}",
             "PERSISTENCE_SVC_ADDR": f"127.0.0.1:{self.persistence_port}",
+            **{f"{name}_METRICS_PORT": str(port) for name, port in self.metrics_ports.items()},
             **(extra_env or {}),
         }
         # Worker node names must differ from those of other runs on this host.

@@ -5,20 +5,30 @@
 """
 
 import logging
+import os
+import random
+import tempfile
 
-from celery.signals import worker_process_init, worker_process_shutdown
+# Prefork children write their metrics to files the main process serves; the folder
+# must be known before prometheus_client is first imported.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="worker-metrics-")
 
-from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, make_celery
-from chinook.config import settings_or_exit
-from chinook.grpc_client import CacheClient, PersistenceClient
-from chinook.logs import configure_logging
+from celery.signals import task_postrun, task_retry, worker_init, worker_process_init, worker_process_shutdown  # noqa: E402
 
-from . import jobs
+from chinook import metrics  # noqa: E402
+from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, make_celery  # noqa: E402
+from chinook.config import settings_or_exit  # noqa: E402
+from chinook.grpc_client import CacheClient, PersistenceClient  # noqa: E402
+from chinook.logs import configure_logging  # noqa: E402
+
+from . import jobs  # noqa: E402
 
 settings = settings_or_exit()
 app = make_celery("worker", settings)
 log = logging.getLogger(__name__)
 
+DEFAULT_METRICS_PORT = 9103
 DUPLICATE_TIMEOUT_S = 1800
 
 
@@ -27,6 +37,11 @@ class Clients:
 
     persistence: PersistenceClient | None = None
     cache: CacheClient | None = None
+
+
+@worker_init.connect
+def serve_metrics(**_):
+    metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT, metrics.multiprocess_registry())
 
 
 @worker_process_init.connect
@@ -41,20 +56,41 @@ def close_clients(**_):
     for client in (Clients.persistence, Clients.cache):
         if client is not None:
             client.close()
+    metrics.mark_process_dead(os.getpid())
+
+
+@task_retry.connect
+def count_retry(sender=None, **_):
+    metrics.TASK_RETRIES.labels(sender.name).inc()
+
+
+@task_postrun.connect
+def count_handled(sender=None, state=None, **_):
+    metrics.TASKS_HANDLED.labels(sender.name, state or "UNKNOWN").inc()
 
 
 # An exception would still ack the message: transient failures are retried with
-# exponential backoff and jitter, without limit, since the rows stay dirty in the
-# cache anyway and a lease brings them back should the task be dropped.
-RETRY = dict(autoretry_for=(jobs.TransientError,), retry_backoff=1, retry_backoff_max=30, retry_jitter=True)
+# exponential backoff and jitter. After the last retry the task gives up safely: its
+# rows are still dirty in the cache, and their lease brings them back.
+RETRY = dict(autoretry_for=(jobs.TransientError,), max_retries=8, retry_backoff=1, retry_backoff_max=30,
+             retry_jitter=True)
 
 
-@app.task(name=APPLY_WRITES_TASK, ignore_result=True, max_retries=None, **RETRY)
-def apply_writes(entity: str, rows: list):
-    return jobs.apply_writes(Clients.persistence, Clients.cache, entity, rows)
+@app.task(name=APPLY_WRITES_TASK, bind=True, ignore_result=True, **RETRY)
+def apply_writes(self, entity: str, rows: list, refusals: int = 0):
+    outcome = jobs.apply_writes(Clients.persistence, Clients.cache, entity, rows)
+    if outcome.refused:
+        refusals += 1
+        if refusals < settings.writeback_max_attempts:
+            # Only the refused rows are tried again, later; the rest of the batch is durable.
+            countdown = random.uniform(0, settings.writeback_retry_backoff_ms * 2**refusals) / 1000
+            raise self.retry(args=[entity, [row for row, _ in outcome.refused]], kwargs={"refusals": refusals},
+                             countdown=countdown, max_retries=None)
+        jobs.dead_letter(Clients.cache, entity, outcome.refused)
+    return {"written": outcome.written, "stale": outcome.stale, "refused": len(outcome.refused)}
 
 
-@app.task(name=DUPLICATE_ROWS_TASK, bind=True, max_retries=10, **RETRY)
+@app.task(name=DUPLICATE_ROWS_TASK, bind=True, **RETRY)
 def duplicate_rows(self, entity: str, multiplier: int):
     def report(done, total):
         self.update_state(state="PROGRESS", meta={"done": done, "total": total})

@@ -1,6 +1,7 @@
 """What the tasks do, as plain functions over the two gRPC clients."""
 
 import logging
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -25,21 +26,38 @@ def classify(exc: grpc.RpcError) -> Exception:
     return TransientError(message) if exc.code() in TRANSIENT_CODES else RuntimeError(message)
 
 
-def apply_writes(persistence, cache, entity: str, rows: list) -> dict:
+@dataclass
+class BatchOutcome:
+    written: int
+    stale: int
+    # ([id, version, fields] row, Postgres' error) for each row it refused
+    refused: list = field(default_factory=list)
+
+
+def apply_writes(persistence, cache, entity: str, rows: list) -> BatchOutcome:
     """Writes a batch of [id, version, fields] in one statement, then tells the cache
-    which versions are durable so it can mark those rows clean."""
+    which versions are durable so it can mark those rows clean. Rows Postgres refuses
+    are returned, not raised: the others must not wait for them."""
     messages = [persistence_pb2.Row(id=i, version=v, fields=to_struct(f)) for i, v, f in rows]
     try:
         result = persistence.apply_writes(entity, messages)
         durable = set(result.applied_ids) | set(result.stale_ids)
-        cache.ack_flushed(entity, [(i, v) for i, v, _ in rows if i in durable], written=len(result.applied_ids))
+        if durable:
+            cache.ack_flushed(entity, [(i, v) for i, v, _ in rows if i in durable], written=len(result.applied_ids))
     except grpc.RpcError as exc:
         raise classify(exc) from None
-    if result.missing_ids:
-        # Rows are never deleted here; if one was, its writes stay pending and visible.
-        log.error("%s rows %s no longer exist in Postgres; their writes stay pending", entity,
-                  list(result.missing_ids)[:10])
-    return {"written": len(result.applied_ids), "stale": len(result.stale_ids), "missing": len(result.missing_ids)}
+    errors = {f.id: f.error for f in result.failed}
+    errors.update({i: "the row no longer exists in Postgres" for i in result.missing_ids})
+    return BatchOutcome(len(result.applied_ids), len(result.stale_ids),
+                        [(row, errors[row[0]]) for row in rows if row[0] in errors])
+
+
+def dead_letter(cache, entity: str, refused: list) -> int:
+    """Hands rows Postgres kept refusing to the cache's dead letters."""
+    try:
+        return cache.dead_letter(entity, [(row[0], row[1], error) for row, error in refused]).dead_lettered
+    except grpc.RpcError as exc:
+        raise classify(exc) from None
 
 
 def duplicate_rows(persistence, entity: str, multiplier: int, operation_id: str, on_progress, timeout_s: float):

@@ -13,9 +13,11 @@ class WriteBackState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WRITE_BACK_STATE_UNSPECIFIED: _ClassVar[WriteBackState]
     WRITE_BACK_STATE_CLEAN: _ClassVar[WriteBackState]
     WRITE_BACK_STATE_PENDING: _ClassVar[WriteBackState]
+    WRITE_BACK_STATE_DEAD_LETTERED: _ClassVar[WriteBackState]
 WRITE_BACK_STATE_UNSPECIFIED: WriteBackState
 WRITE_BACK_STATE_CLEAN: WriteBackState
 WRITE_BACK_STATE_PENDING: WriteBackState
+WRITE_BACK_STATE_DEAD_LETTERED: WriteBackState
 
 class Row(_message.Message):
     __slots__ = ("entity", "id", "fields", "version")
@@ -142,6 +144,68 @@ class AckFlushedResponse(_message.Message):
     CLEANED_FIELD_NUMBER: _ClassVar[int]
     cleaned: int
     def __init__(self, cleaned: _Optional[int] = ...) -> None: ...
+
+class FailedWrite(_message.Message):
+    __slots__ = ("id", "version", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    version: int
+    error: str
+    def __init__(self, id: _Optional[int] = ..., version: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class DeadLetterRequest(_message.Message):
+    __slots__ = ("entity", "rows")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    rows: _containers.RepeatedCompositeFieldContainer[FailedWrite]
+    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[FailedWrite, _Mapping]]] = ...) -> None: ...
+
+class DeadLetterResponse(_message.Message):
+    __slots__ = ("dead_lettered",)
+    DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    dead_lettered: int
+    def __init__(self, dead_lettered: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class DeadLetterKey(_message.Message):
+    __slots__ = ("entity", "id")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    id: int
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+
+class DeadLetterEntry(_message.Message):
+    __slots__ = ("entity", "id", "version", "error", "failed_at", "fields")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FAILED_AT_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    id: int
+    version: int
+    error: str
+    failed_at: float
+    fields: _struct_pb2.Struct
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., version: _Optional[int] = ..., error: _Optional[str] = ..., failed_at: _Optional[float] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("entries", "total")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[DeadLetterEntry]
+    total: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[DeadLetterEntry, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
 
 class StartDuplicationRequest(_message.Message):
     __slots__ = ("multiplier",)

@@ -69,6 +69,26 @@ class CacheServiceStub:
                 request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.AckFlushedRequest.SerializeToString,
                 response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.AckFlushedResponse.FromString,
                 _registered_method=True)
+        self.DeadLetter = channel.unary_unary(
+                '/chinook.cache.v1.CacheService/DeadLetter',
+                request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterRequest.SerializeToString,
+                response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/chinook.cache.v1.CacheService/ListDeadLetters',
+                request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetter = channel.unary_unary(
+                '/chinook.cache.v1.CacheService/RetryDeadLetter',
+                request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterKey.SerializeToString,
+                response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterEntry.FromString,
+                _registered_method=True)
+        self.DiscardDeadLetter = channel.unary_unary(
+                '/chinook.cache.v1.CacheService/DiscardDeadLetter',
+                request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterKey.SerializeToString,
+                response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterEntry.FromString,
+                _registered_method=True)
         self.StartDuplication = channel.unary_unary(
                 '/chinook.cache.v1.CacheService/StartDuplication',
                 request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.StartDuplicationRequest.SerializeToString,
@@ -135,6 +155,34 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeadLetter(self, request, context):
+        """Called by workers for rows Postgres kept refusing: they stop being retried and
+        wait, still dirty, for an operator to retry or discard them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetter(self, request, context):
+        """Schedules a dead-lettered row's write again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardDeadLetter(self, request, context):
+        """Gives up a dead-lettered write: the cache drops the row, reads see Postgres again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartDuplication(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -184,6 +232,26 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.AckFlushed,
                     request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.AckFlushedRequest.FromString,
                     response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.AckFlushedResponse.SerializeToString,
+            ),
+            'DeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeadLetter,
+                    request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterRequest.FromString,
+                    response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RetryDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetter,
+                    request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterKey.FromString,
+                    response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterEntry.SerializeToString,
+            ),
+            'DiscardDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardDeadLetter,
+                    request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterKey.FromString,
+                    response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterEntry.SerializeToString,
             ),
             'StartDuplication': grpc.unary_unary_rpc_method_handler(
                     servicer.StartDuplication,
@@ -385,6 +453,114 @@ class CacheService:
             '/chinook.cache.v1.CacheService/AckFlushed',
             chinook_dot_cache_dot_v1_dot_cache__pb2.AckFlushedRequest.SerializeToString,
             chinook_dot_cache_dot_v1_dot_cache__pb2.AckFlushedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chinook.cache.v1.CacheService/DeadLetter',
+            chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterRequest.SerializeToString,
+            chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chinook.cache.v1.CacheService/ListDeadLetters',
+            chinook_dot_cache_dot_v1_dot_cache__pb2.ListDeadLettersRequest.SerializeToString,
+            chinook_dot_cache_dot_v1_dot_cache__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chinook.cache.v1.CacheService/RetryDeadLetter',
+            chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterKey.SerializeToString,
+            chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chinook.cache.v1.CacheService/DiscardDeadLetter',
+            chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterKey.SerializeToString,
+            chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterEntry.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,14 +40,24 @@ class ApplyWritesRequest(_message.Message):
     def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ...) -> None: ...
 
 class ApplyWritesResponse(_message.Message):
-    __slots__ = ("applied_ids", "stale_ids", "missing_ids")
+    __slots__ = ("applied_ids", "stale_ids", "missing_ids", "failed")
     APPLIED_IDS_FIELD_NUMBER: _ClassVar[int]
     STALE_IDS_FIELD_NUMBER: _ClassVar[int]
     MISSING_IDS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     applied_ids: _containers.RepeatedScalarFieldContainer[int]
     stale_ids: _containers.RepeatedScalarFieldContainer[int]
     missing_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, applied_ids: _Optional[_Iterable[int]] = ..., stale_ids: _Optional[_Iterable[int]] = ..., missing_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    failed: _containers.RepeatedCompositeFieldContainer[FailedRow]
+    def __init__(self, applied_ids: _Optional[_Iterable[int]] = ..., stale_ids: _Optional[_Iterable[int]] = ..., missing_ids: _Optional[_Iterable[int]] = ..., failed: _Optional[_Iterable[_Union[FailedRow, _Mapping]]] = ...) -> None: ...
+
+class FailedRow(_message.Message):
+    __slots__ = ("id", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    error: str
+    def __init__(self, id: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ListIdsRequest(_message.Message):
     __slots__ = ("entity",)

@@ -69,6 +69,8 @@ class PersistenceServiceServicer:
     def ApplyWrites(self, request, context):
         """Writes a batch in one statement. A row is written only when its version is
         newer than the stored one, so stale or redelivered batches change nothing.
+        Rows Postgres refuses are isolated (by halving the batch under savepoints)
+        and reported in `failed`; the others are written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,9 +1,14 @@
 """Starts the cache service: `python -m cache_svc`."""
 
-import redis
+import logging
 
+import redis
+from prometheus_client import REGISTRY
+
+from chinook import metrics
 from chinook.cache.v1 import cache_pb2_grpc
 from chinook.config import settings_or_exit
+from chinook.entities import ENTITIES
 from chinook.grpc_client import CACHE_SERVICE, PersistenceClient
 from chinook.grpc_server import GrpcService
 from chinook.logs import configure_logging
@@ -15,24 +20,60 @@ from .store import RowStore
 from .writeback import WriteBack
 
 
+DEFAULT_METRICS_PORT = 9101
+log = logging.getLogger("cache-svc")
+
+
+def check_durability(client: redis.Redis, appendfsync: str):
+    """Applies REDIS_APPENDFSYNC, or warns if Redis would lose accepted writes in a
+    crash or could evict dirty rows."""
+    try:
+        if appendfsync:
+            client.config_set("appendonly", "yes")
+            client.config_set("appendfsync", appendfsync)
+        config = {**client.config_get("appendonly"), **client.config_get("appendfsync"),
+                  **client.config_get("maxmemory-policy")}
+    except redis.ResponseError as exc:
+        log.warning("cannot read or set Redis' persistence settings (%s); make sure Redis runs with "
+                    "appendonly yes, appendfsync always and a volatile-* maxmemory-policy", exc)
+        return
+    if config.get("appendonly") != "yes":
+        log.warning("Redis does not persist (appendonly no): accepted writes not yet in Postgres are lost "
+                    "if Redis crashes. Set REDIS_APPENDFSYNC=always, or run Redis with --appendonly yes")
+    else:
+        log.info("Redis persists with appendonly yes, appendfsync %s", config.get("appendfsync"))
+    if config.get("maxmemory-policy", "").startswith("allkeys"):
+        log.warning("Redis maxmemory-policy %s may evict dirty rows before they reach Postgres; "
+                    "use volatile-lru (dirty rows carry no TTL)", config["maxmemory-policy"])
+
+
 def main():
     settings = settings_or_exit()
     configure_logging("cache-svc", settings.log_level)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=10,
                                   socket_connect_timeout=2, socket_timeout=10)
-    store = RowStore(client, settings.redis_key_prefix, settings.cache_ttl_s)
+    store = RowStore(client, settings.redis_key_prefix, settings.cache_ttl_s, ENTITIES,
+                     settings.writeback_max_pending)
     persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s)
     publisher = TaskPublisher(settings)
     write_back = WriteBack(store, persistence, settings)
     flusher = Flusher(store, publisher, settings)
 
+    durability_checked = False
+
     def probe():
+        nonlocal durability_checked
         try:
             store.ping()
         except redis.RedisError as exc:
             raise ConnectionError(f"cannot reach Redis at {settings.redis_url}: {exc}. "
                                   "Start Redis (`redis-server`) or set REDIS_URL") from exc
+        if not durability_checked:
+            check_durability(client, settings.redis_appendfsync)
+            durability_checked = True
 
+    REGISTRY.register(metrics.PendingCollector(write_back.status))
+    metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT)
     service = GrpcService(settings.cache_grpc_port, [CACHE_SERVICE], probe=probe)
     cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(write_back, publisher), service.server)
     flusher.start()

@@ -5,6 +5,8 @@ several cache services may run it at once, since claiming a batch is atomic."""
 import logging
 import threading
 
+from chinook import metrics
+from chinook.celery_setup import APPLY_WRITES_TASK
 from chinook.entities import ENTITIES, get_entity
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class Flusher:
                     # The rows stay dirty; releasing them lets the next round try again.
                     self.store.release(name, [r.id for r in rows])
                     raise
+                metrics.TASKS_PUBLISHED.labels(APPLY_WRITES_TASK).inc()
+                metrics.ROWS_COALESCED.labels(name).inc(sum(r.writes - 1 for r in rows))
                 published += len(rows)
                 if len(rows) < self.batch_size:
                     break

@@ -9,10 +9,13 @@ from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
 from chinook.entities import ValidationError, get_entity
 from chinook.grpc_client import from_struct, to_struct
 
+from .store import Backpressure
 from .writeback import NotFound, WriteBack
 
 CLEAN = cache_pb2.WRITE_BACK_STATE_CLEAN
 PENDING = cache_pb2.WRITE_BACK_STATE_PENDING
+DEAD_LETTERED = cache_pb2.WRITE_BACK_STATE_DEAD_LETTERED
+MAX_DEAD_LETTERS_LISTED = 1000
 MAX_MULTIPLIER = 64
 
 
@@ -24,11 +27,27 @@ def status_codes(context):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except NotFound as exc:
         context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    except Backpressure as exc:
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     except redis.ConnectionError as exc:
         context.abort(grpc.StatusCode.UNAVAILABLE, f"Redis unavailable: {exc}")
     except grpc.RpcError as exc:
         # A failure of the persistence service, passed on with its own code.
         context.abort(exc.code(), f"persistence service: {exc.details()}")
+
+
+def _write_back_state(row) -> int:
+    if row.dead_lettered:
+        return DEAD_LETTERED
+    return PENDING if row.dirty else CLEAN
+
+
+def _dead_letter_message(entry, row) -> cache_pb2.DeadLetterEntry:
+    message = cache_pb2.DeadLetterEntry(entity=entry.entity, id=entry.id, version=entry.version,
+                                        error=entry.error, failed_at=entry.failed_at)
+    if row is not None:
+        message.fields.update(get_entity(entry.entity).row_from_store(row.fields))
+    return message
 
 
 def _status_message(status) -> cache_pb2.WriteBackStatus:
@@ -50,7 +69,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             row = cache_pb2.Row(entity=entity.name, id=result.row.id, version=result.row.version,
                                 fields=to_struct(entity.row_from_store(result.row.fields)))
             return cache_pb2.GetRowResponse(row=row, cache_hit=result.cache_hit,
-                                            write_back=PENDING if result.row.dirty else CLEAN)
+                                            write_back=_write_back_state(result.row))
 
     def UpdateRow(self, request, context):
         with status_codes(context):
@@ -89,6 +108,29 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             return cache_pb2.AckFlushedResponse(
                 cleaned=self.write_back.ack_flushed(request.entity, versions, request.written)
             )
+
+    def DeadLetter(self, request, context):
+        with status_codes(context):
+            failures = [(r.id, r.version, r.error) for r in request.rows]
+            return cache_pb2.DeadLetterResponse(dead_lettered=self.write_back.dead_letter(request.entity, failures))
+
+    def ListDeadLetters(self, request, context):
+        with status_codes(context):
+            limit = request.limit or MAX_DEAD_LETTERS_LISTED
+            if not 0 < limit <= MAX_DEAD_LETTERS_LISTED:
+                raise ValidationError(f"limit: must be 1-{MAX_DEAD_LETTERS_LISTED}")
+            entries, total = self.write_back.dead_letters(limit)
+            return cache_pb2.ListDeadLettersResponse(
+                entries=[_dead_letter_message(entry, row) for entry, row in entries], total=total
+            )
+
+    def RetryDeadLetter(self, request, context):
+        with status_codes(context):
+            return _dead_letter_message(self.write_back.resolve_dead_letter(request.entity, request.id, "retry"), None)
+
+    def DiscardDeadLetter(self, request, context):
+        with status_codes(context):
+            return _dead_letter_message(self.write_back.resolve_dead_letter(request.entity, request.id, "discard"), None)
 
     def StartDuplication(self, request, context):
         with status_codes(context):

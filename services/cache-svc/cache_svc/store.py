@@ -10,11 +10,18 @@ Layout, under the configured key prefix `p`:
   This set, not the queue, is the record of pending writes.
 - `p wb:pending:{entity}`, a sorted set: the dirty rows and the accept time of the
   oldest write of each that is not yet durable.
+- `p wb:dead:{entity}`, a hash: the dead letters, rows whose write Postgres kept
+  refusing, with the version and the error. They stay dirty but are not scheduled.
+- `p fill:{entity}:{id}`: a token set before a cache miss is loaded from Postgres. Only
+  the loader holding the current token may cache what it read, so a slow load can
+  never cache a value older than one written and flushed meanwhile.
 - `p wb:stats`, a hash of counters.
 
 Each step that changes a row and its bookkeeping is one Lua script, so it is atomic.
 """
 
+import json
+import secrets
 from dataclasses import dataclass
 
 import redis
@@ -22,31 +29,45 @@ import redis
 META_PREFIX = "_"
 
 # Applies updates to cached rows. A row that is not cached gives -1 (the caller loads
-# it and tries again). The version is a hybrid clock: above the previous version and
-# at least the Redis server's time in microseconds, so versions keep growing even
-# after Redis lost its data and rows were reloaded from Postgres.
+# it and tries again); a row that would take the pending rows of all entities
+# (KEYS[4...]) beyond ARGV[2] gives -2 and is not applied. The version is a hybrid
+# clock: above the previous version and at least the Redis server's time in
+# microseconds, so versions keep growing even after Redis lost its data and rows
+# were reloaded from Postgres.
 ACCEPT = """
-local due, pending, stats = KEYS[1], KEYS[2], KEYS[3]
-local prefix = ARGV[1]
+local due, pending, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, max_pending = ARGV[1], tonumber(ARGV[2])
+local total_pending = 0
+for k = 5, #KEYS do total_pending = total_pending + redis.call('ZCARD', KEYS[k]) end
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = string.format('%d', math.floor(now_us / 1000))
-local out, accepted, i = {}, 0, 2
+local out, accepted, i = {}, 0, 3
 while i <= #ARGV do
   local id, n = ARGV[i], tonumber(ARGV[i + 1])
   local key = prefix .. id
   local current = redis.call('HGET', key, '_ver')
+  local already_pending = redis.call('ZSCORE', pending, id)
   if not current then
     out[#out + 1] = -1
+  elseif not already_pending and total_pending >= max_pending then
+    out[#out + 1] = -2
   else
     local version = math.max(tonumber(current) + 1, now_us)
     local command = {'HSET', key, '_ver', string.format('%d', version), '_dirty', '1'}
     for j = i + 2, i + 1 + 2 * n do command[#command + 1] = ARGV[j] end
     redis.call(unpack(command))
     redis.call('HSETNX', key, '_since', now_ms)
+    redis.call('HINCRBY', key, '_writes', 1)
+    -- A newer write supersedes a dead-lettered one and is tried afresh.
+    redis.call('HDEL', key, '_dead')
+    redis.call('HDEL', dead, id)
     redis.call('PERSIST', key)
     redis.call('ZADD', due, 'LT', now_ms, id)
-    redis.call('ZADD', pending, 'NX', now_ms, id)
+    if not already_pending then
+      redis.call('ZADD', pending, now_ms, id)
+      total_pending = total_pending + 1
+    end
     out[#out + 1] = version
     accepted = accepted + 1
   end
@@ -56,19 +77,24 @@ if accepted > 0 then redis.call('HINCRBY', stats, 'accepted', accepted) end
 return out
 """
 
-# Caches rows loaded from Postgres, unless the cache already holds the row (it may
-# hold a newer, dirty version). With ARGV[3] = 1, returns each row as cached.
+# Caches rows loaded from Postgres, if the loader's fill token (ARGV[3]) is still the
+# current one for the row and the row is not cached yet. With ARGV[4] = 1, returns
+# each row as cached (empty where it was not cached).
 FILL = """
-local prefix, ttl, reply = ARGV[1], ARGV[2], ARGV[3] == '1'
-local out, i = {}, 4
+local prefix, ttl, token, reply = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local fill_prefix = ARGV[5]
+local out, i = {}, 6
 while i <= #ARGV do
   local id, n = ARGV[i], tonumber(ARGV[i + 1])
-  local key = prefix .. id
-  if redis.call('EXISTS', key) == 0 then
-    local command = {'HSET', key}
-    for j = i + 2, i + 1 + 2 * n do command[#command + 1] = ARGV[j] end
-    redis.call(unpack(command))
-    redis.call('EXPIRE', key, ttl)
+  local key, fill_key = prefix .. id, fill_prefix .. id
+  if redis.call('GET', fill_key) == token then
+    redis.call('DEL', fill_key)
+    if redis.call('EXISTS', key) == 0 then
+      local command = {'HSET', key}
+      for j = i + 2, i + 1 + 2 * n do command[#command + 1] = ARGV[j] end
+      redis.call(unpack(command))
+      redis.call('EXPIRE', key, ttl)
+    end
   end
   if reply then out[#out + 1] = redis.call('HGETALL', key) end
   i = i + 2 + 2 * n
@@ -100,7 +126,7 @@ for _, id in ipairs(redis.call('ZRANGE', due, '-inf', now, 'BYSCORE', 'LIMIT', 0
     redis.call('ZREM', pending, id)
   else
     redis.call('ZADD', due, 'XX', now + lease, id)
-    redis.call('HDEL', key, '_since')
+    redis.call('HDEL', key, '_since', '_writes')
     out[#out + 1] = id
     out[#out + 1] = row
   end
@@ -156,9 +182,57 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', 0, id) end
 return #ids
 """
 
+# Takes rows out of the flush schedule when Postgres kept refusing their version; a
+# row written again since keeps flowing. Returns how many were dead-lettered.
+DEAD_LETTER = """
+local due, pending, dead, prefix = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local count = 0
+for i = 2, #ARGV, 3 do
+  local id, version, error = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key = prefix .. id
+  if redis.call('HGET', key, '_ver') == version then
+    redis.call('HSET', key, '_dead', '1')
+    redis.call('HSET', dead, id, cjson.encode({version = version, error = error, failed_at = now}))
+    redis.call('ZREM', due, id)
+    redis.call('ZREM', pending, id)
+    count = count + 1
+  end
+end
+return count
+"""
+
+# Ends a dead letter: ARGV[2] 'retry' schedules the write again, 'discard' drops the
+# cached row so reads go back to Postgres. Returns the entry, or nil if there is none.
+RESOLVE_DEAD_LETTER = """
+local due, pending, dead, prefix, id, action = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3]
+local entry = redis.call('HGET', dead, id)
+if not entry then return nil end
+redis.call('HDEL', dead, id)
+local key = prefix .. id
+if action == 'retry' then
+  local t = redis.call('TIME')
+  redis.call('HDEL', key, '_dead')
+  redis.call('ZADD', due, 0, id)
+  redis.call('ZADD', pending, 'NX', tonumber(t[1]) * 1000, id)
+else
+  redis.call('DEL', key)
+  redis.call('ZREM', due, id)
+  redis.call('ZREM', pending, id)
+end
+return entry
+"""
+
 # Rows per script call: long enough to amortise the round trip, short enough not to
 # stall other clients of Redis.
 CHUNK = 1000
+# A load from Postgres slower than this gives up caching what it read.
+FILL_TOKEN_TTL_MS = 30_000
+
+
+class Backpressure(Exception):
+    """Too many rows are pending; the write was not accepted."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +240,8 @@ class CachedRow:
     id: int
     fields: dict  # column name to string value, as stored; absent means NULL
     version: int
-    dirty: bool
+    dirty: bool = False
+    dead_lettered: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,11 +249,26 @@ class ClaimedRow:
     id: int
     fields: dict
     version: int
+    writes: int = 1  # accepted writes this flush covers
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    entity: str
+    id: int
+    version: int
+    error: str
+    failed_at: float
 
 
 def _parse_hash(row_id: int, raw: dict) -> CachedRow:
     fields = {k: v for k, v in raw.items() if not k.startswith(META_PREFIX)}
-    return CachedRow(row_id, fields, int(raw["_ver"]), "_dirty" in raw)
+    return CachedRow(row_id, fields, int(raw["_ver"]), "_dirty" in raw, "_dead" in raw)
+
+
+def _parse_dead_letter(entity: str, row_id, raw: str) -> DeadLetter:
+    entry = json.loads(raw)
+    return DeadLetter(entity, int(row_id), int(entry["version"]), entry["error"], float(entry["failed_at"]) / 1000)
 
 
 def _pairs_to_dict(flat: list) -> dict:
@@ -195,21 +285,38 @@ def _encode_fields(fields: dict) -> list:
 
 
 class RowStore:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int):
+    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int, entities, max_pending: int = 1_000_000):
         self.redis = client
         self.prefix = prefix
         self.ttl_s = ttl_s
+        self.entities = tuple(entities)
+        self.max_pending = max_pending
         self._accept = client.register_script(ACCEPT)
         self._fill = client.register_script(FILL)
         self._claim = client.register_script(CLAIM)
         self._ack = client.register_script(ACK)
         self._expedite = client.register_script(EXPEDITE)
+        self._dead_letter = client.register_script(DEAD_LETTER)
+        self._resolve_dead_letter = client.register_script(RESOLVE_DEAD_LETTER)
 
     def row_prefix(self, entity: str) -> str:
         return f"{self.prefix}{entity}:"
 
-    def _bookkeeping_keys(self, entity: str) -> list:
-        return [f"{self.prefix}wb:due:{entity}", f"{self.prefix}wb:pending:{entity}", f"{self.prefix}wb:stats"]
+    def _due(self, entity: str) -> str:
+        return f"{self.prefix}wb:due:{entity}"
+
+    def _pending(self, entity: str) -> str:
+        return f"{self.prefix}wb:pending:{entity}"
+
+    def _dead(self, entity: str) -> str:
+        return f"{self.prefix}wb:dead:{entity}"
+
+    def _fill_prefix(self, entity: str) -> str:
+        return f"{self.prefix}fill:{entity}:"
+
+    @property
+    def _stats(self) -> str:
+        return f"{self.prefix}wb:stats"
 
     def ping(self):
         self.redis.ping()
@@ -229,68 +336,120 @@ class RowStore:
                 found.update(i for i, present in zip(chunk, pipe.execute()) if present)
         return found
 
-    def fill(self, entity: str, rows: list[tuple[int, dict, int]], reply: bool = False) -> list[CachedRow]:
-        """Caches (id, fields, version) rows loaded from Postgres, where not cached yet."""
+    def begin_fill(self, entity: str, ids: list[int]) -> str:
+        """Takes the fill token of each row before reading it from Postgres."""
+        token = secrets.token_hex(8)
+        prefix = self._fill_prefix(entity)
+        for start in range(0, len(ids), CHUNK * 10):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for row_id in ids[start:start + CHUNK * 10]:
+                    pipe.set(f"{prefix}{row_id}", token, px=FILL_TOKEN_TTL_MS)
+                pipe.execute()
+        return token
+
+    def fill(self, entity: str, token: str, rows: list[tuple[int, dict, int]], reply: bool = False) -> list:
+        """Caches (id, fields, version) rows loaded from Postgres under `token`, where
+        nobody cached the row meanwhile. With reply, returns each row as cached now, or
+        None where it is not cached."""
         cached = []
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
-            args = [self.row_prefix(entity), self.ttl_s, int(reply)]
+            args = [self.row_prefix(entity), self.ttl_s, token, int(reply), self._fill_prefix(entity)]
             for row_id, fields, version in chunk:
                 flat = _encode_fields(fields) + ["_ver", version]
                 args += [row_id, len(flat) // 2, *flat]
             out = self._fill(keys=[], args=args)
-            cached += [_parse_hash(row_id, _pairs_to_dict(raw)) for (row_id, _, _), raw in zip(chunk, out)]
+            cached += [_parse_hash(row_id, _pairs_to_dict(raw)) if raw else None
+                       for (row_id, _, _), raw in zip(chunk, out)]
         return cached
 
     def accept(self, entity: str, updates: list[tuple[int, dict]]) -> list[int]:
-        """Applies (id, fields) updates in order; returns each new version, -1 if not cached."""
+        """Applies (id, fields) updates in order; returns each new version, -1 where
+        the row is not cached. Raises Backpressure, after applying the rows before it,
+        at the first row that would exceed the pending limit."""
         versions = []
-        keys = self._bookkeeping_keys(entity)
+        keys = [self._due(entity), self._pending(entity), self._stats, self._dead(entity)]
+        keys += [self._pending(name) for name in self.entities]
         for start in range(0, len(updates), CHUNK):
-            args = [self.row_prefix(entity)]
+            args = [self.row_prefix(entity), self.max_pending]
             for row_id, fields in updates[start:start + CHUNK]:
                 flat = _encode_fields(fields)
                 args += [row_id, len(flat) // 2, *flat]
-            versions += self._accept(keys=keys, args=args)
+            chunk_versions = self._accept(keys=keys, args=args)
+            if -2 in chunk_versions:
+                raise Backpressure(
+                    f"{self.pending_total()} rows are waiting to be written to Postgres, the limit is "
+                    f"{self.max_pending} (WRITEBACK_MAX_PENDING); retry shortly"
+                )
+            versions += chunk_versions
         return versions
 
     def claim(self, entity: str, delay_ms: int, batch_size: int, lease_ms: int) -> list[ClaimedRow]:
-        flat = self._claim(keys=self._bookkeeping_keys(entity)[:2],
+        flat = self._claim(keys=[self._due(entity), self._pending(entity)],
                            args=[self.row_prefix(entity), delay_ms, batch_size, lease_ms])
         claimed = []
         for row_id, raw in zip(flat[::2], flat[1::2]):
-            row = _parse_hash(int(row_id), _pairs_to_dict(raw))
-            claimed.append(ClaimedRow(row.id, row.fields, row.version))
+            values = _pairs_to_dict(raw)
+            row = _parse_hash(int(row_id), values)
+            claimed.append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1))))
         return claimed
 
     def release(self, entity: str, ids: list[int]):
         """Makes claimed rows claimable again at once (their task was never published)."""
-        due = self._bookkeeping_keys(entity)[0]
         if ids:
-            self.redis.zadd(due, {str(i): 0 for i in ids}, xx=True)
+            self.redis.zadd(self._due(entity), {str(i): 0 for i in ids}, xx=True)
 
     def ack(self, entity: str, versions: list[tuple[int, int]], written: int) -> tuple[int, list[int]]:
         args = [self.row_prefix(entity), self.ttl_s, written]
         for row_id, version in versions:
             args += [row_id, version]
-        cleaned, lags = self._ack(keys=self._bookkeeping_keys(entity), args=args)
+        cleaned, lags = self._ack(keys=[self._due(entity), self._pending(entity), self._stats], args=args)
         return cleaned, lags
 
     def expedite(self, entity: str) -> int:
-        return self._expedite(keys=self._bookkeeping_keys(entity)[:1])
+        return self._expedite(keys=[self._due(entity)])
 
     def pending(self, entity: str) -> tuple[int, float | None]:
         """Pending rows and the accept time (ms) of the oldest pending write."""
-        key = self._bookkeeping_keys(entity)[1]
+        key = self._pending(entity)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(key)
             pipe.zrange(key, 0, 0, withscores=True)
             count, oldest = pipe.execute()
         return count, (oldest[0][1] if oldest else None)
 
+    def pending_total(self) -> int:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in self.entities:
+                pipe.zcard(self._pending(name))
+            return sum(pipe.execute())
+
     def counters(self) -> dict:
-        raw = self.redis.hgetall(f"{self.prefix}wb:stats")
+        raw = self.redis.hgetall(self._stats)
         return {name: int(value) for name, value in raw.items()}
+
+    def dead_letter(self, entity: str, failures: list[tuple[int, int, str]]) -> int:
+        """Dead-letters (id, version, error) rows whose cached version is still that one."""
+        args = [self.row_prefix(entity)]
+        for row_id, version, error in failures:
+            args += [row_id, version, error]
+        return self._dead_letter(keys=[self._due(entity), self._pending(entity), self._dead(entity)], args=args)
+
+    def dead_letters(self, entity: str) -> list[DeadLetter]:
+        return sorted((_parse_dead_letter(entity, row_id, raw) for row_id, raw in
+                       self.redis.hgetall(self._dead(entity)).items()), key=lambda d: d.failed_at)
+
+    def dead_letter_count(self) -> int:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in self.entities:
+                pipe.hlen(self._dead(name))
+            return sum(pipe.execute())
+
+    def resolve_dead_letter(self, entity: str, row_id: int, action: str) -> DeadLetter | None:
+        """action 'retry' schedules the write again, 'discard' drops the cached row."""
+        raw = self._resolve_dead_letter(keys=[self._due(entity), self._pending(entity), self._dead(entity)],
+                                        args=[self.row_prefix(entity), row_id, action])
+        return _parse_dead_letter(entity, row_id, raw) if raw else None
 
     def now_ms(self) -> float:
         seconds, micros = self.redis.time()

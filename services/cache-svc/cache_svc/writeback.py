@@ -7,10 +7,11 @@ import random
 import time
 from dataclasses import dataclass
 
+from chinook import metrics
 from chinook.entities import ENTITIES, Entity, ValidationError, get_entity, parse_id
 from chinook.grpc_client import from_struct
 
-from .store import CachedRow, RowStore
+from .store import Backpressure, CachedRow, DeadLetter, RowStore
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,25 @@ class WriteBack:
         entity = get_entity(entity_name)
         row_id = parse_id(row_id)
         cached = self.store.get(entity.name, row_id)
+        metrics.CACHE_READS.labels(entity.name, "hit" if cached else "miss").inc()
         if cached:
             return ReadResult(cached, cache_hit=True)
-        loaded = self._load(entity, [row_id], reply=True)
+        loaded = self._load(entity, [row_id])
         if not loaded:
             raise NotFound(f"{entity.name} {row_id} not found")
         return ReadResult(loaded[0], cache_hit=False)
 
-    def _load(self, entity: Entity, ids: list[int], reply: bool = False) -> list[CachedRow]:
-        """Reads rows from Postgres into the cache; returns them when asked (missing left out)."""
+    def _load(self, entity: Entity, ids: list[int]) -> list[CachedRow]:
+        """Reads rows from Postgres into the cache; returns the rows found, as cached now
+        (or as read, where another writer or loader got there first)."""
+        token = self.store.begin_fill(entity.name, ids)
         rows = self.persistence.get_rows(entity.name, ids)
         loaded = [(r.id, entity.validate_full_row(from_struct(r.fields), entity.name), r.version) for r in rows]
-        return self.store.fill(entity.name, loaded, reply=reply)
+        cached = self.store.fill(entity.name, token, loaded, reply=True)
+        return [
+            row or CachedRow(row_id, {k: str(v) for k, v in fields.items() if v is not None}, version)
+            for row, (row_id, fields, version) in zip(cached, loaded)
+        ]
 
     def _ensure_cached(self, entity: Entity, ids: list[int]) -> list[int]:
         """Loads the rows not cached yet; returns the ids that exist nowhere."""
@@ -72,7 +80,7 @@ class WriteBack:
         absent = [i for i in ids if i not in cached]
         if not absent:
             return []
-        found = {row.id for row in self._load(entity, absent, reply=True)}
+        found = {row.id for row in self._load(entity, absent)}
         return [i for i in absent if i not in found]
 
     # Writes
@@ -96,6 +104,12 @@ class WriteBack:
             for i, (row_id, patch) in enumerate(updates)
         ]
         ids = list(dict.fromkeys(row_id for row_id, _ in checked))
+        # Refuse a bulk that cannot fit before accepting any of it.
+        if self.store.pending_total() + len(ids) > self.store.max_pending:
+            raise Backpressure(
+                f"{len(ids)} more pending rows would exceed WRITEBACK_MAX_PENDING={self.store.max_pending}; "
+                "retry shortly or in smaller bulks"
+            )
         missing = set(self._ensure_cached(entity, ids))
         if missing:
             index = next(i for i, (row_id, _) in enumerate(checked) if row_id in missing)
@@ -132,6 +146,7 @@ class WriteBack:
         for _ in range(3):
             retry = [i for i, version in enumerate(versions) if version < 0]
             if not retry:
+                metrics.WRITES_ACCEPTED.labels(entity.name).inc(len(versions))
                 return versions
             self._ensure_cached(entity, [updates[i][0] for i in retry])
             for i, version in zip(retry, self.store.accept(entity.name, [updates[i] for i in retry])):
@@ -142,8 +157,33 @@ class WriteBack:
 
     def ack_flushed(self, entity_name: str, versions: list[tuple[int, int]], written: int) -> int:
         entity = get_entity(entity_name)
-        cleaned, _lags = self.store.ack(entity.name, versions, written)
+        cleaned, lags_ms = self.store.ack(entity.name, versions, written)
+        metrics.ROWS_FLUSHED.labels(entity.name).inc(written)
+        for lag_ms in lags_ms:
+            metrics.ACCEPT_TO_DURABLE.labels(entity.name).observe(lag_ms / 1000)
         return cleaned
+
+    def dead_letter(self, entity_name: str, failures: list[tuple[int, int, str]]) -> int:
+        entity = get_entity(entity_name)
+        count = self.store.dead_letter(entity.name, failures)
+        if count:
+            metrics.ROWS_DEAD_LETTERED.labels(entity.name).inc(count)
+            log.warning("dead-lettered %d %s rows, first %s: %s", count, entity.name, failures[0][0], failures[0][2])
+        return count
+
+    def dead_letters(self, limit: int) -> tuple[list[tuple[DeadLetter, CachedRow | None]], int]:
+        """The oldest dead letters with the refused values, and how many there are."""
+        entries = sorted((d for name in ENTITIES for d in self.store.dead_letters(name)), key=lambda d: d.failed_at)
+        return [(d, self.store.get(d.entity, d.id)) for d in entries[:limit]], len(entries)
+
+    def resolve_dead_letter(self, entity_name: str, row_id: int, action: str) -> DeadLetter:
+        entity = get_entity(entity_name)
+        row_id = parse_id(row_id)
+        entry = self.store.resolve_dead_letter(entity.name, row_id, action)
+        if entry is None:
+            raise NotFound(f"no dead letter for {entity.name} {row_id}")
+        log.info("dead letter %s %s: %s", entity.name, row_id, "scheduled again" if action == "retry" else "discarded")
+        return entry
 
     def status(self) -> Status:
         pending, oldest = 0, None
@@ -155,7 +195,7 @@ class WriteBack:
         counters = self.store.counters()
         age = max(0.0, (self.store.now_ms() - oldest) / 1000) if oldest is not None else 0.0
         return Status(pending, round(age, 3), counters.get("accepted", 0), counters.get("flushed", 0),
-                      counters.get("failed", 0))
+                      self.store.dead_letter_count())
 
     def flush(self, wait_s: float) -> Status:
         """Makes every pending row claimable now; with wait_s, waits until none is pending."""

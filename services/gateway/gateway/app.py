@@ -1,10 +1,14 @@
 """Flask routes: parse HTTP input, call the cache service, shape JSON out."""
 
 import json
+import os
+import time
 
 import grpc
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from chinook import metrics
 from chinook.cache.v1 import cache_pb2
 from chinook.config import Settings
 from chinook.entities import ValidationError, get_entity, parse_id
@@ -47,8 +51,11 @@ def path_id(raw: str, name: str) -> int:
         raise bad_request(str(exc)) from None
 
 
-def write_back_header(state) -> str:
-    return "pending" if state == cache_pb2.WRITE_BACK_STATE_PENDING else "clean"
+WRITE_BACK_HEADER = {
+    cache_pb2.WRITE_BACK_STATE_CLEAN: "clean",
+    cache_pb2.WRITE_BACK_STATE_PENDING: "pending",
+    cache_pb2.WRITE_BACK_STATE_DEAD_LETTERED: "dead-letter",
+}
 
 
 def read_row(entity_name: str, row_id: int):
@@ -80,7 +87,7 @@ def _get(entity_name, raw_id):
     body, response = read_row(entity.name, path_id(raw_id, entity.primary_key))
     result = jsonify(body)
     result.headers["X-Cache"] = "HIT" if response.cache_hit else "MISS"
-    result.headers["X-Write-Back"] = write_back_header(response.write_back)
+    result.headers["X-Write-Back"] = WRITE_BACK_HEADER[response.write_back]
     return result
 
 
@@ -178,6 +185,64 @@ def write_back_flush():
     if not 0 <= wait <= MAX_FLUSH_WAIT_S:
         raise bad_request(f"wait: must be 0-{MAX_FLUSH_WAIT_S} seconds, got {raw}")
     return jsonify(status_body(cache().flush(wait))), 202 if wait == 0 else 200
+
+
+def dead_letter_body(entry) -> dict:
+    return {
+        "key": f"{entry.entity}:{entry.id}",
+        "entity": entry.entity,
+        "id": entry.id,
+        "version": entry.version,
+        "error": entry.error,
+        "failed_at": entry.failed_at,
+        "value": from_struct(entry.fields) if entry.HasField("fields") else None,
+    }
+
+
+def dead_letter_key(key: str) -> tuple[str, int]:
+    entity_name, _, raw_id = key.partition(":")
+    try:
+        return get_entity(entity_name).name, parse_id(raw_id, "id")
+    except ValidationError as exc:
+        raise bad_request(f"dead letter key {key!r}: expected <entity>:<id>, e.g. album:42; {exc}") from None
+
+
+@api.get("/write-back/dead-letters")
+def list_dead_letters():
+    response = cache().list_dead_letters(1000)
+    return jsonify({"dead_letters": [dead_letter_body(e) for e in response.entries], "total": response.total})
+
+
+@api.post("/write-back/dead-letters/<key>/retry")
+def retry_dead_letter(key):
+    entry = cache().retry_dead_letter(*dead_letter_key(key))
+    return jsonify({**dead_letter_body(entry), "write_back": "pending"}), 202
+
+
+@api.delete("/write-back/dead-letters/<key>")
+def discard_dead_letter(key):
+    entry = cache().discard_dead_letter(*dead_letter_key(key))
+    return jsonify({**dead_letter_body(entry), "discarded": True})
+
+
+@api.get("/metrics")
+def prometheus_metrics():
+    registry = metrics.multiprocess_registry() if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else REGISTRY
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@api.before_app_request
+def start_timer():
+    g.started = time.perf_counter()
+
+
+@api.after_app_request
+def observe(response):
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    metrics.HTTP_SECONDS.labels(request.method, route, response.status_code).observe(
+        time.perf_counter() - g.get("started", time.perf_counter())
+    )
+    return response
 
 
 @api.get("/healthz")

@@ -1,5 +1,6 @@
 """Starts the persistence service: `python -m persistence_svc`."""
 
+from chinook import metrics
 from chinook.config import settings_or_exit
 from chinook.grpc_client import PERSISTENCE_SERVICE
 from chinook.grpc_server import GrpcService
@@ -10,6 +11,7 @@ from .db import Database
 from .servicer import PersistenceServicer
 
 MAX_WORKERS = 16
+DEFAULT_METRICS_PORT = 9102
 
 
 def main():
@@ -17,6 +19,7 @@ def main():
     configure_logging("persistence-svc", settings.log_level)
     # Two spare connections for the health probe and a stream that outlives its call.
     db = Database(settings.database_url, max_connections=MAX_WORKERS + 2)
+    metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT)
     service = GrpcService(settings.persistence_grpc_port, [PERSISTENCE_SERVICE], probe=db.ping,
                           max_workers=MAX_WORKERS)
     persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(PersistenceServicer(db), service.server)

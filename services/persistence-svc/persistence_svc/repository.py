@@ -2,7 +2,7 @@
 are quoted by psycopg2.sql; every value is a bound parameter."""
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg2.errors
 from psycopg2 import sql
@@ -38,6 +38,9 @@ class WriteResult:
     applied_ids: list
     stale_ids: list
     missing_ids: list
+    # (id, error) of the rows Postgres refused
+    failed: list = field(default_factory=list)
+    statements: int = 1
 
 
 def _columns(entity: Entity):
@@ -81,21 +84,22 @@ def _apply_writes_query(entity: Entity) -> sql.Composed:
 
 
 def apply_writes(db, entity: Entity, rows: list[StoredRow]) -> WriteResult:
-    """Writes each row whose version is newer than Postgres', in one statement."""
+    """Writes each row whose version is newer than Postgres', in one statement.
+
+    If Postgres refuses the batch (a constraint, a value it will not take), the batch
+    is halved under savepoints until the refused rows are found; the rest is written.
+    """
     newest = {}
     for row in rows:
         if row.id not in newest or row.version > newest[row.id].version:
             newest[row.id] = row
     # Sorted ids make concurrent batches lock shared rows in the same order.
     ordered = [newest[i] for i in sorted(newest)]
-    arrays = [[r.id for r in ordered], [r.version for r in ordered]]
-    arrays += [[r.fields.get(name) for r in ordered] for name in entity.column_names]
     query = _apply_writes_query(entity)
     for attempt in range(1, DEADLOCK_RETRIES + 1):
         try:
             with db.transaction() as cur:
-                cur.execute(query, arrays)
-                outcome = cur.fetchall()
+                outcome, failed, statements = _write_isolating_refusals(cur, entity, query, ordered)
             break
         except psycopg2.errors.DeadlockDetected:
             if attempt == DEADLOCK_RETRIES:
@@ -104,7 +108,27 @@ def apply_writes(db, entity: Entity, rows: list[StoredRow]) -> WriteResult:
     applied = sorted(i for i, written, _ in outcome if written)
     stale = sorted(i for i, written, exists in outcome if exists and not written)
     missing = sorted(i for i, _, exists in outcome if not exists)
-    return WriteResult(applied, stale, missing)
+    return WriteResult(applied, stale, missing, failed, statements)
+
+
+def _write_isolating_refusals(cur, entity: Entity, query, rows: list[StoredRow]):
+    """Returns (outcome rows, [(id, error)] refused, statements run)."""
+    arrays = [[r.id for r in rows], [r.version for r in rows]]
+    arrays += [[r.fields.get(name) for r in rows] for name in entity.column_names]
+    cur.execute("SAVEPOINT write_batch")
+    try:
+        cur.execute(query, arrays)
+        outcome = cur.fetchall()
+        cur.execute("RELEASE SAVEPOINT write_batch")
+        return outcome, [], 1
+    except (psycopg2.IntegrityError, psycopg2.DataError) as exc:
+        cur.execute("ROLLBACK TO SAVEPOINT write_batch")
+        if len(rows) == 1:
+            return [], [(rows[0].id, str(exc).strip().splitlines()[0])], 1
+        middle = len(rows) // 2
+        first = _write_isolating_refusals(cur, entity, query, rows[:middle])
+        second = _write_isolating_refusals(cur, entity, query, rows[middle:])
+        return first[0] + second[0], first[1] + second[1], 1 + first[2] + second[2]
 
 
 def list_ids(db, entity: Entity) -> list[int]:

@@ -5,6 +5,7 @@ import contextlib
 import grpc
 import psycopg2
 
+from chinook import metrics
 from chinook.entities import ValidationError, get_entity, parse_id
 from chinook.grpc_client import from_struct, to_struct
 from chinook.persistence.v1 import persistence_pb2, persistence_pb2_grpc
@@ -56,8 +57,10 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                 for i, r in enumerate(request.rows)
             ]
             result = repository.apply_writes(self.db, entity, rows)
+            metrics.FLUSH_STATEMENTS.labels(entity.name).inc(result.statements)
             return persistence_pb2.ApplyWritesResponse(
-                applied_ids=result.applied_ids, stale_ids=result.stale_ids, missing_ids=result.missing_ids
+                applied_ids=result.applied_ids, stale_ids=result.stale_ids, missing_ids=result.missing_ids,
+                failed=[persistence_pb2.FailedRow(id=i, error=error) for i, error in result.failed],
             )
 
     def ListIds(self, request, context):

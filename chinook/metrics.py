@@ -1,0 +1,74 @@
+"""Prometheus metrics of every process, defined once.
+
+Processes that fork workers (gunicorn, Celery prefork) run prometheus_client in
+multiprocess mode: their entry point sets PROMETHEUS_MULTIPROC_DIR before anything
+imports prometheus_client, and the parent serves what all children wrote.
+"""
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+LAG_BUCKETS = (.01, .025, .05, .1, .2, .3, .5, .75, 1, 2, 5, 10, 30, 60, 300)
+
+WRITES_ACCEPTED = Counter("chinook_writes_accepted_total", "Updates accepted into the cache", ["entity"])
+ROWS_FLUSHED = Counter("chinook_rows_flushed_total", "Rows written to Postgres by write-back", ["entity"])
+ROWS_COALESCED = Counter("chinook_rows_coalesced_total",
+                         "Accepted updates that needed no row write of their own", ["entity"])
+FLUSH_STATEMENTS = Counter("chinook_flush_statements_total", "SQL statements run to write batches", ["entity"])
+TASKS_PUBLISHED = Counter("chinook_tasks_published_total", "Celery tasks published", ["task"])
+TASKS_HANDLED = Counter("chinook_tasks_handled_total", "Celery tasks run by workers, by end state",
+                        ["task", "state"])
+TASK_RETRIES = Counter("chinook_task_retries_total", "Celery task retries", ["task"])
+ROWS_DEAD_LETTERED = Counter("chinook_rows_dead_lettered_total",
+                             "Rows moved to the dead letters after Postgres kept refusing them", ["entity"])
+ACCEPT_TO_DURABLE = Histogram("chinook_accept_to_durable_seconds",
+                              "From accepting a row's oldest pending write to its flush", ["entity"],
+                              buckets=LAG_BUCKETS)
+CACHE_READS = Counter("chinook_cache_reads_total", "Row reads by cache result", ["entity", "result"])
+GRPC_SERVER_SECONDS = Histogram("chinook_grpc_server_handling_seconds", "gRPC calls handled",
+                                ["method", "code"], buckets=LATENCY_BUCKETS)
+HTTP_SECONDS = Histogram("chinook_http_request_duration_seconds", "HTTP requests handled",
+                         ["method", "route", "status"], buckets=LATENCY_BUCKETS)
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def mark_process_dead(pid: int):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
+
+
+def serve(port: int, registry=None):
+    """Serves /metrics on its own port (for the gRPC services and the workers)."""
+    if registry is None:
+        start_http_server(port)
+    else:
+        start_http_server(port, registry=registry)
+
+
+class PendingCollector:
+    """Pending rows and the age of the oldest pending write, read from the cache at
+    scrape time, so every cache-svc replica reports the same truth."""
+
+    def __init__(self, status):
+        self.status = status
+
+    def collect(self):
+        try:
+            status = self.status()
+        except Exception:  # the cache is unreachable: report nothing rather than fail the scrape
+            return []
+        pending = GaugeMetricFamily("chinook_pending_rows", "Rows accepted but not yet durable in Postgres")
+        pending.add_metric([], status.pending)
+        age = GaugeMetricFamily("chinook_oldest_pending_age_seconds", "Age of the oldest pending write")
+        age.add_metric([], status.oldest_pending_age_s)
+        dead = GaugeMetricFamily("chinook_dead_letter_rows", "Rows waiting in the dead letters")
+        dead.add_metric([], status.failed)
+        return [pending, age, dead]
