@@ -10,13 +10,17 @@ SOURCE_DIRS := . services/gateway services/cache-svc services/persistence-svc wo
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 REQUIREMENTS := requirements-dev.txt chinook/requirements.txt $(wildcard services/*/requirements.txt) workers/requirements.txt
 
-.PHONY: run test venv stubs db preflight clean
+.PHONY: run test chaos venv stubs db preflight clean
 
 run: venv stubs preflight db
 	honcho start --procfile Procfile
 
 test: venv
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+# Every fault-injection scenario, with its summary table.
+chaos: venv
+	$(BIN)/pytest tests/chaos -v
 
 venv: $(VENV)/.installed
 

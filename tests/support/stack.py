@@ -120,6 +120,8 @@ class Stack:
             for name, command in procfile_commands().items()
         }
         self.processes: dict[str, subprocess.Popen] = {}
+        # Where each process' log began when it was last started, to read only its own run.
+        self._log_offsets: dict[str, int] = {}
 
     @property
     def gateway_url(self) -> str:
@@ -139,6 +141,7 @@ class Stack:
     def start(self, *names: str):
         for name in names or self.commands:
             log = open(self.log_path(name), "ab")
+            self._log_offsets[name] = log.tell()
             self.processes[name] = subprocess.Popen(
                 ["bash", "-c", f"exec {self.commands[name]}"], cwd=REPO_ROOT, env=self.env,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -181,7 +184,9 @@ class Stack:
 
     def _is_ready(self, name: str) -> bool:
         if name.endswith("worker"):
-            return " ready." in self.log_path(name).read_text(errors="replace")
+            with open(self.log_path(name), "rb") as log:
+                log.seek(self._log_offsets[name])
+                return b" ready." in log.read()
         if name == "gateway":
             try:
                 with socket.create_connection(("127.0.0.1", self.gateway_port), timeout=1):

@@ -1,0 +1,449 @@
+"""Private Redis, Postgres and RabbitMQ servers for fault-injection tests.
+
+Each server runs from this machine's binaries on free ports of 127.0.0.1, with its
+data in a folder of its own, so a test may stop, SIGKILL and restart it without
+disturbing the shared instances on 6379, 5432 and 5672. A restart keeps the ports and
+the data, as a real store restarting on the same disk would.
+
+    with RedisServer(tmp_path / "redis") as store:
+        ...  # store.url; store.kill(); store.restart()
+
+`start()` never leaves a process behind when it fails, and `close()` (or leaving the
+`with` block, or the end of the interpreter) stops the server and everything it spawned.
+"""
+
+import atexit
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import redis
+
+READY_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 30
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """`count` distinct ports that were free on 127.0.0.1 a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def alive(pid: int) -> bool:
+    """True while any thread of `pid` runs. A zombie counts as dead, as this machine's init
+    may never reap the orphans it inherits; but after a SIGKILL the main thread of a
+    multi-threaded server (beam.smp) is a zombie while another thread still tears the
+    process down and holds its ports, hence the look at every thread."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            if stat.read_text().rpartition(")")[2].split()[0] not in ("Z", "X"):
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren... of `pid`, read from /proc. Read them before killing
+    `pid`: once it dies they belong to init."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_pids(pids: list[int], timeout_s: float = 10):
+    """SIGKILLs each of `pids` that still runs and waits until none does."""
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout_s
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still running after SIGKILL: {[p for p in pids if alive(p)]}")
+        time.sleep(0.05)
+
+
+def kill_tree(process: subprocess.Popen, timeout_s: float = 10):
+    """SIGKILLs `process` and all its descendants, and waits until none of them runs."""
+    kill_pids([process.pid, *descendants(process.pid)], timeout_s)
+    process.wait(timeout_s)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    return f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class PrivateServer:
+    """One server process in `folder`, on ports picked once in the constructor.
+
+    Subclasses give the command, the readiness check and the signal for a graceful
+    stop. The server's output goes to `log_path`; a failed or slow start raises with
+    the tail of its logs.
+    """
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.folder / f"{self.name}.log"
+        self.port = free_ports()[0]
+        self.process: subprocess.Popen | None = None
+        atexit.register(self.close)
+
+    # --- what subclasses provide
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def prepare(self):
+        """Runs before each start: first-time setup such as initdb."""
+
+    def popen_options(self) -> dict:
+        return {}
+
+    def log_tails(self) -> str:
+        return tail(self.log_path)
+
+    # --- life cycle
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port]
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> "PrivateServer":
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running (pid {self.process.pid})")
+        taken = [port for port in self.ports if port_open(port)]
+        if taken:  # a leftover there could pass for the new server
+            raise RuntimeError(f"{self.name}: port(s) {taken} taken by another process")
+        try:
+            self.prepare()
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True, **self.popen_options(),
+                )
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise RuntimeError(f"{self.name} is not running (exit code {code})\n{self.log_tails()}")
+            if self.is_ready():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not ready after {timeout_s} s\n{self.log_tails()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S):
+        """Graceful shutdown; SIGKILLs the server and raises if it takes over `timeout_s`."""
+        if not self.running:
+            return self.kill()  # reaps an exited process and leftovers, if any
+        leftovers = descendants(self.process.pid)
+        self.process.send_signal(self.stop_signal)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(f"{self.name} did not stop within {timeout_s} s\n{self.log_tails()}")
+        deadline = time.monotonic() + 2  # its children normally follow it; give them a moment
+        while any(alive(pid) for pid in leftovers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kill_pids(leftovers)
+        self.process = None
+
+    def kill(self):
+        """SIGKILLs the server and every process it started: a crash, not a shutdown."""
+        if self.process is not None:
+            kill_tree(self.process)
+            self.process = None
+
+    def restart(self, kill: bool = False, timeout_s: float = READY_TIMEOUT_S):
+        """Stops the server (or SIGKILLs it, with `kill=True`) and starts it again on the
+        same port with the same data."""
+        self.kill() if kill else self.stop()
+        self.start(timeout_s)
+
+    def close(self):
+        """Stops the server, SIGKILLing it if a graceful stop fails. Safe to call twice."""
+        try:
+            self.stop()
+        except Exception:
+            self.kill()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RedisServer(PrivateServer):
+    """`redis-server` in the foreground, with an append-only file in `folder`.
+
+    `appendfsync="always"` (the default) fsyncs every write before answering it, so an
+    acknowledged write survives `kill()`; "everysec" may lose the last second.
+    """
+
+    name = "redis"
+
+    def __init__(self, folder: Path | str, appendfsync: str = "always"):
+        super().__init__(folder)
+        self.appendfsync = appendfsync
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+            "--appendonly", "no", "--appendfsync", self.appendfsync, "--save", "",
+            "--maxmemory-policy", "volatile-lru", "--daemonize", "no", "--logfile", "",
+        ]
+
+    def is_ready(self) -> bool:
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        try:
+            return client.ping()  # raises BusyLoadingError while it replays the AOF
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+
+class PostgresServer(PrivateServer):
+    """A Postgres cluster of its own, run as the `postgres` OS user (Postgres refuses root).
+
+    Trust authentication, listening on 127.0.0.1 only, fsync on. The cluster is created
+    by initdb on the first start. The postgres user cannot enter a pytest tmp folder
+    (its parent is mode 0700), so the cluster and its socket live in a directory of
+    their own under the system temp dir, owned by postgres; `folder` gets the log and a
+    `pgdata` link to it. `close()` removes that directory.
+    """
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # "fast" shutdown; SIGTERM would wait for clients to leave
+
+    def __init__(self, folder: Path | str, os_user: str = "postgres", bin_dir: Path | str | None = None):
+        super().__init__(folder)
+        self.os_user = pwd.getpwnam(os_user)
+        self.bin_dir = Path(bin_dir) if bin_dir else Path(shutil.which("postgres")).resolve().parent
+        self.home = Path(tempfile.mkdtemp(prefix="private-postgres-"))
+        os.chown(self.home, self.os_user.pw_uid, self.os_user.pw_gid)
+        self.data_dir = self.home / "data"
+        link = self.folder / "pgdata"
+        link.unlink(missing_ok=True)
+        link.symlink_to(self.data_dir)
+
+    @property
+    def admin_url(self) -> str:
+        return self.database_url("postgres")
+
+    @property
+    def url(self) -> str:
+        return self.admin_url
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def popen_options(self) -> dict:
+        return {"user": self.os_user.pw_uid, "group": self.os_user.pw_gid, "extra_groups": [],
+                "cwd": self.home, "env": {**os.environ, "HOME": str(self.home)}}
+
+    def prepare(self):
+        if False:
+            pass
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if False:
+            return
+        with open(self.log_path, "ab") as log:
+            done = subprocess.run(
+                [self.bin_dir / "initdb", "-D", self.data_dir, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                 "--locale", "C.UTF-8", "--no-instructions"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=120, **self.popen_options(),
+            )
+        if done.returncode:
+            raise RuntimeError(f"initdb failed with exit code {done.returncode}\n{self.log_tails()}")
+
+    def command(self) -> list[str]:
+        return [
+            str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+            "-k", str(self.home), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=on",
+        ]
+
+    def is_ready(self) -> bool:
+        try:
+            psycopg2.connect(self.admin_url, connect_timeout=1).close()
+            return True
+        except psycopg2.OperationalError:  # refused, or "the database system is starting up"
+            return False
+
+    def close(self):
+        super().close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class RabbitMQServer(PrivateServer):
+    """A RabbitMQ node of its own, `private-<random>@localhost`, with no plugins.
+
+    It has its own Erlang cookie (in `folder/home`) and its own epmd on a free port
+    (ERL_EPMD_PORT), so it can neither reach nor be confused with the shared node
+    `rabbit@localhost` and its epmd on 4369, and killing it leaves nothing behind.
+    Durable queues and persistent messages live in `folder/mnesia` and survive restarts.
+    The Debian wrapper in /usr/sbin would switch to the rabbitmq user and its cookie, so
+    the scripts in /usr/lib/rabbitmq/bin run directly, as the current user.
+    """
+
+    name = "rabbitmq"
+    scripts = Path("/usr/lib/rabbitmq/bin")
+
+    def __init__(self, folder: Path | str):
+        super().__init__(folder)
+        self.node = f"private-{uuid.uuid4().hex[:8]}@localhost"
+        self.port, self.dist_port, self.epmd_port = free_ports(3)
+        self.epmd: subprocess.Popen | None = None
+        home = self.folder / "home"
+        home.mkdir(exist_ok=True)
+        cookie = home / ".erlang.cookie"
+        if not cookie.exists():
+            cookie.write_text(secrets.token_hex(20))
+            cookie.chmod(0o400)
+        (self.folder / "rabbitmq.conf").write_text("loopback_users.guest = true\n")
+        (self.folder / "enabled_plugins").write_text("[].\n")
+        (self.folder / "rabbitmq-env.conf").write_text("# instead of /etc/rabbitmq/rabbitmq-env.conf\n")
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
+            "HOME": str(home),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.folder / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.folder / "rabbitmq-env.conf"),
+        }
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def command(self) -> list[str]:
+        return [str(self.scripts / "rabbitmq-server")]
+
+    def popen_options(self) -> dict:
+        return {"env": self.env, "cwd": self.folder}
+
+    def log_tails(self) -> str:
+        return "\n".join([tail(self.log_path), tail(self.folder / "log" / f"{self.node}.log")])
+
+    def rabbitmqctl(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+        """Runs rabbitmqctl against this node; raises with its output if it fails."""
+        done = subprocess.run([str(self.scripts / "rabbitmqctl"), "-n", self.node, *args], env=self.env,
+                              cwd=self.folder, capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        return done
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port, self.dist_port, self.epmd_port]
+
+    def prepare(self):
+        """Starts the node's own epmd, which stop() and kill() take down with the node."""
+        self.epmd = subprocess.Popen(
+            ["epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"], env=self.env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not port_open(self.epmd_port):
+            if self.epmd.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the node's own epmd did not start on port {self.epmd_port}")
+            time.sleep(0.05)
+
+    def is_ready(self) -> bool:
+        # The AMQP listener opens at the end of the boot; await_startup then confirms it.
+        if not port_open(self.port):
+            return False
+        try:
+            self.rabbitmqctl("await_startup", "--timeout", "30", timeout_s=40)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            raise RuntimeError(f"{error}\n{self.log_tails()}") from None
+        return True
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S):
+        try:
+            super().stop(timeout_s)
+        finally:
+            self._stop_epmd()
+
+    def kill(self):
+        try:
+            super().kill()
+        finally:
+            self._stop_epmd()
+
+    def _stop_epmd(self):
+        if self.epmd is not None:
+            kill_tree(self.epmd)
+            self.epmd = None
