@@ -234,8 +234,9 @@ class PrivateServer:
 class RedisServer(PrivateServer):
     """`redis-server` in the foreground, with an append-only file in `folder`.
 
-    `appendfsync="always"` (the default) fsyncs every write before answering it, so an
-    acknowledged write survives `kill()`; "everysec" may lose the last second.
+    Redis writes each command to the AOF before answering it, so an acknowledged write
+    survives `kill()` with either `appendfsync`; "always" (the default) also fsyncs it
+    first, which only a crash of the machine would tell from "everysec".
     """
 
     name = "redis"
@@ -251,7 +252,7 @@ class RedisServer(PrivateServer):
     def command(self) -> list[str]:
         return [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-            "--appendonly", "no", "--appendfsync", self.appendfsync, "--save", "",
+            "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
             "--maxmemory-policy", "volatile-lru", "--daemonize", "no", "--logfile", "",
         ]
 
@@ -305,10 +306,7 @@ class PostgresServer(PrivateServer):
                 "cwd": self.home, "env": {**os.environ, "HOME": str(self.home)}}
 
     def prepare(self):
-        if False:
-            pass
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        if False:
+        if (self.data_dir / "PG_VERSION").exists():
             return
         with open(self.log_path, "ab") as log:
             done = subprocess.run(
