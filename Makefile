@@ -18,9 +18,10 @@ run: venv stubs preflight db
 test: venv
 	$(BIN)/pytest -m "not slow"
 
-# Every fault-injection scenario, with its summary table.
+# Every fault-injection scenario with its summary table, and the other guarantees' tests.
 chaos: venv
-	$(BIN)/pytest tests/chaos -v
+	$(BIN)/pytest -v tests/chaos tests/integration/test_write_back_properties.py \
+		tests/e2e/test_dead_letters_and_metrics.py tests/e2e/test_write_back_limits.py
 
 venv: $(VENV)/.installed
 

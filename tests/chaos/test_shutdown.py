@@ -1,0 +1,48 @@
+"""Graceful shutdown: SIGTERM makes a gRPC service report NOT_SERVING and exit within
+its grace period, and a rolling restart of every process under load loses nothing."""
+
+import signal
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chinook.grpc_client import CACHE_SERVICE, PERSISTENCE_SERVICE
+from tests.chaos.test_faults import PROJECT_PROCESSES
+from tests.chaos.workload import Workload
+
+pytestmark = pytest.mark.chaos
+GRACE_S = 20
+
+
+@pytest.mark.parametrize("name, service, address", [
+    ("cache-svc", CACHE_SERVICE, "cache_addr"),
+    ("persistence-svc", PERSISTENCE_SERVICE, "persistence_addr"),
+])
+def test_sigterm_reports_not_serving_then_exits(chaos_stack, name, service, address):
+    with grpc.insecure_channel(getattr(chaos_stack, address)) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        chaos_stack.signal(name, signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert chaos_stack.processes[name].wait(GRACE_S) == 0
+    chaos_stack.start(name)
+
+
+@pytest.mark.slow
+def test_rolling_restart_under_load_loses_nothing(chaos_stack, chaos_api, album_ids, report):
+    workload = Workload(chaos_api, "rolling")
+    workload.start_hot_writers()
+    bulk = threading.Thread(target=workload.bulk, args=(album_ids, "bulk"), daemon=True)
+    bulk.start()
+    for name in PROJECT_PROCESSES:
+        chaos_stack.signal(name, signal.SIGTERM)
+        assert chaos_stack.processes[name].wait(GRACE_S) is not None
+        chaos_stack.start(name)
+    bulk.join(300)
+    workload.stop_hot_writers()
+    outcome = workload.verify()
+    report(f"SIGTERM and restart of each process in turn under load (clients retried "
+           f"{workload.client_errors} refused requests)", outcome.checked, len(outcome.lost))
+    assert not outcome.lost
