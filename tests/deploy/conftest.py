@@ -1,0 +1,163 @@
+"""Helpers of the offline validation of the deploy artifacts.
+
+The tools come from requirements-dev.txt and are run from the virtual environment of
+the Python running the tests; a missing tool is a failure, never a skip."""
+
+import functools
+import itertools
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from chinook.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+BIN = Path(sys.executable).parent
+
+# The services as each artifact names them.
+SERVICES = {
+    # Procfile name: (compose service / k8s Deployment / Tilt resource, image, source folder)
+    "gateway": ("gateway", "gateway", "services/gateway"),
+    "cache-svc": ("cache-svc", "cache-svc", "services/cache-svc"),
+    "persistence-svc": ("persistence-svc", "persistence-svc", "services/persistence-svc"),
+    "write-back-worker": ("db-write-back-worker", "workers", "workers"),
+    "duplication-worker": ("db-duplication-worker", "workers", "workers"),
+}
+IMAGE_PREFIX = "chinook/"
+# Images built from this repository, and their Dockerfiles.
+DOCKERFILES = {
+    "gateway": "services/gateway/Dockerfile",
+    "cache-svc": "services/cache-svc/Dockerfile",
+    "persistence-svc": "services/persistence-svc/Dockerfile",
+    "workers": "workers/Dockerfile",
+    "postgres": "sql/Dockerfile",
+}
+GRPC_PORTS = {"cache-svc": 50051, "persistence-svc": 50052}
+HTTP_PORTS = {"gateway": 5000}
+METRICS_PORTS = {"cache-svc": 9101, "persistence-svc": 9102, "write-back-worker": 9103, "duplication-worker": 9104}
+QUEUES = {"write-back-worker": "write_back_queue", "duplication-worker": "duplicate_queue"}
+SETTINGS_VARIABLES = {field.name.upper() for field in fields(Settings)}
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    assert path.exists(), f"{name} is not installed in {BIN}: install requirements-dev.txt"
+    return str(path)
+
+
+def run(*args, cwd=REPO, check=True) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    if check:
+        assert done.returncode == 0, f"{' '.join(map(str, args))} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def load_yaml(path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+@functools.cache
+def kustomize(path: str) -> tuple:
+    """The resources `kubectl kustomize` renders from a folder, as dicts."""
+    out = run(tool("kubectl"), "kustomize", path).stdout
+    return tuple(doc for doc in yaml.safe_load_all(out) if doc)
+
+
+def find(resources, kind: str, name: str | None = None) -> list[dict]:
+    return [r for r in resources if r["kind"] == kind and (name is None or r["metadata"]["name"] == name)]
+
+
+def one(resources, kind: str, name: str) -> dict:
+    found = find(resources, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+def workloads_of(resources) -> list[dict]:
+    return [r for r in resources if r["kind"] in ("Deployment", "StatefulSet")]
+
+
+def containers(workload: dict, init: bool = True) -> list[dict]:
+    spec = pod_spec(workload)
+    return [*(spec.get("initContainers", []) if init else []), *spec["containers"]]
+
+
+def kustomization_components(folder: Path) -> list[str]:
+    return load_yaml(folder / "kustomization.yaml").get("components", [])
+
+
+def overlays() -> list[Path]:
+    return sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+
+
+def components() -> list[Path]:
+    return sorted(p.parent for p in (K8S / "components").glob("*/kustomization.yaml"))
+
+
+def combinations(tmp_root: Path) -> dict[str, str]:
+    """Every overlay as it is, and with each subset of the components it lacks;
+    each such combination is a kustomization written under tmp_root."""
+    renders = {}
+    for overlay in overlays():
+        renders[overlay.name] = str(overlay)
+        included = {(overlay / c).resolve() for c in kustomization_components(overlay)}
+        missing = [c for c in components() if c.resolve() not in included]
+        for size in range(1, len(missing) + 1):
+            for subset in itertools.combinations(missing, size):
+                name = f"{overlay.name}+{'+'.join(c.name for c in subset)}"
+                folder = tmp_root / name
+                folder.mkdir(parents=True)
+                (folder / "kustomization.yaml").write_text(yaml.safe_dump({
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    # kustomize takes relative paths only.
+                    "resources": [os.path.relpath(overlay, folder)],
+                    "components": [os.path.relpath(c, folder) for c in subset],
+                }))
+                renders[name] = str(folder)
+    return renders
+
+
+@functools.cache
+def procfile() -> dict[str, dict]:
+    """Each Procfile process: its command with every ${VAR:-default} at its default,
+    and the variables it sets with `env NAME=value` before the command."""
+    processes = {}
+    for line in (REPO / "Procfile").read_text().splitlines():
+        match = re.match(r"^([\w-]+):\s*(.+)$", line)
+        if not match:
+            continue
+        expanded = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), match.group(2))
+        assert "$" not in expanded, f"Procfile: {line!r} uses a variable without a default"
+        words = shlex.split(expanded)
+        env = {}
+        if words[0] == "env":
+            words.pop(0)
+            while "=" in words[0]:
+                name, _, value = words.pop(0).partition("=")
+                env[name] = value
+        processes[match.group(1)] = {"argv": words, "env": env}
+    return processes
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of each instruction, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions

@@ -1,0 +1,137 @@
+"""docker-compose.yml: the Compose spec, and what `docker compose up` must give."""
+
+import re
+
+import pytest
+
+from .conftest import (GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, SETTINGS_VARIABLES, load_yaml, procfile, run,
+                       tool)
+from .test_dockerfiles import image_command
+
+COMPOSE_FILES = ["docker-compose.yml", "deploy/gitlab-runner/docker-compose.yml"]
+EXPECTED = {
+    "postgres", "redis", "rabbitmq", "persistence-svc", "cache-svc", "gateway", "db-write-back-worker",
+    "db-duplication-worker", "adminer", "redis-commander", "flower",
+}
+# Variables of the third-party images, not of this project's settings.
+THIRD_PARTY_VARIABLES = {"ADMINER_DEFAULT_SERVER", "REDIS_HOSTS", "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                         "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "RABBITMQ_DEFAULT_USER",
+                         "RABBITMQ_DEFAULT_PASS", "CELERY_BROKER_URL"}
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return load_yaml(REPO / "docker-compose.yml")
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_matches_the_compose_spec(path):
+    run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", path)
+
+
+def test_the_schema_check_can_fail(tmp_path):
+    bad = tmp_path / "compose.yml"
+    bad.write_text("services:\n  web:\n    image: nginx\n    ports: 5000\n    restart: sometimes\n")
+    assert run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", bad, check=False).returncode == 1
+
+
+def test_every_service_is_there_with_health_checks_and_restart_policies(compose):
+    services = compose["services"]
+    assert set(services) == EXPECTED
+    for name, service in services.items():
+        assert service["healthcheck"]["test"], name
+        assert service["restart"] == "unless-stopped", name
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert condition == {"condition": "service_healthy"}, f"{name} -> {dependency}"
+
+
+def test_dependencies_follow_the_architecture(compose):
+    depends = {name: set(s.get("depends_on", {})) for name, s in compose["services"].items()}
+    assert depends["gateway"] == {"cache-svc"}
+    assert depends["cache-svc"] == {"redis", "rabbitmq", "persistence-svc"}
+    assert depends["persistence-svc"] == {"postgres"}
+    for worker in ("db-write-back-worker", "db-duplication-worker"):
+        assert depends[worker] == {"rabbitmq", "redis", "cache-svc", "persistence-svc"}
+
+
+def test_images_are_pinned_and_ours_are_built_here(compose):
+    for name, service in compose["services"].items():
+        image = service["image"]
+        if image.startswith("chinook/"):
+            assert service["pull_policy"] == "build" and service["build"]["context"] == "."
+            assert (REPO / service["build"]["dockerfile"]).is_file()
+        else:
+            assert re.search(r":\d+\.\d+(\.\d+)?(-[a-z]+)?$", image), f"{name}: {image} is not an exact tag"
+
+
+def test_credentials_come_from_env_files_not_inline(compose):
+    text = (REPO / "docker-compose.yml").read_text()
+    assert not re.search(r"://[^/\s:@]+:[^@\s]+@", text), "a URL with a password in docker-compose.yml"
+    assert not re.search(r"(PASSWORD|PASS)\s*:", text)
+    for name, service in compose["services"].items():
+        files = service.get("env_file", [])
+        for path in [files] if isinstance(files, str) else files:
+            assert path.startswith("deploy/compose/") and (REPO / path).is_file(), f"{name}: {path}"
+            assert path != ".env"
+
+
+def test_ports_grpc_on_loopback_only(compose):
+    services = compose["services"]
+    assert services["gateway"]["ports"] == ["5000:5000"]
+    for name, port in GRPC_PORTS.items():
+        assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert services["adminer"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert services["redis-commander"]["ports"] == ["127.0.0.1:8082:8081"]
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+    assert services["rabbitmq"]["ports"] == ["127.0.0.1:15672:15672"]
+    assert "ports" not in services["postgres"] and "ports" not in services["redis"]
+
+
+def test_named_volumes_and_the_sql_init(compose):
+    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "rabbitmq-data"}
+    assert "./sql:/docker-entrypoint-initdb.d:ro" in compose["services"]["postgres"]["volumes"]
+    assert compose["services"]["rabbitmq"]["hostname"] == "rabbitmq"
+
+
+def test_redis_is_durable_and_never_evicts_dirty_rows(compose):
+    command = compose["services"]["redis"]["command"]
+    options = dict(zip(command[1::2], command[2::2]))
+    assert options["--appendonly"] == "yes" and options["--appendfsync"] == "always"
+    assert options["--maxmemory-policy"].startswith("volatile-")
+
+
+def test_app_containers_are_locked_down(compose):
+    for process, (name, _, _) in SERVICES.items():
+        service = compose["services"][name]
+        assert service["read_only"] is True and "/tmp" in service["tmpfs"]
+        assert service["cap_drop"] == ["ALL"] and "no-new-privileges:true" in service["security_opt"]
+
+
+@pytest.mark.parametrize("process", sorted(SERVICES))
+def test_each_process_runs_its_procfile_command_and_ports(compose, process):
+    name, image, _ = SERVICES[process]
+    service = compose["services"][name]
+    entrypoint, cmd, _ = image_command(image)
+    assert entrypoint + service.get("command", cmd) == procfile()[process]["argv"]
+    environment = service.get("environment", {})
+    if process in METRICS_PORTS:
+        assert environment["METRICS_PORT"] == str(METRICS_PORTS[process])
+    # The worker health check pings exactly this worker's node.
+    if process.endswith("worker"):
+        node = next(a for a in procfile()[process]["argv"] if "@%h" in a).replace("%h", "$$(uname -n)")
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD-SHELL" and "inspect ping" in test[1] and f'"{node}"' in test[1]
+
+
+def test_variables_are_the_settings(compose):
+    env_files = {}
+    for path in (REPO / "deploy/compose").glob("*.env"):
+        for line in path.read_text().splitlines():
+            if line and not line.startswith("#"):
+                env_files[line.split("=", 1)[0]] = path
+    for name, service in compose["services"].items():
+        for variable in [*service.get("environment", {}), *env_files]:
+            assert variable in SETTINGS_VARIABLES | THIRD_PARTY_VARIABLES, f"{name}: {variable}"
+    addresses = compose["services"]["gateway"]["environment"]
+    assert addresses["CACHE_SVC_ADDR"] == "cache-svc:50051"
+    assert addresses["PERSISTENCE_SVC_ADDR"] == "persistence-svc:50052"

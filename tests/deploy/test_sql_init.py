@@ -1,0 +1,37 @@
+"""The Postgres init path of docker compose and of the Kubernetes image: sql/ run by
+psql the way the official image's entrypoint runs /docker-entrypoint-initdb.d."""
+
+import shutil
+import subprocess
+import uuid
+from urllib.parse import urlsplit
+
+import psycopg2
+
+from chinook.config import load_settings
+from persistence_svc import initdb
+
+from .conftest import REPO
+
+
+def test_sql_files_load_with_psql_as_the_postgres_image_does():
+    psql = shutil.which("psql")
+    assert psql, "psql is needed (Debian: postgresql-client)"
+    url = urlsplit(load_settings().database_url)._replace(path=f"/chinook_initdb_{uuid.uuid4().hex[:10]}").geturl()
+    admin = psycopg2.connect(initdb.admin_url(url))
+    admin.autocommit = True
+    name = initdb.database_name(url)
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        for path in sorted((REPO / "sql").glob("*.sql")):
+            done = subprocess.run([psql, "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--quiet", "--dbname", url,
+                                   "--file", str(path)], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"{path.name}: {done.stderr}"
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM album WHERE wb_version = 0")
+            assert cur.fetchone()[0] == 347
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
