@@ -1,5 +1,6 @@
 # make run   set up everything and start the five processes (Ctrl-C stops them)
 # make test  set up everything and run the whole test suite
+# make bench the system against its anchors (bench/README.md); about 6 minutes
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -8,9 +9,9 @@ BIN := $(VENV)/bin
 # gets a .pth file naming them, so every process it runs can import them.
 SOURCE_DIRS := . services/gateway services/cache-svc services/persistence-svc workers
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-REQUIREMENTS := requirements-dev.txt chinook/requirements.txt $(wildcard services/*/requirements.txt) workers/requirements.txt
+REQUIREMENTS := requirements-dev.txt chinook/requirements.txt $(wildcard services/*/requirements.txt) workers/requirements.txt bench/requirements.txt
 
-.PHONY: run test chaos venv stubs db preflight clean
+.PHONY: run test chaos bench venv stubs db preflight clean
 
 run: venv stubs preflight db
 	honcho start --procfile Procfile
@@ -22,6 +23,12 @@ test: venv
 chaos: venv
 	$(BIN)/pytest -v tests/chaos tests/integration/test_write_back_properties.py \
 		tests/e2e/test_dead_letters_and_metrics.py tests/e2e/test_write_back_limits.py
+
+# Scenarios B1-B5 against the floor and the monolith anchors, in one run: prints the
+# table, writes bench/results/<timestamp>.json and .png, and bench/latest.png.
+bench: venv preflight
+	$(BIN)/pip install --quiet --progress-bar off -r bench/requirements.txt
+	$(BIN)/python -m bench --plot bench/latest.png
 
 venv: $(VENV)/.installed
 

@@ -1,0 +1,211 @@
+"""The results as a table of absolute figures and ratios against the targets, and as a
+plot (matplotlib, Agg backend)."""
+
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# rows/s may dip this much from one size to the next before B5 counts it as falling.
+B5_NOISE = 0.9
+# Peak memory of a service may grow this much from the previous size to the largest.
+B5_MEMORY_GROWTH = 1.25
+
+
+@dataclass
+class Row:
+    scenario: str
+    measure: str
+    system: str
+    anchor: str
+    ratio: str
+    target: str
+    met: bool | None  # None: no target, reported only
+
+
+def _fmt_s(seconds) -> str:
+    return "-" if seconds is None else f"{seconds:.3f} s"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _rate(value, unit: str) -> str:
+    return f"{value:,.0f} {unit}"
+
+
+def rows(results: dict) -> list[Row]:
+    out = []
+    for b1 in results["b1"]:
+        if not b1["headline"]:
+            continue
+        n = f"B1 N={b1['n']:,}"
+        ack_ratio = b1["ack_s"] / b1["floor_redis_s"]
+        durable_ratio = b1["durable_s"] / b1["floor_durable_s"]
+        out.append(Row(n, "acknowledged", _fmt_s(b1["ack_s"]), f"Redis pipeline {_fmt_s(b1['floor_redis_s'])}",
+                       _ratio(ack_ratio), "<= 3x", ack_ratio <= 3))
+        out.append(Row(n, "durable in Postgres", _fmt_s(b1["durable_s"]),
+                       f"pipeline + UPDATE..unnest {_fmt_s(b1['floor_durable_s'])}",
+                       _ratio(durable_ratio), "<= 5x", durable_ratio <= 5))
+    for mix, label in (("uniform", "B2 uniform"), ("hot", "B2 hot 10 rows")):
+        b2 = results["b2"].get(mix)
+        if not b2:
+            continue
+        system, through = b2["system"], b2["write_through"]
+        throughput_ratio = system["throughput_rps"] / through["throughput_rps"] if through["throughput_rps"] else None
+        out.append(Row(label, "throughput", _rate(system["throughput_rps"], "req/s"),
+                       f"write-through {_rate(through['throughput_rps'], 'req/s')}", _ratio(throughput_ratio),
+                       ">= 1.5x", throughput_ratio is not None and throughput_ratio >= 1.5))
+        out.append(Row(label, "p50 latency", f"{system['p50_ms']:.1f} ms", f"write-through {through['p50_ms']:.1f} ms",
+                       _ratio(system["p50_ms"] / through["p50_ms"] if through["p50_ms"] else None), "-", None))
+        p99_ratio = system["p99_ms"] / through["p99_ms"] if through["p99_ms"] else None
+        out.append(Row(label, "p99 latency", f"{system['p99_ms']:.1f} ms", f"write-through {through['p99_ms']:.1f} ms",
+                       _ratio(p99_ratio), "<= 1x", p99_ratio is not None and p99_ratio <= 1))
+        lag = system["lag_p99_s"]
+        out.append(Row(label, "p99 accept-to-durable", _fmt_s(lag), "-", "-", "< 1 s",
+                       lag is not None and lag < 1))
+        tpu = system["transactions_per_update"]
+        through_tpu = through.get("transactions_per_update")
+        out.append(Row(label, "Postgres transactions per update", "-" if tpu is None else f"{tpu:.4f}",
+                       "-" if through_tpu is None else f"write-through {through_tpu:.2f}", "-",
+                       "< 0.1" if mix == "hot" else "-", (tpu is not None and tpu < 0.1) if mix == "hot" else None))
+    b3 = results["b3"]
+    if b3:
+        system, monolith = b3["system"], b3["monolith"]
+        ratio = system["throughput_rps"] / monolith["throughput_rps"] if monolith["throughput_rps"] else None
+        out.append(Row("B3 cached reads", "throughput", _rate(system["throughput_rps"], "req/s"),
+                       f"monolith {_rate(monolith['throughput_rps'], 'req/s')}", _ratio(ratio), ">= 0.7x",
+                       ratio is not None and ratio >= 0.7))
+        out.append(Row("B3 cached reads", "p99 latency", f"{system['p99_ms']:.1f} ms",
+                       f"monolith {monolith['p99_ms']:.1f} ms",
+                       _ratio(system["p99_ms"] / monolith["p99_ms"] if monolith["p99_ms"] else None), "-", None))
+    b4 = results["b4"]
+    if b4:
+        ratio = b4["system_rows_per_s"] / b4["insert_select_rows_per_s"]
+        out.append(Row(f"B4 duplicate {b4['rows_before']:,} -> {b4['rows_after']:,}", "copy rate",
+                       _rate(b4["system_rows_per_s"], "rows/s"),
+                       f"INSERT..SELECT {_rate(b4['insert_select_rows_per_s'], 'rows/s')}", _ratio(ratio), ">= 0.5x",
+                       ratio >= 0.5))
+    previous = None
+    for b1 in results["b1"]:
+        rate = b1["durable_rows_per_s"]
+        met = None if previous is None else rate >= B5_NOISE * previous
+        out.append(Row(f"B5 N={b1['n']:,}", "bulk to durable", _rate(rate, "rows/s"),
+                       f"floor {_rate(b1['n'] / b1['floor_durable_s'], 'rows/s')}",
+                       _ratio(rate / (b1["n"] / b1["floor_durable_s"])),
+                       "not falling" if previous is not None else "-", met))
+        previous = rate
+    memory = results["memory"]
+    if len(memory) >= 2:
+        last, before = memory[-1], memory[-2]
+        for name in (k for k in last if k != "n"):
+            growth = last[name] / before[name] if before[name] else None
+            out.append(Row("B5 peak RSS", name, f"{last[name]:,.0f} MiB at {last['n']:,}",
+                           f"{before[name]:,.0f} MiB at {before['n']:,}", _ratio(growth),
+                           f"<= {B5_MEMORY_GROWTH}x", growth is not None and growth <= B5_MEMORY_GROWTH))
+    return out
+
+
+def table(results: dict) -> str:
+    """The rows as a Markdown table (readable in a terminal too)."""
+    header = ("scenario", "measure", "this system", "anchor", "ratio", "target", "met")
+    lines = [header] + [
+        (r.scenario, r.measure, r.system, r.anchor, r.ratio, r.target,
+         "-" if r.met is None else ("yes" if r.met else "NO"))
+        for r in rows(results)
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for index, line in enumerate(lines):
+        out.append("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |")
+        if index == 0:
+            out.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    return "\n".join(out)
+
+
+def headline(results: dict) -> dict:
+    """The ratios the top-level README quotes."""
+    return {f"{r.scenario}: {r.measure}": r.ratio for r in rows(results) if r.met is not None}
+
+
+def _cdf(axis, summary: dict, label: str, style: str):
+    values = summary.get("percentiles_ms") or []
+    if not values:
+        return
+    quantiles = [*range(0, 100), 99.5, 99.9, 100][:len(values)]
+    axis.plot(values, quantiles, style, label=f"{label} ({summary['throughput_rps']:,.0f} req/s)")
+
+
+def _latency_axis(axis, title: str):
+    axis.set_xscale("log")
+    axis.set_title(title, fontsize=10)
+    axis.set_xlabel("latency (ms, log)")
+    axis.set_ylabel("percentile")
+    axis.legend(fontsize=8, loc="lower right")
+    axis.grid(alpha=0.3, which="both")
+
+
+def plot(results: dict, path):
+    figure, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    machine = results["machine"]
+    figure.suptitle(f"chinook-writeback `make bench` ({results['profile']['name']}), "
+                    f"{machine['cores']} cores, {results['started_at']}", fontsize=13)
+
+    headline_b1 = [b for b in results["b1"] if b["headline"]] or results["b1"][:1]
+    for axis, b1 in zip(axes[0][:2], (headline_b1 + headline_b1)[:2]):
+        series = b1["series"]
+        axis.plot(series["t"], series["cache_rows"], drawstyle="steps-post", color="tab:red",
+                  label="in the cache (accepted)")
+        axis.plot(series["t"], series["pg_rows"], drawstyle="steps-post", color="tab:blue",
+                  label="in Postgres (durable)")
+        for name, color in (("ack", "tab:red"), ("durable", "tab:blue")):
+            if name in series["marks"]:
+                axis.axvline(series["marks"][name], color=color, linestyle=":", linewidth=1)
+        axis.axvline(b1["floor_redis_s"], color="tab:red", linestyle="--", linewidth=1,
+                     label=f"floor: Redis pipeline {b1['floor_redis_s']:.2f} s")
+        axis.axvline(b1["floor_durable_s"], color="tab:blue", linestyle="--", linewidth=1,
+                     label=f"floor: + UPDATE..unnest {b1['floor_durable_s']:.2f} s")
+        axis.set_title(f"B1 bulk update of {b1['n']:,} rows: ack {b1['ack_s']:.2f} s, "
+                       f"durable {b1['durable_s']:.2f} s", fontsize=10)
+        axis.set_xlabel("seconds since the request was sent")
+        axis.set_ylabel("rows holding the new value")
+        axis.legend(fontsize=8, loc="lower right")
+        axis.grid(alpha=0.3)
+
+    axis = axes[0][2]
+    ns = [b["n"] for b in results["b1"]]
+    axis.plot(ns, [b["durable_rows_per_s"] for b in results["b1"]], "o-", color="tab:blue",
+              label="system: bulk to durable")
+    axis.plot(ns, [b["ack_rows_per_s"] for b in results["b1"]], "o-", color="tab:red",
+              label="system: bulk to acknowledged")
+    axis.plot(ns, [b["n"] / b["floor_durable_s"] for b in results["b1"]], "s--", color="tab:blue", alpha=0.5,
+              label="floor: pipeline + UPDATE..unnest")
+    axis.plot(ns, [b["n"] / b["floor_redis_s"] for b in results["b1"]], "s--", color="tab:red", alpha=0.5,
+              label="floor: Redis pipeline")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_title("B5 scaling: rows per second by bulk size", fontsize=10)
+    axis.set_xlabel("rows in the bulk (= rows in the table)")
+    axis.set_ylabel("rows/s")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, which="both")
+
+    for axis, mix in zip(axes[1][:2], ("uniform", "hot")):
+        b2 = results["b2"].get(mix)
+        if b2:
+            _cdf(axis, b2["system"], "write-back (gateway)", "-")
+            _cdf(axis, b2["write_through"], "write-through anchor", "--")
+        _latency_axis(axis, f"B2 PATCH latency, {mix} mix, concurrency {results['profile']['concurrency']}")
+
+    axis = axes[1][2]
+    if results["b3"]:
+        _cdf(axis, results["b3"]["system"], "gateway -> gRPC -> cache-svc", "-")
+        _cdf(axis, results["b3"]["monolith"], "monolith anchor (redis-py)", "--")
+    _latency_axis(axis, f"B3 cached GET latency, concurrency {results['profile']['concurrency']}")
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)

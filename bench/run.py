@@ -1,0 +1,454 @@
+"""The benchmark: the real stack on free ports (as the end-to-end tests start it), the
+anchors beside it, scenarios B1-B5 in one run.
+
+The album table (347 rows) grows by duplication, through the system's own
+`POST /tasks/duplicate` for the system's database and by `INSERT ... SELECT` for
+the anchors' database, so B1 runs at each size of the profile with the table
+exactly that large.
+"""
+
+import json
+import os
+import platform
+import random
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import psycopg2
+import redis
+
+from chinook.config import load_settings
+from tests.support.api import Api
+from tests.support.stack import Isolation, Stack
+
+from . import stores
+from .anchors import floor
+from .load import percentile, request_bytes, run_load
+
+BASE_ALBUMS = 347
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # Table sizes B1 runs at, in growing order; each step multiplies the table by 2-64.
+    b1_sizes: tuple
+    # The sizes reported as B1 proper (the others belong to the B5 scaling curve).
+    b1_headline: tuple
+    # The table size B2 and B3 run at; B4 then duplicates it to twice that.
+    load_size: int
+    b2_duration_s: float
+    b3_duration_s: float
+    warmup_s: float
+    concurrency: int = 16
+    hot_rows: int = 10
+    # Rows per POST /albums/bulk (the API takes at most 100,000).
+    bulk_chunk: int = 100_000
+    durable_timeout_s: float = 600
+    # How long to let Postgres backends publish their transaction counts before reading
+    # them (they do when idle, at most once a second).
+    stats_wait_s: float = 1.2
+
+
+FULL = Profile("full", b1_sizes=(1_388, 11_104, 88_832, 355_328), b1_headline=(11_104, 88_832),
+               load_size=11_104, b2_duration_s=20, b3_duration_s=10, warmup_s=1.0)
+# A few rows and a second of load: `make test` runs it so the code cannot rot.
+SMOKE = Profile("smoke", b1_sizes=(BASE_ALBUMS, 2 * BASE_ALBUMS), b1_headline=(BASE_ALBUMS,),
+                load_size=BASE_ALBUMS, b2_duration_s=1, b3_duration_s=1, warmup_s=0.2, bulk_chunk=250,
+                durable_timeout_s=60, stats_wait_s=0.3)
+PROFILES = {p.name: p for p in (FULL, SMOKE)}
+
+
+def plan(profile: Profile) -> list[tuple]:
+    """The steps in order: ("grow", multiplier, new size, is_b4), ("b1", n), ("b2",), ("b3",)."""
+    targets = sorted(set(profile.b1_sizes) | {profile.load_size, 2 * profile.load_size})
+    steps, size = [], BASE_ALBUMS
+    for target in targets:
+        if target != size:
+            multiplier, rest = divmod(target, size)
+            if rest or not 2 <= multiplier <= 64:
+                raise ValueError(f"cannot grow the album table from {size} to {target} rows by duplication")
+            steps.append(("grow", multiplier, target, size == profile.load_size and target == 2 * size))
+            size = target
+        if target in profile.b1_sizes:
+            steps.append(("b1", target))
+        if target == profile.load_size:
+            steps += [("b2",), ("b3",)]
+    return steps
+
+
+def log(message: str):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Bench:
+    def __init__(self, profile: Profile, workdir: Path):
+        self.profile = profile
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.results = {"profile": asdict(profile), "b1": [], "b2": {}, "b3": {}, "b4": None, "memory": []}
+        self.isolation = self.anchor = self.stack = self.monolith = None
+        self.table_size = BASE_ALBUMS
+
+    # Setting up and tearing down
+
+    def setup(self):
+        log("creating the system's database, key prefix and vhost, and the anchors' database")
+        self.isolation = Isolation.create("bench")
+        self.anchor = Isolation.create("anchor")
+        self.stack = Stack(self.isolation, self.workdir)
+        log("starting the five processes of the Procfile and the monolith anchor")
+        self.stack.start()
+        self.monolith = stores.MonolithApp(self.anchor, self.workdir).start()
+        self.api = Api(self.stack)
+        self.redis = self.isolation.redis()
+        self.anchor_redis = self.anchor.redis()
+        self.admin = stores.admin_connection(self.isolation.database_url)
+        self.pg = psycopg2.connect(self.isolation.database_url)
+        self.pg.autocommit = True
+
+    def teardown(self):
+        for closing in (lambda: self.pg.close(), lambda: self.admin.close()):
+            try:
+                closing()
+            except Exception:
+                pass
+        if self.monolith:
+            self.monolith.stop()
+        if self.stack:
+            self.stack.stop()
+        if self.anchor:
+            self.anchor.destroy()
+        if self.isolation:
+            self.isolation.destroy()
+
+    def run(self) -> dict:
+        started = time.monotonic()
+        self.results["machine"] = machine()
+        self.results["started_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        try:
+            self.setup()
+            self.results["setup_s"] = round(time.monotonic() - started, 1)
+            for step in plan(self.profile):
+                getattr(self, f"step_{step[0]}")(*step[1:])
+        finally:
+            self.teardown()
+        self.results["machine"]["loadavg_end"] = os.getloadavg()
+        self.results["elapsed_s"] = round(time.monotonic() - started, 1)
+        return self.results
+
+    # Growing the table (B4 at its step)
+
+    def step_grow(self, multiplier: int, size: int, is_b4: bool):
+        log(f"duplicating the album table x{multiplier}: {self.table_size} -> {size} rows")
+        started = time.perf_counter()
+        response = self.api.post("/tasks/duplicate", json={"multiplier": multiplier})
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        while True:
+            body = self.api.get(f"/tasks/{task_id}").json()
+            if body["state"] in ("SUCCESS", "FAILURE"):
+                break
+            if time.perf_counter() - started > self.profile.durable_timeout_s:
+                raise TimeoutError(f"duplication not done: {body}")
+            time.sleep(0.05)
+        system_s = time.perf_counter() - started
+        if body["state"] != "SUCCESS":
+            raise RuntimeError(f"duplication failed: {body}")
+        inserted = body["result"]["inserted"]
+        anchor_rows, anchor_s = floor.insert_select_copy(self.anchor.database_url, multiplier)
+        assert inserted == anchor_rows == size - self.table_size, (inserted, anchor_rows, size, self.table_size)
+        count = self.api.sql("SELECT count(*), max(album_id) FROM album")[0]
+        assert tuple(count) == (size, size), count
+        self.table_size = size
+        for url in (self.isolation.database_url, self.anchor.database_url):
+            stores.analyze(url)
+        if is_b4:
+            self.results["b4"] = {
+                "rows_before": size - inserted, "rows_after": size, "inserted": inserted,
+                "system_s": round(system_s, 3), "system_rows_per_s": round(inserted / system_s, 1),
+                "insert_select_s": round(anchor_s, 4), "insert_select_rows_per_s": round(anchor_rows / anchor_s, 1),
+            }
+            log(f"B4: {inserted / system_s:,.0f} rows/s via the system, {anchor_rows / anchor_s:,.0f} rows/s "
+                f"via INSERT ... SELECT")
+
+    # B1: bulk update of every row; B5 is B1 at every size
+
+    def step_b1(self, n: int):
+        assert n == self.table_size
+        tag = f"{n}-{random.randrange(16**6):06x}"
+        floor_rows = [(i, f"floor {tag} {i}") for i in range(1, n + 1)]
+        # The anchors' keys exist already for a fair floor: HSET then updates hashes.
+        redis_floor = floor.redis_pipeline_write(self.anchor_redis, self.anchor.key_prefix, floor_rows)
+        sql_floor = floor.sql_set_update(self.anchor.database_url, floor_rows)
+        titles = {i: f"b1 {tag} {i}" for i in range(1, n + 1)}
+        chunk = self.profile.bulk_chunk
+        bodies = [
+            json.dumps({"updates": [{"album_id": i, "title": titles[i]} for i in range(start, min(start + chunk, n + 1))]})
+            for start in range(1, n + 1, chunk)
+        ]
+        log(f"B1 N={n:,}: floor {redis_floor:.3f} s Redis pipeline + {sql_floor:.3f} s set-based UPDATE; "
+            f"sending {len(bodies)} bulk request(s)")
+        seconds, micros = self.redis.time()
+        since_version = seconds * 1_000_000 + micros
+        sampler = ConvergenceSampler(self.redis, f"{self.isolation.key_prefix}wb:stats",
+                                     self.isolation.database_url, since_version, n)
+        sampler.start()
+        started = time.perf_counter()
+        for body in bodies:
+            response = self.api.post("/albums/bulk", data=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 202, response.text[:500]
+        ack_s = time.perf_counter() - started
+        sampler.mark("ack", ack_s)
+        durable_s = sampler.wait_durable(self.profile.durable_timeout_s)
+        sampler.stop()
+        wrong = self.api.sql(
+            "SELECT count(*) FROM album WHERE title <> 'b1 ' || %s || ' ' || album_id", (tag,)
+        )[0][0]
+        assert wrong == 0, f"{wrong} rows of {n} do not hold the bulk's value"
+        memory = {name: stores.peak_rss_mb(process.pid) for name, process in self.stack.processes.items()}
+        entry = {
+            "n": n, "requests": len(bodies), "headline": n in self.profile.b1_headline,
+            "ack_s": round(ack_s, 4), "durable_s": round(durable_s, 4),
+            "ack_rows_per_s": round(n / ack_s, 1), "durable_rows_per_s": round(n / durable_s, 1),
+            "floor_redis_s": round(redis_floor, 4), "floor_sql_s": round(sql_floor, 4),
+            "floor_durable_s": round(redis_floor + sql_floor, 4),
+            "series": sampler.series, "peak_rss_mb": memory,
+        }
+        self.results["b1"].append(entry)
+        self.results["memory"].append({"n": n, **{k: v["sum_mb"] for k, v in memory.items()}})
+        log(f"B1 N={n:,}: acknowledged in {ack_s:.3f} s, durable in {durable_s:.3f} s "
+            f"({n / durable_s:,.0f} rows/s); peak RSS "
+            + ", ".join(f"{k} {v['sum_mb']:.0f} MiB" for k, v in memory.items()))
+
+    # B2: single updates at concurrency 16
+
+    def step_b2(self):
+        for mix in ("uniform", "hot"):
+            ids = list(range(1, (self.profile.hot_rows if mix == "hot" else self.table_size) + 1))
+            self.results["b2"][mix] = {
+                "system": self._b2_system(mix, ids),
+                "write_through": self._b2_write_through(mix, ids),
+            }
+
+    def _patches(self, label: str, ids: list[int]):
+        choice, counter = random.Random(7).choice, iter(range(1 << 62))
+
+        def next_request():
+            return request_bytes("PATCH", f"/albums/{choice(ids)}",
+                                 b'{"title": "%s %d"}' % (label.encode(), next(counter)))
+        return next_request
+
+    def _b2_system(self, mix: str, ids: list[int]) -> dict:
+        stats_key = f"{self.isolation.key_prefix}wb:stats"
+        cache_port = self.stack.metrics_ports["CACHE"]
+        persistence_port = self.stack.metrics_ports["PERSISTENCE"]
+        time.sleep(self.profile.stats_wait_s)
+        accepted_before = int(self.redis.hget(stats_key, "accepted") or 0)
+        xact_before = stores.xact_commit(self.admin, self.isolation.database_url)
+        cache_before = stores.scrape(cache_port)
+        statements_before = stores.counter(stores.scrape(persistence_port), "chinook_flush_statements_total")
+        log(f"B2 {mix}: write-back, {self.profile.concurrency} connections for {self.profile.b2_duration_s:g} s")
+        result = run_load(self.stack.gateway_port, self._patches(f"b2 {mix}", ids), self.profile.concurrency,
+                          self.profile.b2_duration_s, self.profile.warmup_s)
+        drain_started = time.perf_counter()
+        self.api.flush(wait_s=120)
+        drain_s = time.perf_counter() - drain_started
+        time.sleep(self.profile.stats_wait_s)
+        accepted = int(self.redis.hget(stats_key, "accepted") or 0) - accepted_before
+        xacts = stores.xact_commit(self.admin, self.isolation.database_url) - xact_before
+        cache_after = stores.scrape(cache_port)
+        statements = stores.counter(stores.scrape(persistence_port), "chinook_flush_statements_total") \
+            - statements_before
+        lag = stores.histogram_delta(
+            stores.histogram_buckets(cache_before, "chinook_accept_to_durable_seconds", entity="album"),
+            stores.histogram_buckets(cache_after, "chinook_accept_to_durable_seconds", entity="album"))
+        summary = {
+            **result.summary(), **latency_profile(result.latencies_s),
+            "accepted_updates": accepted, "pg_transactions": xacts, "flush_statements": statements,
+            "transactions_per_update": round(xacts / accepted, 4) if accepted else None,
+            "lag_rows_cleaned": lag[max(lag)] if lag else 0,
+            "lag_p50_s": round_or_none(stores.histogram_quantile(0.5, lag)),
+            "lag_p99_s": round_or_none(stores.histogram_quantile(0.99, lag)),
+            "lag_p99_bucket_s": stores.bucket_bound(0.99, lag),
+            "lag_buckets": {str(k): v for k, v in lag.items()},
+            "drain_after_load_s": round(drain_s, 3),
+        }
+        log(f"B2 {mix}: write-back {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
+            f"p99 {summary['p99_ms']:.1f} ms, lag p99 {summary['lag_p99_s']} s, "
+            f"{summary['transactions_per_update']} transactions per update")
+        return summary
+
+    def _b2_write_through(self, mix: str, ids: list[int]) -> dict:
+        time.sleep(self.profile.stats_wait_s)
+        xact_before = stores.xact_commit(self.admin, self.anchor.database_url)
+        log(f"B2 {mix}: write-through anchor")
+        result = run_load(self.monolith.port, self._patches(f"wt {mix}", ids), self.profile.concurrency,
+                          self.profile.b2_duration_s, self.profile.warmup_s)
+        time.sleep(self.profile.stats_wait_s)
+        xacts = stores.xact_commit(self.admin, self.anchor.database_url) - xact_before
+        # Warm-up requests commit too: divide by every request the server handled.
+        summary = {**result.summary(), **latency_profile(result.latencies_s), "pg_transactions": xacts,
+                   "transactions_per_update": round(xacts / result.completed_total, 4)
+                   if result.completed_total else None}
+        log(f"B2 {mix}: write-through {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
+            f"p99 {summary['p99_ms']:.1f} ms")
+        return summary
+
+    # B3: cached reads at concurrency 16
+
+    def step_b3(self):
+        ids = list(range(1, self.table_size + 1))
+        self._fill_monolith_cache()
+        cache_port = self.stack.metrics_ports["CACHE"]
+        for target, port in (("system", self.stack.gateway_port), ("monolith", self.monolith.port)):
+            choice = random.Random(11).choice
+
+            def next_request():
+                return request_bytes("GET", f"/albums/{choice(ids)}")
+            before = stores.scrape(cache_port)
+            log(f"B3: reads from the {target}, {self.profile.concurrency} connections "
+                f"for {self.profile.b3_duration_s:g} s")
+            result = run_load(port, next_request, self.profile.concurrency, self.profile.b3_duration_s,
+                              self.profile.warmup_s)
+            summary = {**result.summary(), **latency_profile(result.latencies_s)}
+            if target == "system":
+                after = stores.scrape(cache_port)
+                hits = stores.counter(after, "chinook_cache_reads_total", result="hit") \
+                    - stores.counter(before, "chinook_cache_reads_total", result="hit")
+                misses = stores.counter(after, "chinook_cache_reads_total", result="miss") \
+                    - stores.counter(before, "chinook_cache_reads_total", result="miss")
+                summary["cache_hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None
+            self.results["b3"][target] = summary
+            log(f"B3: {target} {summary['throughput_rps']:,.0f} req/s, p99 {summary['p99_ms']:.1f} ms")
+
+    def _fill_monolith_cache(self):
+        """The monolith reads from a warm cache, as the system does after B1 and B2."""
+        rows = psycopg2.connect(self.anchor.database_url)
+        try:
+            with rows, rows.cursor() as cur:
+                cur.execute("SELECT album_id, title, artist_id FROM album")
+                records = cur.fetchall()
+        finally:
+            rows.close()
+        with self.anchor_redis.pipeline(transaction=False) as pipe:
+            for album_id, title, artist_id in records:
+                key = f"{self.anchor.key_prefix}album:{album_id}"
+                pipe.hset(key, mapping={"title": title, "artist_id": str(artist_id)})
+                pipe.expire(key, 3600)
+            pipe.execute()
+
+
+class ConvergenceSampler:
+    """During a B1: rows the cache accepted (its own counter) and rows Postgres holds
+    (wb_version at or above the first version of the bulk), over time."""
+
+    def __init__(self, client: redis.Redis, stats_key: str, database_url: str, since_version: int, n: int):
+        self.client = client
+        self.stats_key = stats_key
+        self.since_version = since_version
+        self.n = n
+        self.conn = psycopg2.connect(database_url)
+        self.conn.autocommit = True
+        self.accepted_base = int(client.hget(stats_key, "accepted") or 0)
+        self.series = {"t": [], "cache_rows": [], "pg_rows": [], "marks": {}}
+        self._stop = threading.Event()
+        self._durable = threading.Event()
+        self._durable_at = None
+        self._thread = threading.Thread(target=self._run, name="convergence", daemon=True)
+        self._started = None
+
+    def start(self):
+        self._started = time.perf_counter()
+        self._thread.start()
+
+    def mark(self, name: str, at_s: float):
+        self.series["marks"][name] = round(at_s, 4)
+
+    def _pg_rows(self) -> int:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM album WHERE wb_version >= %s", (self.since_version,))
+            return cur.fetchone()[0]
+
+    def _run(self):
+        while not self._stop.is_set():
+            t = time.perf_counter() - self._started
+            cache_rows = int(self.client.hget(self.stats_key, "accepted") or 0) - self.accepted_base
+            query_started = time.perf_counter()
+            pg_rows = self._pg_rows()
+            now = time.perf_counter()
+            self.series["t"].append(round(t, 4))
+            self.series["cache_rows"].append(min(cache_rows, self.n))
+            self.series["pg_rows"].append(pg_rows)
+            if pg_rows >= self.n:
+                # Postgres answered after the last row committed: that is no later than `now`,
+                # and no earlier than when the query began.
+                self._durable_at = query_started - self._started
+                self._durable.set()
+                return
+            # Keep the sampler's own load on Postgres small: at most a tenth of its time.
+            self._stop.wait(max(0.02, 9 * (now - query_started)))
+
+    def wait_durable(self, timeout_s: float) -> float:
+        if not self._durable.wait(timeout_s):
+            raise TimeoutError(f"Postgres holds {self.series['pg_rows'][-1:]} of {self.n} rows after {timeout_s} s")
+        self.mark("durable", self._durable_at)
+        return self._durable_at
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+        self.conn.close()
+
+
+def latency_profile(latencies: list[float]) -> dict:
+    """Percentiles 0-100 in ms, for the latency plots."""
+    if not latencies:
+        return {"percentiles_ms": []}
+    ordered = sorted(latencies)
+    return {"percentiles_ms": [round(percentile(ordered, q) * 1000, 3) for q in
+                               [*range(0, 100), 99.5, 99.9, 100]]}
+
+
+def round_or_none(value, digits: int = 4):
+    return None if value is None else round(value, digits)
+
+
+def _command_version(*command: str) -> str:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown"
+
+
+def machine() -> dict:
+    settings = load_settings()
+    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemTotal:"))
+    conn = stores.admin_connection(settings.database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            postgres = cur.fetchone()[0]
+            cur.execute("SHOW synchronous_commit")
+            synchronous_commit = cur.fetchone()[0]
+    finally:
+        conn.close()
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor())
+    return {
+        "cores": os.cpu_count(), "cpu": cpu_model, "memory_gib": round(memory_kb / 1024 / 1024, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "postgres": postgres, "postgres_synchronous_commit": synchronous_commit,
+        "redis": redis.Redis.from_url(settings.redis_url).info("server")["redis_version"],
+        "rabbitmq": _command_version("rabbitmqctl", "--quiet", "version"),
+        **{name: version(name) for name in ("gunicorn", "flask", "grpcio", "celery", "redis", "psycopg2-binary")},
+        "loadavg_start": os.getloadavg(),
+    }

@@ -1,0 +1,213 @@
+"""What the benchmark reads beside the HTTP API (Prometheus endpoints, Postgres'
+transaction counter, peak memory of process trees), and the monolith anchor's process."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from persistence_svc import initdb
+from tests.support.stack import REPO_ROOT, Isolation, free_port, procfile_commands
+
+
+# Prometheus
+
+
+def scrape(port: int) -> list:
+    """The samples of a /metrics endpoint on 127.0.0.1."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def counter(samples: list, name: str, **labels) -> float:
+    return sum(s.value for s in samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def histogram_buckets(samples: list, name: str, **labels) -> dict[float, float]:
+    """Cumulative bucket counts of a histogram, by upper bound."""
+    buckets = {}
+    for s in samples:
+        if s.name == f"{name}_bucket" and all(s.labels.get(k) == v for k, v in labels.items()):
+            bound = float(s.labels["le"])
+            buckets[bound] = buckets.get(bound, 0) + s.value
+    return buckets
+
+
+def histogram_delta(before: dict, after: dict) -> dict[float, float]:
+    return {bound: after.get(bound, 0) - before.get(bound, 0) for bound in sorted(after)}
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """As Prometheus' histogram_quantile: linear within the bucket the rank falls in.
+    None for an empty histogram; the largest finite bound if it falls in +Inf."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def bucket_bound(q: float, buckets: dict[float, float]) -> float | None:
+    """The upper bound of the bucket the q-quantile falls in: a sure upper limit."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0
+    if total <= 0:
+        return None
+    return next(bound for bound in bounds if buckets[bound] >= q * total)
+
+
+# Postgres
+
+
+def admin_connection(database_url: str):
+    """An autocommit connection to the server's `postgres` database: reading
+    pg_stat_database there adds no transaction to the database measured."""
+    conn = psycopg2.connect(initdb.admin_url(database_url))
+    conn.autocommit = True
+    return conn
+
+
+def xact_commit(admin_conn, database_url: str) -> int:
+    with admin_conn.cursor() as cur:
+        cur.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                    (initdb.database_name(database_url),))
+        return int(cur.fetchone()[0])
+
+
+def analyze(database_url: str):
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ANALYZE album")
+    finally:
+        conn.close()
+
+
+# Memory
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name, in parentheses, may hold spaces: the ppid follows the last ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(_children(current))
+    return tree
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def peak_rss_mb(pid: int) -> dict:
+    """VmHWM (peak resident memory) of a process and of each of its descendants, MiB:
+    the largest single process and the sum over the tree."""
+    peaks = [_status_kb(p, "VmHWM") / 1024 for p in process_tree(pid)]
+    return {"processes": len(peaks), "max_mb": round(max(peaks, default=0), 1),
+            "sum_mb": round(sum(peaks), 1)}
+
+
+# The anchors' stores and app
+
+
+def gateway_gunicorn_options() -> list[str]:
+    """The gateway's worker class, workers and threads, as the Procfile runs it."""
+    words = procfile_commands()["gateway"].split()
+    options = []
+    for name in ("--worker-class", "--workers", "--threads"):
+        if name in words:
+            options += [name, words[words.index(name) + 1]]
+    return options
+
+
+class MonolithApp:
+    """bench.anchors.monolith under gunicorn, with the gateway's workers and threads,
+    on the anchors' own database and key prefix (an Isolation of their own)."""
+
+    def __init__(self, stores: Isolation, workdir: Path):
+        self.stores = stores
+        self.port = free_port()
+        self.log_path = Path(workdir) / "monolith.log"
+        self.process = None
+
+    @property
+    def threads(self) -> int:
+        options = gateway_gunicorn_options()
+        return int(options[options.index("--threads") + 1]) if "--threads" in options else 1
+
+    def start(self, timeout_s: float = 60):
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "ANCHOR_DATABASE_URL": self.stores.database_url,
+            "ANCHOR_REDIS_URL": self.stores.redis_url,
+            "ANCHOR_KEY_PREFIX": self.stores.key_prefix,
+            "ANCHOR_POOL_SIZE": str(self.threads),
+        }
+        command = ["gunicorn", "--bind", f"127.0.0.1:{self.port}", *gateway_gunicorn_options(),
+                   "--no-control-socket", "bench.anchors.monolith:app"]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"monolith anchor exited with {self.process.returncode}:\n"
+                                   + self.log_path.read_text(errors="replace")[-3000:])
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/albums/1", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"monolith anchor not ready after {timeout_s} s")
+            time.sleep(0.2)
+
+    def stop(self):
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, 15)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
