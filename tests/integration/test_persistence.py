@@ -1,6 +1,5 @@
 """The persistence service's SQL against a real, freshly loaded Postgres."""
 
-import psycopg2
 import pytest
 
 from chinook.entities import get_entity

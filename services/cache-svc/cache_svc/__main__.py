@@ -56,7 +56,7 @@ def main():
                      settings.writeback_max_pending)
     persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s)
     publisher = TaskPublisher(settings)
-    write_back = WriteBack(store, persistence, settings)
+    write_back = WriteBack(store, persistence)
     flusher = Flusher(store, publisher, settings)
 
     durability_checked = False

@@ -43,10 +43,9 @@ class Status:
 
 
 class WriteBack:
-    def __init__(self, store: RowStore, persistence, settings):
+    def __init__(self, store: RowStore, persistence):
         self.store = store
         self.persistence = persistence
-        self.settings = settings
 
     # Reads
 

@@ -13,7 +13,6 @@ from chinook.cache.v1 import cache_pb2
 from chinook.config import Settings
 from chinook.entities import ValidationError, get_entity, parse_id
 from chinook.grpc_client import CacheClient, from_struct
-from chinook.logs import configure_logging
 
 from . import errors
 from .errors import ApiError
