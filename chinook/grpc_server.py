@@ -1,6 +1,6 @@
-"""A gRPC server with what every service here needs: the standard health service,
-server reflection, request logging, readiness that follows the backing store, and a
-graceful stop on SIGTERM."""
+"""A gRPC server with what every service here needs: the standard health service
+(liveness on "", readiness that follows the backing store on each service name),
+server reflection, request metrics and logging, and a graceful stop on SIGTERM."""
 
 import logging
 import signal
@@ -80,8 +80,7 @@ class GrpcService:
         """Runs callback after the server stopped taking calls, before exit."""
         self._on_stop.append(callback)
 
-    def _set_status(self, status):
-        self.health.set("", status)
+    def _set_readiness(self, status):
         for name in self.service_names:
             self.health.set(name, status)
 
@@ -100,15 +99,18 @@ class GrpcService:
                 last_warning = time.monotonic()
             if healthy is not (problem is None):
                 healthy = problem is None
-                self._set_status(SERVING if healthy else NOT_SERVING)
+                self._set_readiness(SERVING if healthy else NOT_SERVING)
 
     def serve_forever(self):
         self.server.start()
         log.info("gRPC listening on port %d: %s", self.port, ", ".join(self.service_names))
+        # "" is liveness: the process serves. Each service name is readiness: its backing
+        # store answers. An outage of the store makes the service unready, not dead.
+        self.health.set("", SERVING)
         if self.probe is None:
-            self._set_status(SERVING)
+            self._set_readiness(SERVING)
         else:
-            self._set_status(NOT_SERVING)
+            self._set_readiness(NOT_SERVING)
             threading.Thread(target=self._watch_backing_store, name="health-probe", daemon=True).start()
         signal.signal(signal.SIGTERM, self._handle_signal)
         signal.signal(signal.SIGINT, self._handle_signal)

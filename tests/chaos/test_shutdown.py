@@ -3,6 +3,7 @@ its grace period, and a rolling restart of every process under load loses nothin
 
 import signal
 import threading
+import time
 
 import grpc
 import pytest
@@ -46,3 +47,28 @@ def test_rolling_restart_under_load_loses_nothing(chaos_stack, chaos_api, album_
     report(f"SIGTERM and restart of each process in turn under load (clients retried "
            f"{workload.client_errors} refused requests)", outcome.checked, len(outcome.lost))
     assert not outcome.lost
+
+
+def health_of(address, service):
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+
+def test_a_store_outage_makes_a_service_unready_not_dead(stores, chaos_stack, chaos_api):
+    serving = health_pb2.HealthCheckResponse.SERVING
+    stores.redis.stop()
+    try:
+        deadline = time.monotonic() + 15
+        while health_of(chaos_stack.cache_addr, CACHE_SERVICE) == serving:
+            assert time.monotonic() < deadline, "cache-svc stayed ready without Redis"
+            time.sleep(0.2)
+        assert health_of(chaos_stack.cache_addr, "") == serving, "liveness must not follow the store"
+        assert chaos_api.get("/readyz").status_code == 503
+    finally:
+        stores.redis.start()
+    deadline = time.monotonic() + 15
+    while health_of(chaos_stack.cache_addr, CACHE_SERVICE) != serving:
+        assert time.monotonic() < deadline, "cache-svc did not become ready again"
+        time.sleep(0.2)
+    assert chaos_api.get("/readyz").status_code == 200
