@@ -1,8 +1,9 @@
-"""`python -m bench [--profile full|smoke] [--results DIR] [--plot PATH]`
+"""`python -m bench [--scale full|smoke] [--results DIR] [--plot PATH] [--profile-dir DIR]`
 
 Starts the system and the anchors, runs B1-B5, prints the table, and writes
 `<results>/<timestamp>.json` and `<results>/<timestamp>.png` (and the plot to --plot
-too, if given). Process logs go to `<results>/<timestamp>-logs/`.
+too, if given). Process logs go to `<results>/<timestamp>-logs/`. With --profile-dir,
+py-spy records the services during B1, B2 and B3 (see bench/profile.py).
 """
 
 import argparse
@@ -16,10 +17,11 @@ from . import report
 from .run import BENCH_DIR, PROFILES, Bench, log
 
 
-def run(profile_name: str, results_dir: Path, plot_copy: Path | None = None) -> tuple[dict, Path, Path]:
+def run(scale: str, results_dir: Path, plot_copy: Path | None = None,
+        profile_dir: Path | None = None) -> tuple[dict, Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = Bench(PROFILES[profile_name], results_dir / f"{stamp}-logs").run()
+    results = Bench(PROFILES[scale], results_dir / f"{stamp}-logs", profile_dir).run()
     results["table"] = report.table(results)
     results["headline"] = report.headline(results)
     json_path = results_dir / f"{stamp}.json"
@@ -33,11 +35,13 @@ def run(profile_name: str, results_dir: Path, plot_copy: Path | None = None) -> 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="write-back against its anchors, in one run")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--scale", choices=sorted(PROFILES), default="full",
+                        help="full: the issue's sizes (about 6 minutes); smoke: a few rows, a second of load")
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--plot", type=Path, help="also copy the plot here (e.g. bench/latest.png)")
+    parser.add_argument("--profile-dir", type=Path, help="record py-spy profiles of the services here")
     args = parser.parse_args(argv)
-    results, json_path, png_path = run(args.profile, args.results, args.plot)
+    results, json_path, png_path = run(args.scale, args.results, args.plot, args.profile_dir)
     print()
     print(results["table"])
     print()

@@ -7,10 +7,12 @@ the anchors' database, so B1 runs at each size of the profile with the table
 exactly that large.
 """
 
+import contextlib
 import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import threading
 import time
@@ -29,6 +31,7 @@ from tests.support.stack import Isolation, Stack
 from . import stores
 from .anchors import floor
 from .load import percentile, request_bytes, run_load
+from .profile import Profiler
 
 BASE_ALBUMS = 347
 BENCH_DIR = Path(__file__).resolve().parent
@@ -62,7 +65,10 @@ FULL = Profile("full", b1_sizes=(1_388, 11_104, 88_832, 355_328), b1_headline=(1
 SMOKE = Profile("smoke", b1_sizes=(BASE_ALBUMS, 2 * BASE_ALBUMS), b1_headline=(BASE_ALBUMS,),
                 load_size=BASE_ALBUMS, b2_duration_s=1, b3_duration_s=1, warmup_s=0.2, bulk_chunk=250,
                 durable_timeout_s=60, stats_wait_s=0.3)
-PROFILES = {p.name: p for p in (FULL, SMOKE)}
+# B1 at the B2/B3 size only, and shorter loads: for profiling and quick looks.
+QUICK = Profile("quick", b1_sizes=(1_388, 11_104), b1_headline=(11_104,), load_size=11_104,
+                b2_duration_s=8, b3_duration_s=8, warmup_s=1.0)
+PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}
 
 
 def plan(profile: Profile) -> list[tuple]:
@@ -88,13 +94,40 @@ def log(message: str):
 
 
 class Bench:
-    def __init__(self, profile: Profile, workdir: Path):
+    def __init__(self, profile: Profile, workdir: Path, profile_dir: Path | None = None):
         self.profile = profile
+        self.profile_dir = profile_dir
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.results = {"profile": asdict(profile), "b1": [], "b2": {}, "b3": {}, "b4": None, "memory": []}
         self.isolation = self.anchor = self.stack = self.monolith = None
         self.table_size = BASE_ALBUMS
+
+    def profiled(self, label: str | None, mode: str = "cpu", focus: dict | None = None):
+        """py-spy on every service process while in the `with`, if profiling was asked for."""
+        if self.profile_dir is None or label is None:
+            return contextlib.nullcontext()
+        return Profiler(self.profile_dir, label, self.stack.processes, mode, focus)
+
+    def cpu_snapshot(self) -> dict:
+        """CPU seconds used so far by each service, the monolith anchor, Redis, Postgres
+        (the whole server: other databases' work counts too) and this process (the load
+        generator)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        snapshot = {name: stores.cpu_seconds(process.pid) for name, process in self.stack.processes.items()}
+        snapshot["monolith anchor"] = stores.cpu_seconds(self.monolith.process.pid)
+        snapshot["redis-server"] = stores.redis_cpu_seconds(self.redis)
+        if self.postmaster:
+            snapshot["postgres"] = stores.cpu_seconds(self.postmaster)
+        snapshot["load generator"] = usage.ru_utime + usage.ru_stime
+        return snapshot
+
+    @staticmethod
+    def cpu_per_request(before: dict, after: dict, requests: int) -> dict:
+        """CPU milliseconds per request of each component that used any."""
+        spent = {name: after[name] - before[name] for name in before if name in after}
+        return {name: round(1000 * seconds / requests, 3) for name, seconds in spent.items()
+                if seconds > 0.005} if requests else {}
 
     # Setting up and tearing down
 
@@ -112,6 +145,7 @@ class Bench:
         self.admin = stores.admin_connection(self.isolation.database_url)
         self.pg = psycopg2.connect(self.isolation.database_url)
         self.pg.autocommit = True
+        self.postmaster = stores.postmaster_pid(self.admin)
 
     def teardown(self):
         for closing in (lambda: self.pg.close(), lambda: self.admin.close()):
@@ -123,10 +157,11 @@ class Bench:
             self.monolith.stop()
         if self.stack:
             self.stack.stop()
-        if self.anchor:
-            self.anchor.destroy()
-        if self.isolation:
-            self.isolation.destroy()
+        for isolation in (self.anchor, self.isolation):
+            if isolation:
+                # Hundreds of thousands of keys: unlinked in batches first, not one call each.
+                stores.unlink_prefix(isolation.redis(), isolation.key_prefix)
+                isolation.destroy()
 
     def run(self) -> dict:
         started = time.monotonic()
@@ -181,51 +216,66 @@ class Bench:
     # B1: bulk update of every row; B5 is B1 at every size
 
     def step_b1(self, n: int):
+        """The bulk right after the table grew (most rows not cached yet: the cache-aside
+        load is part of the acknowledgement), and at headline sizes once more on the same,
+        now cached rows."""
         assert n == self.table_size
-        tag = f"{n}-{random.randrange(16**6):06x}"
+        headline = n in self.profile.b1_headline
+        self.results["b1"].append(self._b1_once(n, "cold", profile=headline and n == max(self.profile.b1_headline)))
+        memory = self.results["b1"][-1]["peak_rss_mb"]
+        self.results["memory"].append({"n": n, **{name: m["max_mb"] for name, m in memory.items()}})
+        if headline:
+            self.results["b1"].append(self._b1_once(n, "warm"))
+
+    def _b1_once(self, n: int, cache: str, profile: bool = False) -> dict:
+        tag = f"{n}-{cache}-{random.randrange(16**6):06x}"
         floor_rows = [(i, f"floor {tag} {i}") for i in range(1, n + 1)]
         # The anchors' keys exist already for a fair floor: HSET then updates hashes.
         redis_floor = floor.redis_pipeline_write(self.anchor_redis, self.anchor.key_prefix, floor_rows)
         sql_floor = floor.sql_set_update(self.anchor.database_url, floor_rows)
-        titles = {i: f"b1 {tag} {i}" for i in range(1, n + 1)}
         chunk = self.profile.bulk_chunk
         bodies = [
-            json.dumps({"updates": [{"album_id": i, "title": titles[i]} for i in range(start, min(start + chunk, n + 1))]})
+            json.dumps({"updates": [{"album_id": i, "title": f"b1 {tag} {i}"}
+                                    for i in range(start, min(start + chunk, n + 1))]})
             for start in range(1, n + 1, chunk)
         ]
-        log(f"B1 N={n:,}: floor {redis_floor:.3f} s Redis pipeline + {sql_floor:.3f} s set-based UPDATE; "
-            f"sending {len(bodies)} bulk request(s)")
+        log(f"B1 N={n:,} ({cache} cache): floor {redis_floor:.3f} s Redis pipeline + {sql_floor:.3f} s "
+            f"set-based UPDATE; sending {len(bodies)} bulk request(s)")
         seconds, micros = self.redis.time()
         since_version = seconds * 1_000_000 + micros
         sampler = ConvergenceSampler(self.redis, f"{self.isolation.key_prefix}wb:stats",
                                      self.isolation.database_url, since_version, n)
         sampler.start()
-        started = time.perf_counter()
-        for body in bodies:
-            response = self.api.post("/albums/bulk", data=body, headers={"Content-Type": "application/json"})
-            assert response.status_code == 202, response.text[:500]
-        ack_s = time.perf_counter() - started
-        sampler.mark("ack", ack_s)
-        durable_s = sampler.wait_durable(self.profile.durable_timeout_s)
+        # Wall-clock profiles of the bulk's path through each process.
+        profiling = self.profiled(f"b1-{n}" if profile else None, "wall", {
+            "gateway": "bulk_update_albums", "cache-svc": "CacheServicer.BulkUpdate",
+            "persistence-svc": "PersistenceServicer.ApplyWrites", "write-back-worker": "apply_writes",
+            "duplication-worker": "apply_writes"})
+        with profiling:
+            started = time.perf_counter()
+            for body in bodies:
+                response = self.api.post("/albums/bulk", data=body, headers={"Content-Type": "application/json"})
+                assert response.status_code == 202, response.text[:500]
+            ack_s = time.perf_counter() - started
+            sampler.mark("ack", ack_s)
+            durable_s = sampler.wait_durable(self.profile.durable_timeout_s)
         sampler.stop()
         wrong = self.api.sql(
             "SELECT count(*) FROM album WHERE title <> 'b1 ' || %s || ' ' || album_id", (tag,)
         )[0][0]
         assert wrong == 0, f"{wrong} rows of {n} do not hold the bulk's value"
         memory = {name: stores.peak_rss_mb(process.pid) for name, process in self.stack.processes.items()}
-        entry = {
-            "n": n, "requests": len(bodies), "headline": n in self.profile.b1_headline,
+        log(f"B1 N={n:,} ({cache} cache): acknowledged in {ack_s:.3f} s, durable in {durable_s:.3f} s "
+            f"({n / durable_s:,.0f} rows/s); peak RSS of the largest process of "
+            + ", ".join(f"{k} {v['max_mb']:.0f} MiB" for k, v in memory.items()))
+        return {
+            "n": n, "cache": cache, "requests": len(bodies), "headline": n in self.profile.b1_headline,
             "ack_s": round(ack_s, 4), "durable_s": round(durable_s, 4),
             "ack_rows_per_s": round(n / ack_s, 1), "durable_rows_per_s": round(n / durable_s, 1),
             "floor_redis_s": round(redis_floor, 4), "floor_sql_s": round(sql_floor, 4),
             "floor_durable_s": round(redis_floor + sql_floor, 4),
             "series": sampler.series, "peak_rss_mb": memory,
         }
-        self.results["b1"].append(entry)
-        self.results["memory"].append({"n": n, **{k: v["sum_mb"] for k, v in memory.items()}})
-        log(f"B1 N={n:,}: acknowledged in {ack_s:.3f} s, durable in {durable_s:.3f} s "
-            f"({n / durable_s:,.0f} rows/s); peak RSS "
-            + ", ".join(f"{k} {v['sum_mb']:.0f} MiB" for k, v in memory.items()))
 
     # B2: single updates at concurrency 16
 
@@ -253,10 +303,13 @@ class Bench:
         accepted_before = int(self.redis.hget(stats_key, "accepted") or 0)
         xact_before = stores.xact_commit(self.admin, self.isolation.database_url)
         cache_before = stores.scrape(cache_port)
-        statements_before = stores.counter(stores.scrape(persistence_port), "chinook_flush_statements_total")
+        persistence_before = stores.scrape(persistence_port)
         log(f"B2 {mix}: write-back, {self.profile.concurrency} connections for {self.profile.b2_duration_s:g} s")
-        result = run_load(self.stack.gateway_port, self._patches(f"b2 {mix}", ids), self.profile.concurrency,
-                          self.profile.b2_duration_s, self.profile.warmup_s)
+        cpu_before = self.cpu_snapshot()
+        with self.profiled(f"b2-{mix}"):
+            result = run_load(self.stack.gateway_port, self._patches(f"b2 {mix}", ids), self.profile.concurrency,
+                              self.profile.b2_duration_s, self.profile.warmup_s)
+        cpu = self.cpu_per_request(cpu_before, self.cpu_snapshot(), result.completed_total)
         drain_started = time.perf_counter()
         self.api.flush(wait_s=120)
         drain_s = time.perf_counter() - drain_started
@@ -264,8 +317,11 @@ class Bench:
         accepted = int(self.redis.hget(stats_key, "accepted") or 0) - accepted_before
         xacts = stores.xact_commit(self.admin, self.isolation.database_url) - xact_before
         cache_after = stores.scrape(cache_port)
-        statements = stores.counter(stores.scrape(persistence_port), "chinook_flush_statements_total") \
-            - statements_before
+        persistence_after = stores.scrape(persistence_port)
+        statements = stores.counter(persistence_after, "chinook_flush_statements_total") \
+            - stores.counter(persistence_before, "chinook_flush_statements_total")
+        # Each unary call of persistence-svc is one transaction of its own.
+        calls = stores.persistence_calls(persistence_after) - stores.persistence_calls(persistence_before)
         lag = stores.histogram_delta(
             stores.histogram_buckets(cache_before, "chinook_accept_to_durable_seconds", entity="album"),
             stores.histogram_buckets(cache_after, "chinook_accept_to_durable_seconds", entity="album"))
@@ -273,12 +329,15 @@ class Bench:
             **result.summary(), **latency_profile(result.latencies_s),
             "accepted_updates": accepted, "pg_transactions": xacts, "flush_statements": statements,
             "transactions_per_update": round(xacts / accepted, 4) if accepted else None,
+            "persistence_calls": calls,
+            "persistence_calls_per_update": round(calls / accepted, 4) if accepted else None,
             "lag_rows_cleaned": lag[max(lag)] if lag else 0,
             "lag_p50_s": round_or_none(stores.histogram_quantile(0.5, lag)),
             "lag_p99_s": round_or_none(stores.histogram_quantile(0.99, lag)),
             "lag_p99_bucket_s": stores.bucket_bound(0.99, lag),
             "lag_buckets": {str(k): v for k, v in lag.items()},
             "drain_after_load_s": round(drain_s, 3),
+            "cpu_ms_per_request": cpu,
         }
         log(f"B2 {mix}: write-back {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
             f"p99 {summary['p99_ms']:.1f} ms, lag p99 {summary['lag_p99_s']} s, "
@@ -286,17 +345,22 @@ class Bench:
         return summary
 
     def _b2_write_through(self, mix: str, ids: list[int]) -> dict:
-        time.sleep(self.profile.stats_wait_s)
         xact_before = stores.xact_commit(self.admin, self.anchor.database_url)
         log(f"B2 {mix}: write-through anchor")
+        cpu_before = self.cpu_snapshot()
         result = run_load(self.monolith.port, self._patches(f"wt {mix}", ids), self.profile.concurrency,
                           self.profile.b2_duration_s, self.profile.warmup_s)
+        cpu = self.cpu_per_request(cpu_before, self.cpu_snapshot(), result.completed_total)
+        # A backend publishes its counts when it ends (and, while in use, at most once a
+        # second; an idle one keeps them): restart the app so that its connections end.
+        self.monolith.stop()
         time.sleep(self.profile.stats_wait_s)
         xacts = stores.xact_commit(self.admin, self.anchor.database_url) - xact_before
+        self.monolith.start()
         # Warm-up requests commit too: divide by every request the server handled.
         summary = {**result.summary(), **latency_profile(result.latencies_s), "pg_transactions": xacts,
                    "transactions_per_update": round(xacts / result.completed_total, 4)
-                   if result.completed_total else None}
+                   if result.completed_total else None, "cpu_ms_per_request": cpu}
         log(f"B2 {mix}: write-through {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
             f"p99 {summary['p99_ms']:.1f} ms")
         return summary
@@ -315,9 +379,13 @@ class Bench:
             before = stores.scrape(cache_port)
             log(f"B3: reads from the {target}, {self.profile.concurrency} connections "
                 f"for {self.profile.b3_duration_s:g} s")
-            result = run_load(port, next_request, self.profile.concurrency, self.profile.b3_duration_s,
-                              self.profile.warmup_s)
-            summary = {**result.summary(), **latency_profile(result.latencies_s)}
+            cpu_before = self.cpu_snapshot()
+            with self.profiled("b3") if target == "system" else contextlib.nullcontext():
+                result = run_load(port, next_request, self.profile.concurrency, self.profile.b3_duration_s,
+                                  self.profile.warmup_s)
+            summary = {**result.summary(), **latency_profile(result.latencies_s),
+                       "cpu_ms_per_request": self.cpu_per_request(cpu_before, self.cpu_snapshot(),
+                                                                  result.completed_total)}
             if target == "system":
                 after = stores.scrape(cache_port)
                 hits = stores.counter(after, "chinook_cache_reads_total", result="hit") \
@@ -446,9 +514,10 @@ def machine() -> dict:
     return {
         "cores": os.cpu_count(), "cpu": cpu_model, "memory_gib": round(memory_kb / 1024 / 1024, 1),
         "kernel": platform.release(), "python": platform.python_version(),
-        "postgres": postgres, "postgres_synchronous_commit": synchronous_commit,
-        "redis": redis.Redis.from_url(settings.redis_url).info("server")["redis_version"],
-        "rabbitmq": _command_version("rabbitmqctl", "--quiet", "version"),
-        **{name: version(name) for name in ("gunicorn", "flask", "grpcio", "celery", "redis", "psycopg2-binary")},
+        "postgres_server": postgres, "postgres_synchronous_commit": synchronous_commit,
+        "redis_server": redis.Redis.from_url(settings.redis_url).info("server")["redis_version"],
+        "rabbitmq_server": _command_version("rabbitmqctl", "--quiet", "version"),
+        "packages": {name: version(name) for name in
+                     ("gunicorn", "flask", "grpcio", "protobuf", "celery", "redis", "psycopg2-binary")},
         "loadavg_start": os.getloadavg(),
     }

@@ -29,6 +29,12 @@ def counter(samples: list, name: str, **labels) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def persistence_calls(samples: list) -> float:
+    """Unary calls persistence-svc handled (each runs in one transaction of its own)."""
+    return sum(s.value for s in samples if s.name == "chinook_grpc_server_handling_seconds_count"
+               and "PersistenceService/" in s.labels.get("method", ""))
+
+
 def histogram_buckets(samples: list, name: str, **labels) -> dict[float, float]:
     """Cumulative bucket counts of a histogram, by upper bound."""
     buckets = {}
@@ -101,6 +107,18 @@ def analyze(database_url: str):
         conn.close()
 
 
+def unlink_prefix(client, prefix: str, batch: int = 5000):
+    """Deletes every key under the prefix, a batch of keys per call."""
+    keys = []
+    for key in client.scan_iter(match=f"{prefix}*", count=batch):
+        keys.append(key)
+        if len(keys) == batch:
+            client.unlink(*keys)
+            keys = []
+    if keys:
+        client.unlink(*keys)
+
+
 # Memory
 
 
@@ -144,6 +162,41 @@ def peak_rss_mb(pid: int) -> dict:
     peaks = [_status_kb(p, "VmHWM") / 1024 for p in process_tree(pid)]
     return {"processes": len(peaks), "max_mb": round(max(peaks, default=0), 1),
             "sum_mb": round(sum(peaks), 1)}
+
+
+# CPU
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process tree: each process' user and system time, and that of its
+    children that have ended (so the Postgres backends a postmaster reaped count too)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime are fields 14-17; [0] here is field 3 (state).
+        total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    return total
+
+
+def postmaster_pid(admin_conn) -> int | None:
+    """The Postgres server's main process, if it runs on this machine."""
+    with admin_conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        backend = cur.fetchone()[0]
+    try:
+        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def redis_cpu_seconds(client) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 # The anchors' stores and app

@@ -27,7 +27,9 @@ POOL_SIZE = int(os.environ.get("ANCHOR_POOL_SIZE", "8"))
 
 app = Flask(__name__)
 cache = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-pool = ThreadedConnectionPool(0, POOL_SIZE, DATABASE_URL)
+# psycopg2's pools keep only `minconn` connections and close any other one given back:
+# with minconn = maxconn, every connection stays open for the next request.
+pool = ThreadedConnectionPool(POOL_SIZE, POOL_SIZE, DATABASE_URL)
 
 
 def album_key(album_id: int) -> str:
