@@ -34,6 +34,7 @@ from .load import percentile, request_bytes, run_load
 from .profile import Profiler
 
 BASE_ALBUMS = 347
+FLOOR_TRIES = 3
 BENCH_DIR = Path(__file__).resolve().parent
 
 
@@ -192,7 +193,7 @@ class Bench:
                 break
             if time.perf_counter() - started > self.profile.durable_timeout_s:
                 raise TimeoutError(f"duplication not done: {body}")
-            time.sleep(0.05)
+            time.sleep(0.01)
         system_s = time.perf_counter() - started
         if body["state"] != "SUCCESS":
             raise RuntimeError(f"duplication failed: {body}")
@@ -230,9 +231,11 @@ class Bench:
     def _b1_once(self, n: int, cache: str, profile: bool = False) -> dict:
         tag = f"{n}-{cache}-{random.randrange(16**6):06x}"
         floor_rows = [(i, f"floor {tag} {i}") for i in range(1, n + 1)]
-        # The anchors' keys exist already for a fair floor: HSET then updates hashes.
-        redis_floor = floor.redis_pipeline_write(self.anchor_redis, self.anchor.key_prefix, floor_rows)
-        sql_floor = floor.sql_set_update(self.anchor.database_url, floor_rows)
+        # The floor is the best Redis and Postgres can do: the fastest of a few tries.
+        # After the first, the keys exist, as the system's rows do.
+        redis_floor = min(floor.redis_pipeline_write(self.anchor_redis, self.anchor.key_prefix, floor_rows)
+                          for _ in range(FLOOR_TRIES))
+        sql_floor = min(floor.sql_set_update(self.anchor.database_url, floor_rows) for _ in range(FLOOR_TRIES))
         chunk = self.profile.bulk_chunk
         bodies = [
             json.dumps({"updates": [{"album_id": i, "title": f"b1 {tag} {i}"}
@@ -251,11 +254,16 @@ class Bench:
             "gateway": "bulk_update_albums", "cache-svc": "CacheServicer.BulkUpdate",
             "persistence-svc": "PersistenceServicer.ApplyWrites", "write-back-worker": "apply_writes",
             "duplication-worker": "apply_writes"})
+        peaks_by_request = []
         with profiling:
             started = time.perf_counter()
             for body in bodies:
                 response = self.api.post("/albums/bulk", data=body, headers={"Content-Type": "application/json"})
                 assert response.status_code == 202, response.text[:500]
+                if len(bodies) > 1:
+                    # Whether memory keeps growing with every request of a bulk, or levels off.
+                    peaks_by_request.append({name: stores.peak_rss_mb(self.stack.processes[name].pid)["max_mb"]
+                                             for name in ("gateway", "cache-svc")})
             ack_s = time.perf_counter() - started
             sampler.mark("ack", ack_s)
             durable_s = sampler.wait_durable(self.profile.durable_timeout_s)
@@ -274,7 +282,7 @@ class Bench:
             "ack_rows_per_s": round(n / ack_s, 1), "durable_rows_per_s": round(n / durable_s, 1),
             "floor_redis_s": round(redis_floor, 4), "floor_sql_s": round(sql_floor, 4),
             "floor_durable_s": round(redis_floor + sql_floor, 4),
-            "series": sampler.series, "peak_rss_mb": memory,
+            "series": sampler.series, "peak_rss_mb": memory, "peak_rss_mb_by_request": peaks_by_request,
         }
 
     # B2: single updates at concurrency 16
