@@ -235,3 +235,32 @@ def plot(results: dict, path):
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+def cpu_table(results: dict) -> str:
+    """CPU milliseconds per request by process, B2 uniform and B3, system against anchor."""
+    columns = [("B2 uniform: write-back", results["b2"].get("uniform", {}).get("system")),
+               ("write-through", results["b2"].get("uniform", {}).get("write_through")),
+               ("B3: system", results["b3"].get("system")), ("monolith read", results["b3"].get("monolith"))]
+    columns = [(name, summary) for name, summary in columns if summary]
+    names = []
+    for _, summary in columns:
+        names += [n for n in summary["cpu_ms_per_request"] if n not in names and n != "load generator"]
+    lines = ["| CPU ms per request | " + " | ".join(name for name, _ in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for name in names:
+        values = [summary["cpu_ms_per_request"].get(name, 0) for _, summary in columns]
+        if max(values) >= 0.01:
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    lines.append("| **all** | " + " | ".join(f"**{cpu_ms(summary):.2f}**" for _, summary in columns) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    for name in sys.argv[1:]:
+        with open(name) as file:
+            results = json.load(file)
+        print(table(results), "", cpu_table(results), sep="\n")

@@ -100,7 +100,8 @@ class Bench:
         self.profile_dir = profile_dir
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.results = {"profile": asdict(profile), "b1": [], "b2": {}, "b3": {}, "b4": None, "memory": []}
+        self.results = {"profile": asdict(profile), "b1": [], "b2": {}, "b3": {}, "b4": None, "growth": [],
+                        "memory": []}
         self.isolation = self.anchor = self.stack = self.monolith = None
         self.table_size = BASE_ALBUMS
 
@@ -203,14 +204,15 @@ class Bench:
         count = self.api.sql("SELECT count(*), max(album_id) FROM album")[0]
         assert tuple(count) == (size, size), count
         self.table_size = size
+        self.results["growth"].append({
+            "rows_before": size - inserted, "rows_after": size, "multiplier": multiplier,
+            "system_s": round(system_s, 3), "system_rows_per_s": round(inserted / system_s, 1),
+            "insert_select_s": round(anchor_s, 4), "insert_select_rows_per_s": round(anchor_rows / anchor_s, 1),
+        })
         for url in (self.isolation.database_url, self.anchor.database_url):
             stores.analyze(url)
         if is_b4:
-            self.results["b4"] = {
-                "rows_before": size - inserted, "rows_after": size, "inserted": inserted,
-                "system_s": round(system_s, 3), "system_rows_per_s": round(inserted / system_s, 1),
-                "insert_select_s": round(anchor_s, 4), "insert_select_rows_per_s": round(anchor_rows / anchor_s, 1),
-            }
+            self.results["b4"] = {**self.results["growth"][-1], "inserted": inserted}
             log(f"B4: {inserted / system_s:,.0f} rows/s via the system, {anchor_rows / anchor_s:,.0f} rows/s "
                 f"via INSERT ... SELECT")
 
