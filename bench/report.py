@@ -256,6 +256,27 @@ def cpu_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def b1_cpu_table(results: dict) -> str:
+    """CPU microseconds per row of each B1 at a headline size, from sending the bulk until
+    Postgres held every row."""
+    runs = [b for b in results["b1"] if b["headline"] and b.get("cpu_ms_per_row")]
+    if not runs:
+        return ""
+    names = []
+    for b in runs:
+        names += [n for n in b["cpu_ms_per_row"] if n not in names and n != "load generator"]
+    lines = ["| CPU µs per row | " + " | ".join(f"B1 {b['n']:,}, {COLD if b['cache'] == 'cold' else WARM}"
+                                                for b in runs) + " |",
+             "|---|" + "---:|" * len(runs)]
+    for name in names:
+        values = [1000 * b["cpu_ms_per_row"].get(name, 0) for b in runs]
+        if max(values) >= 1:
+            lines.append(f"| {name} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
+    totals = [1000 * sum(v for n, v in b["cpu_ms_per_row"].items() if n != "load generator") for b in runs]
+    lines.append("| **all** | " + " | ".join(f"**{v:.0f}**" for v in totals) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import json
     import sys
@@ -263,4 +284,4 @@ if __name__ == "__main__":
     for name in sys.argv[1:]:
         with open(name) as file:
             results = json.load(file)
-        print(table(results), "", cpu_table(results), sep="\n")
+        print(table(results), "", cpu_table(results), "", b1_cpu_table(results), sep="\n")

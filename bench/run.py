@@ -128,7 +128,7 @@ class Bench:
     def cpu_per_request(before: dict, after: dict, requests: int) -> dict:
         """CPU milliseconds per request of each component that used any."""
         spent = {name: after[name] - before[name] for name in before if name in after}
-        return {name: round(1000 * seconds / requests, 3) for name, seconds in spent.items()
+        return {name: round(1000 * seconds / requests, 4) for name, seconds in spent.items()
                 if seconds > 0.005} if requests else {}
 
     # Setting up and tearing down
@@ -224,11 +224,12 @@ class Bench:
         now cached rows."""
         assert n == self.table_size
         headline = n in self.profile.b1_headline
-        self.results["b1"].append(self._b1_once(n, "cold", profile=headline and n == max(self.profile.b1_headline)))
+        profile = headline and n == max(self.profile.b1_headline)
+        self.results["b1"].append(self._b1_once(n, "cold", profile))
         memory = self.results["b1"][-1]["peak_rss_mb"]
         self.results["memory"].append({"n": n, **{name: m["max_mb"] for name, m in memory.items()}})
         if headline:
-            self.results["b1"].append(self._b1_once(n, "warm"))
+            self.results["b1"].append(self._b1_once(n, "warm", profile))
 
     def _b1_once(self, n: int, cache: str, profile: bool = False) -> dict:
         tag = f"{n}-{cache}-{random.randrange(16**6):06x}"
@@ -251,12 +252,14 @@ class Bench:
         sampler = ConvergenceSampler(self.redis, f"{self.isolation.key_prefix}wb:stats",
                                      self.isolation.database_url, since_version, n)
         sampler.start()
-        # Wall-clock profiles of the bulk's path through each process.
-        profiling = self.profiled(f"b1-{n}" if profile else None, "wall", {
+        # Profiles: with rows not cached, wall-clock along the bulk's path through each
+        # process; with rows cached, where each process spends its CPU.
+        profiling = self.profiled(f"b1-{n}-{cache}" if profile else None, "wall" if cache == "cold" else "cpu", {
             "gateway": "bulk_update_albums", "cache-svc": "CacheServicer.BulkUpdate",
             "persistence-svc": "PersistenceServicer.ApplyWrites", "write-back-worker": "apply_writes",
-            "duplication-worker": "apply_writes"})
+            "duplication-worker": "apply_writes"} if cache == "cold" else None)
         peaks_by_request = []
+        cpu_before = self.cpu_snapshot()
         with profiling:
             started = time.perf_counter()
             for body in bodies:
@@ -269,6 +272,9 @@ class Bench:
             ack_s = time.perf_counter() - started
             sampler.mark("ack", ack_s)
             durable_s = sampler.wait_durable(self.profile.durable_timeout_s)
+        # CPU per row from sending the bulk until Postgres held every row (the sampler's
+        # own Postgres queries count in "postgres").
+        cpu = self.cpu_per_request(cpu_before, self.cpu_snapshot(), n)
         sampler.stop()
         wrong = self.api.sql(
             "SELECT count(*) FROM album WHERE title <> 'b1 ' || %s || ' ' || album_id", (tag,)
@@ -284,6 +290,7 @@ class Bench:
             "ack_rows_per_s": round(n / ack_s, 1), "durable_rows_per_s": round(n / durable_s, 1),
             "floor_redis_s": round(redis_floor, 4), "floor_sql_s": round(sql_floor, 4),
             "floor_durable_s": round(redis_floor + sql_floor, 4),
+            "cpu_ms_per_row": {name: round(ms, 4) for name, ms in cpu.items()},
             "series": sampler.series, "peak_rss_mb": memory, "peak_rss_mb_by_request": peaks_by_request,
         }
 
