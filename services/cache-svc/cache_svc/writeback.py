@@ -88,9 +88,8 @@ class WriteBack:
         entity = get_entity(entity_name)
         row_id = parse_id(row_id)
         fields = entity.validate_patch(patch)
-        if self._ensure_cached(entity, [row_id]):
-            raise NotFound(f"{entity.name} {row_id} not found")
         self._check_references(entity, [fields], lambda _: "")
+        # Most updates hit a cached row: try at once, load from Postgres only on a miss.
         return self._accept(entity, [(row_id, fields)])[0]
 
     def bulk_update(self, entity_name: str, updates: list[tuple[int, dict]]) -> list[int]:
@@ -141,13 +140,16 @@ class WriteBack:
 
     def _accept(self, entity: Entity, updates: list[tuple[int, dict]]) -> list[int]:
         versions = self.store.accept(entity.name, updates)
-        # A clean row can expire between loading and accepting: load it again and retry.
+        # Rows not cached (never loaded, or a clean row that expired meanwhile) are
+        # loaded and tried again.
         for _ in range(3):
             retry = [i for i, version in enumerate(versions) if version < 0]
             if not retry:
                 metrics.WRITES_ACCEPTED.labels(entity.name).inc(len(versions))
                 return versions
-            self._ensure_cached(entity, [updates[i][0] for i in retry])
+            missing = self._ensure_cached(entity, [updates[i][0] for i in retry])
+            if missing:
+                raise NotFound(f"{entity.name} {missing[0]} not found")
             for i, version in zip(retry, self.store.accept(entity.name, [updates[i] for i in retry])):
                 versions[i] = version
         raise RuntimeError(f"{entity.name} rows keep vanishing from the cache while being updated")
