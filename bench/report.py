@@ -187,7 +187,11 @@ def plot(results: dict, path):
             style = dict(drawstyle="steps-post", alpha=0.55 if warm else 1, linestyle="-." if warm else "-")
             axis.plot(series["t"], series["cache_rows"], color="tab:red", **style,
                       label=f"in the cache (accepted), {state}: {b1['ack_s']:.2f} s")
-            axis.plot(series["t"], series["pg_rows"], color="tab:blue", **style,
+            if series.get("written_rows"):
+                axis.plot(series["t"], series["written_rows"], color="tab:green", linewidth=1, **style,
+                          label=f"committed, as cache-svc counts them, {state}")
+            axis.plot(series["pg_t"] + [b1["durable_s"]], series["pg_rows"] + [b1["n"]], color="tab:blue",
+                      marker="." if not warm else None, **style,
                       label=f"in Postgres (durable), {state}: {b1['durable_s']:.2f} s")
         b1 = runs[0]
         axis.axvline(b1["floor_redis_s"], color="tab:red", linestyle="--", linewidth=1,
@@ -197,7 +201,7 @@ def plot(results: dict, path):
         axis.set_title(f"B1 bulk update of {n:,} rows: cache and Postgres over time", fontsize=10)
         axis.set_xlabel("seconds since the request was sent")
         axis.set_ylabel("rows holding the new value")
-        axis.legend(fontsize=8, loc="lower right")
+        axis.legend(fontsize=7, loc="lower right")
         axis.grid(alpha=0.3)
 
     axis = axes[0][2]
