@@ -61,13 +61,16 @@ class WriteBack:
             raise NotFound(f"{entity.name} {row_id} not found")
         return ReadResult(loaded[0], cache_hit=False)
 
-    def _load(self, entity: Entity, ids: list[int]) -> list[CachedRow]:
-        """Reads rows from Postgres into the cache; returns the rows found, as cached now
-        (or as read, where another writer or loader got there first)."""
+    def _load(self, entity: Entity, ids: list[int], reply: bool = True) -> list:
+        """Reads rows from Postgres into the cache. With reply, returns the rows found as
+        cached now (or as read, where another writer or loader got there first);
+        without, only the ids found."""
         token = self.store.begin_fill(entity.name, ids)
         rows = self.persistence.get_rows(entity.name, ids)
         loaded = [(r.id, entity.validate_full_row(from_struct(r.fields), entity.name), r.version) for r in rows]
-        cached = self.store.fill(entity.name, token, loaded, reply=True)
+        cached = self.store.fill(entity.name, token, loaded, reply=reply)
+        if not reply:
+            return [row_id for row_id, _, _ in loaded]
         return [
             row or CachedRow(row_id, {k: str(v) for k, v in fields.items() if v is not None}, version)
             for row, (row_id, fields, version) in zip(cached, loaded)
@@ -79,7 +82,7 @@ class WriteBack:
         absent = [i for i in ids if i not in cached]
         if not absent:
             return []
-        found = {row.id for row in self._load(entity, absent)}
+        found = set(self._load(entity, absent, reply=False))
         return [i for i in absent if i not in found]
 
     # Writes

@@ -14,7 +14,11 @@ BROKEN_CONNECTION = (psycopg2.OperationalError, psycopg2.InterfaceError)
 class Database:
     def __init__(self, url: str, max_connections: int = 16):
         self.url = url
+        # Created empty so that it opens no connection before Postgres answers; then
+        # told to keep up to max_connections, since psycopg2 closes every connection
+        # given back beyond minconn.
         self._pool = ThreadedConnectionPool(0, max_connections, url)
+        self._pool.minconn = max_connections
 
     @contextlib.contextmanager
     def transaction(self):

@@ -60,17 +60,14 @@ def get_rows(db, entity: Entity, ids: list[int]) -> list[StoredRow]:
 
 
 def _apply_writes_query(entity: Entity) -> sql.Composed:
-    # One statement per batch: unnest the arrays into rows, update where the stored
-    # version is older, and report for every input row whether it was written or exists.
+    # One statement per batch: unnest the arrays into rows and update where the stored
+    # version is older. It returns the ids it wrote; only the others are looked up again.
     input_columns = ["id", "version", *entity.column_names]
     casts = ["int", "bigint", *(c.pg_type for c in entity.columns)]
     return sql.SQL(
-        "WITH input AS (SELECT * FROM unnest({arrays}) AS u({input_columns})), "
-        "written AS (UPDATE {table} AS t SET {assignments}, {ver} = input.version "
-        "FROM input WHERE t.{pk} = input.id AND t.{ver} < input.version RETURNING t.{pk}) "
-        "SELECT input.id, written.{pk} IS NOT NULL, "
-        "EXISTS (SELECT 1 FROM {table} AS e WHERE e.{pk} = input.id) "
-        "FROM input LEFT JOIN written ON written.{pk} = input.id"
+        "UPDATE {table} AS t SET {assignments}, {ver} = input.version "
+        "FROM unnest({arrays}) AS input({input_columns}) "
+        "WHERE t.{pk} = input.id AND t.{ver} < input.version RETURNING t.{pk}"
     ).format(
         arrays=sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(cast)) for cast in casts),
         input_columns=sql.SQL(", ").join(sql.Identifier(c) for c in input_columns),
@@ -80,6 +77,12 @@ def _apply_writes_query(entity: Entity) -> sql.Composed:
         ),
         ver=sql.Identifier(VERSION_COLUMN),
         pk=sql.Identifier(entity.primary_key),
+    )
+
+
+def _existing_ids_query(entity: Entity) -> sql.Composed:
+    return sql.SQL("SELECT {pk} FROM {table} WHERE {pk} = ANY(%s)").format(
+        pk=sql.Identifier(entity.primary_key), table=sql.Identifier(entity.table)
     )
 
 
@@ -99,36 +102,41 @@ def apply_writes(db, entity: Entity, rows: list[StoredRow]) -> WriteResult:
     for attempt in range(1, DEADLOCK_RETRIES + 1):
         try:
             with db.transaction() as cur:
-                outcome, failed, statements = _write_isolating_refusals(cur, entity, query, ordered)
+                written, failed, statements = _write_isolating_refusals(cur, entity, query, ordered)
+                refused = {i for i, _ in failed}
+                unwritten = [r.id for r in ordered if r.id not in written and r.id not in refused]
+                existing = set()
+                if unwritten:  # stale versions, or rows that do not exist: rare, so asked apart
+                    cur.execute(_existing_ids_query(entity), (unwritten,))
+                    existing = {row[0] for row in cur.fetchall()}
             break
         except psycopg2.errors.DeadlockDetected:
             if attempt == DEADLOCK_RETRIES:
                 raise
             log.info("deadlock writing %d %s rows, attempt %d; retrying", len(ordered), entity.name, attempt)
-    applied = sorted(i for i, written, _ in outcome if written)
-    stale = sorted(i for i, written, exists in outcome if exists and not written)
-    missing = sorted(i for i, _, exists in outcome if not exists)
-    return WriteResult(applied, stale, missing, failed, statements)
+    stale = sorted(i for i in unwritten if i in existing)
+    missing = sorted(i for i in unwritten if i not in existing)
+    return WriteResult(sorted(written), stale, missing, failed, statements)
 
 
 def _write_isolating_refusals(cur, entity: Entity, query, rows: list[StoredRow]):
-    """Returns (outcome rows, [(id, error)] refused, statements run)."""
+    """Returns (ids written, [(id, error)] refused, statements run)."""
     arrays = [[r.id for r in rows], [r.version for r in rows]]
     arrays += [[r.fields.get(name) for r in rows] for name in entity.column_names]
     cur.execute("SAVEPOINT write_batch")
     try:
         cur.execute(query, arrays)
-        outcome = cur.fetchall()
+        written = {row[0] for row in cur.fetchall()}
         cur.execute("RELEASE SAVEPOINT write_batch")
-        return outcome, [], 1
+        return written, [], 1
     except (psycopg2.IntegrityError, psycopg2.DataError) as exc:
         cur.execute("ROLLBACK TO SAVEPOINT write_batch")
         if len(rows) == 1:
-            return [], [(rows[0].id, str(exc).strip().splitlines()[0])], 1
+            return set(), [(rows[0].id, str(exc).strip().splitlines()[0])], 1
         middle = len(rows) // 2
         first = _write_isolating_refusals(cur, entity, query, rows[:middle])
         second = _write_isolating_refusals(cur, entity, query, rows[middle:])
-        return first[0] + second[0], first[1] + second[1], 1 + first[2] + second[2]
+        return first[0] | second[0], first[1] + second[1], 1 + first[2] + second[2]
 
 
 def list_ids(db, entity: Entity) -> list[int]:
