@@ -78,8 +78,9 @@ class Isolation:
     def destroy(self):
         initdb.drop_database(self.database_url)
         client = self.redis()
-        for key in client.scan_iter(match=f"{self.key_prefix}*", count=1000):
-            client.delete(key)
+        keys = list(client.scan_iter(match=f"{self.key_prefix}*", count=10_000))
+        for start in range(0, len(keys), 10_000):
+            client.delete(*keys[start:start + 10_000])
         rabbitmqctl("delete_vhost", self.vhost)
 
     def env(self) -> dict:
