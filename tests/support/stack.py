@@ -12,10 +12,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import grpc
 import redis
+import requests
 
 from chinook.config import load_settings
 from chinook.grpc_client import CacheClient, PersistenceClient
@@ -45,6 +46,37 @@ def rabbitmqctl(*args: str):
     subprocess.run(["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, timeout=60)
 
 
+class Vhosts:
+    """Creates and deletes RabbitMQ vhosts: through the management HTTP API when
+    RABBITMQ_MANAGEMENT_URL is set (a broker in another container, as in GitLab CI),
+    else with rabbitmqctl on this machine."""
+
+    def __init__(self, management_url: str | None = None):
+        self.api = (management_url or os.environ.get("RABBITMQ_MANAGEMENT_URL") or "").rstrip("/")
+
+    def _call(self, method: str, path: str, body=None):
+        parts = urlsplit(self.api)
+        base = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+        response = requests.request(method, f"{base}/api/{path}", json=body, timeout=30,
+                                    auth=(parts.username or "guest", parts.password or "guest"))
+        response.raise_for_status()
+
+    def create(self, vhost: str, user: str):
+        if self.api:
+            self._call("PUT", f"vhosts/{quote(vhost, safe='')}")
+            self._call("PUT", f"permissions/{quote(vhost, safe='')}/{quote(user, safe='')}",
+                       {"configure": ".*", "write": ".*", "read": ".*"})
+        else:
+            rabbitmqctl("add_vhost", vhost)
+            rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+    def delete(self, vhost: str):
+        if self.api:
+            self._call("DELETE", f"vhosts/{quote(vhost, safe='')}")
+        else:
+            rabbitmqctl("delete_vhost", vhost)
+
+
 @dataclass
 class Isolation:
     """The stores' names one run uses: a database, a key prefix, a vhost."""
@@ -67,9 +99,7 @@ class Isolation:
         isolation = cls(run_id, database_url, base.redis_url, base.celery_result_backend,
                         f"chinook_{run_id}:", broker_url, vhost)
         initdb.init_database(database_url)
-        rabbitmqctl("add_vhost", vhost)
-        user = urlsplit(base.broker_url).username or "guest"
-        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        Vhosts().create(vhost, urlsplit(base.broker_url).username or "guest")
         return isolation
 
     def redis(self) -> redis.Redis:
@@ -81,7 +111,7 @@ class Isolation:
         keys = list(client.scan_iter(match=f"{self.key_prefix}*", count=10_000))
         for start in range(0, len(keys), 10_000):
             client.delete(*keys[start:start + 10_000])
-        rabbitmqctl("delete_vhost", self.vhost)
+        Vhosts().delete(self.vhost)
 
     def env(self) -> dict:
         return {
