@@ -16,6 +16,9 @@ PERSISTENCE_SERVICE = "chinook.persistence.v1.PersistenceService"
 
 def _service_config(service_names: list[str]) -> str:
     return json.dumps({
+        # Every address the name resolves to gets calls (several pods behind a headless
+        # Kubernetes Service); with one address it is the same as the default.
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [{
             "name": [{"service": name} for name in service_names],
             "retryPolicy": {

@@ -63,7 +63,11 @@ class GrpcService:
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[ObservingInterceptor()],
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                     ("grpc.max_send_message_length", 64 * 1024 * 1024)],
+                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                     # Clients reconnect every few minutes, and so resolve again and find
+                     # new replicas; calls in flight get a grace period.
+                     ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+                     ("grpc.max_connection_age_grace_ms", 30 * 1000)],
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -108,6 +108,9 @@ def test_data_stores_are_statefulsets_with_volumes(prod, dev):
             store = one(resources, "StatefulSet", name)
             assert store["spec"]["volumeClaimTemplates"], name
             assert one(resources, "Service", name)["spec"]["clusterIP"] == "None"
+        # gRPC clients balance over every pod of a headless Service (round_robin).
+        for name in ("cache-svc", "persistence-svc"):
+            assert one(resources, "Service", name)["spec"]["clusterIP"] == "None", name
     tools = {r["metadata"]["name"] for r in find(dev, "Deployment")} - {s[0] for s in SERVICES.values()}
     assert tools == {"adminer", "redis-commander", "flower"}
     assert not find(prod, "Deployment", "adminer")
