@@ -42,38 +42,45 @@ for k = 5, #KEYS do total_pending = total_pending + redis.call('ZCARD', KEYS[k])
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = string.format('%d', math.floor(now_us / 1000))
-local out, accepted, i = {}, 0, 3
+local out, due_args, pending_args, i = {}, {'ZADD', due, 'LT'}, {'ZADD', pending}, 3
 while i <= #ARGV do
   local id, n = ARGV[i], tonumber(ARGV[i + 1])
   local key = prefix .. id
-  local current = redis.call('HGET', key, '_ver')
-  local already_pending = redis.call('ZSCORE', pending, id)
-  if not current then
+  local meta = redis.call('HMGET', key, '_ver', '_dirty', '_dead', '_writes', '_since')
+  -- A dirty row is pending unless it was dead-lettered.
+  local already_pending = meta[2] and not meta[3]
+  if not meta[1] then
     out[#out + 1] = -1
   elseif not already_pending and total_pending >= max_pending then
     out[#out + 1] = -2
   else
-    local version = math.max(tonumber(current) + 1, now_us)
-    local command = {'HSET', key, '_ver', string.format('%d', version), '_dirty', '1'}
+    local version = math.max(tonumber(meta[1]) + 1, now_us)
+    local command = {'HSET', key, '_ver', string.format('%d', version), '_dirty', '1',
+                     '_writes', (tonumber(meta[4]) or 0) + 1, '_since', meta[5] or now_ms}
     for j = i + 2, i + 1 + 2 * n do command[#command + 1] = ARGV[j] end
     redis.call(unpack(command))
-    redis.call('HSETNX', key, '_since', now_ms)
-    redis.call('HINCRBY', key, '_writes', 1)
-    -- A newer write supersedes a dead-lettered one and is tried afresh.
-    redis.call('HDEL', key, '_dead')
-    redis.call('HDEL', dead, id)
-    redis.call('PERSIST', key)
-    redis.call('ZADD', due, 'LT', now_ms, id)
+    if meta[3] then
+      -- A newer write supersedes a dead-lettered one and is tried afresh.
+      redis.call('HDEL', key, '_dead')
+      redis.call('HDEL', dead, id)
+    end
+    if not meta[2] then redis.call('PERSIST', key) end
+    due_args[#due_args + 1] = now_ms
+    due_args[#due_args + 1] = id
     if not already_pending then
-      redis.call('ZADD', pending, now_ms, id)
+      pending_args[#pending_args + 1] = now_ms
+      pending_args[#pending_args + 1] = id
       total_pending = total_pending + 1
     end
     out[#out + 1] = version
-    accepted = accepted + 1
   end
   i = i + 2 + 2 * n
 end
-if accepted > 0 then redis.call('HINCRBY', stats, 'accepted', accepted) end
+if #due_args > 3 then
+  redis.call(unpack(due_args))
+  redis.call('HINCRBY', stats, 'accepted', (#due_args - 3) / 2)
+end
+if #pending_args > 2 then redis.call(unpack(pending_args)) end
 return out
 """
 
