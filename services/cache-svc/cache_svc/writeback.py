@@ -78,8 +78,7 @@ class WriteBack:
 
     def _ensure_cached(self, entity: Entity, ids: list[int]) -> list[int]:
         """Loads the rows not cached yet; returns the ids that exist nowhere."""
-        cached = self.store.cached_ids(entity.name, ids)
-        absent = [i for i in ids if i not in cached]
+        absent = self.store.uncached_ids(entity.name, ids)
         if not absent:
             return []
         found = set(self._load(entity, absent, reply=False))
