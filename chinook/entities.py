@@ -31,8 +31,10 @@ class Column:
                 return None
             raise ValidationError(f"{where}: must not be null")
         if self.pg_type == "int":
-            # JSON numbers may arrive as floats (protobuf Struct); 3.0 is 3, 3.5 is not.
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            # JSON numbers may arrive as floats (protobuf Struct); 3.0 is 3, 3.5, NaN and
+            # infinity are not.
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or isinstance(value, float) and not value.is_integer()):
                 raise ValidationError(f"{where}: must be an integer")
             value = int(value)
             if not INT_MIN <= value <= INT_MAX:

@@ -126,11 +126,10 @@ class CacheClient(_Client):
         update = cache_pb2.RowUpdate(id=row_id, fields=to_struct(fields))
         return self.stub.UpdateRow(cache_pb2.UpdateRowRequest(entity=entity, update=update), timeout=self.timeout_s)
 
-    def bulk_update(self, entity: str, updates: list[tuple[int, dict]]) -> cache_pb2.BulkUpdateResponse:
-        request = cache_pb2.BulkUpdateRequest(
-            entity=entity,
-            updates=[cache_pb2.RowUpdate(id=row_id, fields=to_struct(fields)) for row_id, fields in updates],
-        )
+    def bulk_update(self, entity: str, rows: list) -> cache_pb2.BulkUpdateResponse:
+        """rows: objects holding the primary key and the columns to change, as JSON has
+        them; sent as one JSON text, which cache-svc checks item by item."""
+        request = cache_pb2.BulkUpdateRequest(entity=entity, updates_json=json.dumps(rows))
         return self.stub.BulkUpdate(request, timeout=self.timeout_s * 12)
 
     def randomize_album_titles(self, include_rows: bool) -> cache_pb2.BulkUpdateResponse:

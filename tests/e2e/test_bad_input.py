@@ -62,6 +62,8 @@ def test_malformed_json(api, unchanged):
     response = api.patch("/albums/60", data=b'{"title": ', headers={"Content-Type": "application/json"})
     assert "not valid JSON" in error_of(response, 400)
     assert "expected a JSON object" in error_of(api.patch("/albums/60"), 400)
+    response = api.patch("/albums/60", data=b'{"artist_id": NaN}', headers={"Content-Type": "application/json"})
+    assert "NaN is not a JSON value" in error_of(response, 400)
 
 
 def test_bad_artist_update(api, unchanged):

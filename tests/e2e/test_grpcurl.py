@@ -61,3 +61,19 @@ def test_errors_carry_grpc_status_codes(stack):
          "chinook.persistence.v1.PersistenceService/GetRows"], capture_output=True, text=True, timeout=30,
     )
     assert "InvalidArgument" in result.stderr and "unknown entity 'track'" in result.stderr
+
+
+def test_bulk_update_takes_structs_or_one_json_text(stack):
+    call = "chinook.cache.v1.CacheService/BulkUpdate"
+    typed = {"entity": "album", "updates": [{"id": 300, "fields": {"title": "Typed form"}}]}
+    as_json = {"entity": "album", "updates_json": json.dumps([{"album_id": 301, "title": "JSON form"}])}
+    assert json.loads(grpcurl("-d", json.dumps(typed), stack.cache_addr, call)) == {"accepted": "1"}
+    assert json.loads(grpcurl("-d", json.dumps(as_json), stack.cache_addr, call)) == {"accepted": "1"}
+    for row_id, title in [(300, "Typed form"), (301, "JSON form")]:
+        reply = json.loads(grpcurl("-d", json.dumps({"entity": "album", "id": row_id}), stack.cache_addr,
+                                   "chinook.cache.v1.CacheService/GetRow"))
+        assert reply["row"]["fields"]["title"] == title
+    both = {**typed, "updates_json": as_json["updates_json"]}
+    result = subprocess.run([GRPCURL, "-plaintext", "-d", json.dumps(both), stack.cache_addr, call],
+                            capture_output=True, text=True, timeout=30)
+    assert "InvalidArgument" in result.stderr and "not both" in result.stderr

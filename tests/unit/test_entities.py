@@ -19,6 +19,8 @@ def test_valid_patch_is_converted_to_column_types():
     ({"artist_id": "127"}, "artist_id: must be an integer"),
     ({"artist_id": 1.5}, "artist_id: must be an integer"),
     ({"artist_id": True}, "artist_id: must be an integer"),
+    ({"artist_id": float("nan")}, "artist_id: must be an integer"),
+    ({"artist_id": float("inf")}, "artist_id: must be an integer"),
     ({"artist_id": 2**31}, "out of range"),
     ({"artist_id": None}, "must not be null"),
     ({"album_id": 3}, "album_id: unknown field for album"),

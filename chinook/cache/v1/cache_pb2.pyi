@@ -76,12 +76,14 @@ class UpdateRowResponse(_message.Message):
     def __init__(self, id: _Optional[int] = ..., version: _Optional[int] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ...) -> None: ...
 
 class BulkUpdateRequest(_message.Message):
-    __slots__ = ("entity", "updates")
+    __slots__ = ("entity", "updates", "updates_json")
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_JSON_FIELD_NUMBER: _ClassVar[int]
     entity: str
     updates: _containers.RepeatedCompositeFieldContainer[RowUpdate]
-    def __init__(self, entity: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[RowUpdate, _Mapping]]] = ...) -> None: ...
+    updates_json: str
+    def __init__(self, entity: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[RowUpdate, _Mapping]]] = ..., updates_json: _Optional[str] = ...) -> None: ...
 
 class RowVersion(_message.Message):
     __slots__ = ("id", "version")

@@ -10,7 +10,7 @@ from chinook.entities import ValidationError, get_entity
 from chinook.grpc_client import from_struct, to_struct
 
 from .store import Backpressure
-from .writeback import NotFound, WriteBack
+from .writeback import NotFound, WriteBack, updates_from_json
 
 CLEAN = cache_pb2.WRITE_BACK_STATE_CLEAN
 PENDING = cache_pb2.WRITE_BACK_STATE_PENDING
@@ -78,7 +78,12 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     def BulkUpdate(self, request, context):
         with status_codes(context):
-            updates = [(u.id, from_struct(u.fields)) for u in request.updates]
+            if request.updates and request.updates_json:
+                raise ValidationError("set updates or updates_json, not both")
+            if request.updates_json:
+                updates = updates_from_json(request.entity, request.updates_json)
+            else:
+                updates = [(u.id, from_struct(u.fields)) for u in request.updates]
             versions = self.write_back.bulk_update(request.entity, updates)
             return cache_pb2.BulkUpdateResponse(accepted=len(versions))
 

@@ -2,6 +2,7 @@
 bookkeeping that lets workers flush them. Infrastructure comes in through the
 constructor (a RowStore, a persistence client, a task publisher)."""
 
+import json
 import logging
 import random
 import time
@@ -25,6 +26,25 @@ TITLE_WORDS = (
 
 class NotFound(Exception):
     pass
+
+
+def updates_from_json(entity_name: str, text: str) -> list[tuple[int, dict]]:
+    """A bulk's updates from a JSON array of objects keyed by the entity's primary key,
+    as (id, columns to change) pairs for bulk_update, which validates them."""
+    entity = get_entity(entity_name)
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"updates_json: not valid JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise ValidationError(f"updates: expected a list of objects with {entity.primary_key}")
+    updates = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or entity.primary_key not in item:
+            raise ValidationError(f"updates[{index}]: expected an object with {entity.primary_key}")
+        fields = dict(item)
+        updates.append((fields.pop(entity.primary_key), fields))
+    return updates
 
 
 @dataclass(frozen=True)
