@@ -4,7 +4,7 @@ retried with exponential backoff by grpc itself, through the service config."""
 import json
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
@@ -50,12 +50,16 @@ def to_struct(values: dict) -> struct_pb2.Struct:
 def from_struct(struct: struct_pb2.Struct) -> dict:
     """The Struct as a dict. Struct carries every number as a double; integral ones
     come back as ints, since every numeric column here is an integer."""
-    return {key: _integral(value) for key, value in json_format.MessageToDict(struct).items()}
+    return {key: _plain(value) for key, value in struct.items()}
 
 
-def _integral(value):
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+def _plain(value):
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, struct_pb2.Struct):
+        return from_struct(value)
+    if isinstance(value, struct_pb2.ListValue):
+        return [_plain(item) for item in value]
     return value
 
 

@@ -84,6 +84,14 @@ if #pending_args > 2 then redis.call(unpack(pending_args)) end
 return out
 """
 
+# Takes the fill token ARGV[2] for the rows ARGV[4...] under the prefix ARGV[1], for
+# ARGV[3] ms: one call per chunk, not a command and a reply per row.
+BEGIN_FILL = """
+local prefix, token, ttl_ms = ARGV[1], ARGV[2], ARGV[3]
+for i = 4, #ARGV do redis.call('SET', prefix .. ARGV[i], token, 'PX', ttl_ms) end
+return #ARGV - 3
+"""
+
 # Caches rows loaded from Postgres, if the loader's fill token (ARGV[3]) is still the
 # current one for the row and the row is not cached yet. With ARGV[4] = 1, returns
 # each row as cached (empty where it was not cached).
@@ -309,6 +317,7 @@ class RowStore:
         self.entities = tuple(entities)
         self.max_pending = max_pending
         self._accept = client.register_script(ACCEPT)
+        self._begin_fill = client.register_script(BEGIN_FILL)
         self._fill = client.register_script(FILL)
         self._uncached = client.register_script(UNCACHED)
         self._claim = client.register_script(CLAIM)
@@ -354,10 +363,7 @@ class RowStore:
         token = secrets.token_hex(8)
         prefix = self._fill_prefix(entity)
         for start in range(0, len(ids), CHUNK * 10):
-            with self.redis.pipeline(transaction=False) as pipe:
-                for row_id in ids[start:start + CHUNK * 10]:
-                    pipe.set(f"{prefix}{row_id}", token, px=FILL_TOKEN_TTL_MS)
-                pipe.execute()
+            self._begin_fill(keys=[], args=[prefix, token, FILL_TOKEN_TTL_MS, *ids[start:start + CHUNK * 10]])
         return token
 
     def fill(self, entity: str, token: str, rows: list[tuple[int, dict, int]], reply: bool = False) -> list:

@@ -17,6 +17,8 @@ from .store import Backpressure, CachedRow, DeadLetter, RowStore
 log = logging.getLogger(__name__)
 
 MAX_BULK_UPDATES = 100_000
+# Rows read from Postgres into the cache at a time.
+LOAD_CHUNK = 10_000
 # Words for the demo's random titles.
 TITLE_WORDS = (
     "Midnight", "Electric", "Silent", "Golden", "Broken", "Velvet", "Neon", "Wild", "Distant", "Crimson",
@@ -98,11 +100,15 @@ class WriteBack:
 
     def _ensure_cached(self, entity: Entity, ids: list[int]) -> list[int]:
         """Loads the rows not cached yet; returns the ids that exist nowhere."""
+        unknown = []
         absent = self.store.uncached_ids(entity.name, ids)
-        if not absent:
-            return []
-        found = set(self._load(entity, absent, reply=False))
-        return [i for i in absent if i not in found]
+        # In chunks: a row on its way from Postgres into Redis takes about 1.5 KB of
+        # messages, dicts and script arguments, so a whole bulk at once would not.
+        for start in range(0, len(absent), LOAD_CHUNK):
+            chunk = absent[start:start + LOAD_CHUNK]
+            found = set(self._load(entity, chunk, reply=False))
+            unknown += [i for i in chunk if i not in found]
+        return unknown
 
     # Writes
 
