@@ -239,7 +239,8 @@ class Bench:
         redis_floor = min(floor.redis_pipeline_write(self.anchor_redis, self.anchor.key_prefix, floor_rows)
                           for _ in range(FLOOR_TRIES))
         sql_floor = min(floor.sql_set_update(self.anchor.database_url, floor_rows) for _ in range(FLOOR_TRIES))
-        chunk = self.profile.bulk_chunk
+        # Requests of equal size, so B5's memory figures compare N, not request sizes.
+        chunk = -(-n // -(-n // self.profile.bulk_chunk))
         bodies = [
             json.dumps({"updates": [{"album_id": i, "title": f"b1 {tag} {i}"}
                                     for i in range(start, min(start + chunk, n + 1))]})

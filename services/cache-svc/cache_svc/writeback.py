@@ -44,8 +44,7 @@ def updates_from_json(entity_name: str, text: str) -> list[tuple[int, dict]]:
     for index, item in enumerate(items):
         if not isinstance(item, dict) or entity.primary_key not in item:
             raise ValidationError(f"updates[{index}]: expected an object with {entity.primary_key}")
-        fields = dict(item)
-        updates.append((fields.pop(entity.primary_key), fields))
+        updates.append((item.pop(entity.primary_key), item))
     return updates
 
 
