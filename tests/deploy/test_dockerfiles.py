@@ -98,8 +98,9 @@ def test_image_runs_the_procfile_command(process):
     _, image, _ = SERVICES[process]
     entrypoint, cmd, env = image_command(image)
     assert entrypoint + cmd == procfile()[process]["argv"]
+    for name, value in procfile()[process]["env"].items():
+        assert env.get(name) == value, f"{image} image: {name} is not {value} as in the Procfile"
     if process in METRICS_PORTS:
-        assert procfile()[process]["env"] == {"METRICS_PORT": str(METRICS_PORTS[process])}
         assert env["METRICS_PORT"] == str(METRICS_PORTS[process])
 
 
