@@ -25,6 +25,7 @@ import psycopg2
 import redis
 
 from chinook.config import load_settings
+from tests.support import metrics
 from tests.support.api import Api
 from tests.support.stack import Isolation, Stack
 
@@ -161,8 +162,6 @@ class Bench:
             self.stack.stop()
         for isolation in (self.anchor, self.isolation):
             if isolation:
-                # Hundreds of thousands of keys: unlinked in batches first, not one call each.
-                stores.unlink_prefix(isolation.redis(), isolation.key_prefix)
                 isolation.destroy()
 
     def run(self) -> dict:
@@ -336,8 +335,8 @@ class Bench:
         xacts = stores.xact_commit(self.admin, self.isolation.database_url) - xact_before
         cache_after = stores.scrape(cache_port)
         persistence_after = stores.scrape(persistence_port)
-        statements = stores.counter(persistence_after, "chinook_flush_statements_total") \
-            - stores.counter(persistence_before, "chinook_flush_statements_total")
+        statements = metrics.total(persistence_after, "chinook_flush_statements_total") \
+            - metrics.total(persistence_before, "chinook_flush_statements_total")
         # Each unary call of persistence-svc is one transaction of its own.
         calls = stores.persistence_calls(persistence_after) - stores.persistence_calls(persistence_before)
         lag = stores.histogram_delta(
@@ -406,10 +405,10 @@ class Bench:
                                                                   result.completed_total)}
             if target == "system":
                 after = stores.scrape(cache_port)
-                hits = stores.counter(after, "chinook_cache_reads_total", result="hit") \
-                    - stores.counter(before, "chinook_cache_reads_total", result="hit")
-                misses = stores.counter(after, "chinook_cache_reads_total", result="miss") \
-                    - stores.counter(before, "chinook_cache_reads_total", result="miss")
+                hits = metrics.total(after, "chinook_cache_reads_total", result="hit") \
+                    - metrics.total(before, "chinook_cache_reads_total", result="hit")
+                misses = metrics.total(after, "chinook_cache_reads_total", result="miss") \
+                    - metrics.total(before, "chinook_cache_reads_total", result="miss")
                 summary["cache_hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None
             self.results["b3"][target] = summary
             log(f"B3: {target} {summary['throughput_rps']:,.0f} req/s, p99 {summary['p99_ms']:.1f} ms")

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import psycopg2
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from persistence_svc import initdb
+from tests.support import metrics
 from tests.support.stack import REPO_ROOT, Isolation, free_port, procfile_commands
+from tests.support.stores import descendants
 
 
 # Prometheus
@@ -20,13 +21,7 @@ from tests.support.stack import REPO_ROOT, Isolation, free_port, procfile_comman
 
 def scrape(port: int) -> list:
     """The samples of a /metrics endpoint on 127.0.0.1."""
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
-
-
-def counter(samples: list, name: str, **labels) -> float:
-    return sum(s.value for s in samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return metrics.samples(f"http://127.0.0.1:{port}/metrics")
 
 
 def persistence_calls(samples: list) -> float:
@@ -107,43 +102,11 @@ def analyze(database_url: str):
         conn.close()
 
 
-def unlink_prefix(client, prefix: str, batch: int = 5000):
-    """Deletes every key under the prefix, a batch of keys per call."""
-    keys = []
-    for key in client.scan_iter(match=f"{prefix}*", count=batch):
-        keys.append(key)
-        if len(keys) == batch:
-            client.unlink(*keys)
-            keys = []
-    if keys:
-        client.unlink(*keys)
-
-
 # Memory
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name, in parentheses, may hold spaces: the ppid follows the last ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            kids.append(int(entry))
-    return kids
-
-
 def process_tree(pid: int) -> list[int]:
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(_children(current))
-    return tree
+    return [pid, *descendants(pid)]
 
 
 def _status_kb(pid: int, field: str) -> int:

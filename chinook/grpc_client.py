@@ -130,9 +130,9 @@ class CacheClient(_Client):
         update = cache_pb2.RowUpdate(id=row_id, fields=to_struct(fields))
         return self.stub.UpdateRow(cache_pb2.UpdateRowRequest(entity=entity, update=update), timeout=self.timeout_s)
 
-    def bulk_update(self, entity: str, rows: list) -> cache_pb2.BulkUpdateResponse:
-        """rows: objects holding the primary key and the columns to change, as JSON has
-        them; sent as one JSON text, which cache-svc checks item by item."""
+    def bulk_update(self, entity: str, rows) -> cache_pb2.BulkUpdateResponse:
+        """rows: a list of objects holding the primary key and the columns to change, as
+        JSON has them; sent as one JSON text, which cache-svc checks item by item."""
         request = cache_pb2.BulkUpdateRequest(entity=entity, updates_json=json.dumps(rows))
         return self.stub.BulkUpdate(request, timeout=self.timeout_s * 12)
 

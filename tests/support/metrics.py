@@ -4,11 +4,16 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 
+def samples(url: str) -> list:
+    """Every sample a /metrics endpoint serves now."""
+    text = requests.get(url, timeout=10).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def total(scraped: list, name: str, **labels) -> float:
+    """The sum of the samples called `name` whose labels match, 0 if not counted yet."""
+    return sum(s.value for s in scraped if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
 def counter(url: str, name: str, **labels) -> float:
-    """The value of one sample (summed over label sets that match), 0 if not counted yet."""
-    total = 0.0
-    for family in text_string_to_metric_families(requests.get(url, timeout=10).text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return total(samples(url), name, **labels)
