@@ -156,6 +156,9 @@ class Stack:
             name: command.replace("@%h", f"-{isolation.run_id}@%h")
             for name, command in procfile_commands().items()
         }
+        # Variables of one process only, over self.env (see add_gateway and configure).
+        self.process_env: dict[str, dict] = {}
+        self.gateway_ports = {"gateway": self.gateway_port}
         self.processes: dict[str, subprocess.Popen] = {}
         # Where each process' log began when it was last started, to read only its own run.
         self._log_offsets: dict[str, int] = {}
@@ -172,6 +175,22 @@ class Stack:
     def persistence_addr(self) -> str:
         return f"127.0.0.1:{self.persistence_port}"
 
+    def gateway_url_of(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.gateway_ports[name]}"
+
+    def add_gateway(self, name: str, extra_env: dict | None = None) -> int:
+        """Another gateway process (gunicorn and its workers) on a port of its own, beside
+        the first one, as a second replica would run; started with start(name)."""
+        port = free_port()
+        self.commands[name] = self.commands["gateway"]
+        self.gateway_ports[name] = port
+        self.process_env[name] = {"GATEWAY_PORT": str(port), **(extra_env or {})}
+        return port
+
+    def configure(self, name: str, **env: str):
+        """Sets variables for one process from its next start on."""
+        self.process_env[name] = {**self.process_env.get(name, {}), **env}
+
     def log_path(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
 
@@ -180,7 +199,8 @@ class Stack:
             log = open(self.log_path(name), "ab")
             self._log_offsets[name] = log.tell()
             self.processes[name] = subprocess.Popen(
-                ["bash", "-c", f"exec {self.commands[name]}"], cwd=REPO_ROOT, env=self.env,
+                ["bash", "-c", f"exec {self.commands[name]}"], cwd=REPO_ROOT,
+                env={**self.env, **self.process_env.get(name, {})},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.wait_ready(*(names or self.commands))
@@ -224,9 +244,9 @@ class Stack:
             with open(self.log_path(name), "rb") as log:
                 log.seek(self._log_offsets[name])
                 return b" ready." in log.read()
-        if name == "gateway":
+        if name in self.gateway_ports:
             try:
-                with socket.create_connection(("127.0.0.1", self.gateway_port), timeout=1):
+                with socket.create_connection(("127.0.0.1", self.gateway_ports[name]), timeout=1):
                     return True
             except OSError:
                 return False
