@@ -162,6 +162,56 @@ def redis_cpu_seconds(client) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+# gunicorn's workers
+
+
+def workers_cpu_seconds(master_pid: int) -> dict[int, float]:
+    """CPU seconds of each worker process of a gunicorn master (its children), by pid."""
+    return {pid: cpu_seconds(pid) for pid in descendants(master_pid)}
+
+
+def worker_split(before: dict[int, float], after: dict[int, float]) -> dict:
+    """How the CPU the workers used between two readings is shared among them, largest
+    first: gthread workers take keep-alive connections as they accept them, not evenly."""
+    spent = sorted((after[pid] - before[pid] for pid in after if pid in before), reverse=True)
+    total = sum(spent)
+    shares = [round(seconds / total, 4) for seconds in spent] if total > 0 else []
+    return {"workers": len(spent), "cpu_s": [round(seconds, 3) for seconds in spent], "shares": shares,
+            "largest_share": shares[0] if shares else None}
+
+
+def connection_owners(pids: list[int], server_port: int) -> dict[int, int]:
+    """Which of `pids` holds the server end of each TCP connection to `server_port`:
+    {client port: pid}, from the processes' socket descriptors and /proc/net/tcp*."""
+    inode_owner = {}
+    for pid in pids:
+        try:
+            descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                target = os.readlink(descriptor)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode_owner[int(target[8:-1])] = pid
+    owners = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            inode = int(fields[9])
+            if local_port == server_port and remote_port and inode in inode_owner:
+                owners[remote_port] = inode_owner[inode]
+    return owners
+
+
 # The anchors' stores and app
 
 
