@@ -1,5 +1,5 @@
 """The benchmark: the real stack on free ports (as the end-to-end tests start it), the
-anchors beside it, scenarios B1-B5 in one run.
+anchors beside it, scenarios B1-B5 and a read-mostly mix in one run.
 
 The album table (347 rows) grows by duplication, through the system's own
 `POST /tasks/duplicate` for the system's database and by `INSERT ... SELECT` for
@@ -28,14 +28,36 @@ from chinook.config import load_settings
 from tests.support import metrics
 from tests.support.api import Api
 from tests.support.stack import Isolation, Stack
+from tests.support.stores import descendants
 
 from . import stores
 from .anchors import floor
-from .load import percentile, request_bytes, run_load
+from .load import percentile, request_bytes, run_load, run_sweep, uniform_chooser, zipf_chooser
 from .profile import Profiler
+from .staleness import StaleReadProbe
 
 BASE_ALBUMS = 347
 FLOOR_TRIES = 3
+# B3 and the mix: Zipf-skewed ids, the k-th most popular with weight 1/k**s.
+ZIPF_S = 1.1
+# The read-mostly mix: this share of its requests are PATCHes, the rest GETs.
+MIX_PATCH_SHARE = 0.05
+# The documented bound: after a write was acknowledged, no gateway serves the row's
+# older value for longer than this.
+STALE_BOUND_S = 1.0
+# The stale-read probe: rows of its own (kept out of the mix), a probe every interval,
+# polling every poll_s; a write not visible after give_up_s counts as never visible.
+PROBE_ROWS = 16
+PROBE_INTERVAL_S = 0.25
+PROBE_POLL_S = 0.002
+PROBE_PRIME_READS = 3
+PROBE_GIVE_UP_S = 3 * STALE_BOUND_S
+NEAR_CACHE_ROWS = "GATEWAY_NEAR_CACHE_ROWS"
+NEAR_COUNTERS = ("hits", "misses", "evictions", "invalidations", "reconnects")
+# Gateway processes publish their near-cache counts in batches, up to a quarter second
+# late: read them after this pause.
+NEAR_COUNTS_WAIT_S = 0.5
+SECOND_GATEWAY = "gateway-b"
 BENCH_DIR = Path(__file__).resolve().parent
 
 
@@ -50,6 +72,8 @@ class Profile:
     load_size: int
     b2_duration_s: float
     b3_duration_s: float
+    # The read-mostly mix, per target.
+    mix_duration_s: float
     warmup_s: float
     concurrency: int = 16
     hot_rows: int = 10
@@ -62,19 +86,21 @@ class Profile:
 
 
 FULL = Profile("full", b1_sizes=(1_388, 11_104, 88_832, 355_328), b1_headline=(11_104, 88_832),
-               load_size=11_104, b2_duration_s=20, b3_duration_s=10, warmup_s=1.0)
+               load_size=11_104, b2_duration_s=20, b3_duration_s=10, mix_duration_s=10, warmup_s=1.0)
 # A few rows and a second of load: `make test` runs it so the code cannot rot.
 SMOKE = Profile("smoke", b1_sizes=(BASE_ALBUMS, 2 * BASE_ALBUMS), b1_headline=(BASE_ALBUMS,),
-                load_size=BASE_ALBUMS, b2_duration_s=1, b3_duration_s=1, warmup_s=0.2, bulk_chunk=250,
+                load_size=BASE_ALBUMS, b2_duration_s=1, b3_duration_s=1, mix_duration_s=1, warmup_s=0.2,
+                bulk_chunk=250,
                 durable_timeout_s=60, stats_wait_s=0.3)
 # B1 at the B2/B3 size only, and shorter loads: for profiling and quick looks.
 QUICK = Profile("quick", b1_sizes=(1_388, 11_104), b1_headline=(11_104,), load_size=11_104,
-                b2_duration_s=8, b3_duration_s=8, warmup_s=1.0)
+                b2_duration_s=8, b3_duration_s=8, mix_duration_s=8, warmup_s=1.0)
 PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}
 
 
 def plan(profile: Profile) -> list[tuple]:
-    """The steps in order: ("grow", multiplier, new size, is_b4), ("b1", n), ("b2",), ("b3",)."""
+    """The steps in order: ("grow", multiplier, new size, is_b4), ("b1", n), ("b2",), ("b3",),
+    ("mix",)."""
     targets = sorted(set(profile.b1_sizes) | {profile.load_size, 2 * profile.load_size})
     steps, size = [], BASE_ALBUMS
     for target in targets:
@@ -87,7 +113,7 @@ def plan(profile: Profile) -> list[tuple]:
         if target in profile.b1_sizes:
             steps.append(("b1", target))
         if target == profile.load_size:
-            steps += [("b2",), ("b3",)]
+            steps += [("b2",), ("b3",), ("mix",)]
     return steps
 
 
@@ -101,8 +127,8 @@ class Bench:
         self.profile_dir = profile_dir
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.results = {"profile": asdict(profile), "b1": [], "b2": {}, "b3": {}, "b4": None, "growth": [],
-                        "memory": []}
+        self.results = {"profile": asdict(profile), "b1": [], "b2": {}, "b3": {}, "mix": {}, "b4": None,
+                        "growth": [], "memory": []}
         self.isolation = self.anchor = self.stack = self.monolith = None
         self.table_size = BASE_ALBUMS
 
@@ -132,6 +158,25 @@ class Bench:
         return {name: round(1000 * seconds / requests, 4) for name, seconds in spent.items()
                 if seconds > 0.005} if requests else {}
 
+    def _load(self, port: int, master_pid: int, next_request, duration_s: float, label: str | None = None,
+              tiers: bool = False) -> tuple[dict, dict, dict]:
+        """A closed-loop load at the profile's concurrency against a gunicorn server: its
+        summary with latency percentiles, CPU per request of every component and how the
+        server's workers shared their CPU (X-Cache-Tier counts if `tiers`), and the CPU
+        snapshots before and after."""
+        workers_before = stores.workers_cpu_seconds(master_pid)
+        cpu_before = self.cpu_snapshot()
+        with self.profiled(label):
+            result = run_load(port, next_request, self.profile.concurrency, duration_s, self.profile.warmup_s,
+                              count_header="X-Cache-Tier" if tiers else None)
+        cpu_after = self.cpu_snapshot()
+        summary = {**result.summary(), **latency_profile(result.latencies_s),
+                   "cpu_ms_per_request": self.cpu_per_request(cpu_before, cpu_after, result.completed_total),
+                   "gunicorn_workers": stores.worker_split(workers_before, stores.workers_cpu_seconds(master_pid))}
+        if tiers:
+            summary["x_cache_tier"] = {value or "absent": n for value, n in sorted(result.header_counts.items())}
+        return summary, cpu_before, cpu_after
+
     # Setting up and tearing down
 
     def setup(self):
@@ -141,6 +186,8 @@ class Bench:
         self.stack = Stack(self.isolation, self.workdir)
         log("starting the five processes of the Procfile and the monolith anchor")
         self.stack.start()
+        # Started for the mix only.
+        self.stack.add_gateway(SECOND_GATEWAY)
         self.monolith = stores.MonolithApp(self.anchor, self.workdir).start()
         self.api = Api(self.stack)
         self.redis = self.isolation.redis()
@@ -322,14 +369,14 @@ class Bench:
         cache_before = stores.scrape(cache_port)
         persistence_before = stores.scrape(persistence_port)
         log(f"B2 {mix}: write-back, {self.profile.concurrency} connections for {self.profile.b2_duration_s:g} s")
-        cpu_before = self.cpu_snapshot()
-        with self.profiled(f"b2-{mix}"):
-            result = run_load(self.stack.gateway_port, self._patches(f"b2 {mix}", ids), self.profile.concurrency,
-                              self.profile.b2_duration_s, self.profile.warmup_s)
-        cpu = self.cpu_per_request(cpu_before, self.cpu_snapshot(), result.completed_total)
+        load, cpu_before, _ = self._load(self.stack.gateway_port, self.stack.processes["gateway"].pid,
+                                         self._patches(f"b2 {mix}", ids), self.profile.b2_duration_s,
+                                         label=f"b2-{mix}")
         drain_started = time.perf_counter()
         self.api.flush(wait_s=120)
         drain_s = time.perf_counter() - drain_started
+        # Postgres' work for these updates ends when the last of them is written back.
+        postgres_cpu_s = stores.cpu_seconds(self.postmaster) - cpu_before["postgres"] if self.postmaster else None
         time.sleep(self.profile.stats_wait_s)
         accepted = int(self.redis.hget(stats_key, "accepted") or 0) - accepted_before
         xacts = stores.xact_commit(self.admin, self.isolation.database_url) - xact_before
@@ -343,7 +390,7 @@ class Bench:
             stores.histogram_buckets(cache_before, "chinook_accept_to_durable_seconds", entity="album"),
             stores.histogram_buckets(cache_after, "chinook_accept_to_durable_seconds", entity="album"))
         summary = {
-            **result.summary(), **latency_profile(result.latencies_s),
+            **load,
             "accepted_updates": accepted, "pg_transactions": xacts, "flush_statements": statements,
             "transactions_per_update": round(xacts / accepted, 4) if accepted else None,
             "persistence_calls": calls,
@@ -354,20 +401,20 @@ class Bench:
             "lag_p99_bucket_s": stores.bucket_bound(0.99, lag),
             "lag_buckets": {str(k): v for k, v in lag.items()},
             "drain_after_load_s": round(drain_s, 3),
-            "cpu_ms_per_request": cpu,
+            **per_postgres_core(accepted, postgres_cpu_s),
         }
         log(f"B2 {mix}: write-back {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
             f"p99 {summary['p99_ms']:.1f} ms, lag p99 {summary['lag_p99_s']} s, "
-            f"{summary['transactions_per_update']} transactions per update")
+            f"{summary['transactions_per_update']} transactions per update, "
+            f"{summary['updates_per_postgres_core_s']} updates per Postgres core-second, {busiest(summary)}")
         return summary
 
     def _b2_write_through(self, mix: str, ids: list[int]) -> dict:
         xact_before = stores.xact_commit(self.admin, self.anchor.database_url)
         log(f"B2 {mix}: write-through anchor")
-        cpu_before = self.cpu_snapshot()
-        result = run_load(self.monolith.port, self._patches(f"wt {mix}", ids), self.profile.concurrency,
-                          self.profile.b2_duration_s, self.profile.warmup_s)
-        cpu = self.cpu_per_request(cpu_before, self.cpu_snapshot(), result.completed_total)
+        load, cpu_before, cpu_after = self._load(self.monolith.port, self.monolith.process.pid,
+                                                 self._patches(f"wt {mix}", ids), self.profile.b2_duration_s)
+        postgres_cpu_s = cpu_after["postgres"] - cpu_before["postgres"] if self.postmaster else None
         # A backend publishes its counts when it ends (and, while in use, at most once a
         # second; an idle one keeps them): restart the app so that its connections end.
         self.monolith.stop()
@@ -375,43 +422,102 @@ class Bench:
         xacts = stores.xact_commit(self.admin, self.anchor.database_url) - xact_before
         self.monolith.start()
         # Warm-up requests commit too: divide by every request the server handled.
-        summary = {**result.summary(), **latency_profile(result.latencies_s), "pg_transactions": xacts,
-                   "transactions_per_update": round(xacts / result.completed_total, 4)
-                   if result.completed_total else None, "cpu_ms_per_request": cpu}
+        handled = load["completed_total"]
+        summary = {**load, "pg_transactions": xacts,
+                   "transactions_per_update": round(xacts / handled, 4) if handled else None,
+                   **per_postgres_core(handled, postgres_cpu_s)}
         log(f"B2 {mix}: write-through {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
-            f"p99 {summary['p99_ms']:.1f} ms")
+            f"p99 {summary['p99_ms']:.1f} ms, {summary['updates_per_postgres_core_s']} updates per Postgres "
+            f"core-second, {busiest(summary)}")
         return summary
 
-    # B3: cached reads at concurrency 16
+    # B3: cached reads at concurrency 16, with the gateway's near cache on and off
 
     def step_b3(self):
         ids = list(range(1, self.table_size + 1))
         self._fill_monolith_cache()
-        cache_port = self.stack.metrics_ports["CACHE"]
-        for target, port in (("system", self.stack.gateway_port), ("monolith", self.monolith.port)):
-            choice = random.Random(11).choice
+        # The same seeded draws for the system and the monolith.
+        draws = {"uniform": lambda: uniform_chooser(ids, 11), "zipf": lambda: zipf_chooser(ids, ZIPF_S, 11)}
+        b3 = self.results["b3"]
+        warm_up = self._warm_near_cache(ids)
+        for distribution, draw in draws.items():
+            b3[b3_key("system", distribution)] = {**self._b3_system(distribution, draw(), near=True),
+                                                  "near_warm_up": warm_up}
+        for distribution, draw in draws.items():
+            b3[b3_key("monolith", distribution)] = self._b3_monolith(distribution, draw())
+        self._restart_gateway(near_cache_rows="0")
+        try:
+            for distribution, draw in draws.items():
+                b3[b3_key("system", distribution, near=False)] = self._b3_system(distribution, draw(), near=False)
+        finally:
+            self._restart_gateway(near_cache_rows=None)
 
-            def next_request():
-                return request_bytes("GET", f"/albums/{choice(ids)}")
-            before = stores.scrape(cache_port)
-            log(f"B3: reads from the {target}, {self.profile.concurrency} connections "
-                f"for {self.profile.b3_duration_s:g} s")
-            cpu_before = self.cpu_snapshot()
-            with self.profiled("b3") if target == "system" else contextlib.nullcontext():
-                result = run_load(port, next_request, self.profile.concurrency, self.profile.b3_duration_s,
-                                  self.profile.warmup_s)
-            summary = {**result.summary(), **latency_profile(result.latencies_s),
-                       "cpu_ms_per_request": self.cpu_per_request(cpu_before, self.cpu_snapshot(),
-                                                                  result.completed_total)}
-            if target == "system":
-                after = stores.scrape(cache_port)
-                hits = metrics.total(after, "chinook_cache_reads_total", result="hit") \
-                    - metrics.total(before, "chinook_cache_reads_total", result="hit")
-                misses = metrics.total(after, "chinook_cache_reads_total", result="miss") \
-                    - metrics.total(before, "chinook_cache_reads_total", result="miss")
-                summary["cache_hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None
-            self.results["b3"][target] = summary
-            log(f"B3: {target} {summary['throughput_rps']:,.0f} req/s, p99 {summary['p99_ms']:.1f} ms")
+    def _reads(self, choose):
+        requests = {i: request_bytes("GET", f"/albums/{i}") for i in range(1, self.table_size + 1)}
+        return lambda: requests[choose()]
+
+    def _b3_system(self, distribution: str, choose, near: bool) -> dict:
+        variant = f"near cache {'on' if near else 'off'}, {distribution}"
+        cache_port, gateway_port = self.stack.metrics_ports["CACHE"], self.stack.gateway_port
+        if near:
+            time.sleep(NEAR_COUNTS_WAIT_S)
+        cache_before, gateway_before = stores.scrape(cache_port), stores.scrape(gateway_port)
+        log(f"B3 {variant}: reads from the system, {self.profile.concurrency} connections "
+            f"for {self.profile.b3_duration_s:g} s")
+        label = None if distribution != "uniform" else "b3" if near else "b3-near-off"
+        summary = self._load(gateway_port, self.stack.processes["gateway"].pid, self._reads(choose),
+                             self.profile.b3_duration_s, label=label, tiers=True)[0]
+        if near:
+            time.sleep(NEAR_COUNTS_WAIT_S)
+        cache_after, gateway_after = stores.scrape(cache_port), stores.scrape(gateway_port)
+        hits, misses = (metrics.total(cache_after, "chinook_cache_reads_total", result=result)
+                        - metrics.total(cache_before, "chinook_cache_reads_total", result=result)
+                        for result in ("hit", "miss"))
+        summary.update({
+            "distribution": distribution, "near_cache": "on" if near else "off",
+            # cache-svc's reads: with a warm near cache there may be none.
+            "cache_hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+            **near_cache_counts(gateway_before, gateway_after),
+        })
+        log(f"B3 {variant}: system {summary['throughput_rps']:,.0f} req/s, p99 {summary['p99_ms']:.1f} ms, "
+            f"near hit ratio {summary['near_hit_ratio']}, X-Cache-Tier {summary['x_cache_tier']}, {busiest(summary)}")
+        return summary
+
+    def _b3_monolith(self, distribution: str, choose) -> dict:
+        log(f"B3 {distribution}: reads from the monolith, {self.profile.concurrency} connections "
+            f"for {self.profile.b3_duration_s:g} s")
+        summary = self._load(self.monolith.port, self.monolith.process.pid, self._reads(choose),
+                             self.profile.b3_duration_s)[0]
+        summary["distribution"] = distribution
+        log(f"B3 {distribution}: monolith {summary['throughput_rps']:,.0f} req/s, p99 {summary['p99_ms']:.1f} ms, "
+            f"{busiest(summary)}")
+        return summary
+
+    def _warm_near_cache(self, ids: list[int], gateway: str = "gateway") -> dict:
+        """Reads every row through each worker process of a gateway, so that every near
+        cache holds them all."""
+        port = self.stack.gateway_ports[gateway]
+        workers = descendants(self.stack.processes[gateway].pid)
+        started = time.perf_counter()
+        sweep = run_sweep(port, [f"/albums/{i}" for i in ids], lambda ports: stores.connection_owners(workers, port),
+                          len(workers), self.profile.concurrency, count_header="X-Cache-Tier")
+        sweep = {"workers": len(workers), **sweep, "seconds": round(time.perf_counter() - started, 3),
+                 "header_counts": {value or "absent": n for value, n in sorted(sweep["header_counts"].items())}}
+        log(f"near cache of {gateway}: {len(ids):,} rows read through {sweep['processes_reached']} of "
+            f"{len(workers)} workers ({sweep['requests']:,} reads in {sweep['seconds']:.1f} s, "
+            f"X-Cache-Tier {sweep['header_counts']})")
+        return sweep
+
+    def _restart_gateway(self, near_cache_rows: str | None):
+        """Restarts the first gateway with its near cache as the stack runs it (None), or
+        holding this many rows."""
+        self.stack.stop("gateway")
+        if near_cache_rows is None:
+            self.stack.process_env.get("gateway", {}).pop(NEAR_CACHE_ROWS, None)
+        else:
+            self.stack.configure("gateway", **{NEAR_CACHE_ROWS: near_cache_rows})
+        self.stack.start("gateway")
+        log(f"gateway restarted with {NEAR_CACHE_ROWS}={near_cache_rows or 'as configured'}")
 
     def _fill_monolith_cache(self):
         """The monolith reads from a warm cache, as the system does after B1 and B2."""
@@ -428,6 +534,91 @@ class Bench:
                 pipe.hset(key, mapping={"title": title, "artist_id": str(artist_id)})
                 pipe.expire(key, 3600)
             pipe.execute()
+
+    # A read-mostly mix: 95 % GET, 5 % PATCH, Zipf-skewed ids
+
+    def step_mix(self):
+        ids = list(range(1, self.table_size + 1))
+        mix_ids, probe_ids = ids[:-PROBE_ROWS], ids[-PROBE_ROWS:]
+        self.stack.start(SECOND_GATEWAY)
+        try:
+            self.results["mix"]["system"], self.results["mix"]["stale_probe"] = self._mix_system(mix_ids, probe_ids)
+        finally:
+            self.stack.stop(SECOND_GATEWAY)
+        self.results["mix"]["monolith"] = self._mix_monolith(mix_ids)
+
+    def _mix_requests(self, label: str, ids: list[int]):
+        choose, draw, counter = zipf_chooser(ids, ZIPF_S, 13), random.Random(17).random, iter(range(1 << 62))
+        gets = {i: request_bytes("GET", f"/albums/{i}") for i in ids}
+        prefix = label.encode()
+
+        def next_request():
+            album_id = choose()
+            if draw() < MIX_PATCH_SHARE:
+                return request_bytes("PATCH", f"/albums/{album_id}", b'{"title": "%s %d"}' % (prefix, next(counter)))
+            return gets[album_id]
+        return next_request
+
+    def _mix_system(self, mix_ids: list[int], probe_ids: list[int]) -> tuple[dict, dict]:
+        """The mix through the first gateway, while the stale-read probe writes its own
+        rows through it and reads them through the second."""
+        # The first gateway was restarted after B3: its near cache is empty.
+        self._warm_near_cache(mix_ids)
+        stats_key = f"{self.isolation.key_prefix}wb:stats"
+        gateway_port, second_port = self.stack.gateway_port, self.stack.gateway_ports[SECOND_GATEWAY]
+        second_workers = descendants(self.stack.processes[SECOND_GATEWAY].pid)
+        accepted_before = int(self.redis.hget(stats_key, "accepted") or 0)
+        time.sleep(NEAR_COUNTS_WAIT_S)
+        gateway_before, second_before = stores.scrape(gateway_port), stores.scrape(second_port)
+        probe = StaleReadProbe(
+            gateway_port, second_port, len(second_workers),
+            lambda ports: stores.connection_owners(second_workers, second_port), probe_ids,
+            bound_s=STALE_BOUND_S, interval_s=PROBE_INTERVAL_S, poll_s=PROBE_POLL_S,
+            prime_reads=PROBE_PRIME_READS, give_up_s=PROBE_GIVE_UP_S)
+        log(f"mix: {1 - MIX_PATCH_SHARE:.0%} GET / {MIX_PATCH_SHARE:.0%} PATCH through the system, "
+            f"{self.profile.concurrency} connections for {self.profile.mix_duration_s:g} s; stale-read probe "
+            f"through {SECOND_GATEWAY}")
+        probe.start()
+        try:
+            summary = self._load(gateway_port, self.stack.processes["gateway"].pid,
+                                 self._mix_requests("mix system", mix_ids), self.profile.mix_duration_s,
+                                 label="mix", tiers=True)[0]
+        finally:
+            probed = probe.stop()
+        time.sleep(NEAR_COUNTS_WAIT_S)
+        gateway_after, second_after = stores.scrape(gateway_port), stores.scrape(second_port)
+        self.api.flush(wait_s=120)
+        delay = stores.histogram_delta(
+            stores.histogram_buckets(second_before, "chinook_near_cache_invalidation_delay_seconds"),
+            stores.histogram_buckets(second_after, "chinook_near_cache_invalidation_delay_seconds"))
+        probed.update({
+            "second_gateway": SECOND_GATEWAY,
+            # From a change in Redis to its arrival in a process of the second gateway, every row's.
+            "invalidations_timed": delay[max(delay)] if delay else 0,
+            "invalidation_delay_p50_s": round_or_none(stores.histogram_quantile(0.5, delay), 5),
+            "invalidation_delay_p99_s": round_or_none(stores.histogram_quantile(0.99, delay), 5),
+        })
+        summary.update({
+            "distribution": "zipf", "zipf_s": ZIPF_S, "patch_share": MIX_PATCH_SHARE,
+            "accepted_updates": int(self.redis.hget(stats_key, "accepted") or 0) - accepted_before,
+            **near_cache_counts(gateway_before, gateway_after),
+        })
+        log(f"mix: system {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
+            f"p99 {summary['p99_ms']:.1f} ms, near hit ratio {summary['near_hit_ratio']}, {busiest(summary)}")
+        log(f"mix: {probed['probes']} probes, visible after p50 {probed['visibility_p50_ms']} ms, "
+            f"p99 {probed['visibility_p99_ms']} ms, max {probed['visibility_max_ms']} ms; "
+            f"{probed['stale_reads_after_bound']} stale reads after {STALE_BOUND_S:g} s"
+            + (f"; probe failed: {probed['error']}" if probed["error"] else ""))
+        return summary, probed
+
+    def _mix_monolith(self, mix_ids: list[int]) -> dict:
+        log("mix: through the monolith (write-through PATCH, GET from Redis)")
+        summary = self._load(self.monolith.port, self.monolith.process.pid,
+                             self._mix_requests("mix monolith", mix_ids), self.profile.mix_duration_s)[0]
+        summary.update({"distribution": "zipf", "zipf_s": ZIPF_S, "patch_share": MIX_PATCH_SHARE})
+        log(f"mix: monolith {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
+            f"p99 {summary['p99_ms']:.1f} ms, {busiest(summary)}")
+        return summary
 
 
 class ConvergenceSampler:
@@ -522,6 +713,37 @@ def latency_profile(latencies: list[float]) -> dict:
 
 def round_or_none(value, digits: int = 4):
     return None if value is None else round(value, digits)
+
+
+def b3_key(target: str, distribution: str, near: bool = True) -> str:
+    """"system", "system_zipf", "system_near_off", "system_near_off_zipf", "monolith",
+    "monolith_zipf": B3 keeps its first keys for the uniform reads, near cache on."""
+    return target + ("" if near else "_near_off") + ("" if distribution == "uniform" else f"_{distribution}")
+
+
+def near_cache_counts(before: list, after: list) -> dict:
+    """The gateway's near-cache counters over a run (zero where it has none)."""
+    counts = {f"near_{name}": int(metrics.total(after, f"chinook_near_cache_{name}_total")
+                                  - metrics.total(before, f"chinook_near_cache_{name}_total"))
+              for name in NEAR_COUNTERS}
+    looked_up = counts["near_hits"] + counts["near_misses"]
+    counts["near_hit_ratio"] = round(counts["near_hits"] / looked_up, 4) if looked_up else None
+    return counts
+
+
+def per_postgres_core(updates: int, postgres_cpu_s: float | None) -> dict:
+    """Postgres CPU per update, and how many updates one Postgres core takes a second at
+    that cost (None when Postgres is not on this machine or used less than a clock tick)."""
+    if not updates or not postgres_cpu_s or postgres_cpu_s <= 0:
+        return {"postgres_cpu_ms_per_update": None, "updates_per_postgres_core_s": None}
+    return {"postgres_cpu_ms_per_update": round(1000 * postgres_cpu_s / updates, 5),
+            "updates_per_postgres_core_s": round(updates / postgres_cpu_s, 1)}
+
+
+def busiest(summary: dict) -> str:
+    split = summary["gunicorn_workers"]
+    share = split["largest_share"]
+    return f"busiest of {split['workers']} workers " + ("-" if share is None else f"{share:.0%} of their CPU")
 
 
 def _command_version(*command: str) -> str:

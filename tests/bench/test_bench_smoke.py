@@ -11,6 +11,13 @@ from bench.__main__ import run
 pytestmark = pytest.mark.e2e
 
 SERVICES = {"persistence-svc", "cache-svc", "gateway", "write-back-worker", "duplication-worker"}
+B3_KEYS = {"system", "system_zipf", "system_near_off", "system_near_off_zipf", "monolith", "monolith_zipf"}
+
+
+def assert_worker_split(summary):
+    split = summary["gunicorn_workers"]
+    assert split["workers"] >= 1 and len(split["cpu_s"]) == split["workers"]
+    assert len(split["shares"]) == split["workers"] and split["largest_share"] == max(split["shares"])
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +57,45 @@ def test_b2_counts_updates_transactions_and_lag(smoke):
         assert system["pg_transactions"] > 0 and system["lag_rows_cleaned"] > 0
         assert system["lag_p99_s"] is not None
         assert through["pg_transactions"] >= through["requests"]
+        for summary in (system, through):
+            # None only if Postgres used less than a clock tick.
+            assert summary["updates_per_postgres_core_s"] is None or summary["updates_per_postgres_core_s"] > 0
+            assert_worker_split(summary)
 
 
-def test_b3_reads_both(smoke):
+def test_b3_reads_both_with_the_near_cache_on_and_off(smoke):
     b3 = smoke[0]["b3"]
-    assert b3["system"]["requests"] > 0 and b3["monolith"]["requests"] > 0
-    assert b3["system"]["errors"] == b3["monolith"]["errors"] == 0
-    assert b3["system"]["cache_hit_ratio"] == 1
+    assert set(b3) == B3_KEYS
+    for summary in b3.values():
+        assert summary["requests"] > 0 and summary["errors"] == 0
+        assert_worker_split(summary)
+    for key in ("system", "system_zipf"):
+        system = b3[key]
+        assert system["near_cache"] == "on" and system["cache_hit_ratio"] in (None, 1)
+        assert sum(system["x_cache_tier"].values()) == system["requests"]
+        assert system["near_hits"] + system["near_misses"] > 0
+        warm_up = system["near_warm_up"]
+        assert warm_up["processes_reached"] == warm_up["workers"] >= 1
+        assert warm_up["requests"] == warm_up["workers"] * 347
+    for key in ("system_near_off", "system_near_off_zipf"):
+        system = b3[key]
+        assert system["near_cache"] == "off" and system["cache_hit_ratio"] == 1
+        assert system["near_hits"] == 0 and system["x_cache_tier"].get("near", 0) == 0
+
+
+def test_mix_against_the_monolith_with_the_stale_read_probe(smoke):
+    mix = smoke[0]["mix"]
+    system, monolith, probe = mix["system"], mix["monolith"], mix["stale_probe"]
+    for summary in (system, monolith):
+        assert summary["requests"] > 0 and summary["errors"] == 0
+        assert_worker_split(summary)
+    # The gateway answers a PATCH with 202, a GET with 200.
+    assert system["statuses"].get("202", 0) > 0 and system["statuses"].get("200", 0) > 0
+    assert system["accepted_updates"] > 0
+    assert probe["error"] is None
+    assert probe["probes"] > 0 and probe["visible"] + probe["never_visible"] == probe["probes"]
+    assert probe["reads"] > 0 and probe["reader_workers_reached"] == probe["reader_workers"] >= 1
+    assert probe["stale_reads_after_bound"] >= 0
 
 
 def test_b4_duplicates_through_the_system_and_insert_select(smoke):
@@ -68,8 +107,13 @@ def test_table_has_a_row_per_target(smoke):
     results = smoke[0]
     measured = {(r.scenario.split()[0], r.measure) for r in report.rows(results)}
     for expected in [("B1", "acknowledged, rows not cached"), ("B1", "durable in Postgres, rows cached"),
-                     ("B2", "throughput"),
+                     ("B2", "throughput"), ("B2", "updates per Postgres core-second"),
+                     ("B2", "busiest gunicorn worker's CPU share"),
                      ("B2", "p99 accept-to-durable"), ("B2", "Postgres transactions per update"),
-                     ("B3", "throughput"), ("B4", "copy rate"), ("B5", "bulk to durable")]:
+                     ("B3", "throughput"), ("B3", "near-cache hits (X-Cache-Tier)"),
+                     ("B3", "busiest gunicorn worker's CPU share"), ("Mix", "throughput"),
+                     ("Mix", "stale reads after the 1 s bound"), ("B4", "copy rate"), ("B5", "bulk to durable")]:
         assert expected in measured
+    b3_rows = {r.scenario for r in report.rows(results) if r.measure == "throughput" and r.scenario.startswith("B3")}
+    assert len(b3_rows) == 4
     assert {r.measure for r in report.rows(results) if r.scenario.startswith("B5 peak RSS")} == SERVICES
