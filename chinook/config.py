@@ -40,6 +40,15 @@ class Settings:
     # this fsync policy at start; if empty, it only warns when Redis does not persist.
     redis_appendfsync: str = ""
     grpc_timeout_s: float = 10.0
+    # Rows each gateway process keeps in its near cache (LRU); 0 turns it off.
+    gateway_near_cache_rows: int = 100_000
+    # The longest a change may take from Redis to a gateway process: a subscriber that
+    # falls further behind, or hears nothing (not even a heartbeat) for longer, is reset
+    # and clears its near cache.
+    near_cache_max_lag_ms: int = 1000
+    # How long a single update waits in the gateway for others to share its RPC; 0 sends
+    # each at once (still gathering the updates that arrive while an RPC is in flight).
+    gateway_update_linger_ms: float = 1.0
     # Port of the process' own /metrics endpoint; 0 means the service's default.
     metrics_port: int = 0
     log_level: str = "INFO"
@@ -48,7 +57,7 @@ class Settings:
 _POSITIVE = {
     "gateway_port", "cache_grpc_port", "persistence_grpc_port", "writeback_batch_size",
     "writeback_lease_ms", "cache_ttl_s", "grpc_timeout_s", "writeback_max_pending", "writeback_max_attempts",
-    "writeback_retry_backoff_ms",
+    "writeback_retry_backoff_ms", "near_cache_max_lag_ms",
 }
 _CHOICES = {"redis_appendfsync": ("", "always", "everysec", "no")}
 

@@ -5,6 +5,7 @@ registry, so a new table needs an entry here (and its `wb_version` column in
 `sql/`), not a change to the machinery.
 """
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -106,6 +107,10 @@ class Entity:
 
     def row_from_store(self, raw: dict) -> dict:
         return {c.name: c.from_store(raw.get(c.name)) for c in self.columns}
+
+    def row_json(self, row_id: int, raw: dict) -> str:
+        """A row read from a string store as the HTTP API shows it, primary key first."""
+        return json.dumps({self.primary_key: row_id, **self.row_from_store(raw)})
 
 
 ENTITIES: dict[str, Entity] = {

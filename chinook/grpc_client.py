@@ -126,6 +126,16 @@ class CacheClient(_Client):
     def get_row(self, entity: str, row_id: int) -> cache_pb2.GetRowResponse:
         return self.stub.GetRow(cache_pb2.GetRowRequest(entity=entity, id=row_id), timeout=self.timeout_s)
 
+    def update_rows(self, patches: list[cache_pb2.RowPatch]) -> list[cache_pb2.UpdateResult]:
+        request = cache_pb2.UpdateRowsRequest(patches=patches)
+        return list(self.stub.UpdateRows(request, timeout=self.timeout_s).results)
+
+    def watch_changes(self):
+        """The change stream (an iterator of ChangeBatch, and a call to cancel). It has
+        no deadline: it lasts as long as both ends do, and its heartbeats tell whether
+        it still does."""
+        return self.stub.WatchChanges(cache_pb2.WatchChangesRequest())
+
     def update_row(self, entity: str, row_id: int, fields: dict) -> cache_pb2.UpdateRowResponse:
         update = cache_pb2.RowUpdate(id=row_id, fields=to_struct(fields))
         return self.stub.UpdateRow(cache_pb2.UpdateRowRequest(entity=entity, update=update), timeout=self.timeout_s)

@@ -65,9 +65,11 @@ class GrpcService:
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024),
                      # Clients reconnect every few minutes, and so resolve again and find
-                     # new replicas; calls in flight get a grace period.
+                     # new replicas. Calls in flight finish on the old connection: unary
+                     # ones have deadlines, and streams (WatchChanges, DuplicateRows) must
+                     # not be cut by ageing.
                      ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-                     ("grpc.max_connection_age_grace_ms", 30 * 1000)],
+                     ("grpc.max_connection_age_grace_ms", 2**31 - 1)],
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -78,7 +80,13 @@ class GrpcService:
         if self.port == 0:
             raise OSError(f"cannot listen on gRPC port {port}: is another process using it?")
         self._stopping = threading.Event()
+        self._on_stopping = []
         self._on_stop = []
+
+    def on_stopping(self, callback):
+        """Runs callback when a stop begins, before calls in flight are waited for: for
+        what would hold the server open (endless streams)."""
+        self._on_stopping.append(callback)
 
     def on_stop(self, callback):
         """Runs callback after the server stopped taking calls, before exit."""
@@ -130,5 +138,7 @@ class GrpcService:
         log.info("%s: NOT_SERVING, finishing calls in flight (up to %.0f s)",
                  signal.Signals(signum).name, self.grace_s)
         self.health.enter_graceful_shutdown()
+        for callback in self._on_stopping:
+            callback()
         # stop() returns at once; wait_for_termination() in serve_forever returns when done.
         self.server.stop(self.grace_s)

@@ -30,6 +30,21 @@ ACCEPT_TO_DURABLE = Histogram("chinook_accept_to_durable_seconds",
 CACHE_READS = Counter("chinook_cache_reads_total", "Row reads by cache result", ["entity", "result"])
 GRPC_SERVER_SECONDS = Histogram("chinook_grpc_server_handling_seconds", "gRPC calls handled",
                                 ["method", "code"], buckets=LATENCY_BUCKETS)
+NEAR_CACHE_COUNTERS = {
+    name: Counter(f"chinook_near_cache_{name}_total", help_text)
+    for name, help_text in (
+        ("hits", "Reads a gateway process served from its near cache"),
+        ("misses", "Reads a gateway process sent on to cache-svc"),
+        ("evictions", "Rows the near cache dropped to stay within GATEWAY_NEAR_CACHE_ROWS"),
+        ("invalidations", "Near-cache rows dropped because cache-svc reported a change"),
+    )
+}
+NEAR_CACHE_RECONNECTS = Counter("chinook_near_cache_reconnects_total",
+                                "Times a gateway process cleared its near cache and subscribed to changes again")
+NEAR_CACHE_INVALIDATION_DELAY = Histogram(
+    "chinook_near_cache_invalidation_delay_seconds",
+    "From a change in Redis to its arrival in a gateway process",
+    buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 HTTP_SECONDS = Histogram("chinook_http_request_duration_seconds", "HTTP requests handled",
                          ["method", "route", "status"], buckets=LATENCY_BUCKETS)
 

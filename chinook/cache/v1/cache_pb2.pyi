@@ -32,22 +32,26 @@ class Row(_message.Message):
     def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class GetRowRequest(_message.Message):
-    __slots__ = ("entity", "id")
+    __slots__ = ("entity", "id", "include_fields")
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELDS_FIELD_NUMBER: _ClassVar[int]
     entity: str
     id: int
-    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+    include_fields: bool
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., include_fields: _Optional[bool] = ...) -> None: ...
 
 class GetRowResponse(_message.Message):
-    __slots__ = ("row", "cache_hit", "write_back")
+    __slots__ = ("row", "cache_hit", "write_back", "row_json")
     ROW_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     WRITE_BACK_FIELD_NUMBER: _ClassVar[int]
+    ROW_JSON_FIELD_NUMBER: _ClassVar[int]
     row: Row
     cache_hit: bool
     write_back: WriteBackState
-    def __init__(self, row: _Optional[_Union[Row, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ...) -> None: ...
+    row_json: str
+    def __init__(self, row: _Optional[_Union[Row, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ..., row_json: _Optional[str] = ...) -> None: ...
 
 class RowUpdate(_message.Message):
     __slots__ = ("id", "fields")
@@ -74,6 +78,44 @@ class UpdateRowResponse(_message.Message):
     version: int
     write_back: WriteBackState
     def __init__(self, id: _Optional[int] = ..., version: _Optional[int] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ...) -> None: ...
+
+class RowPatch(_message.Message):
+    __slots__ = ("entity", "id", "fields_json")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_JSON_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    id: int
+    fields_json: str
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., fields_json: _Optional[str] = ...) -> None: ...
+
+class UpdateRowsRequest(_message.Message):
+    __slots__ = ("patches",)
+    PATCHES_FIELD_NUMBER: _ClassVar[int]
+    patches: _containers.RepeatedCompositeFieldContainer[RowPatch]
+    def __init__(self, patches: _Optional[_Iterable[_Union[RowPatch, _Mapping]]] = ...) -> None: ...
+
+class UpdateResult(_message.Message):
+    __slots__ = ("id", "code", "message", "version", "write_back", "row_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BACK_FIELD_NUMBER: _ClassVar[int]
+    ROW_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    code: int
+    message: str
+    version: int
+    write_back: WriteBackState
+    row_json: str
+    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., version: _Optional[int] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ..., row_json: _Optional[str] = ...) -> None: ...
+
+class UpdateRowsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[UpdateResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[UpdateResult, _Mapping]]] = ...) -> None: ...
 
 class BulkUpdateRequest(_message.Message):
     __slots__ = ("entity", "updates", "updates_json")
@@ -242,3 +284,15 @@ class TaskStatus(_message.Message):
     result: _struct_pb2.Struct
     error: str
     def __init__(self, task_id: _Optional[str] = ..., state: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class WatchChangesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ChangeBatch(_message.Message):
+    __slots__ = ("subscribed", "changes_json")
+    SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_JSON_FIELD_NUMBER: _ClassVar[int]
+    subscribed: bool
+    changes_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, subscribed: _Optional[bool] = ..., changes_json: _Optional[_Iterable[str]] = ...) -> None: ...

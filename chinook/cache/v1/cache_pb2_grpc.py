@@ -44,6 +44,11 @@ class CacheServiceStub:
                 request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowRequest.SerializeToString,
                 response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowResponse.FromString,
                 _registered_method=True)
+        self.UpdateRows = channel.unary_unary(
+                '/chinook.cache.v1.CacheService/UpdateRows',
+                request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowsRequest.SerializeToString,
+                response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowsResponse.FromString,
+                _registered_method=True)
         self.BulkUpdate = channel.unary_unary(
                 '/chinook.cache.v1.CacheService/BulkUpdate',
                 request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.BulkUpdateRequest.SerializeToString,
@@ -99,6 +104,11 @@ class CacheServiceStub:
                 request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetTaskRequest.SerializeToString,
                 response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.TaskStatus.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.unary_stream(
+                '/chinook.cache.v1.CacheService/WatchChanges',
+                request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.ChangeBatch.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -113,6 +123,14 @@ class CacheServiceServicer:
 
     def UpdateRow(self, request, context):
         """Accepts an update into the cache; Postgres follows asynchronously.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRows(self, request, context):
+        """Accepts independent single updates in one call, as the gateway gathers them from
+        concurrent requests: each gets its own result, and one that fails fails alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,6 +213,17 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request, context):
+        """Every change of a cached row, from every cache-svc replica (relayed through Redis),
+        for near caches. The first message has `subscribed` set: changes made from then on
+        are all delivered, in the order Redis applied them. Empty messages are heartbeats.
+        The stream ends, and the subscriber must drop everything it holds, when cache-svc
+        loses its link to Redis, stops, or the subscriber falls behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +236,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.UpdateRow,
                     request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowRequest.FromString,
                     response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowResponse.SerializeToString,
+            ),
+            'UpdateRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRows,
+                    request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowsRequest.FromString,
+                    response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowsResponse.SerializeToString,
             ),
             'BulkUpdate': grpc.unary_unary_rpc_method_handler(
                     servicer.BulkUpdate,
@@ -263,6 +297,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetTaskRequest.FromString,
                     response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.TaskStatus.SerializeToString,
             ),
+            'WatchChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.WatchChangesRequest.FromString,
+                    response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.ChangeBatch.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'chinook.cache.v1.CacheService', rpc_method_handlers)
@@ -318,6 +357,33 @@ class CacheService:
             '/chinook.cache.v1.CacheService/UpdateRow',
             chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowRequest.SerializeToString,
             chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chinook.cache.v1.CacheService/UpdateRows',
+            chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowsRequest.SerializeToString,
+            chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -615,6 +681,33 @@ class CacheService:
             '/chinook.cache.v1.CacheService/GetTask',
             chinook_dot_cache_dot_v1_dot_cache__pb2.GetTaskRequest.SerializeToString,
             chinook_dot_cache_dot_v1_dot_cache__pb2.TaskStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chinook.cache.v1.CacheService/WatchChanges',
+            chinook_dot_cache_dot_v1_dot_cache__pb2.WatchChangesRequest.SerializeToString,
+            chinook_dot_cache_dot_v1_dot_cache__pb2.ChangeBatch.FromString,
             options,
             channel_credentials,
             insecure,

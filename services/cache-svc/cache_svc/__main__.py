@@ -13,6 +13,7 @@ from chinook.grpc_client import CACHE_SERVICE, PersistenceClient
 from chinook.grpc_server import GrpcService
 from chinook.logs import configure_logging
 
+from .changes import MAX_SUBSCRIBERS, ChangeRelay
 from .flusher import Flusher
 from .publisher import TaskPublisher
 from .servicer import CacheServicer
@@ -21,6 +22,8 @@ from .writeback import WriteBack
 
 
 DEFAULT_METRICS_PORT = 9101
+# Threads for unary calls, beside the ones change subscribers hold.
+UNARY_WORKERS = 16
 log = logging.getLogger("cache-svc")
 
 
@@ -58,6 +61,8 @@ def main():
     publisher = TaskPublisher(settings)
     write_back = WriteBack(store, persistence)
     flusher = Flusher(store, publisher, settings)
+    relay = ChangeRelay(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2),
+                        store.changes_channel, settings.near_cache_max_lag_ms / 1000)
 
     durability_checked = False
 
@@ -74,9 +79,12 @@ def main():
 
     REGISTRY.register(metrics.PendingCollector(write_back.status))
     metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT)
-    service = GrpcService(settings.cache_grpc_port, [CACHE_SERVICE], probe=probe)
-    cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(write_back, publisher), service.server)
+    service = GrpcService(settings.cache_grpc_port, [CACHE_SERVICE], probe=probe,
+                          max_workers=UNARY_WORKERS + MAX_SUBSCRIBERS)
+    cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(write_back, publisher, relay), service.server)
     flusher.start()
+    relay.start()
+    service.on_stopping(relay.stop)
     service.on_stop(flusher.stop)
     service.on_stop(persistence.close)
     service.serve_forever()

@@ -7,8 +7,9 @@ import redis
 
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
 from chinook.entities import ValidationError, get_entity
-from chinook.grpc_client import from_struct, to_struct
+from chinook.grpc_client import from_struct
 
+from .changes import ChangeRelay, Unavailable
 from .store import Backpressure
 from .writeback import NotFound, WriteBack, updates_from_json
 
@@ -19,21 +20,37 @@ MAX_DEAD_LETTERS_LISTED = 1000
 MAX_MULTIPLIER = 64
 
 
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """The gRPC status an error of the write-back logic or its stores maps to, if any."""
+    if isinstance(exc, ValidationError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, Backpressure):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, redis.ConnectionError):
+        return grpc.StatusCode.UNAVAILABLE, f"Redis unavailable: {exc}"
+    if isinstance(exc, grpc.RpcError):
+        # A failure of the persistence service, passed on with its own code.
+        return exc.code(), f"persistence service: {exc.details()}"
+    return None
+
+
 @contextlib.contextmanager
 def status_codes(context):
     try:
         yield
-    except ValidationError as exc:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except NotFound as exc:
-        context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-    except Backpressure as exc:
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-    except redis.ConnectionError as exc:
-        context.abort(grpc.StatusCode.UNAVAILABLE, f"Redis unavailable: {exc}")
-    except grpc.RpcError as exc:
-        # A failure of the persistence service, passed on with its own code.
-        context.abort(exc.code(), f"persistence service: {exc.details()}")
+    except (ValidationError, NotFound, Backpressure, redis.ConnectionError, grpc.RpcError) as exc:
+        context.abort(*status_of(exc))
+
+
+def _update_result(row_id: int, entity_name: str, outcome) -> cache_pb2.UpdateResult:
+    if outcome.error is None:
+        row = outcome.row
+        return cache_pb2.UpdateResult(id=row.id, version=row.version, write_back=_write_back_state(row),
+                                      row_json=get_entity(entity_name).row_json(row.id, row.fields))
+    code, message = status_of(outcome.error) or (grpc.StatusCode.INTERNAL, str(outcome.error))
+    return cache_pb2.UpdateResult(id=row_id, code=code.value[0], message=message)
 
 
 def _write_back_state(row) -> int:
@@ -58,18 +75,39 @@ def _status_message(status) -> cache_pb2.WriteBackStatus:
 
 
 class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
-    def __init__(self, write_back: WriteBack, publisher):
+    def __init__(self, write_back: WriteBack, publisher, relay: ChangeRelay):
         self.write_back = write_back
         self.publisher = publisher
+        self.relay = relay
 
     def GetRow(self, request, context):
         with status_codes(context):
             result = self.write_back.get(request.entity, request.id)
             entity = get_entity(request.entity)
-            row = cache_pb2.Row(entity=entity.name, id=result.row.id, version=result.row.version,
-                                fields=to_struct(entity.row_from_store(result.row.fields)))
+            row = cache_pb2.Row(entity=entity.name, id=result.row.id, version=result.row.version)
+            if request.include_fields:
+                row.fields.update(entity.row_from_store(result.row.fields))
             return cache_pb2.GetRowResponse(row=row, cache_hit=result.cache_hit,
-                                            write_back=_write_back_state(result.row))
+                                            write_back=_write_back_state(result.row),
+                                            row_json=entity.row_json(result.row.id, result.row.fields))
+
+    def UpdateRows(self, request, context):
+        with status_codes(context):
+            outcomes = self.write_back.update_each([(p.entity, p.id, p.fields_json) for p in request.patches])
+            return cache_pb2.UpdateRowsResponse(results=[
+                _update_result(p.id, p.entity, outcome) for p, outcome in zip(request.patches, outcomes)
+            ])
+
+    def WatchChanges(self, request, context):
+        try:
+            subscription = self.relay.subscribe()
+        except Unavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        context.add_callback(subscription.close)
+        yield cache_pb2.ChangeBatch(subscribed=True)
+        for batch in subscription:
+            yield cache_pb2.ChangeBatch(changes_json=batch)
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"change stream ended: {subscription.end_reason}")
 
     def UpdateRow(self, request, context):
         with status_codes(context):

@@ -16,6 +16,9 @@ Layout, under the configured key prefix `p`:
   the loader holding the current token may cache what it read, so a slow load can
   never cache a value older than one written and flushed meanwhile.
 - `p wb:stats`, a hash of counters.
+- `p changes`, a pub/sub channel: each script that changes cached rows publishes what
+  it changed (see CacheService.WatchChanges), in the same atomic step, so subscribers
+  see changes in the order Redis applied them.
 
 Each step that changes a row and its bookkeeping is one Lua script, so it is atomic.
 """
@@ -28,21 +31,35 @@ import redis
 
 META_PREFIX = "_"
 
+# Prepended to every script that changes rows: publishes one message per call, listing
+# the rows it changed as '[id,version]' (or '[id]' for a dropped row) strings.
+PUBLISH = """
+local function publish(channel, entity, kind, now_ms, rows)
+  if #rows > 0 then
+    redis.call('PUBLISH', channel, '{"e":"' .. entity .. '","k":"' .. kind .. '","t":' .. now_ms ..
+                ',"r":[' .. table.concat(rows, ',') .. ']}')
+  end
+end
+"""
+
 # Applies updates to cached rows. A row that is not cached gives -1 (the caller loads
 # it and tries again); a row that would take the pending rows of all entities
-# (KEYS[4...]) beyond ARGV[2] gives -2 and is not applied. The version is a hybrid
+# (KEYS[5...]) beyond ARGV[2] gives -2 and is not applied. With ARGV[5] = 1 each
+# version is followed by the whole row as it is now (empty where not applied). The version is a hybrid
 # clock: above the previous version and at least the Redis server's time in
 # microseconds, so versions keep growing even after Redis lost its data and rows
 # were reloaded from Postgres.
-ACCEPT = """
+ACCEPT = PUBLISH + """
 local due, pending, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, max_pending = ARGV[1], tonumber(ARGV[2])
+local channel, entity, reply = ARGV[3], ARGV[4], ARGV[5] == '1'
+local changed = {}
 local total_pending = 0
 for k = 5, #KEYS do total_pending = total_pending + redis.call('ZCARD', KEYS[k]) end
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = string.format('%d', math.floor(now_us / 1000))
-local out, due_args, pending_args, i = {}, {'ZADD', due, 'LT'}, {'ZADD', pending}, 3
+local out, due_args, pending_args, i = {}, {'ZADD', due, 'LT'}, {'ZADD', pending}, 6
 while i <= #ARGV do
   local id, n = ARGV[i], tonumber(ARGV[i + 1])
   local key = prefix .. id
@@ -51,8 +68,10 @@ while i <= #ARGV do
   local already_pending = meta[2] and not meta[3]
   if not meta[1] then
     out[#out + 1] = -1
+    if reply then out[#out + 1] = {} end
   elseif not already_pending and total_pending >= max_pending then
     out[#out + 1] = -2
+    if reply then out[#out + 1] = {} end
   else
     local version = math.max(tonumber(meta[1]) + 1, now_us)
     local command = {'HSET', key, '_ver', string.format('%d', version), '_dirty', '1',
@@ -73,9 +92,12 @@ while i <= #ARGV do
       total_pending = total_pending + 1
     end
     out[#out + 1] = version
+    if reply then out[#out + 1] = redis.call('HGETALL', key) end
+    changed[#changed + 1] = '[' .. id .. ',' .. string.format('%d', version) .. ']'
   end
   i = i + 2 + 2 * n
 end
+publish(channel, entity, 'w', now_ms, changed)
 if #due_args > 3 then
   redis.call(unpack(due_args))
   redis.call('HINCRBY', stats, 'accepted', (#due_args - 3) / 2)
@@ -94,11 +116,13 @@ return #ARGV - 3
 
 # Caches rows loaded from Postgres, if the loader's fill token (ARGV[3]) is still the
 # current one for the row and the row is not cached yet. With ARGV[4] = 1, returns
-# each row as cached (empty where it was not cached).
-FILL = """
+# each row as cached (empty where it was not cached). The version is the last pair.
+FILL = PUBLISH + """
 local prefix, ttl, token, reply = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
-local fill_prefix = ARGV[5]
-local out, i = {}, 6
+local fill_prefix, channel, entity = ARGV[5], ARGV[6], ARGV[7]
+local t = redis.call('TIME')
+local now_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local out, changed, i = {}, {}, 8
 while i <= #ARGV do
   local id, n = ARGV[i], tonumber(ARGV[i + 1])
   local key, fill_key = prefix .. id, fill_prefix .. id
@@ -109,20 +133,23 @@ while i <= #ARGV do
       for j = i + 2, i + 1 + 2 * n do command[#command + 1] = ARGV[j] end
       redis.call(unpack(command))
       redis.call('EXPIRE', key, ttl)
+      changed[#changed + 1] = '[' .. id .. ',' .. ARGV[i + 1 + 2 * n] .. ']'
     end
   end
   if reply then out[#out + 1] = redis.call('HGETALL', key) end
   i = i + 2 + 2 * n
 end
+publish(channel, entity, 'f', now_ms, changed)
 return out
 """
 
 # Claims up to a batch of dirty rows for a flush: when a whole batch is ready, or
 # when the oldest ready row has waited the delay. Claimed rows are leased: if no
 # worker acknowledges them before the lease ends, they are claimed again.
-CLAIM = """
+CLAIM = PUBLISH + """
 local due, pending = KEYS[1], KEYS[2]
 local prefix, delay, batch, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local channel, entity, gone = ARGV[5], ARGV[6], {}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ready = redis.call('ZCOUNT', due, '-inf', now)
@@ -139,6 +166,7 @@ for _, id in ipairs(redis.call('ZRANGE', due, '-inf', now, 'BYSCORE', 'LIMIT', 0
     -- The row is gone (Redis lost its data): nothing is left to write.
     redis.call('ZREM', due, id)
     redis.call('ZREM', pending, id)
+    gone[#gone + 1] = '[' .. id .. ']'
   else
     redis.call('ZADD', due, 'XX', now + lease, id)
     redis.call('HDEL', key, '_since', '_writes')
@@ -146,19 +174,20 @@ for _, id in ipairs(redis.call('ZRANGE', due, '-inf', now, 'BYSCORE', 'LIMIT', 0
     out[#out + 1] = row
   end
 end
+publish(channel, entity, 'd', string.format('%d', now), gone)
 return out
 """
 
 # Marks flushed rows clean, but only where the cached version is the flushed one:
 # a row updated since stays dirty. Returns the number cleaned, then the
 # accept-to-durable lag in ms of each cleaned row.
-ACK = """
+ACK = PUBLISH + """
 local due, pending, stats = KEYS[1], KEYS[2], KEYS[3]
-local prefix, ttl, written = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local prefix, ttl, written, channel, entity = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cleaned, lags = 0, {}
-for i = 4, #ARGV, 2 do
+local cleaned, lags, clean, dropped = 0, {}, {}, {}
+for i = 6, #ARGV, 2 do
   local id, flushed = ARGV[i], tonumber(ARGV[i + 1])
   local key = prefix .. id
   local current = redis.call('HGET', key, '_ver')
@@ -175,15 +204,19 @@ for i = 4, #ARGV, 2 do
       redis.call('ZREM', due, id)
       redis.call('ZREM', pending, id)
       cleaned = cleaned + 1
+      clean[#clean + 1] = '[' .. id .. ',' .. ARGV[i + 1] .. ']'
     elseif current > flushed then
       local since = redis.call('HGET', key, '_since')
       if since then redis.call('ZADD', pending, 'XX', since, id) end
     elseif redis.call('HEXISTS', key, '_dirty') == 0 then
       -- Postgres holds a newer version than this clean entry: drop it, a read reloads it.
       redis.call('DEL', key)
+      dropped[#dropped + 1] = '[' .. id .. ']'
     end
   end
 end
+publish(channel, entity, 'c', string.format('%d', now), clean)
+publish(channel, entity, 'd', string.format('%d', now), dropped)
 if written > 0 then redis.call('HINCRBY', stats, 'flushed', written) end
 return {cleaned, lags}
 """
@@ -199,12 +232,12 @@ return #ids
 
 # Takes rows out of the flush schedule when Postgres kept refusing their version; a
 # row written again since keeps flowing. Returns how many were dead-lettered.
-DEAD_LETTER = """
-local due, pending, dead, prefix = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+DEAD_LETTER = PUBLISH + """
+local due, pending, dead, prefix, channel, entity = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local count = 0
-for i = 2, #ARGV, 3 do
+local count, changed = 0, {}
+for i = 4, #ARGV, 3 do
   local id, version, error = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = prefix .. id
   if redis.call('HGET', key, '_ver') == version then
@@ -213,28 +246,35 @@ for i = 2, #ARGV, 3 do
     redis.call('ZREM', due, id)
     redis.call('ZREM', pending, id)
     count = count + 1
+    changed[#changed + 1] = '[' .. id .. ',' .. version .. ']'
   end
 end
+publish(channel, entity, 'x', string.format('%d', now), changed)
 return count
 """
 
 # Ends a dead letter: ARGV[2] 'retry' schedules the write again, 'discard' drops the
 # cached row so reads go back to Postgres. Returns the entry, or nil if there is none.
-RESOLVE_DEAD_LETTER = """
+RESOLVE_DEAD_LETTER = PUBLISH + """
 local due, pending, dead, prefix, id, action = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3]
+local channel, entity = ARGV[4], ARGV[5]
 local entry = redis.call('HGET', dead, id)
 if not entry then return nil end
 redis.call('HDEL', dead, id)
 local key = prefix .. id
+local t = redis.call('TIME')
+local now_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 if action == 'retry' then
-  local t = redis.call('TIME')
   redis.call('HDEL', key, '_dead')
   redis.call('ZADD', due, 0, id)
   redis.call('ZADD', pending, 'NX', tonumber(t[1]) * 1000, id)
+  local version = redis.call('HGET', key, '_ver')
+  if version then publish(channel, entity, 'p', now_ms, {'[' .. id .. ',' .. version .. ']'}) end
 else
   redis.call('DEL', key)
   redis.call('ZREM', due, id)
   redis.call('ZREM', pending, id)
+  publish(channel, entity, 'd', now_ms, {'[' .. id .. ']'})
 end
 return entry
 """
@@ -329,6 +369,10 @@ class RowStore:
     def row_prefix(self, entity: str) -> str:
         return f"{self.prefix}{entity}:"
 
+    @property
+    def changes_channel(self) -> str:
+        return f"{self.prefix}changes"
+
     def _due(self, entity: str) -> str:
         return f"{self.prefix}wb:due:{entity}"
 
@@ -373,7 +417,8 @@ class RowStore:
         cached = []
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
-            args = [self.row_prefix(entity), self.ttl_s, token, int(reply), self._fill_prefix(entity)]
+            args = [self.row_prefix(entity), self.ttl_s, token, int(reply), self._fill_prefix(entity),
+                    self.changes_channel, entity]
             for row_id, fields, version in chunk:
                 flat = _encode_fields(fields) + ["_ver", version]
                 args += [row_id, len(flat) // 2, *flat]
@@ -382,19 +427,34 @@ class RowStore:
                        for (row_id, _, _), raw in zip(chunk, out)]
         return cached
 
+    def _accept_chunk(self, entity: str, updates: list[tuple[int, dict]], reply: bool) -> list:
+        keys = [self._due(entity), self._pending(entity), self._stats, self._dead(entity)]
+        keys += [self._pending(name) for name in self.entities]
+        args = [self.row_prefix(entity), self.max_pending, self.changes_channel, entity, int(reply)]
+        for row_id, fields in updates:
+            flat = _encode_fields(fields)
+            args += [row_id, len(flat) // 2, *flat]
+        return self._accept(keys=keys, args=args)
+
+    def accept_each(self, entity: str, updates: list[tuple[int, dict]]) -> list[tuple[int, CachedRow | None]]:
+        """Applies (id, fields) updates in order, each on its own: returns (version, the
+        whole row now) for each, or (-1, None) where the row is not cached and (-2, None)
+        where it would exceed the pending limit."""
+        results = []
+        for start in range(0, len(updates), CHUNK):
+            chunk = updates[start:start + CHUNK]
+            out = self._accept_chunk(entity, chunk, reply=True)
+            results += [(version, _parse_hash(row_id, _pairs_to_dict(raw)) if version > 0 else None)
+                        for (row_id, _), version, raw in zip(chunk, out[::2], out[1::2])]
+        return results
+
     def accept(self, entity: str, updates: list[tuple[int, dict]]) -> list[int]:
         """Applies (id, fields) updates in order; returns each new version, -1 where
         the row is not cached. Raises Backpressure, after applying the rows before it,
         at the first row that would exceed the pending limit."""
         versions = []
-        keys = [self._due(entity), self._pending(entity), self._stats, self._dead(entity)]
-        keys += [self._pending(name) for name in self.entities]
         for start in range(0, len(updates), CHUNK):
-            args = [self.row_prefix(entity), self.max_pending]
-            for row_id, fields in updates[start:start + CHUNK]:
-                flat = _encode_fields(fields)
-                args += [row_id, len(flat) // 2, *flat]
-            chunk_versions = self._accept(keys=keys, args=args)
+            chunk_versions = self._accept_chunk(entity, updates[start:start + CHUNK], reply=False)
             if -2 in chunk_versions:
                 raise Backpressure(
                     f"{self.pending_total()} rows are waiting to be written to Postgres, the limit is "
@@ -405,7 +465,8 @@ class RowStore:
 
     def claim(self, entity: str, delay_ms: int, batch_size: int, lease_ms: int) -> list[ClaimedRow]:
         flat = self._claim(keys=[self._due(entity), self._pending(entity)],
-                           args=[self.row_prefix(entity), delay_ms, batch_size, lease_ms])
+                           args=[self.row_prefix(entity), delay_ms, batch_size, lease_ms, self.changes_channel,
+                                 entity])
         claimed = []
         for row_id, raw in zip(flat[::2], flat[1::2]):
             values = _pairs_to_dict(raw)
@@ -419,7 +480,7 @@ class RowStore:
             self.redis.zadd(self._due(entity), {str(i): 0 for i in ids}, xx=True)
 
     def ack(self, entity: str, versions: list[tuple[int, int]], written: int) -> tuple[int, list[int]]:
-        args = [self.row_prefix(entity), self.ttl_s, written]
+        args = [self.row_prefix(entity), self.ttl_s, written, self.changes_channel, entity]
         for row_id, version in versions:
             args += [row_id, version]
         cleaned, lags = self._ack(keys=[self._due(entity), self._pending(entity), self._stats], args=args)
@@ -449,7 +510,7 @@ class RowStore:
 
     def dead_letter(self, entity: str, failures: list[tuple[int, int, str]]) -> int:
         """Dead-letters (id, version, error) rows whose cached version is still that one."""
-        args = [self.row_prefix(entity)]
+        args = [self.row_prefix(entity), self.changes_channel, entity]
         for row_id, version, error in failures:
             args += [row_id, version, error]
         return self._dead_letter(keys=[self._due(entity), self._pending(entity), self._dead(entity)], args=args)
@@ -467,7 +528,8 @@ class RowStore:
     def resolve_dead_letter(self, entity: str, row_id: int, action: str) -> DeadLetter | None:
         """action 'retry' schedules the write again, 'discard' drops the cached row."""
         raw = self._resolve_dead_letter(keys=[self._due(entity), self._pending(entity), self._dead(entity)],
-                                        args=[self.row_prefix(entity), row_id, action])
+                                        args=[self.row_prefix(entity), row_id, action, self.changes_channel,
+                                              entity])
         return _parse_dead_letter(entity, row_id, raw) if raw else None
 
     def now_ms(self) -> float:

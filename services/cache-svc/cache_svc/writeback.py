@@ -49,6 +49,21 @@ def updates_from_json(entity_name: str, text: str) -> list[tuple[int, dict]]:
 
 
 @dataclass(frozen=True)
+class UpdateOutcome:
+    """One update of update_each: the row as accepted, or why it was not."""
+
+    row: CachedRow | None = None
+    error: Exception | None = None
+
+
+def patch_from_json(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"fields_json: not valid JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
 class ReadResult:
     row: CachedRow
     cache_hit: bool
@@ -119,6 +134,64 @@ class WriteBack:
         # Most updates hit a cached row: try at once, load from Postgres only on a miss.
         return self._accept(entity, [(row_id, fields)])[0]
 
+    def update_each(self, patches: list[tuple[str, int, str]]) -> list[UpdateOutcome]:
+        """Independent single updates, (entity, id, JSON object of columns) each, as the
+        gateway gathers them from concurrent requests: each is validated, checked and
+        accepted on its own, so one that fails fails alone."""
+        outcomes = [UpdateOutcome()] * len(patches)
+        valid: dict[str, list[tuple[int, int, dict]]] = {}
+        for index, (entity_name, row_id, fields_json) in enumerate(patches):
+            try:
+                entity = get_entity(entity_name)
+                fields = entity.validate_patch(patch_from_json(fields_json))
+                valid.setdefault(entity.name, []).append((index, parse_id(row_id), fields))
+            except ValidationError as exc:
+                outcomes[index] = UpdateOutcome(error=exc)
+        for name, items in valid.items():
+            entity = get_entity(name)
+            refused = self._unknown_references(entity, [fields for _, _, fields in items])
+            for position, message in refused.items():
+                outcomes[items[position][0]] = UpdateOutcome(error=ValidationError(message))
+            items = [item for position, item in enumerate(items) if position not in refused]
+            accepted = self._accept_each(entity, [(row_id, fields) for _, row_id, fields in items])
+            for (index, _, _), outcome in zip(items, accepted):
+                outcomes[index] = outcome
+        return outcomes
+
+    def _accept_each(self, entity: Entity, updates: list[tuple[int, dict]]) -> list[UpdateOutcome]:
+        outcomes = [UpdateOutcome()] * len(updates)
+        todo = list(range(len(updates)))
+        # Rows not cached are loaded and tried again, as in _accept.
+        for attempt in range(3):
+            results = self.store.accept_each(entity.name, [updates[i] for i in todo])
+            uncached = []
+            for i, (version, row) in zip(todo, results):
+                if version > 0:
+                    outcomes[i] = UpdateOutcome(row=row)
+                elif version == -2:
+                    outcomes[i] = UpdateOutcome(error=Backpressure(
+                        f"more than {self.store.max_pending} rows are waiting to be written to Postgres "
+                        "(WRITEBACK_MAX_PENDING); retry shortly"))
+                else:
+                    uncached.append(i)
+            if not uncached:
+                break
+            missing = set(self._ensure_cached(entity, list(dict.fromkeys(updates[i][0] for i in uncached))))
+            for i in uncached:
+                if updates[i][0] in missing:
+                    outcomes[i] = UpdateOutcome(error=NotFound(f"{entity.name} {updates[i][0]} not found"))
+            todo = [i for i in uncached if updates[i][0] not in missing]
+            if not todo:
+                break
+        else:
+            for i in todo:
+                outcomes[i] = UpdateOutcome(error=RuntimeError(
+                    f"{entity.name} {updates[i][0]} keeps vanishing from the cache while being updated"))
+        accepted = sum(1 for o in outcomes if o.row is not None)
+        if accepted:
+            metrics.WRITES_ACCEPTED.labels(entity.name).inc(accepted)
+        return outcomes
+
     def bulk_update(self, entity_name: str, updates: list[tuple[int, dict]]) -> list[int]:
         """Validates every update first, so a bad one changes nothing, then accepts all."""
         entity = get_entity(entity_name)
@@ -152,18 +225,26 @@ class WriteBack:
         updates = [(row_id, {"title": f"{pick(TITLE_WORDS)} {pick(TITLE_WORDS)} {row_id}"}) for row_id in ids]
         return ids, self.bulk_update("album", updates)
 
-    def _check_references(self, entity: Entity, patches: list[dict], where):
+    def _unknown_references(self, entity: Entity, patches: list[dict], where=lambda _: "") -> dict[int, str]:
+        """The patches that point at rows that exist nowhere, by index, with the message."""
+        refused = {}
         for column in entity.columns:
             if not column.references:
                 continue
             target = get_entity(column.references)
             values = list(dict.fromkeys(p[column.name] for p in patches if p.get(column.name) is not None))
             unknown = set(self._ensure_cached(target, values))
-            if unknown:
-                index = next(i for i, p in enumerate(patches) if p.get(column.name) in unknown)
-                raise ValidationError(
-                    f"{where(index)}{column.name}: {target.name} {patches[index][column.name]} does not exist"
-                )
+            if not unknown:
+                continue
+            for index, patch in enumerate(patches):
+                if patch.get(column.name) in unknown and index not in refused:
+                    refused[index] = f"{where(index)}{column.name}: {target.name} {patch[column.name]} does not exist"
+        return refused
+
+    def _check_references(self, entity: Entity, patches: list[dict], where):
+        refused = self._unknown_references(entity, patches, where)
+        if refused:
+            raise ValidationError(refused[min(refused)])
 
     def _accept(self, entity: Entity, updates: list[tuple[int, dict]]) -> list[int]:
         versions = self.store.accept(entity.name, updates)

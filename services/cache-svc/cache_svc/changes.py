@@ -1,0 +1,177 @@
+"""Relays the row changes that every cache-svc replica's Lua scripts publish in Redis to
+the gateway processes subscribed here (CacheService.WatchChanges), for their near caches.
+
+One thread holds one pub/sub connection. It forwards what Redis sends in batches (all
+that is waiting at once), and proves the path from Redis is caught up with a PING every
+HEARTBEAT_S: Redis answers it on the same connection after every message published
+before it, so each answer is forwarded as a heartbeat (an empty batch). A subscriber can
+only trust its near cache while it gets every change: whenever that is no longer sure
+(the link to Redis broke or lags, a subscriber fell behind, cache-svc stops), the
+subscription ends, and the subscriber drops what it holds.
+"""
+
+import logging
+import queue
+import threading
+import time
+
+import redis
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 0.2
+# Messages forwarded as one batch at most, so a burst does not become one huge message.
+MAX_BATCH = 500
+# Batches waiting for one subscriber; beyond, it has fallen behind.
+MAX_QUEUED = 2000
+# Each subscription holds a thread of the gRPC server for its lifetime.
+MAX_SUBSCRIBERS = 32
+
+
+class Unavailable(Exception):
+    """No change can be promised to a new subscriber now; the message says why."""
+
+
+class Subscription:
+    """The batches for one subscriber, in order; iterating ends when it is closed."""
+
+    _END = object()
+
+    def __init__(self, relay: "ChangeRelay"):
+        self._relay = relay
+        self._queue = queue.SimpleQueue()
+        self.end_reason = ""
+
+    def put(self, batch: list[str]):
+        self._queue.put((time.monotonic(), batch))
+
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def end(self, reason: str):
+        if not self.end_reason:
+            self.end_reason = reason
+            self._queue.put((0.0, self._END))
+
+    def close(self):
+        """The subscriber went away."""
+        self._relay.unsubscribe(self)
+        self.end("closed")
+
+    def __iter__(self):
+        while True:
+            queued_at, batch = self._queue.get()
+            if batch is self._END:
+                return
+            if time.monotonic() - queued_at > self._relay.max_lag_s:
+                self.end(f"subscriber fell behind by more than {self._relay.max_lag_s:g} s")
+                self._relay.unsubscribe(self)
+                return
+            yield batch
+
+
+class ChangeRelay:
+    def __init__(self, client: redis.Redis, channel: str, max_lag_s: float):
+        # A client without decode_responses: redis-py's pub/sub reads PING answers right
+        # only from bytes.
+        self.redis = client
+        self.channel = channel
+        self.max_lag_s = max_lag_s
+        self._subscribers: set[Subscription] = set()
+        self._lock = threading.Lock()
+        self._linked = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="change-relay", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._end_all("cache-svc is stopping")
+        self._thread.join(5)
+
+    def subscribe(self) -> Subscription:
+        with self._lock:
+            if not self._linked:
+                raise Unavailable("cache-svc is not subscribed to changes in Redis yet")
+            if len(self._subscribers) >= MAX_SUBSCRIBERS:
+                raise Unavailable(f"cache-svc serves {MAX_SUBSCRIBERS} change subscribers at most")
+            subscription = Subscription(self)
+            self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription):
+        with self._lock:
+            self._subscribers.discard(subscription)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def _broadcast(self, batch: list[str]):
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            if subscription.backlog() >= MAX_QUEUED:
+                subscription.end(f"subscriber fell behind by {MAX_QUEUED} batches")
+                self.unsubscribe(subscription)
+            else:
+                subscription.put(batch)
+
+    def _end_all(self, reason: str):
+        with self._lock:
+            subscribers, self._subscribers = self._subscribers, set()
+            self._linked = False
+        for subscription in subscribers:
+            subscription.end(reason)
+
+    def _run(self):
+        backoff = 0.1
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub()
+            try:
+                pubsub.subscribe(self.channel)
+                self._relay(pubsub)
+            except (redis.RedisError, OSError, Unavailable) as exc:
+                self._end_all(f"lost the link to Redis: {exc}")
+                log.warning("change relay: %s; subscribers reset, retrying in %.1f s", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5)
+            else:
+                backoff = 0.1
+            finally:
+                try:
+                    pubsub.close()
+                except redis.RedisError:
+                    pass
+
+    def _relay(self, pubsub):
+        ping_sent_at = None
+        next_ping = 0.0
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=HEARTBEAT_S / 2)
+            batch, heartbeat = [], False
+            while message is not None:
+                kind = message["type"]
+                if kind == "message":
+                    batch.append(message["data"].decode())
+                elif kind == "pong":
+                    heartbeat, ping_sent_at = True, None
+                elif kind == "subscribe":
+                    with self._lock:
+                        self._linked = True
+                    log.info("change relay: subscribed to %s", self.channel)
+                if len(batch) >= MAX_BATCH:
+                    break
+                message = pubsub.get_message(timeout=0)
+            if batch:
+                self._broadcast(batch)
+            if heartbeat:
+                self._broadcast([])
+            now = time.monotonic()
+            if ping_sent_at is not None and now - ping_sent_at > self.max_lag_s:
+                raise Unavailable(f"Redis did not answer a PING within {self.max_lag_s:g} s")
+            if ping_sent_at is None and now >= next_ping:
+                pubsub.ping(b"heartbeat")
+                ping_sent_at, next_ping = now, now + HEARTBEAT_S
