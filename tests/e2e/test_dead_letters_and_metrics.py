@@ -76,11 +76,14 @@ def test_every_process_serves_metrics(api, stack):
     gateway = scrape(f"{stack.gateway_url}/metrics")
     assert 'chinook_http_request_duration_seconds_count{method="PATCH",route="/albums/<raw_id>",status="202"}' \
         in gateway
+    for name in ("chinook_near_cache_misses_total", "chinook_near_cache_reconnects_total",
+                 "chinook_near_cache_invalidation_delay_seconds_bucket"):
+        assert name in gateway, name
     cache = scrape(f"http://127.0.0.1:{stack.metrics_ports['CACHE']}/metrics")
     for name in ("chinook_writes_accepted_total", "chinook_rows_flushed_total", "chinook_pending_rows",
                  "chinook_oldest_pending_age_seconds", "chinook_accept_to_durable_seconds_bucket",
                  'chinook_cache_reads_total{entity="album",result="hit"}', "chinook_tasks_published_total",
-                 'chinook_grpc_server_handling_seconds_count{code="OK",method="/chinook.cache.v1.CacheService/UpdateRow"}'):
+                 'chinook_grpc_server_handling_seconds_count{code="OK",method="/chinook.cache.v1.CacheService/UpdateRows"}'):
         assert name in cache, name
     persistence = scrape(f"http://127.0.0.1:{stack.metrics_ports['PERSISTENCE']}/metrics")
     assert 'chinook_flush_statements_total{entity="album"}' in persistence

@@ -3,6 +3,7 @@
 import grpc
 import pytest
 
+from chinook.cache.v1 import cache_pb2
 from chinook.config import Settings
 from gateway.app import create_app
 
@@ -25,6 +26,16 @@ class FailingCache:
     def get_row(self, entity, row_id):
         raise RpcFailure(self.code, "what went wrong")
 
+    def update_rows(self, patches):
+        raise RpcFailure(self.code, "what went wrong")
+
+
+class OneUpdateFails(FailingCache):
+    """The call succeeds; the update inside it carries the failure."""
+
+    def update_rows(self, patches):
+        return [cache_pb2.UpdateResult(id=p.id, code=self.code.value[0], message="what went wrong") for p in patches]
+
 
 @pytest.mark.parametrize("code, status, error_code", [
     (grpc.StatusCode.NOT_FOUND, 404, "not_found"),
@@ -35,9 +46,11 @@ class FailingCache:
     (grpc.StatusCode.DEADLINE_EXCEEDED, 504, "deadline_exceeded"),
     (grpc.StatusCode.INTERNAL, 500, "internal"),
 ])
-def test_grpc_codes_map_to_http(code, status, error_code):
-    client = create_app(Settings(), cache_client=FailingCache(code)).test_client()
-    response = client.get("/albums/1")
+@pytest.mark.parametrize("cache_class, method", [(FailingCache, "GET"), (FailingCache, "PATCH"),
+                                                 (OneUpdateFails, "PATCH")])
+def test_grpc_codes_map_to_http(code, status, error_code, cache_class, method):
+    client = create_app(Settings(gateway_near_cache_rows=0), cache_client=cache_class(code)).test_client()
+    response = client.open("/albums/1", method=method, json={"title": "x"} if method == "PATCH" else None)
     assert response.status_code == status
     assert response.json["error"]["code"] == error_code
     assert "what went wrong" in response.json["error"]["message"]

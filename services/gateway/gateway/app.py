@@ -15,7 +15,9 @@ from chinook.entities import ValidationError, get_entity, parse_id
 from chinook.grpc_client import CacheClient, from_struct
 
 from . import errors
-from .errors import ApiError
+from .batching import UpdateBatcher
+from .errors import STATUS_BY_NUMBER, ApiError, CallFailed
+from .near_cache import PENDING, ChangeWatcher, NearCache
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_FLUSH_WAIT_S = 300
@@ -25,6 +27,14 @@ api = Blueprint("api", __name__)
 
 def cache() -> CacheClient:
     return current_app.extensions["cache_client"]
+
+
+def near_cache() -> NearCache:
+    return current_app.extensions["near_cache"]
+
+
+def updates() -> UpdateBatcher:
+    return current_app.extensions["update_batcher"]
 
 
 def bad_request(message: str):
@@ -62,18 +72,32 @@ WRITE_BACK_HEADER = {
 }
 
 
-def read_row(entity_name: str, row_id: int):
-    entity = get_entity(entity_name)
-    response = cache().get_row(entity.name, row_id)
-    fields = from_struct(response.row.fields)
-    body = {entity.primary_key: response.row.id, **{name: fields.get(name) for name in entity.column_names}}
-    return body, response
+def read_row(entity_name: str, row_id: int) -> tuple[bytes, str, str]:
+    """The row's JSON body, the tier it came from (near, redis or postgres) and its
+    write-back state: from the near cache, or through cache-svc, keeping it there."""
+    key = (entity_name, row_id)
+    near = near_cache()
+    entry = near.get(key)
+    if entry is not None:
+        return entry.body, "near", entry.state
+    reservation = near.reserve(key)
+    response = cache().get_row(entity_name, row_id)
+    body, state = response.row_json.encode(), WRITE_BACK_HEADER[response.write_back]
+    near.fill(key, reservation, response.row.version, state, body)
+    return body, "redis" if response.cache_hit else "postgres", state
 
 
 def update_row(entity_name: str, row_id: int):
     entity = get_entity(entity_name)
-    response = cache().update_row(entity.name, row_id, json_body())
-    return jsonify({entity.primary_key: response.id, "version": response.version, "write_back": "pending"}), 202
+    fields_json = json.dumps(json_body())
+    key = (entity.name, row_id)
+    reservation = near_cache().reserve(key)
+    result = updates().submit(cache_pb2.RowPatch(entity=entity.name, id=row_id, fields_json=fields_json))
+    if result.code:
+        raise CallFailed(STATUS_BY_NUMBER[result.code], result.message)
+    # Before the response: a client reading through this process sees its own write.
+    near_cache().fill(key, reservation, result.version, PENDING, result.row_json.encode())
+    return jsonify({entity.primary_key: result.id, "version": result.version, "write_back": "pending"}), 202
 
 
 @api.get("/albums/<raw_id>")
@@ -88,11 +112,10 @@ def get_artist(raw_id):
 
 def _get(entity_name, raw_id):
     entity = get_entity(entity_name)
-    body, response = read_row(entity.name, path_id(raw_id, entity.primary_key))
-    result = jsonify(body)
-    result.headers["X-Cache"] = "HIT" if response.cache_hit else "MISS"
-    result.headers["X-Write-Back"] = WRITE_BACK_HEADER[response.write_back]
-    return result
+    body, tier, state = read_row(entity.name, path_id(raw_id, entity.primary_key))
+    return Response(body, mimetype="application/json", headers={
+        "X-Cache": "MISS" if tier == "postgres" else "HIT", "X-Cache-Tier": tier, "X-Write-Back": state,
+    })
 
 
 @api.patch("/albums/<raw_id>")
@@ -261,8 +284,8 @@ def legacy_get_album():
     raw = request.args.get("album_id")
     if raw is None:
         raise bad_request("album_id: query parameter required, e.g. /album?album_id=193")
-    body, _ = read_row("album", path_id(raw, "album_id"))
-    return jsonify({"album_id": body["album_id"], "title": body["title"]})
+    row = json.loads(read_row("album", path_id(raw, "album_id"))[0])
+    return jsonify({"album_id": row["album_id"], "title": row["title"]})
 
 
 @api.get("/update-album")
@@ -291,11 +314,17 @@ def legacy_task_result():
 
 
 def create_app(settings: Settings, cache_client: CacheClient | None = None) -> Flask:
-    """Builds the app; the cache client is created here, in the serving process."""
+    """Builds the app; the cache client, the near cache and the thread that keeps it
+    subscribed are created here, in the serving process."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
-    app.extensions["cache_client"] = cache_client or CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s)
+    client = cache_client or CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s)
+    app.extensions["cache_client"] = client
+    near = app.extensions["near_cache"] = NearCache(settings.gateway_near_cache_rows)
+    if settings.gateway_near_cache_rows:
+        ChangeWatcher(client.watch_changes, near, settings.near_cache_max_lag_ms / 1000).start()
+    app.extensions["update_batcher"] = UpdateBatcher(client.update_rows, settings.gateway_update_linger_ms / 1000)
     app.register_blueprint(api)
     errors.register(app)
     return app

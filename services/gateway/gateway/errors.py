@@ -16,6 +16,24 @@ GRPC_TO_HTTP = {
 RETRY_AFTER_S = "1"
 
 
+class CallFailed(grpc.RpcError):
+    """A failure the cache service reported inside a reply (one update of a batch),
+    handled as the failure of a call of its own."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)

@@ -1,0 +1,224 @@
+"""The near cache: rows a gateway process served, kept in its memory, so a repeated read
+does not cross the gRPC hop. It is only used while the process is subscribed to
+cache-svc's change stream (ChangeWatcher), and every change of a row drops or updates
+the row here.
+
+A read that misses takes a reservation first, as Hazelcast's near cache does: a change
+of the row that arrives while the read is in flight is recorded on the reservation, and
+the row read is stored only if it is at least as new as every change seen meanwhile. So
+a read racing a write never leaves the older row behind. Versions only grow, except when
+a row is dropped from the cache (a discarded dead letter, Redis' data lost): a drop
+removes the row and any reservation, and a lost link to Redis resets the whole stream.
+"""
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+import grpc
+
+from chinook import metrics
+
+log = logging.getLogger(__name__)
+
+CLEAN, PENDING, DEAD_LETTER = "clean", "pending", "dead-letter"
+# The kinds of change cache-svc publishes (see ChangeBatch in cache.proto) and the state a
+# row is in after each; "d" (dropped) has none.
+STATE_AFTER = {"w": PENDING, "c": CLEAN, "x": DEAD_LETTER, "p": PENDING, "f": CLEAN}
+
+
+class Entry:
+    __slots__ = ("version", "state", "body")
+
+    def __init__(self, version: int, state: str, body: bytes):
+        self.version, self.state, self.body = version, state, body
+
+
+class Reservation:
+    """A read or write in flight for a row, and the newest change of it seen meanwhile."""
+
+    __slots__ = ("version", "state")
+
+    def __init__(self):
+        self.version, self.state = 0, None
+
+
+class NearCache:
+    def __init__(self, max_rows: int):
+        self.max_rows = max_rows
+        self._rows: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._enabled = False
+        # Until when the stream has proven itself current; reads after that bypass.
+        self._trusted_until = 0.0
+        # Counted under the lock the operation takes anyway, published in batches.
+        self.counts = {"hits": 0, "misses": 0, "evictions": 0, "invalidations": 0}
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def enable(self):
+        """The subscription is confirmed: from now on every change reaches apply()."""
+        with self._lock:
+            self._rows.clear()
+            self._enabled = True
+
+    def disable(self):
+        """No change can be promised any more: forget everything, stop serving."""
+        with self._lock:
+            self._rows.clear()
+            self._enabled = False
+
+    def trust_until(self, deadline: float):
+        self._trusted_until = deadline
+
+    def stale(self, now: float) -> bool:
+        return self._enabled and now > self._trusted_until
+
+    def _serving(self) -> bool:
+        return self._enabled and time.monotonic() <= self._trusted_until
+
+    def get(self, key) -> Entry | None:
+        with self._lock:
+            item = self._rows.get(key) if self._serving() else None
+            if item.__class__ is Entry:
+                self._rows.move_to_end(key)
+                self.counts["hits"] += 1
+                return item
+            self.counts["misses"] += 1
+            return None
+
+    def reserve(self, key) -> Reservation | None:
+        """Before reading or writing a row through cache-svc; None while not serving."""
+        with self._lock:
+            if not self._serving():
+                return None
+            reservation = self._rows[key] = Reservation()
+            self._rows.move_to_end(key)
+            self._evict()
+            return reservation
+
+    def fill(self, key, reservation: Reservation | None, version: int, state: str, body: bytes) -> bool:
+        """Stores the row read or written under `reservation`, unless a newer change of
+        it (or a drop, or a reset) came first. Returns whether it was stored."""
+        if reservation is None:
+            return False
+        with self._lock:
+            if self._rows.get(key) is not reservation:
+                return False
+            if version < reservation.version:
+                del self._rows[key]
+                return False
+            if version == reservation.version and reservation.state is not None:
+                state = reservation.state
+            self._rows[key] = Entry(version, state, body)
+            return True
+
+    def _evict(self):
+        while len(self._rows) > self.max_rows:
+            self._rows.popitem(last=False)
+            self.counts["evictions"] += 1
+
+    def apply(self, entity: str, kind: str, rows: list):
+        """One published change: rows of [id, version] ([id] for a drop)."""
+        state = STATE_AFTER.get(kind)
+        with self._lock:
+            if not self._enabled:
+                return
+            for row in rows:
+                key = (entity, row[0])
+                item = self._rows.get(key)
+                if item is None:
+                    continue
+                if state is None:
+                    del self._rows[key]
+                    self.counts["invalidations"] += 1
+                    continue
+                version = row[1]
+                if item.__class__ is Reservation:
+                    if version >= item.version:
+                        item.version, item.state = version, state
+                elif item.version < version or (kind == "f" and item.version != version):
+                    # Older than the change; or, for a row loaded from Postgres, not what
+                    # the cache holds now.
+                    del self._rows[key]
+                    self.counts["invalidations"] += 1
+                elif item.version == version:
+                    item.state = state
+
+
+class ChangeWatcher:
+    """Keeps a NearCache subscribed to cache-svc's change stream: enables it once the
+    stream is confirmed, applies every change, and disables it whenever the stream ends
+    or has been silent for longer than max_lag_s (cache-svc sends a heartbeat every
+    0.2 s), then subscribes again."""
+
+    def __init__(self, open_stream, near_cache: NearCache, max_lag_s: float):
+        self.open_stream = open_stream
+        self.near_cache = near_cache
+        self.max_lag_s = max_lag_s
+        self._call = None
+        self._published = dict.fromkeys(near_cache.counts, 0)
+        self._stop = threading.Event()
+
+    def start(self):
+        threading.Thread(target=self._run, name="near-cache-watch", daemon=True).start()
+        threading.Thread(target=self._watchdog, name="near-cache-watchdog", daemon=True).start()
+
+    def stop(self):
+        self._stop.set()
+        if self._call is not None:
+            self._call.cancel()
+
+    def _run(self):
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self._call = self.open_stream()
+                for batch in self._call:
+                    self.near_cache.trust_until(time.monotonic() + self.max_lag_s)
+                    if batch.subscribed:
+                        self.near_cache.enable()
+                        log.info("near cache: subscribed to changes, serving up to %d rows",
+                                 self.near_cache.max_rows)
+                        backoff = 0.05
+                    for text in batch.changes_json:
+                        self._apply(text)
+                reason = "the change stream ended"
+            except grpc.RpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            self.near_cache.disable()
+            if self._stop.is_set():
+                return
+            metrics.NEAR_CACHE_RECONNECTS.inc()
+            log.warning("near cache: cleared and bypassed (%s); subscribing again in %.2f s", reason, backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5)
+
+    def _apply(self, text: str):
+        change = json.loads(text)
+        self.near_cache.apply(change["e"], change["k"], change["r"])
+        metrics.NEAR_CACHE_INVALIDATION_DELAY.observe(max(0.0, time.time() - change["t"] / 1000))
+
+    def _watchdog(self):
+        interval = min(0.25, self.max_lag_s / 4)
+        while not self._stop.wait(interval):
+            if self.near_cache.stale(time.monotonic()):
+                # Nothing heard, not even a heartbeat: the stream may have lost changes.
+                self.near_cache.disable()
+                if self._call is not None:
+                    self._call.cancel()
+            self._publish_counts()
+
+    def _publish_counts(self):
+        for name, counter in metrics.NEAR_CACHE_COUNTERS.items():
+            value = self.near_cache.counts[name]
+            if value > self._published[name]:
+                counter.inc(value - self._published[name])
+                self._published[name] = value
