@@ -108,6 +108,31 @@ class Entity:
     def row_from_store(self, raw: dict) -> dict:
         return {c.name: c.from_store(raw.get(c.name)) for c in self.columns}
 
+    def columns_json(self, rows) -> str:
+        """(id, version, fields) rows as columnar JSON, one array per column (the form
+        the services exchange batches of rows in)."""
+        rows = list(rows)
+        columns = {"id": [r[0] for r in rows], "version": [r[1] for r in rows]}
+        for name in self.column_names:
+            columns[name] = [r[2].get(name) for r in rows]
+        return json.dumps(columns)
+
+    def rows_from_columns_json(self, text: str, where: str = "rows_json") -> list[tuple]:
+        """The (id, version, fields) rows of columns_json's form, unchecked beyond its shape."""
+        try:
+            columns = json.loads(text)
+        except ValueError as exc:
+            raise ValidationError(f"{where}: not valid JSON: {exc}") from None
+        names = ("id", "version", *self.column_names)
+        if not isinstance(columns, dict) or not all(isinstance(columns.get(n), list) for n in names):
+            raise ValidationError(f"{where}: expected an object with the arrays {', '.join(names)}")
+        count = len(columns["id"])
+        if any(len(columns[n]) != count for n in names):
+            raise ValidationError(f"{where}: the arrays {', '.join(names)} must have the same length")
+        values = [columns[n] for n in self.column_names]
+        return [(row_id, version, dict(zip(self.column_names, row)))
+                for row_id, version, *row in zip(columns["id"], columns["version"], *values)]
+
     def row_json(self, row_id: int, raw: dict) -> str:
         """A row read from a string store as the HTTP API shows it, primary key first."""
         return json.dumps({self.primary_key: row_id, **self.row_from_store(raw)})

@@ -8,6 +8,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
+from chinook.entities import get_entity
 from chinook.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 CACHE_SERVICE = "chinook.cache.v1.CacheService"
@@ -90,20 +91,21 @@ class PersistenceClient(_Client):
     # Ids per GetRows call, to keep messages small.
     chunk = 5000
 
-    def get_rows(self, entity: str, ids: list[int]) -> list[persistence_pb2.Row]:
+    def get_rows(self, entity: str, ids: list[int]) -> list[tuple[int, int, dict]]:
+        """The (id, version, fields) of the rows that exist."""
         rows = []
         for start in range(0, len(ids), self.chunk):
             response = self.stub.GetRows(
-                persistence_pb2.GetRowsRequest(entity=entity, ids=ids[start:start + self.chunk]),
+                persistence_pb2.GetRowsRequest(entity=entity, ids=ids[start:start + self.chunk], as_json=True),
                 timeout=self.timeout_s,
             )
-            rows.extend(response.rows)
+            rows.extend(get_entity(entity).rows_from_columns_json(response.rows_json))
         return rows
 
-    def apply_writes(self, entity: str, rows: list[persistence_pb2.Row]) -> persistence_pb2.ApplyWritesResponse:
-        return self.stub.ApplyWrites(
-            persistence_pb2.ApplyWritesRequest(entity=entity, rows=rows), timeout=self.timeout_s
-        )
+    def apply_writes(self, entity: str, rows: list) -> persistence_pb2.ApplyWritesResponse:
+        """Writes [id, version, fields] rows, sent as columnar JSON."""
+        request = persistence_pb2.ApplyWritesRequest(entity=entity, rows_json=get_entity(entity).columns_json(rows))
+        return self.stub.ApplyWrites(request, timeout=self.timeout_s)
 
     def list_ids(self, entity: str) -> list[int]:
         ids = []

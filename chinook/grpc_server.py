@@ -23,12 +23,23 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class ObservingInterceptor(grpc.ServerInterceptor):
     """Times every unary call by method and code, and logs the ones that fail."""
 
+    def __init__(self):
+        # The wrapped handler of each method, built once rather than on every call.
+        self._handlers = {}
+
     def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
+            wrapped = self._handlers[method] = self._wrap(method, continuation(handler_call_details))
+        return wrapped
+
+    @staticmethod
+    def _wrap(method, handler):
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
         inner = handler.unary_unary
+        ok = metrics.GRPC_SERVER_SECONDS.labels(method, grpc.StatusCode.OK.name)
 
         def logged(request, context):
             started, failure = time.perf_counter(), None
@@ -40,8 +51,10 @@ class ObservingInterceptor(grpc.ServerInterceptor):
             finally:
                 elapsed = time.perf_counter() - started
                 code = context.code() or failure or grpc.StatusCode.OK
-                metrics.GRPC_SERVER_SECONDS.labels(method, code.name).observe(elapsed)
-                if code != grpc.StatusCode.OK:
+                if code == grpc.StatusCode.OK:
+                    ok.observe(elapsed)
+                else:
+                    metrics.GRPC_SERVER_SECONDS.labels(method, code.name).observe(elapsed)
                     log.info("%s -> %s in %.1f ms: %s", method, code.name, elapsed * 1000, context.details())
 
         return grpc.unary_unary_rpc_method_handler(

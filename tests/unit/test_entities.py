@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from chinook.entities import ENTITIES, ValidationError, get_entity, parse_id
@@ -67,3 +69,21 @@ def test_references_point_at_registered_entities():
         for column in entity.columns:
             assert column.references is None or column.references in ENTITIES
             assert not column.name.startswith("_"), "columns starting with _ clash with cache metadata"
+
+
+def test_rows_travel_as_columnar_json_and_back():
+    rows = [(1, 7, {"title": "One", "artist_id": 2}), (2, 0, {"title": "Two", "artist_id": None})]
+    text = ALBUM.columns_json(rows)
+    assert json.loads(text) == {"id": [1, 2], "version": [7, 0], "title": ["One", "Two"], "artist_id": [2, None]}
+    assert ALBUM.rows_from_columns_json(text) == rows
+    assert ALBUM.rows_from_columns_json(ALBUM.columns_json([])) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[", "not valid JSON"),
+    ('{"id": [1], "version": [1], "title": ["x"]}', "expected an object with the arrays id, version, title, artist_id"),
+    ('{"id": [1, 2], "version": [1], "title": ["x"], "artist_id": [1]}', "must have the same length"),
+])
+def test_columnar_json_of_the_wrong_shape_is_refused(text, message):
+    with pytest.raises(ValidationError, match=message):
+        ALBUM.rows_from_columns_json(text)

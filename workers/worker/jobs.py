@@ -5,8 +5,6 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from chinook.grpc_client import to_struct
-from chinook.persistence.v1 import persistence_pb2
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +36,8 @@ def apply_writes(persistence, cache, entity: str, rows: list) -> BatchOutcome:
     """Writes a batch of [id, version, fields] in one statement, then tells the cache
     which versions are durable so it can mark those rows clean. Rows Postgres refuses
     are returned, not raised: the others must not wait for them."""
-    messages = [persistence_pb2.Row(id=i, version=v, fields=to_struct(f)) for i, v, f in rows]
     try:
-        result = persistence.apply_writes(entity, messages)
+        result = persistence.apply_writes(entity, rows)
         durable = set(result.applied_ids) | set(result.stale_ids)
         if durable:
             cache.ack_flushed(entity, [(i, v) for i, v, _ in rows if i in durable], written=len(result.applied_ids))

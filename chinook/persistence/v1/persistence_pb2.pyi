@@ -18,26 +18,32 @@ class Row(_message.Message):
     def __init__(self, id: _Optional[int] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class GetRowsRequest(_message.Message):
-    __slots__ = ("entity", "ids")
+    __slots__ = ("entity", "ids", "as_json")
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    AS_JSON_FIELD_NUMBER: _ClassVar[int]
     entity: str
     ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, entity: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    as_json: bool
+    def __init__(self, entity: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ..., as_json: _Optional[bool] = ...) -> None: ...
 
 class GetRowsResponse(_message.Message):
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "rows_json")
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_JSON_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[Row]
-    def __init__(self, rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ...) -> None: ...
+    rows_json: str
+    def __init__(self, rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., rows_json: _Optional[str] = ...) -> None: ...
 
 class ApplyWritesRequest(_message.Message):
-    __slots__ = ("entity", "rows")
+    __slots__ = ("entity", "rows", "rows_json")
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_JSON_FIELD_NUMBER: _ClassVar[int]
     entity: str
     rows: _containers.RepeatedCompositeFieldContainer[Row]
-    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ...) -> None: ...
+    rows_json: str
+    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., rows_json: _Optional[str] = ...) -> None: ...
 
 class ApplyWritesResponse(_message.Message):
     __slots__ = ("applied_ids", "stale_ids", "missing_ids", "failed")

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from chinook import metrics
 from chinook.entities import ENTITIES, Entity, ValidationError, get_entity, parse_id
-from chinook.grpc_client import from_struct
 
 from .store import Backpressure, CachedRow, DeadLetter, RowStore
 
@@ -103,7 +102,7 @@ class WriteBack:
         without, only the ids found."""
         token = self.store.begin_fill(entity.name, ids)
         rows = self.persistence.get_rows(entity.name, ids)
-        loaded = [(r.id, entity.validate_full_row(from_struct(r.fields), entity.name), r.version) for r in rows]
+        loaded = [(row_id, entity.validate_full_row(fields, entity.name), version) for row_id, version, fields in rows]
         cached = self.store.fill(entity.name, token, loaded, reply=reply)
         if not reply:
             return [row_id for row_id, _, _ in loaded]

@@ -33,6 +33,12 @@ def status_codes(context):
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Postgres refused the write: {str(exc).strip()}")
 
 
+def _version(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValidationError(f"{where}: must be an integer in 0..2^63-1")
+    return value
+
+
 class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
     def __init__(self, db):
         self.db = db
@@ -41,6 +47,9 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         with status_codes(context):
             entity = get_entity(request.entity)
             rows = repository.get_rows(self.db, entity, list(request.ids))
+            if request.as_json:
+                return persistence_pb2.GetRowsResponse(
+                    rows_json=entity.columns_json((r.id, r.version, r.fields) for r in rows))
             return persistence_pb2.GetRowsResponse(rows=[
                 persistence_pb2.Row(id=r.id, fields=to_struct(r.fields), version=r.version) for r in rows
             ])
@@ -48,13 +57,19 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
     def ApplyWrites(self, request, context):
         with status_codes(context):
             entity = get_entity(request.entity)
+            if request.rows and request.rows_json:
+                raise ValidationError("set rows or rows_json, not both")
+            if request.rows_json:
+                received = entity.rows_from_columns_json(request.rows_json)
+            else:
+                received = [(r.id, r.version, from_struct(r.fields)) for r in request.rows]
             rows = [
                 repository.StoredRow(
-                    parse_id(r.id, f"rows[{i}].id"),
-                    entity.validate_full_row(from_struct(r.fields), f"rows[{i}]"),
-                    r.version,
+                    parse_id(row_id, f"rows[{i}].id"),
+                    entity.validate_full_row(fields, f"rows[{i}]"),
+                    _version(version, f"rows[{i}].version"),
                 )
-                for i, r in enumerate(request.rows)
+                for i, (row_id, version, fields) in enumerate(received)
             ]
             result = repository.apply_writes(self.db, entity, rows)
             metrics.FLUSH_STATEMENTS.labels(entity.name).inc(result.statements)
