@@ -1,9 +1,10 @@
 """`python -m bench [--scale full|smoke] [--results DIR] [--plot PATH] [--profile-dir DIR]`
 
-Starts the system and the anchors, runs B1-B5, prints the table, and writes
-`<results>/<timestamp>.json` and `<results>/<timestamp>.png` (and the plot to --plot
-too, if given). Process logs go to `<results>/<timestamp>-logs/`. With --profile-dir,
-py-spy records the services during B1, B2 and B3 (see bench/profile.py).
+Starts the system and the anchors, runs B1-B5 and a read-mostly mix, prints the table,
+and writes `<results>/<timestamp>.json` and `<results>/<timestamp>.png` (and the plot to
+--plot too, if given). Process logs go to `<results>/<timestamp>-logs/`. With
+--profile-dir, py-spy records the services during B1, B2, B3 and the mix (see
+bench/profile.py).
 """
 
 import argparse

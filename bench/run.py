@@ -100,7 +100,8 @@ PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}
 
 def plan(profile: Profile) -> list[tuple]:
     """The steps in order: ("grow", multiplier, new size, is_b4), ("b1", n), ("b2",), ("b3",),
-    ("mix",)."""
+    ("mix",), ("b3_near_off",). The mix runs while B3 has left the near cache warm, B3's
+    runs without it after."""
     targets = sorted(set(profile.b1_sizes) | {profile.load_size, 2 * profile.load_size})
     steps, size = [], BASE_ALBUMS
     for target in targets:
@@ -113,7 +114,7 @@ def plan(profile: Profile) -> list[tuple]:
         if target in profile.b1_sizes:
             steps.append(("b1", target))
         if target == profile.load_size:
-            steps += [("b2",), ("b3",), ("mix",)]
+            steps += [("b2",), ("b3",), ("mix",), ("b3_near_off",)]
     return steps
 
 
@@ -433,22 +434,29 @@ class Bench:
 
     # B3: cached reads at concurrency 16, with the gateway's near cache on and off
 
-    def step_b3(self):
+    def _draws(self) -> dict:
+        """Makers of the id draws, seeded: the system and the monolith read the same ids."""
         ids = list(range(1, self.table_size + 1))
+        return {"uniform": lambda: uniform_chooser(ids, 11), "zipf": lambda: zipf_chooser(ids, ZIPF_S, 11)}
+
+    def step_b3(self):
+        """With the near cache on (and warm), and the monolith."""
         self._fill_monolith_cache()
-        # The same seeded draws for the system and the monolith.
-        draws = {"uniform": lambda: uniform_chooser(ids, 11), "zipf": lambda: zipf_chooser(ids, ZIPF_S, 11)}
         b3 = self.results["b3"]
-        warm_up = self._warm_near_cache(ids)
-        for distribution, draw in draws.items():
+        warm_up = self._warm_near_cache(list(range(1, self.table_size + 1)))
+        for distribution, draw in self._draws().items():
             b3[b3_key("system", distribution)] = {**self._b3_system(distribution, draw(), near=True),
                                                   "near_warm_up": warm_up}
-        for distribution, draw in draws.items():
+        for distribution, draw in self._draws().items():
             b3[b3_key("monolith", distribution)] = self._b3_monolith(distribution, draw())
+
+    def step_b3_near_off(self):
+        """The gateway restarted without its near cache, then with it again for the rest."""
         self._restart_gateway(near_cache_rows="0")
         try:
-            for distribution, draw in draws.items():
-                b3[b3_key("system", distribution, near=False)] = self._b3_system(distribution, draw(), near=False)
+            for distribution, draw in self._draws().items():
+                self.results["b3"][b3_key("system", distribution, near=False)] = self._b3_system(
+                    distribution, draw(), near=False)
         finally:
             self._restart_gateway(near_cache_rows=None)
 
@@ -493,17 +501,17 @@ class Bench:
             f"{busiest(summary)}")
         return summary
 
-    def _warm_near_cache(self, ids: list[int], gateway: str = "gateway") -> dict:
-        """Reads every row through each worker process of a gateway, so that every near
+    def _warm_near_cache(self, ids: list[int]) -> dict:
+        """Reads every row through each worker process of the gateway, so that every near
         cache holds them all."""
-        port = self.stack.gateway_ports[gateway]
-        workers = descendants(self.stack.processes[gateway].pid)
+        port = self.stack.gateway_port
+        workers = descendants(self.stack.processes["gateway"].pid)
         started = time.perf_counter()
         sweep = run_sweep(port, [f"/albums/{i}" for i in ids], lambda ports: stores.connection_owners(workers, port),
                           len(workers), self.profile.concurrency, count_header="X-Cache-Tier")
         sweep = {"workers": len(workers), **sweep, "seconds": round(time.perf_counter() - started, 3),
                  "header_counts": {value or "absent": n for value, n in sorted(sweep["header_counts"].items())}}
-        log(f"near cache of {gateway}: {len(ids):,} rows read through {sweep['processes_reached']} of "
+        log(f"near cache of the gateway: {len(ids):,} rows read through {sweep['processes_reached']} of "
             f"{len(workers)} workers ({sweep['requests']:,} reads in {sweep['seconds']:.1f} s, "
             f"X-Cache-Tier {sweep['header_counts']})")
         return sweep
@@ -562,8 +570,7 @@ class Bench:
     def _mix_system(self, mix_ids: list[int], probe_ids: list[int]) -> tuple[dict, dict]:
         """The mix through the first gateway, while the stale-read probe writes its own
         rows through it and reads them through the second."""
-        # The first gateway was restarted after B3: its near cache is empty.
-        self._warm_near_cache(mix_ids)
+        # B3 left every row in the near cache of each of the first gateway's workers.
         stats_key = f"{self.isolation.key_prefix}wb:stats"
         gateway_port, second_port = self.stack.gateway_port, self.stack.gateway_ports[SECOND_GATEWAY]
         second_workers = descendants(self.stack.processes[SECOND_GATEWAY].pid)
