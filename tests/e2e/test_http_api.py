@@ -140,3 +140,14 @@ def test_legacy_duplicate_and_task_result(api):
     result = api.get(f"/get_task_result?result_id={task_id}").json()
     assert result["ready"] is True and result["successful"] is True and result["value"]["inserted"] > 0
     assert api.get("/get_task_result?result_id=not-started-yet").json() == {"status": "Pending"}
+
+
+def test_a_nullable_column_can_be_set_to_null(api):
+    assert api.get("/artists/3").json()["name"] == "Aerosmith"
+    assert api.patch("/artists/3", json={"name": None}).status_code == 202
+    assert api.get("/artists/3").json() == {"artist_id": 3, "name": None}
+    api.flush()
+    assert api.sql("SELECT name FROM artist WHERE artist_id = 3") == [(None,)]
+    assert api.patch("/artists/3", json={"name": "Aerosmith"}).status_code == 202
+    api.flush()
+    assert api.sql("SELECT name FROM artist WHERE artist_id = 3") == [("Aerosmith",)]

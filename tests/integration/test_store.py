@@ -214,3 +214,10 @@ def test_discard_drops_the_cached_row(store):
     store.dead_letter("album", [(1, version, "refused")])
     store.resolve_dead_letter("album", 1, "discard")
     assert store.get("album", 1) is None and store.pending_total() == 0 and store.dead_letter_count() == 0
+
+
+def test_a_column_set_to_null_is_removed_from_the_row(store):
+    store.fill("artist", store.begin_fill("artist", [1]), [(1, {"name": "AC/DC"}, 1)])
+    [version] = store.accept("artist", [(1, {"name": None})])
+    row = store.get("artist", 1)
+    assert row.version == version and row.dirty and "name" not in row.fields

@@ -53,7 +53,7 @@ ACCEPT = PUBLISH + """
 local due, pending, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, max_pending = ARGV[1], tonumber(ARGV[2])
 local channel, entity, reply = ARGV[3], ARGV[4], ARGV[5] == '1'
-local changed = {}
+local changed, NULL = {}, '\\0'
 local total_pending = 0
 for k = 5, #KEYS do total_pending = total_pending + redis.call('ZCARD', KEYS[k]) end
 local t = redis.call('TIME')
@@ -76,7 +76,15 @@ while i <= #ARGV do
     local version = math.max(tonumber(meta[1]) + 1, now_us)
     local command = {'HSET', key, '_ver', string.format('%d', version), '_dirty', '1',
                      '_writes', (tonumber(meta[4]) or 0) + 1, '_since', meta[5] or now_ms}
-    for j = i + 2, i + 1 + 2 * n do command[#command + 1] = ARGV[j] end
+    for j = i + 2, i + 2 * n, 2 do
+      -- NULL arrives as NUL, which no stored value can be; a NULL column is left out.
+      if ARGV[j + 1] == NULL then
+        redis.call('HDEL', key, ARGV[j])
+      else
+        command[#command + 1] = ARGV[j]
+        command[#command + 1] = ARGV[j + 1]
+      end
+    end
     redis.call(unpack(command))
     if meta[3] then
       -- A newer write supersedes a dead-lettered one and is tried afresh.
@@ -340,12 +348,24 @@ def _pairs_to_dict(flat: list) -> dict:
     return dict(zip(flat[::2], flat[1::2]))
 
 
+NULL = "\0"
+
+
 def _encode_fields(fields: dict) -> list:
-    """Column/value pairs for HSET; NULL columns are left out of the hash."""
+    """Column/value pairs of a whole row for HSET; NULL columns are left out of the hash."""
     flat = []
     for name, value in fields.items():
         if value is not None:
             flat += [name, str(value)]
+    return flat
+
+
+def _encode_patch(fields: dict) -> list:
+    """Column/value pairs of a patch; a column set to NULL is sent as NULL (NUL, which
+    validation refuses in any value), so ACCEPT removes it from the hash."""
+    flat = []
+    for name, value in fields.items():
+        flat += [name, NULL if value is None else str(value)]
     return flat
 
 
@@ -432,7 +452,7 @@ class RowStore:
         keys += [self._pending(name) for name in self.entities]
         args = [self.row_prefix(entity), self.max_pending, self.changes_channel, entity, int(reply)]
         for row_id, fields in updates:
-            flat = _encode_fields(fields)
+            flat = _encode_patch(fields)
             args += [row_id, len(flat) // 2, *flat]
         return self._accept(keys=keys, args=args)
 
