@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,23 @@ def test_bulk_update_takes_structs_or_one_json_text(stack):
     result = subprocess.run([GRPCURL, "-plaintext", "-d", json.dumps(both), stack.cache_addr, call],
                             capture_output=True, text=True, timeout=30)
     assert "InvalidArgument" in result.stderr and "not both" in result.stderr
+
+
+def test_update_rows_and_watch_changes(stack):
+    patch = {"patches": [{"entity": "album", "id": 302, "fields_json": json.dumps({"title": "Through grpcurl"})},
+                         {"entity": "album", "id": 302, "fields_json": json.dumps({"title": ""})}]}
+    watch = subprocess.Popen([GRPCURL, "-plaintext", "-max-time", "3", stack.cache_addr,
+                              "chinook.cache.v1.CacheService/WatchChanges"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        reply = json.loads(grpcurl("-d", json.dumps(patch), stack.cache_addr, "chinook.cache.v1.CacheService/UpdateRows"))
+        stream = watch.communicate(timeout=30)[0]
+    finally:
+        watch.kill()
+    accepted, refused = reply["results"]
+    assert json.loads(accepted["row_json"]) == {"album_id": 302, "title": "Through grpcurl", "artist_id": 236}
+    assert refused["code"] == 3 and "title: must be 1-160 characters" in refused["message"]
+    messages = [json.loads(part) for part in stream.replace("}\n{", "}\x00{").split("\x00") if part.strip()]
+    assert messages[0] == {"subscribed": True}
+    changes = [json.loads(text) for m in messages[1:] for text in m.get("changes_json", [])]
+    assert any(c["e"] == "album" and c["k"] == "w" and [302, int(accepted["version"])] in c["r"] for c in changes)
