@@ -54,8 +54,9 @@ class Column:
         return value
 
     def from_store(self, raw):
-        """Converts a value read back from a string store (Redis) to its type."""
-        if raw is None:
+        """Converts a value read back from a string store (Redis) to its type; NUL, which
+        no value may contain, stands for NULL where absence cannot."""
+        if raw is None or raw == "\0":
             return None
         return int(raw) if self.pg_type == "int" else raw
 
@@ -108,13 +109,21 @@ class Entity:
     def row_from_store(self, raw: dict) -> dict:
         return {c.name: c.from_store(raw.get(c.name)) for c in self.columns}
 
+    def columns_from_store(self, raw: dict) -> dict:
+        """Only the columns present, for a partial row, where absent means unknown."""
+        return {c.name: c.from_store(raw[c.name]) for c in self.columns if c.name in raw}
+
     def columns_json(self, rows) -> str:
         """(id, version, fields) rows as columnar JSON, one array per column (the form
-        the services exchange batches of rows in)."""
+        the services exchange batches of rows in). A row without some columns (a
+        partial row, whose other columns must stay as they are) lists them in "unset"."""
         rows = list(rows)
         columns = {"id": [r[0] for r in rows], "version": [r[1] for r in rows]}
         for name in self.column_names:
             columns[name] = [r[2].get(name) for r in rows]
+        unset = [[name for name in self.column_names if name not in r[2]] for r in rows]
+        if any(unset):
+            columns["unset"] = unset
         return json.dumps(columns)
 
     def rows_from_columns_json(self, text: str, where: str = "rows_json") -> list[tuple]:
@@ -130,8 +139,18 @@ class Entity:
         if any(len(columns[n]) != count for n in names):
             raise ValidationError(f"{where}: the arrays {', '.join(names)} must have the same length")
         values = [columns[n] for n in self.column_names]
-        return [(row_id, version, dict(zip(self.column_names, row)))
+        rows = [(row_id, version, dict(zip(self.column_names, row)))
                 for row_id, version, *row in zip(columns["id"], columns["version"], *values)]
+        unset = columns.get("unset")
+        if unset is not None:
+            if not isinstance(unset, list) or len(unset) != count:
+                raise ValidationError(f"{where}: unset must be a list of column lists, one per row")
+            for (_, _, fields), names in zip(rows, unset):
+                if not isinstance(names, list) or not set(names) <= set(self.column_names):
+                    raise ValidationError(f"{where}: unset lists unknown columns: {names}")
+                for name in names:
+                    fields.pop(name, None)
+        return rows
 
     def row_json(self, row_id: int, raw: dict) -> str:
         """A row read from a string store as the HTTP API shows it, primary key first."""

@@ -102,6 +102,17 @@ class PersistenceClient(_Client):
             rows.extend(get_entity(entity).rows_from_columns_json(response.rows_json))
         return rows
 
+    def get_versions(self, entity: str, ids: list[int]) -> dict[int, int]:
+        """The version Postgres holds of each row that exists."""
+        versions = {}
+        for start in range(0, len(ids), self.chunk * 4):
+            response = self.stub.GetVersions(
+                persistence_pb2.GetVersionsRequest(entity=entity, ids=ids[start:start + self.chunk * 4]),
+                timeout=self.timeout_s,
+            )
+            versions.update(zip(response.ids, response.versions))
+        return versions
+
     def apply_writes(self, entity: str, rows: list) -> persistence_pb2.ApplyWritesResponse:
         """Writes [id, version, fields] rows, sent as columnar JSON."""
         request = persistence_pb2.ApplyWritesRequest(entity=entity, rows_json=get_entity(entity).columns_json(rows))

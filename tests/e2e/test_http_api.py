@@ -151,3 +151,24 @@ def test_a_nullable_column_can_be_set_to_null(api):
     assert api.patch("/artists/3", json={"name": "Aerosmith"}).status_code == 202
     api.flush()
     assert api.sql("SELECT name FROM artist WHERE artist_id = 3") == [("Aerosmith",)]
+
+
+def test_a_bulk_accepts_rows_not_cached_without_reading_them_and_reads_complete_them(api, stack):
+    ids = list(range(200, 206))
+    api.flush()
+    before = dict(api.sql("SELECT album_id, artist_id FROM album WHERE album_id = ANY(%s)", (ids,)))
+    cache = stack.isolation.redis()
+    cache.delete(*[f"{stack.isolation.key_prefix}album:{i}" for i in ids])
+    response = api.post("/albums/bulk", json={"updates": [{"album_id": i, "title": f"cold {i}"} for i in ids]})
+    assert response.status_code == 202
+    assert cache.hget(f"{stack.isolation.key_prefix}album:200", "_partial") == "1"
+    # A single update of a partial row answers with the whole row, as a read does.
+    assert api.patch("/albums/201", json={"title": "cold, then patched"}).status_code == 202
+    assert api.get("/albums/201").json() == {"album_id": 201, "title": "cold, then patched", "artist_id": before[201]}
+    assert api.get("/albums/200").json() == {"album_id": 200, "title": "cold 200", "artist_id": before[200]}
+    api.flush()
+    rows = dict((i, (t, a)) for i, t, a in api.sql(
+        "SELECT album_id, title, artist_id FROM album WHERE album_id = ANY(%s)", (ids,)))
+    expected = {i: (f"cold {i}", before[i]) for i in ids}
+    expected[201] = ("cold, then patched", before[201])
+    assert rows == expected

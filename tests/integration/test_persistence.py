@@ -121,3 +121,19 @@ def test_list_ids_is_ordered(db):
 def test_ping_names_the_url_and_the_fix():
     with pytest.raises(ConnectionError, match=r"cannot reach Postgres at postgresql://postgres:\*\*\*@127.0.0.1:1/x.*DATABASE_URL"):
         Database("postgresql://postgres:secret@127.0.0.1:1/x").ping()
+
+
+def test_a_partial_row_writes_only_its_columns(db):
+    before = query(db, "SELECT title, artist_id FROM album WHERE album_id = 7")[0]
+    result = repository.apply_writes(db, ALBUM, [
+        StoredRow(7, {"artist_id": 1}, 40),
+        StoredRow(8, {"title": "whole", "artist_id": 2}, 40),
+    ])
+    assert result.applied_ids == [7, 8]
+    assert query(db, "SELECT title, artist_id, wb_version FROM album WHERE album_id = 7") == [(before[0], 1, 40)]
+    assert query(db, "SELECT title, artist_id FROM album WHERE album_id = 8") == [("whole", 2)]
+
+
+def test_get_versions_leaves_out_missing_ids(db):
+    repository.apply_writes(db, ALBUM, [StoredRow(3, {"title": "v", "artist_id": 1}, 12)])
+    assert repository.get_versions(db, ALBUM, [3, 4, 999_999]) == {3: 12, 4: 0}

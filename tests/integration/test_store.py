@@ -221,3 +221,37 @@ def test_a_column_set_to_null_is_removed_from_the_row(store):
     [version] = store.accept("artist", [(1, {"name": None})])
     row = store.get("artist", 1)
     assert row.version == version and row.dirty and "name" not in row.fields
+
+
+def test_a_row_not_cached_is_accepted_as_a_partial_row_above_the_postgres_version(store):
+    [version] = store.accept("album", [(9, {"title": "Bulk"})], bases={9: 2**52})
+    row = store.get("album", 9)
+    assert row.partial and row.dirty and row.fields == {"title": "Bulk"}
+    assert version == row.version > 2**52
+    assert store.accept("album", [(10, {"title": "x"})], bases={}) == [-1]
+    [claimed] = store.claim("album", delay_ms=0, batch_size=10, lease_ms=1000)
+    assert claimed.partial and claimed.fields == {"title": "Bulk"}
+
+
+def test_a_null_written_to_a_partial_row_is_kept_as_null(store):
+    store.accept("artist", [(4, {"name": None})], bases={4: 0})
+    row = store.get("artist", 4)
+    assert row.partial and row.fields == {"name": "\0"}
+    assert ENTITIES["artist"].columns_from_store(row.fields) == {"name": None}
+
+
+def test_merge_completes_a_partial_row_keeping_the_columns_written_since(store):
+    [version] = store.accept("album", [(9, {"title": "Bulk"})], bases={9: 3})
+    [merged] = store.merge("album", [(9, {"title": "From Postgres", "artist_id": 5})])
+    assert not merged.partial and merged.version == version and merged.dirty
+    assert merged.fields == {"title": "Bulk", "artist_id": "5"}
+    [again] = store.merge("album", [(9, {"title": "Other", "artist_id": 6})])
+    assert again.fields == merged.fields
+    assert store.merge("album", [(11, {"title": "Not cached", "artist_id": 1})]) == [None]
+
+
+def test_a_fill_never_overwrites_a_partial_row(store):
+    token = store.begin_fill("album", [9])
+    store.accept("album", [(9, {"title": "Bulk"})], bases={9: 1})
+    [cached] = store.fill("album", token, [(9, {"title": "Old", "artist_id": 1}, 1)], reply=True)
+    assert cached.partial and cached.fields == {"title": "Bulk"}

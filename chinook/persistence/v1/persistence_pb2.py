@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(chinook/persistence/v1/persistence.proto\x12\x16\x63hinook.persistence.v1\x1a\x1cgoogle/protobuf/struct.proto\"K\n\x03Row\x12\n\n\x02id\x18\x01 \x01(\x03\x12\'\n\x06\x66ields\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07version\x18\x03 \x01(\x03\">\n\x0eGetRowsRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x03\x12\x0f\n\x07\x61s_json\x18\x03 \x01(\x08\"O\n\x0fGetRowsResponse\x12)\n\x04rows\x18\x01 \x03(\x0b\x32\x1b.chinook.persistence.v1.Row\x12\x11\n\trows_json\x18\x02 \x01(\t\"b\n\x12\x41pplyWritesRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12)\n\x04rows\x18\x02 \x03(\x0b\x32\x1b.chinook.persistence.v1.Row\x12\x11\n\trows_json\x18\x03 \x01(\t\"\x85\x01\n\x13\x41pplyWritesResponse\x12\x13\n\x0b\x61pplied_ids\x18\x01 \x03(\x03\x12\x11\n\tstale_ids\x18\x02 \x03(\x03\x12\x13\n\x0bmissing_ids\x18\x03 \x03(\x03\x12\x31\n\x06\x66\x61iled\x18\x04 \x03(\x0b\x32!.chinook.persistence.v1.FailedRow\"&\n\tFailedRow\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05\x65rror\x18\x02 \x01(\t\" \n\x0eListIdsRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\"\x16\n\x07IdChunk\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"P\n\x14\x44uplicateRowsRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x12\n\nmultiplier\x18\x02 \x01(\x05\x12\x14\n\x0coperation_id\x18\x03 \x01(\t\"0\n\x11\x44uplicateProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x32\x9a\x03\n\x12PersistenceService\x12Z\n\x07GetRows\x12&.chinook.persistence.v1.GetRowsRequest\x1a\'.chinook.persistence.v1.GetRowsResponse\x12\x66\n\x0b\x41pplyWrites\x12*.chinook.persistence.v1.ApplyWritesRequest\x1a+.chinook.persistence.v1.ApplyWritesResponse\x12T\n\x07ListIds\x12&.chinook.persistence.v1.ListIdsRequest\x1a\x1f.chinook.persistence.v1.IdChunk0\x01\x12j\n\rDuplicateRows\x12,.chinook.persistence.v1.DuplicateRowsRequest\x1a).chinook.persistence.v1.DuplicateProgress0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(chinook/persistence/v1/persistence.proto\x12\x16\x63hinook.persistence.v1\x1a\x1cgoogle/protobuf/struct.proto\"K\n\x03Row\x12\n\n\x02id\x18\x01 \x01(\x03\x12\'\n\x06\x66ields\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07version\x18\x03 \x01(\x03\">\n\x0eGetRowsRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x03\x12\x0f\n\x07\x61s_json\x18\x03 \x01(\x08\"O\n\x0fGetRowsResponse\x12)\n\x04rows\x18\x01 \x03(\x0b\x32\x1b.chinook.persistence.v1.Row\x12\x11\n\trows_json\x18\x02 \x01(\t\"1\n\x12GetVersionsRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\x03\"4\n\x13GetVersionsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\x10\n\x08versions\x18\x02 \x03(\x03\"b\n\x12\x41pplyWritesRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12)\n\x04rows\x18\x02 \x03(\x0b\x32\x1b.chinook.persistence.v1.Row\x12\x11\n\trows_json\x18\x03 \x01(\t\"\x85\x01\n\x13\x41pplyWritesResponse\x12\x13\n\x0b\x61pplied_ids\x18\x01 \x03(\x03\x12\x11\n\tstale_ids\x18\x02 \x03(\x03\x12\x13\n\x0bmissing_ids\x18\x03 \x03(\x03\x12\x31\n\x06\x66\x61iled\x18\x04 \x03(\x0b\x32!.chinook.persistence.v1.FailedRow\"&\n\tFailedRow\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05\x65rror\x18\x02 \x01(\t\" \n\x0eListIdsRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\"\x16\n\x07IdChunk\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"P\n\x14\x44uplicateRowsRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x12\n\nmultiplier\x18\x02 \x01(\x05\x12\x14\n\x0coperation_id\x18\x03 \x01(\t\"0\n\x11\x44uplicateProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x32\x82\x04\n\x12PersistenceService\x12Z\n\x07GetRows\x12&.chinook.persistence.v1.GetRowsRequest\x1a\'.chinook.persistence.v1.GetRowsResponse\x12\x66\n\x0bGetVersions\x12*.chinook.persistence.v1.GetVersionsRequest\x1a+.chinook.persistence.v1.GetVersionsResponse\x12\x66\n\x0b\x41pplyWrites\x12*.chinook.persistence.v1.ApplyWritesRequest\x1a+.chinook.persistence.v1.ApplyWritesResponse\x12T\n\x07ListIds\x12&.chinook.persistence.v1.ListIdsRequest\x1a\x1f.chinook.persistence.v1.IdChunk0\x01\x12j\n\rDuplicateRows\x12,.chinook.persistence.v1.DuplicateRowsRequest\x1a).chinook.persistence.v1.DuplicateProgress0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,20 +38,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETROWSREQUEST']._serialized_end=237
   _globals['_GETROWSRESPONSE']._serialized_start=239
   _globals['_GETROWSRESPONSE']._serialized_end=318
-  _globals['_APPLYWRITESREQUEST']._serialized_start=320
-  _globals['_APPLYWRITESREQUEST']._serialized_end=418
-  _globals['_APPLYWRITESRESPONSE']._serialized_start=421
-  _globals['_APPLYWRITESRESPONSE']._serialized_end=554
-  _globals['_FAILEDROW']._serialized_start=556
-  _globals['_FAILEDROW']._serialized_end=594
-  _globals['_LISTIDSREQUEST']._serialized_start=596
-  _globals['_LISTIDSREQUEST']._serialized_end=628
-  _globals['_IDCHUNK']._serialized_start=630
-  _globals['_IDCHUNK']._serialized_end=652
-  _globals['_DUPLICATEROWSREQUEST']._serialized_start=654
-  _globals['_DUPLICATEROWSREQUEST']._serialized_end=734
-  _globals['_DUPLICATEPROGRESS']._serialized_start=736
-  _globals['_DUPLICATEPROGRESS']._serialized_end=784
-  _globals['_PERSISTENCESERVICE']._serialized_start=787
-  _globals['_PERSISTENCESERVICE']._serialized_end=1197
+  _globals['_GETVERSIONSREQUEST']._serialized_start=320
+  _globals['_GETVERSIONSREQUEST']._serialized_end=369
+  _globals['_GETVERSIONSRESPONSE']._serialized_start=371
+  _globals['_GETVERSIONSRESPONSE']._serialized_end=423
+  _globals['_APPLYWRITESREQUEST']._serialized_start=425
+  _globals['_APPLYWRITESREQUEST']._serialized_end=523
+  _globals['_APPLYWRITESRESPONSE']._serialized_start=526
+  _globals['_APPLYWRITESRESPONSE']._serialized_end=659
+  _globals['_FAILEDROW']._serialized_start=661
+  _globals['_FAILEDROW']._serialized_end=699
+  _globals['_LISTIDSREQUEST']._serialized_start=701
+  _globals['_LISTIDSREQUEST']._serialized_end=733
+  _globals['_IDCHUNK']._serialized_start=735
+  _globals['_IDCHUNK']._serialized_end=757
+  _globals['_DUPLICATEROWSREQUEST']._serialized_start=759
+  _globals['_DUPLICATEROWSREQUEST']._serialized_end=839
+  _globals['_DUPLICATEPROGRESS']._serialized_start=841
+  _globals['_DUPLICATEPROGRESS']._serialized_end=889
+  _globals['_PERSISTENCESERVICE']._serialized_start=892
+  _globals['_PERSISTENCESERVICE']._serialized_end=1406
 # @@protoc_insertion_point(module_scope)

@@ -35,6 +35,22 @@ class GetRowsResponse(_message.Message):
     rows_json: str
     def __init__(self, rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., rows_json: _Optional[str] = ...) -> None: ...
 
+class GetVersionsRequest(_message.Message):
+    __slots__ = ("entity", "ids")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, entity: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetVersionsResponse(_message.Message):
+    __slots__ = ("ids", "versions")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ApplyWritesRequest(_message.Message):
     __slots__ = ("entity", "rows", "rows_json")
     ENTITY_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class PersistenceServiceStub:
                 request_serializer=chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetRowsRequest.SerializeToString,
                 response_deserializer=chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetRowsResponse.FromString,
                 _registered_method=True)
+        self.GetVersions = channel.unary_unary(
+                '/chinook.persistence.v1.PersistenceService/GetVersions',
+                request_serializer=chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetVersionsRequest.SerializeToString,
+                response_deserializer=chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetVersionsResponse.FromString,
+                _registered_method=True)
         self.ApplyWrites = channel.unary_unary(
                 '/chinook.persistence.v1.PersistenceService/ApplyWrites',
                 request_serializer=chinook_dot_persistence_dot_v1_dot_persistence__pb2.ApplyWritesRequest.SerializeToString,
@@ -61,6 +66,15 @@ class PersistenceServiceServicer:
 
     def GetRows(self, request, context):
         """Rows by primary key; ids that do not exist are left out of the response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersions(self, request, context):
+        """The version Postgres holds of each row that exists (ids that do not are left out):
+        what the cache needs to accept an update of a row it does not hold, without
+        reading the whole row.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,6 +112,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.GetRows,
                     request_deserializer=chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetRowsRequest.FromString,
                     response_serializer=chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetRowsResponse.SerializeToString,
+            ),
+            'GetVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersions,
+                    request_deserializer=chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetVersionsRequest.FromString,
+                    response_serializer=chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetVersionsResponse.SerializeToString,
             ),
             'ApplyWrites': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyWrites,
@@ -142,6 +161,33 @@ class PersistenceService:
             '/chinook.persistence.v1.PersistenceService/GetRows',
             chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetRowsRequest.SerializeToString,
             chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetRowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chinook.persistence.v1.PersistenceService/GetVersions',
+            chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetVersionsRequest.SerializeToString,
+            chinook_dot_persistence_dot_v1_dot_persistence__pb2.GetVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

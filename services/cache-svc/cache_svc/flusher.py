@@ -40,7 +40,9 @@ class Flusher:
                 if not rows:
                     break
                 entity = get_entity(name)
-                payload = [[r.id, r.version, entity.row_from_store(r.fields)] for r in rows]
+                # A partial row writes only the columns it holds.
+                payload = [[r.id, r.version, entity.columns_from_store(r.fields) if r.partial
+                            else entity.row_from_store(r.fields)] for r in rows]
                 try:
                     self.publisher.apply_writes(name, payload)
                 except Exception:

@@ -63,7 +63,8 @@ def _dead_letter_message(entry, row) -> cache_pb2.DeadLetterEntry:
     message = cache_pb2.DeadLetterEntry(entity=entry.entity, id=entry.id, version=entry.version,
                                         error=entry.error, failed_at=entry.failed_at)
     if row is not None:
-        message.fields.update(get_entity(entry.entity).row_from_store(row.fields))
+        entity = get_entity(entry.entity)
+        message.fields.update(entity.columns_from_store(row.fields) if row.partial else entity.row_from_store(row.fields))
     return message
 
 

@@ -4,7 +4,11 @@ Layout, under the configured key prefix `p`:
 - `p{entity}:{id}`, a hash: the row's columns, `_ver` (its version), `_dirty` (set
   while Postgres lags behind) and `_since` (when the oldest write not yet claimed by
   a flush was accepted). Clean rows carry the TTL; dirty rows have none, so a
-  `volatile-*` maxmemory policy never evicts them.
+  `volatile-*` maxmemory policy never evicts them. A NULL column is absent, except in a
+  partial row.
+- A partial row (`_partial` set) is one a bulk update accepted without reading it from
+  Postgres first: it holds only the columns written since (a NULL one as NUL), and a flush
+  writes only those. A read completes it from Postgres first (MERGE).
 - `p wb:due:{entity}`, a sorted set: the dirty rows and when each may next be claimed
   for a flush (its first pending accept time, or the end of its lease once claimed).
   This set, not the queue, is the record of pending writes.
@@ -42,13 +46,15 @@ local function publish(channel, entity, kind, now_ms, rows)
 end
 """
 
-# Applies updates to cached rows. A row that is not cached gives -1 (the caller loads
-# it and tries again); a row that would take the pending rows of all entities
+# Applies updates to cached rows, each given as id, base, column count, pairs. A row
+# that is not cached gives -1 (the caller loads it and tries again), unless its base
+# is 0 or more: the version Postgres holds, read by the caller, and the row is then
+# created as a partial row. A row that would take the pending rows of all entities
 # (KEYS[5...]) beyond ARGV[2] gives -2 and is not applied. With ARGV[5] = 1 each
-# version is followed by the whole row as it is now (empty where not applied). The version is a hybrid
-# clock: above the previous version and at least the Redis server's time in
-# microseconds, so versions keep growing even after Redis lost its data and rows
-# were reloaded from Postgres.
+# version is followed by the whole row as it is now (empty where not applied). The
+# version is a hybrid clock: above the previous version (or the base) and at least the
+# Redis server's time in microseconds, so versions keep growing even after Redis lost
+# its data and rows were reloaded from Postgres.
 ACCEPT = PUBLISH + """
 local due, pending, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, max_pending = ARGV[1], tonumber(ARGV[2])
@@ -61,24 +67,30 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = string.format('%d', math.floor(now_us / 1000))
 local out, due_args, pending_args, i = {}, {'ZADD', due, 'LT'}, {'ZADD', pending}, 6
 while i <= #ARGV do
-  local id, n = ARGV[i], tonumber(ARGV[i + 1])
+  local id, base, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local key = prefix .. id
-  local meta = redis.call('HMGET', key, '_ver', '_dirty', '_dead', '_writes', '_since')
+  local meta = redis.call('HMGET', key, '_ver', '_dirty', '_dead', '_writes', '_since', '_partial')
   -- A dirty row is pending unless it was dead-lettered.
   local already_pending = meta[2] and not meta[3]
-  if not meta[1] then
+  local partial = meta[6] or (not meta[1] and base >= 0)
+  if not meta[1] and base < 0 then
     out[#out + 1] = -1
     if reply then out[#out + 1] = {} end
   elseif not already_pending and total_pending >= max_pending then
     out[#out + 1] = -2
     if reply then out[#out + 1] = {} end
   else
-    local version = math.max(tonumber(meta[1]) + 1, now_us)
+    local version = math.max(tonumber(meta[1] or base) + 1, now_us)
     local command = {'HSET', key, '_ver', string.format('%d', version), '_dirty', '1',
                      '_writes', (tonumber(meta[4]) or 0) + 1, '_since', meta[5] or now_ms}
-    for j = i + 2, i + 2 * n, 2 do
-      -- NULL arrives as NUL, which no stored value can be; a NULL column is left out.
-      if ARGV[j + 1] == NULL then
+    if partial then
+      command[#command + 1] = '_partial'
+      command[#command + 1] = '1'
+    end
+    for j = i + 3, i + 1 + 2 * n, 2 do
+      -- NULL arrives as NUL, which no stored value can be. A whole row leaves a NULL
+      -- column out; a partial one keeps the NUL, since there absent means unknown.
+      if ARGV[j + 1] == NULL and not partial then
         redis.call('HDEL', key, ARGV[j])
       else
         command[#command + 1] = ARGV[j]
@@ -103,7 +115,7 @@ while i <= #ARGV do
     if reply then out[#out + 1] = redis.call('HGETALL', key) end
     changed[#changed + 1] = '[' .. id .. ',' .. string.format('%d', version) .. ']'
   end
-  i = i + 2 + 2 * n
+  i = i + 3 + 2 * n
 end
 publish(channel, entity, 'w', now_ms, changed)
 if #due_args > 3 then
@@ -111,6 +123,23 @@ if #due_args > 3 then
   redis.call('HINCRBY', stats, 'accepted', (#due_args - 3) / 2)
 end
 if #pending_args > 2 then redis.call(unpack(pending_args)) end
+return out
+"""
+
+# Completes partial rows with the columns Postgres holds (ARGV[2...]: id, column count,
+# pairs; NULL columns left out): a column written since stays. Returns each row as it is.
+MERGE = """
+local prefix, out, i = ARGV[1], {}, 2
+while i <= #ARGV do
+  local id, n = ARGV[i], tonumber(ARGV[i + 1])
+  local key = prefix .. id
+  if redis.call('HEXISTS', key, '_partial') == 1 then
+    for j = i + 2, i + 1 + 2 * n, 2 do redis.call('HSETNX', key, ARGV[j], ARGV[j + 1]) end
+    redis.call('HDEL', key, '_partial')
+  end
+  out[#out + 1] = redis.call('HGETALL', key)
+  i = i + 2 + 2 * n
+end
 return out
 """
 
@@ -311,10 +340,12 @@ class Backpressure(Exception):
 @dataclass(frozen=True)
 class CachedRow:
     id: int
-    fields: dict  # column name to string value, as stored; absent means NULL
+    fields: dict  # column name to string value, as stored; absent means NULL, unless partial
     version: int
     dirty: bool = False
     dead_lettered: bool = False
+    # Only the columns written since it was cached; absent ones are unknown here.
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -323,6 +354,7 @@ class ClaimedRow:
     fields: dict
     version: int
     writes: int = 1  # accepted writes this flush covers
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,7 +368,7 @@ class DeadLetter:
 
 def _parse_hash(row_id: int, raw: dict) -> CachedRow:
     fields = {k: v for k, v in raw.items() if not k.startswith(META_PREFIX)}
-    return CachedRow(row_id, fields, int(raw["_ver"]), "_dirty" in raw, "_dead" in raw)
+    return CachedRow(row_id, fields, int(raw["_ver"]), "_dirty" in raw, "_dead" in raw, "_partial" in raw)
 
 
 def _parse_dead_letter(entity: str, row_id, raw: str) -> DeadLetter:
@@ -379,6 +411,7 @@ class RowStore:
         self._accept = client.register_script(ACCEPT)
         self._begin_fill = client.register_script(BEGIN_FILL)
         self._fill = client.register_script(FILL)
+        self._merge = client.register_script(MERGE)
         self._uncached = client.register_script(UNCACHED)
         self._claim = client.register_script(CLAIM)
         self._ack = client.register_script(ACK)
@@ -447,13 +480,23 @@ class RowStore:
                        for (row_id, _, _), raw in zip(chunk, out)]
         return cached
 
-    def _accept_chunk(self, entity: str, updates: list[tuple[int, dict]], reply: bool) -> list:
+    def merge(self, entity: str, rows: list[tuple[int, dict]]) -> list[CachedRow | None]:
+        """Completes partial rows with (id, fields) read from Postgres; returns each row
+        as cached now (None where it is not cached)."""
+        args = [self.row_prefix(entity)]
+        for row_id, fields in rows:
+            flat = _encode_fields(fields)
+            args += [row_id, len(flat) // 2, *flat]
+        out = self._merge(keys=[], args=args)
+        return [_parse_hash(row_id, _pairs_to_dict(raw)) if raw else None for (row_id, _), raw in zip(rows, out)]
+
+    def _accept_chunk(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict) -> list:
         keys = [self._due(entity), self._pending(entity), self._stats, self._dead(entity)]
         keys += [self._pending(name) for name in self.entities]
         args = [self.row_prefix(entity), self.max_pending, self.changes_channel, entity, int(reply)]
         for row_id, fields in updates:
             flat = _encode_patch(fields)
-            args += [row_id, len(flat) // 2, *flat]
+            args += [row_id, bases.get(row_id, -1), len(flat) // 2, *flat]
         return self._accept(keys=keys, args=args)
 
     def accept_each(self, entity: str, updates: list[tuple[int, dict]]) -> list[tuple[int, CachedRow | None]]:
@@ -463,18 +506,20 @@ class RowStore:
         results = []
         for start in range(0, len(updates), CHUNK):
             chunk = updates[start:start + CHUNK]
-            out = self._accept_chunk(entity, chunk, reply=True)
+            out = self._accept_chunk(entity, chunk, reply=True, bases={})
             results += [(version, _parse_hash(row_id, _pairs_to_dict(raw)) if version > 0 else None)
                         for (row_id, _), version, raw in zip(chunk, out[::2], out[1::2])]
         return results
 
-    def accept(self, entity: str, updates: list[tuple[int, dict]]) -> list[int]:
+    def accept(self, entity: str, updates: list[tuple[int, dict]], bases: dict | None = None) -> list[int]:
         """Applies (id, fields) updates in order; returns each new version, -1 where
-        the row is not cached. Raises Backpressure, after applying the rows before it,
-        at the first row that would exceed the pending limit."""
+        the row is not cached. A row not cached whose id is in `bases` (id to the version
+        Postgres holds) is cached as a partial row instead. Raises Backpressure, after
+        applying the rows before it, at the first row that would exceed the pending limit."""
         versions = []
         for start in range(0, len(updates), CHUNK):
-            chunk_versions = self._accept_chunk(entity, updates[start:start + CHUNK], reply=False)
+            chunk_versions = self._accept_chunk(entity, updates[start:start + CHUNK], reply=False,
+                                                bases=bases or {})
             if -2 in chunk_versions:
                 raise Backpressure(
                     f"{self.pending_total()} rows are waiting to be written to Postgres, the limit is "
@@ -491,7 +536,7 @@ class RowStore:
         for row_id, raw in zip(flat[::2], flat[1::2]):
             values = _pairs_to_dict(raw)
             row = _parse_hash(int(row_id), values)
-            claimed.append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1))))
+            claimed.append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1)), row.partial))
         return claimed
 
     def release(self, entity: str, ids: list[int]):

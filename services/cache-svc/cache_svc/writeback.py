@@ -90,7 +90,7 @@ class WriteBack:
         cached = self.store.get(entity.name, row_id)
         metrics.CACHE_READS.labels(entity.name, "hit" if cached else "miss").inc()
         if cached:
-            return ReadResult(cached, cache_hit=True)
+            return ReadResult(self._completed(entity, [cached])[0], cache_hit=True)
         loaded = self._load(entity, [row_id])
         if not loaded:
             raise NotFound(f"{entity.name} {row_id} not found")
@@ -107,9 +107,32 @@ class WriteBack:
         if not reply:
             return [row_id for row_id, _, _ in loaded]
         return [
-            row or CachedRow(row_id, {k: str(v) for k, v in fields.items() if v is not None}, version)
+            (self.store.merge(entity.name, [(row_id, fields)])[0] if row and row.partial else row)
+            or CachedRow(row_id, {k: str(v) for k, v in fields.items() if v is not None}, version)
             for row, (row_id, fields, version) in zip(cached, loaded)
         ]
+
+    def _completed(self, entity: Entity, rows: list[CachedRow]) -> list[CachedRow]:
+        """The rows, with partial ones completed from Postgres first: a partial row is
+        never shown, since its other columns are unknown in the cache."""
+        partial = [row.id for row in rows if row.partial]
+        if not partial:
+            return rows
+        loaded = {row_id: entity.validate_full_row(fields, entity.name)
+                  for row_id, _, fields in self.persistence.get_rows(entity.name, partial)}
+        merged = self.store.merge(entity.name, [(row_id, fields) for row_id, fields in loaded.items()])
+        by_id = {row.id: row for row in merged if row is not None and not row.partial}
+        completed = []
+        for row in rows:
+            if row.partial and row.id not in by_id:
+                # Gone from the cache meanwhile, or from Postgres: read it as a miss.
+                found = self._load(entity, [row.id])
+                if not found:
+                    raise NotFound(f"{entity.name} {row.id} not found")
+                completed.append(found[0])
+            else:
+                completed.append(by_id.get(row.id, row))
+        return completed
 
     def _ensure_cached(self, entity: Entity, ids: list[int]) -> list[int]:
         """Loads the rows not cached yet; returns the ids that exist nowhere."""
@@ -163,10 +186,11 @@ class WriteBack:
         # Rows not cached are loaded and tried again, as in _accept.
         for attempt in range(3):
             results = self.store.accept_each(entity.name, [updates[i] for i in todo])
+            accepted_rows = self._completed(entity, [row for version, row in results if version > 0])
             uncached = []
             for i, (version, row) in zip(todo, results):
                 if version > 0:
-                    outcomes[i] = UpdateOutcome(row=row)
+                    outcomes[i] = UpdateOutcome(row=accepted_rows.pop(0))
                 elif version == -2:
                     outcomes[i] = UpdateOutcome(error=Backpressure(
                         f"more than {self.store.max_pending} rows are waiting to be written to Postgres "
@@ -207,7 +231,11 @@ class WriteBack:
                 f"{len(ids)} more pending rows would exceed WRITEBACK_MAX_PENDING={self.store.max_pending}; "
                 "retry shortly or in smaller bulks"
             )
-        missing = set(self._ensure_cached(entity, ids))
+        # Rows not cached are accepted as partial rows, without reading them: only their
+        # existence and the version Postgres holds are asked for.
+        absent = self.store.uncached_ids(entity.name, ids)
+        bases = self.persistence.get_versions(entity.name, absent) if absent else {}
+        missing = {row_id for row_id in absent if row_id not in bases}
         if missing:
             index = next(i for i, (row_id, _) in enumerate(checked) if row_id in missing)
             raise ValidationError(
@@ -215,7 +243,7 @@ class WriteBack:
                 + (f" ({len(missing)} unknown ids in all)" if len(missing) > 1 else "")
             )
         self._check_references(entity, [fields for _, fields in checked], lambda i: f"updates[{i}].")
-        return self._accept(entity, checked)
+        return self._accept(entity, checked, bases)
 
     def randomize_album_titles(self) -> tuple[list[int], list[int]]:
         """The demo workload: a random title for every album. Returns ids and versions."""
@@ -245,8 +273,8 @@ class WriteBack:
         if refused:
             raise ValidationError(refused[min(refused)])
 
-    def _accept(self, entity: Entity, updates: list[tuple[int, dict]]) -> list[int]:
-        versions = self.store.accept(entity.name, updates)
+    def _accept(self, entity: Entity, updates: list[tuple[int, dict]], bases: dict | None = None) -> list[int]:
+        versions = self.store.accept(entity.name, updates, bases)
         # Rows not cached (never loaded, or a clean row that expired meanwhile) are
         # loaded and tried again.
         for _ in range(3):

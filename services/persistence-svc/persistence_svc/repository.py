@@ -29,7 +29,7 @@ class PreconditionFailed(Exception):
 @dataclass(frozen=True)
 class StoredRow:
     id: int
-    fields: dict
+    fields: dict  # to write; a column left out stays as Postgres has it
     version: int
 
 
@@ -59,11 +59,22 @@ def get_rows(db, entity: Entity, ids: list[int]) -> list[StoredRow]:
     return [StoredRow(r[0], dict(zip(names, r[1:-1])), r[-1]) for r in records]
 
 
-def _apply_writes_query(entity: Entity) -> sql.Composed:
+def _keep(column: str) -> str:
+    return f"keep_{column}"
+
+
+def _apply_writes_query(entity: Entity, partial: bool) -> sql.Composed:
     # One statement per batch: unnest the arrays into rows and update where the stored
     # version is older. It returns the ids it wrote; only the others are looked up again.
+    # With partial rows in the batch, a boolean array per column says which rows leave it.
     input_columns = ["id", "version", *entity.column_names]
     casts = ["int", "bigint", *(c.pg_type for c in entity.columns)]
+    if partial:
+        input_columns += [_keep(c) for c in entity.column_names]
+        casts += ["boolean"] * len(entity.columns)
+        assignment = "{col} = CASE WHEN input.{keep} THEN t.{col} ELSE input.{col} END"
+    else:
+        assignment = "{col} = input.{col}"
     return sql.SQL(
         "UPDATE {table} AS t SET {assignments}, {ver} = input.version "
         "FROM unnest({arrays}) AS input({input_columns}) "
@@ -73,11 +84,23 @@ def _apply_writes_query(entity: Entity) -> sql.Composed:
         input_columns=sql.SQL(", ").join(sql.Identifier(c) for c in input_columns),
         table=sql.Identifier(entity.table),
         assignments=sql.SQL(", ").join(
-            sql.SQL("{col} = input.{col}").format(col=sql.Identifier(c)) for c in entity.column_names
+            sql.SQL(assignment).format(col=sql.Identifier(c), keep=sql.Identifier(_keep(c)))
+            for c in entity.column_names
         ),
         ver=sql.Identifier(VERSION_COLUMN),
         pk=sql.Identifier(entity.primary_key),
     )
+
+
+def get_versions(db, entity: Entity, ids: list[int]) -> dict[int, int]:
+    """The version Postgres holds of each row that exists."""
+    query = sql.SQL("SELECT {pk}, {ver} FROM {table} WHERE {pk} = ANY(%s)").format(
+        pk=sql.Identifier(entity.primary_key), ver=sql.Identifier(VERSION_COLUMN),
+        table=sql.Identifier(entity.table),
+    )
+    with db.transaction() as cur:
+        cur.execute(query, (list(ids),))
+        return dict(cur.fetchall())
 
 
 def _existing_ids_query(entity: Entity) -> sql.Composed:
@@ -98,11 +121,12 @@ def apply_writes(db, entity: Entity, rows: list[StoredRow]) -> WriteResult:
             newest[row.id] = row
     # Sorted ids make concurrent batches lock shared rows in the same order.
     ordered = [newest[i] for i in sorted(newest)]
-    query = _apply_writes_query(entity)
+    partial = any(len(row.fields) < len(entity.columns) for row in ordered)
+    query = _apply_writes_query(entity, partial)
     for attempt in range(1, DEADLOCK_RETRIES + 1):
         try:
             with db.transaction() as cur:
-                written, failed, statements = _write_isolating_refusals(cur, entity, query, ordered)
+                written, failed, statements = _write_isolating_refusals(cur, entity, query, ordered, partial)
                 refused = {i for i, _ in failed}
                 unwritten = [r.id for r in ordered if r.id not in written and r.id not in refused]
                 existing = set()
@@ -119,10 +143,12 @@ def apply_writes(db, entity: Entity, rows: list[StoredRow]) -> WriteResult:
     return WriteResult(sorted(written), stale, missing, failed, statements)
 
 
-def _write_isolating_refusals(cur, entity: Entity, query, rows: list[StoredRow]):
+def _write_isolating_refusals(cur, entity: Entity, query, rows: list[StoredRow], partial: bool):
     """Returns (ids written, [(id, error)] refused, statements run)."""
     arrays = [[r.id for r in rows], [r.version for r in rows]]
     arrays += [[r.fields.get(name) for r in rows] for name in entity.column_names]
+    if partial:
+        arrays += [[name not in r.fields for r in rows] for name in entity.column_names]
     cur.execute("SAVEPOINT write_batch")
     try:
         cur.execute(query, arrays)
@@ -134,8 +160,8 @@ def _write_isolating_refusals(cur, entity: Entity, query, rows: list[StoredRow])
         if len(rows) == 1:
             return set(), [(rows[0].id, str(exc).strip().splitlines()[0])], 1
         middle = len(rows) // 2
-        first = _write_isolating_refusals(cur, entity, query, rows[:middle])
-        second = _write_isolating_refusals(cur, entity, query, rows[middle:])
+        first = _write_isolating_refusals(cur, entity, query, rows[:middle], partial)
+        second = _write_isolating_refusals(cur, entity, query, rows[middle:], partial)
         return first[0] | second[0], first[1] + second[1], 1 + first[2] + second[2]
 
 

@@ -33,6 +33,13 @@ def status_codes(context):
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Postgres refused the write: {str(exc).strip()}")
 
 
+def _validate_row(entity, fields: dict, where: str) -> dict:
+    """A whole row, or a partial one: only the columns it writes."""
+    if len(fields) < len(entity.columns):
+        return entity.validate_patch(fields, where)
+    return entity.validate_full_row(fields, where)
+
+
 def _version(value, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise ValidationError(f"{where}: must be an integer in 0..2^63-1")
@@ -54,6 +61,11 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                 persistence_pb2.Row(id=r.id, fields=to_struct(r.fields), version=r.version) for r in rows
             ])
 
+    def GetVersions(self, request, context):
+        with status_codes(context):
+            versions = repository.get_versions(self.db, get_entity(request.entity), list(request.ids))
+            return persistence_pb2.GetVersionsResponse(ids=list(versions), versions=list(versions.values()))
+
     def ApplyWrites(self, request, context):
         with status_codes(context):
             entity = get_entity(request.entity)
@@ -66,7 +78,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             rows = [
                 repository.StoredRow(
                     parse_id(row_id, f"rows[{i}].id"),
-                    entity.validate_full_row(fields, f"rows[{i}]"),
+                    _validate_row(entity, fields, f"rows[{i}]"),
                     _version(version, f"rows[{i}].version"),
                 )
                 for i, (row_id, version, fields) in enumerate(received)
