@@ -1,4 +1,5 @@
-"""Property: over any interleaving of accepts, flush claims (with leases that end at
+"""Property: over any interleaving of accepts (of cached rows, and of rows not cached,
+accepted as partial rows, of either column), flush claims (with leases that end at
 once or never), deliveries, redeliveries in any order, reads and losses of the whole
 cache, the versioning and clean-marking logic keeps its promises:
 - Postgres' version of a row never goes back;
@@ -25,6 +26,8 @@ ROWS = (1, 2)
 
 operations = st.lists(st.one_of(
     st.tuples(st.just("accept"), st.sampled_from(ROWS)),
+    st.tuples(st.just("accept_cold"), st.sampled_from(ROWS)),
+    st.tuples(st.just("accept_artist_cold"), st.tuples(st.sampled_from(ROWS), st.sampled_from((1, 2, 3)))),
     st.tuples(st.just("claim"), st.sampled_from((0, 60_000))),
     st.tuples(st.just("accept_and_claim"), st.sampled_from(ROWS)),
     st.tuples(st.just("deliver"), st.integers(0, 50)),
@@ -46,14 +49,16 @@ def db():
 
 def pg_rows(db):
     with db.transaction() as cur:
-        cur.execute("SELECT album_id, title, wb_version FROM album WHERE album_id = ANY(%s)", (list(ROWS),))
-        return {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+        cur.execute("SELECT album_id, title, wb_version, artist_id FROM album WHERE album_id = ANY(%s)",
+                    (list(ROWS),))
+        return {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
 
 
 class Run:
     def __init__(self, store, db):
         self.store, self.db = store, db
         self.expected = {}  # row -> last title accepted since the last cache loss
+        self.expected_artist = {}  # row -> last artist_id accepted since the last cache loss
         self.tasks = []  # claimed batches, delivered any number of times in any order
         self.writes = 0
 
@@ -70,10 +75,27 @@ class Run:
         assert self.store.accept("album", [(row, {"title": title})])[0] > 0
         self.expected[row] = title
 
+    def _accept_cold(self, row, fields):
+        """As a bulk does: a row not cached is accepted over the version Postgres holds."""
+        bases = repository.get_versions(self.db, ALBUM, [row]) if self.store.get("album", row) is None else {}
+        assert self.store.accept("album", [(row, fields)], bases)[0] > 0
+
+    def accept_cold(self, row):
+        self.writes += 1
+        title = f"write {self.writes}"
+        self._accept_cold(row, {"title": title})
+        self.expected[row] = title
+
+    def accept_artist_cold(self, argument):
+        row, artist_id = argument
+        self._accept_cold(row, {"artist_id": artist_id})
+        self.expected_artist[row] = artist_id
+
     def claim(self, lease_ms):
         claimed = self.store.claim("album", delay_ms=0, batch_size=2, lease_ms=lease_ms)
         if claimed:
-            self.tasks.append([(r.id, r.version, ALBUM.row_from_store(r.fields)) for r in claimed])
+            self.tasks.append([(r.id, r.version, ALBUM.columns_from_store(r.fields) if r.partial
+                                else ALBUM.row_from_store(r.fields)) for r in claimed])
 
     def accept_and_claim(self, row):
         self.accept(row)
@@ -94,13 +116,20 @@ class Run:
 
     def read(self, row):
         self.ensure_cached(row)
+        cached = self.store.get("album", row)
+        if cached.partial:
+            [loaded] = repository.get_rows(self.db, ALBUM, [row])
+            [cached] = self.store.merge("album", [(row, loaded.fields)])
         if row in self.expected:
-            assert self.store.get("album", row).fields["title"] == self.expected[row]
+            assert cached.fields["title"] == self.expected[row]
+        if row in self.expected_artist:
+            assert cached.fields["artist_id"] == str(self.expected_artist[row])
 
     def lose_cache(self, _):
         for key in self.store.redis.scan_iter(match=f"{self.store.prefix}*"):
             self.store.redis.delete(key)
         self.expected.clear()
+        self.expected_artist.clear()
 
     def drain(self):
         for _ in range(20):
@@ -117,14 +146,15 @@ class Run:
 @given(ops=operations)
 def test_versioning_and_clean_marking_under_any_interleaving(db, redis_client, ops):
     with db.transaction() as cur:
-        cur.execute("UPDATE album SET title = 'original', wb_version = 0 WHERE album_id = ANY(%s)", (list(ROWS),))
+        cur.execute("UPDATE album SET title = 'original', artist_id = 1, wb_version = 0 WHERE album_id = ANY(%s)",
+                    (list(ROWS),))
     store = RowStore(redis_client, f"chinook_prop_{uuid.uuid4().hex[:10]}:", 3600, ENTITIES)
     run = Run(store, db)
     try:
         versions = {row: 0 for row in ROWS}
         for name, argument in ops:
             getattr(run, name)(argument)
-            for row, (_, version) in pg_rows(db).items():
+            for row, (_, version, _) in pg_rows(db).items():
                 assert version >= versions[row], "Postgres went back to an older version"
                 versions[row] = version
         run.drain()
@@ -133,5 +163,7 @@ def test_versioning_and_clean_marking_under_any_interleaving(db, redis_client, o
             assert stored[row][0] == title, f"row {row}: Postgres has {stored[row][0]!r}, last accepted {title!r}"
             cached = store.get("album", row)
             assert cached is not None and not cached.dirty and cached.fields["title"] == title
+        for row, artist_id in run.expected_artist.items():
+            assert stored[row][2] == artist_id, f"row {row}: artist {stored[row][2]}, last accepted {artist_id}"
     finally:
         run.lose_cache(None)
