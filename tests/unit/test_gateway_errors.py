@@ -43,6 +43,7 @@ class OneUpdateFails(FailingCache):
     (grpc.StatusCode.FAILED_PRECONDITION, 409, "failed_precondition"),
     (grpc.StatusCode.RESOURCE_EXHAUSTED, 503, "resource_exhausted"),
     (grpc.StatusCode.UNAVAILABLE, 503, "unavailable"),
+    (grpc.StatusCode.CANCELLED, 503, "unavailable"),
     (grpc.StatusCode.DEADLINE_EXCEEDED, 504, "deadline_exceeded"),
     (grpc.StatusCode.INTERNAL, 500, "internal"),
 ])

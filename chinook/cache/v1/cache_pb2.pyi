@@ -290,9 +290,11 @@ class WatchChangesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ChangeBatch(_message.Message):
-    __slots__ = ("subscribed", "changes_json")
+    __slots__ = ("subscribed", "changes_json", "heartbeat_at_ms")
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     CHANGES_JSON_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AT_MS_FIELD_NUMBER: _ClassVar[int]
     subscribed: bool
     changes_json: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, subscribed: _Optional[bool] = ..., changes_json: _Optional[_Iterable[str]] = ...) -> None: ...
+    heartbeat_at_ms: int
+    def __init__(self, subscribed: _Optional[bool] = ..., changes_json: _Optional[_Iterable[str]] = ..., heartbeat_at_ms: _Optional[int] = ...) -> None: ...

@@ -28,6 +28,10 @@ MAX_QUEUED = 2000
 MAX_SUBSCRIBERS = 32
 
 
+# Stands for a heartbeat in a subscriber's queue; sent with the time it was queued.
+HEARTBEAT: list = []
+
+
 class Unavailable(Exception):
     """No change can be promised to a new subscriber now; the message says why."""
 
@@ -43,7 +47,7 @@ class Subscription:
         self.end_reason = ""
 
     def put(self, batch: list[str]):
-        self._queue.put((time.monotonic(), batch))
+        self._queue.put((time.monotonic(), time.time(), batch))
 
     def backlog(self) -> int:
         return self._queue.qsize()
@@ -51,7 +55,7 @@ class Subscription:
     def end(self, reason: str):
         if not self.end_reason:
             self.end_reason = reason
-            self._queue.put((0.0, self._END))
+            self._queue.put((0.0, 0.0, self._END))
 
     def close(self):
         """The subscriber went away."""
@@ -59,15 +63,16 @@ class Subscription:
         self.end("closed")
 
     def __iter__(self):
+        """(batch, Unix time it was queued at) pairs; an empty batch is a heartbeat."""
         while True:
-            queued_at, batch = self._queue.get()
+            queued_at, queued_at_unix, batch = self._queue.get()
             if batch is self._END:
                 return
             if time.monotonic() - queued_at > self._relay.max_lag_s:
                 self.end(f"subscriber fell behind by more than {self._relay.max_lag_s:g} s")
                 self._relay.unsubscribe(self)
                 return
-            yield batch
+            yield batch, queued_at_unix
 
 
 class ChangeRelay:
@@ -168,7 +173,7 @@ class ChangeRelay:
             if batch:
                 self._broadcast(batch)
             if heartbeat:
-                self._broadcast([])
+                self._broadcast(HEARTBEAT)
             now = time.monotonic()
             if ping_sent_at is not None and now - ping_sent_at > self.max_lag_s:
                 raise Unavailable(f"Redis did not answer a PING within {self.max_lag_s:g} s")

@@ -31,8 +31,10 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, redis.ConnectionError):
         return grpc.StatusCode.UNAVAILABLE, f"Redis unavailable: {exc}"
     if isinstance(exc, grpc.RpcError):
-        # A failure of the persistence service, passed on with its own code.
-        return exc.code(), f"persistence service: {exc.details()}"
+        # A failure of the persistence service, passed on with its own code; one that
+        # is stopping or restarting cancels calls: worth a retry like any outage.
+        code = grpc.StatusCode.UNAVAILABLE if exc.code() == grpc.StatusCode.CANCELLED else exc.code()
+        return code, f"persistence service: {exc.details()}"
     return None
 
 
@@ -106,8 +108,11 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         context.add_callback(subscription.close)
         yield cache_pb2.ChangeBatch(subscribed=True)
-        for batch in subscription:
-            yield cache_pb2.ChangeBatch(changes_json=batch)
+        for batch, queued_at in subscription:
+            if batch:
+                yield cache_pb2.ChangeBatch(changes_json=batch)
+            else:
+                yield cache_pb2.ChangeBatch(heartbeat_at_ms=int(queued_at * 1000))
         context.abort(grpc.StatusCode.UNAVAILABLE, f"change stream ended: {subscription.end_reason}")
 
     def UpdateRow(self, request, context):

@@ -11,6 +11,8 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.FAILED_PRECONDITION: (409, "failed_precondition"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (503, "resource_exhausted"),
     grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
+    # A call cut short by cache-svc stopping: as worth a retry as an outage.
+    grpc.StatusCode.CANCELLED: (503, "unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "deadline_exceeded"),
 }
 RETRY_AFTER_S = "1"

@@ -155,9 +155,10 @@ class NearCache:
 
 class ChangeWatcher:
     """Keeps a NearCache subscribed to cache-svc's change stream: enables it once the
-    stream is confirmed, applies every change, and disables it whenever the stream ends
-    or has been silent for longer than max_lag_s (cache-svc sends a heartbeat every
-    0.2 s), then subscribes again."""
+    stream is confirmed, applies every change, and disables it whenever the stream ends,
+    has been silent for longer than max_lag_s (cache-svc sends a heartbeat every 0.2 s),
+    or delivers a heartbeat sent longer ago than that (the hosts' clocks are taken to
+    agree to well under it), then subscribes again."""
 
     def __init__(self, open_stream, near_cache: NearCache, max_lag_s: float):
         self.open_stream = open_stream
@@ -181,7 +182,13 @@ class ChangeWatcher:
         while not self._stop.is_set():
             try:
                 self._call = self.open_stream()
+                reason = "the change stream ended"
                 for batch in self._call:
+                    if batch.heartbeat_at_ms and time.time() - batch.heartbeat_at_ms / 1000 > self.max_lag_s:
+                        # Reading what was sent long ago: changes since may be waiting.
+                        reason = f"the change stream lags by more than {self.max_lag_s:g} s"
+                        self._call.cancel()
+                        break
                     self.near_cache.trust_until(time.monotonic() + self.max_lag_s)
                     if batch.subscribed:
                         self.near_cache.enable()
@@ -190,7 +197,6 @@ class ChangeWatcher:
                         backoff = 0.05
                     for text in batch.changes_json:
                         self._apply(text)
-                reason = "the change stream ended"
             except grpc.RpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
             self.near_cache.disable()
