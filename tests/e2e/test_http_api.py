@@ -162,7 +162,7 @@ def test_a_bulk_accepts_rows_not_cached_without_reading_them_and_reads_complete_
     response = api.post("/albums/bulk", json={"updates": [{"album_id": i, "title": f"cold {i}"} for i in ids]})
     assert response.status_code == 202
     assert cache.hget(f"{stack.isolation.key_prefix}album:200", "_partial") == "1"
-    # A single update of a partial row answers with the whole row, as a read does.
+    # A single update of a partial row leaves it partial; a read completes it.
     assert api.patch("/albums/201", json={"title": "cold, then patched"}).status_code == 202
     assert api.get("/albums/201").json() == {"album_id": 201, "title": "cold, then patched", "artist_id": before[201]}
     assert api.get("/albums/200").json() == {"album_id": 200, "title": "cold 200", "artist_id": before[200]}

@@ -20,8 +20,9 @@ import redis
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.2
-# Messages forwarded as one batch at most, so a burst does not become one huge message.
-MAX_BATCH = 500
+# The most forwarded as one batch, so a burst (a bulk publishes a message per 1,000
+# rows) does not become one huge message each subscriber must hold at once.
+MAX_BATCH_BYTES = 256 * 1024
 # Batches waiting for one subscriber; beyond, it has fallen behind.
 MAX_QUEUED = 2000
 # Each subscription holds a thread of the gRPC server for its lifetime.
@@ -110,10 +111,6 @@ class ChangeRelay:
         with self._lock:
             self._subscribers.discard(subscription)
 
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)
-
     def _broadcast(self, batch: list[str]):
         with self._lock:
             subscribers = list(self._subscribers)
@@ -156,18 +153,24 @@ class ChangeRelay:
         next_ping = 0.0
         while not self._stop.is_set():
             message = pubsub.get_message(timeout=HEARTBEAT_S / 2)
-            batch, heartbeat = [], False
+            batch, size, heartbeat = [], 0, False
+            # Draining stops in time for the next heartbeat, even under a steady stream.
+            drain_until = time.monotonic() + HEARTBEAT_S / 2
             while message is not None:
                 kind = message["type"]
                 if kind == "message":
                     batch.append(message["data"].decode())
+                    size += len(message["data"])
                 elif kind == "pong":
                     heartbeat, ping_sent_at = True, None
                 elif kind == "subscribe":
                     with self._lock:
                         self._linked = True
                     log.info("change relay: subscribed to %s", self.channel)
-                if len(batch) >= MAX_BATCH:
+                if size >= MAX_BATCH_BYTES:
+                    self._broadcast(batch)
+                    batch, size = [], 0
+                if time.monotonic() >= drain_until:
                     break
                 message = pubsub.get_message(timeout=0)
             if batch:

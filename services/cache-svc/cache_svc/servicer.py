@@ -49,8 +49,10 @@ def status_codes(context):
 def _update_result(row_id: int, entity_name: str, outcome) -> cache_pb2.UpdateResult:
     if outcome.error is None:
         row = outcome.row
+        # A partial row is not shown: completing it would cost a read of Postgres.
+        row_json = "" if row.partial else get_entity(entity_name).row_json(row.id, row.fields)
         return cache_pb2.UpdateResult(id=row.id, version=row.version, write_back=_write_back_state(row),
-                                      row_json=get_entity(entity_name).row_json(row.id, row.fields))
+                                      row_json=row_json)
     code, message = status_of(outcome.error) or (grpc.StatusCode.INTERNAL, str(outcome.error))
     return cache_pb2.UpdateResult(id=row_id, code=code.value[0], message=message)
 

@@ -186,11 +186,10 @@ class WriteBack:
         # Rows not cached are loaded and tried again, as in _accept.
         for attempt in range(3):
             results = self.store.accept_each(entity.name, [updates[i] for i in todo])
-            accepted_rows = self._completed(entity, [row for version, row in results if version > 0])
             uncached = []
             for i, (version, row) in zip(todo, results):
                 if version > 0:
-                    outcomes[i] = UpdateOutcome(row=accepted_rows.pop(0))
+                    outcomes[i] = UpdateOutcome(row=row)
                 elif version == -2:
                     outcomes[i] = UpdateOutcome(error=Backpressure(
                         f"more than {self.store.max_pending} rows are waiting to be written to Postgres "

@@ -95,8 +95,10 @@ def update_row(entity_name: str, row_id: int):
     result = updates().submit(cache_pb2.RowPatch(entity=entity.name, id=row_id, fields_json=fields_json))
     if result.code:
         raise CallFailed(STATUS_BY_NUMBER[result.code], result.message)
-    # Before the response: a client reading through this process sees its own write.
-    near_cache().fill(key, reservation, result.version, PENDING, result.row_json.encode())
+    # Before the response: a client reading through this process sees its own write
+    # (here, or through cache-svc where the row is not whole in the cache yet).
+    if result.row_json:
+        near_cache().fill(key, reservation, result.version, PENDING, result.row_json.encode())
     return jsonify({entity.primary_key: result.id, "version": result.version, "write_back": "pending"}), 202
 
 
