@@ -47,10 +47,12 @@ def _refuse_constant(name: str):
 
 
 def json_body() -> dict:
-    if not request.data:
+    # get_data, not request.data: that would first try to parse the body as a form.
+    data = request.get_data()
+    if not data:
         raise bad_request("request body: expected a JSON object")
     try:
-        body = json.loads(request.data, parse_constant=_refuse_constant)
+        body = json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -149,7 +151,7 @@ def bulk_random_albums():
 
 @api.post("/tasks/duplicate")
 def start_duplication():
-    body = json_body() if request.data else {}
+    body = json_body() if request.get_data() else {}
     extra = sorted(set(body) - {"multiplier"})
     if extra:
         raise bad_request(f"{extra[0]}: unknown field; expected only 'multiplier'")
