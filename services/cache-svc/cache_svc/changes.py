@@ -20,6 +20,8 @@ import redis
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.2
+# How long changes are gathered before they are sent on together.
+LINGER_S = 0.01
 # The most forwarded as one batch, so a burst (a bulk publishes a message per 1,000
 # rows) does not become one huge message each subscriber must hold at once.
 MAX_BATCH_BYTES = 256 * 1024
@@ -154,8 +156,9 @@ class ChangeRelay:
         while not self._stop.is_set():
             message = pubsub.get_message(timeout=HEARTBEAT_S / 2)
             batch, size, heartbeat = [], 0, False
-            # Draining stops in time for the next heartbeat, even under a steady stream.
-            drain_until = time.monotonic() + HEARTBEAT_S / 2
+            # What arrives within the linger travels as one batch: each message a gateway
+            # process receives costs it far more than the changes in it.
+            gather_until = time.monotonic() + LINGER_S
             while message is not None:
                 kind = message["type"]
                 if kind == "message":
@@ -170,9 +173,10 @@ class ChangeRelay:
                 if size >= MAX_BATCH_BYTES:
                     self._broadcast(batch)
                     batch, size = [], 0
-                if time.monotonic() >= drain_until:
+                remaining = gather_until - time.monotonic()
+                if remaining <= 0:
                     break
-                message = pubsub.get_message(timeout=0)
+                message = pubsub.get_message(timeout=remaining)
             if batch:
                 self._broadcast(batch)
             if heartbeat:
