@@ -46,9 +46,10 @@ class Settings:
     # falls further behind, or hears nothing (not even a heartbeat) for longer, is reset
     # and clears its near cache.
     near_cache_max_lag_ms: int = 1000
-    # How long a single update waits in the gateway for others to share its RPC; 0 sends
-    # each at once (still gathering the updates that arrive while an RPC is in flight).
-    gateway_update_linger_ms: float = 1.0
+    # How long a single update, or a read that missed the near cache, waits in the gateway
+    # for others to share its RPC; 0 sends each at once (still gathering the ones that
+    # arrive while an RPC is in flight).
+    gateway_batch_linger_ms: float = 1.0
     # Port of the process' own /metrics endpoint; 0 means the service's default.
     metrics_port: int = 0
     log_level: str = "INFO"

@@ -136,8 +136,8 @@ class CacheClient(_Client):
     service_name = CACHE_SERVICE
     stub_class = cache_pb2_grpc.CacheServiceStub
 
-    def get_row(self, entity: str, row_id: int) -> cache_pb2.GetRowResponse:
-        return self.stub.GetRow(cache_pb2.GetRowRequest(entity=entity, id=row_id), timeout=self.timeout_s)
+    def get_rows(self, keys: list[cache_pb2.RowKey]) -> list[cache_pb2.RowResult]:
+        return list(self.stub.GetRows(cache_pb2.GetRowsRequest(keys=keys), timeout=self.timeout_s).results)
 
     def update_rows(self, patches: list[cache_pb2.RowPatch]) -> list[cache_pb2.UpdateResult]:
         request = cache_pb2.UpdateRowsRequest(patches=patches)

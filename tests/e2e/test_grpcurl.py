@@ -102,3 +102,12 @@ def test_update_rows_and_watch_changes(stack):
     assert messages[0] == {"subscribed": True}
     changes = [json.loads(text) for m in messages[1:] for text in m.get("changes_json", [])]
     assert any(c["e"] == "album" and c["k"] == "w" and [302, int(accepted["version"])] in c["r"] for c in changes)
+
+
+def test_get_rows_answers_each_key_on_its_own(stack):
+    keys = {"keys": [{"entity": "album", "id": 193}, {"entity": "album", "id": 999999}, {"entity": "track", "id": 1}]}
+    found, missing, unknown = json.loads(grpcurl("-d", json.dumps(keys), stack.cache_addr,
+                                                 "chinook.cache.v1.CacheService/GetRows"))["results"]
+    assert json.loads(found["row_json"])["artist_id"] == 127
+    assert missing["code"] == 5 and "album 999999 not found" in missing["message"]
+    assert unknown["code"] == 3 and "unknown entity 'track'" in unknown["message"]

@@ -23,15 +23,18 @@ class FailingCache:
     def __init__(self, code):
         self.code = code
 
-    def get_row(self, entity, row_id):
+    def get_rows(self, keys):
         raise RpcFailure(self.code, "what went wrong")
 
     def update_rows(self, patches):
         raise RpcFailure(self.code, "what went wrong")
 
 
-class OneUpdateFails(FailingCache):
-    """The call succeeds; the update inside it carries the failure."""
+class OneCallFails(FailingCache):
+    """The call succeeds; the read or update inside it carries the failure."""
+
+    def get_rows(self, keys):
+        return [cache_pb2.RowResult(id=k.id, code=self.code.value[0], message="what went wrong") for k in keys]
 
     def update_rows(self, patches):
         return [cache_pb2.UpdateResult(id=p.id, code=self.code.value[0], message="what went wrong") for p in patches]
@@ -48,7 +51,7 @@ class OneUpdateFails(FailingCache):
     (grpc.StatusCode.INTERNAL, 500, "internal"),
 ])
 @pytest.mark.parametrize("cache_class, method", [(FailingCache, "GET"), (FailingCache, "PATCH"),
-                                                 (OneUpdateFails, "PATCH")])
+                                                 (OneCallFails, "GET"), (OneCallFails, "PATCH")])
 def test_grpc_codes_map_to_http(code, status, error_code, cache_class, method):
     client = create_app(Settings(gateway_near_cache_rows=0), cache_client=cache_class(code)).test_client()
     response = client.open("/albums/1", method=method, json={"title": "x"} if method == "PATCH" else None)

@@ -79,6 +79,44 @@ class UpdateRowResponse(_message.Message):
     write_back: WriteBackState
     def __init__(self, id: _Optional[int] = ..., version: _Optional[int] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ...) -> None: ...
 
+class RowKey(_message.Message):
+    __slots__ = ("entity", "id")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    id: int
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+
+class GetRowsRequest(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[RowKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[RowKey, _Mapping]]] = ...) -> None: ...
+
+class RowResult(_message.Message):
+    __slots__ = ("id", "code", "message", "version", "cache_hit", "write_back", "row_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BACK_FIELD_NUMBER: _ClassVar[int]
+    ROW_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    code: int
+    message: str
+    version: int
+    cache_hit: bool
+    write_back: WriteBackState
+    row_json: str
+    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., version: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ..., row_json: _Optional[str] = ...) -> None: ...
+
+class GetRowsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RowResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[RowResult, _Mapping]]] = ...) -> None: ...
+
 class RowPatch(_message.Message):
     __slots__ = ("entity", "id", "fields_json")
     ENTITY_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class CacheServiceStub:
                 request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowRequest.SerializeToString,
                 response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowResponse.FromString,
                 _registered_method=True)
+        self.GetRows = channel.unary_unary(
+                '/chinook.cache.v1.CacheService/GetRows',
+                request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowsRequest.SerializeToString,
+                response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowsResponse.FromString,
+                _registered_method=True)
         self.UpdateRow = channel.unary_unary(
                 '/chinook.cache.v1.CacheService/UpdateRow',
                 request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowRequest.SerializeToString,
@@ -116,6 +121,14 @@ class CacheServiceServicer:
 
     def GetRow(self, request, context):
         """Cache-aside read: a miss is loaded through the persistence service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRows(self, request, context):
+        """Reads many rows in one call, as the gateway gathers concurrent reads that missed its
+        near cache: each gets its own result, and one that fails fails alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,6 +245,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowRequest.FromString,
                     response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowResponse.SerializeToString,
             ),
+            'GetRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRows,
+                    request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowsRequest.FromString,
+                    response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowsResponse.SerializeToString,
+            ),
             'UpdateRow': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateRow,
                     request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.UpdateRowRequest.FromString,
@@ -330,6 +348,33 @@ class CacheService:
             '/chinook.cache.v1.CacheService/GetRow',
             chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowRequest.SerializeToString,
             chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chinook.cache.v1.CacheService/GetRows',
+            chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowsRequest.SerializeToString,
+            chinook_dot_cache_dot_v1_dot_cache__pb2.GetRowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

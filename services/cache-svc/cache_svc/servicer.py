@@ -46,6 +46,16 @@ def status_codes(context):
         context.abort(*status_of(exc))
 
 
+def _row_result(row_id: int, entity_name: str, outcome) -> cache_pb2.RowResult:
+    if outcome.error is None:
+        row = outcome.result.row
+        return cache_pb2.RowResult(id=row.id, version=row.version, cache_hit=outcome.result.cache_hit,
+                                   write_back=_write_back_state(row),
+                                   row_json=get_entity(entity_name).row_json(row.id, row.fields))
+    code, message = status_of(outcome.error) or (grpc.StatusCode.INTERNAL, str(outcome.error))
+    return cache_pb2.RowResult(id=row_id, code=code.value[0], message=message)
+
+
 def _update_result(row_id: int, entity_name: str, outcome) -> cache_pb2.UpdateResult:
     if outcome.error is None:
         row = outcome.row
@@ -95,6 +105,13 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             return cache_pb2.GetRowResponse(row=row, cache_hit=result.cache_hit,
                                             write_back=_write_back_state(result.row),
                                             row_json=entity.row_json(result.row.id, result.row.fields))
+
+    def GetRows(self, request, context):
+        with status_codes(context):
+            outcomes = self.write_back.get_each([(k.entity, k.id) for k in request.keys])
+            return cache_pb2.GetRowsResponse(results=[
+                _row_result(k.id, k.entity, outcome) for k, outcome in zip(request.keys, outcomes)
+            ])
 
     def UpdateRows(self, request, context):
         with status_codes(context):

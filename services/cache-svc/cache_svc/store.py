@@ -449,6 +449,14 @@ class RowStore:
         raw = self.redis.hgetall(f"{self.row_prefix(entity)}{row_id}")
         return _parse_hash(row_id, raw) if raw else None
 
+    def get_many(self, keys: list[tuple[str, int]]) -> list[CachedRow | None]:
+        """(entity, id) rows in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for entity, row_id in keys:
+                pipe.hgetall(f"{self.row_prefix(entity)}{row_id}")
+            found = pipe.execute()
+        return [_parse_hash(row_id, raw) if raw else None for (_, row_id), raw in zip(keys, found)]
+
     def uncached_ids(self, entity: str, ids: list[int]) -> list[int]:
         uncached = []
         for start in range(0, len(ids), CHUNK * 10):

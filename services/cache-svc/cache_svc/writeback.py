@@ -48,6 +48,14 @@ def updates_from_json(entity_name: str, text: str) -> list[tuple[int, dict]]:
 
 
 @dataclass(frozen=True)
+class ReadOutcome:
+    """One read of get_each: the row, or why there is none."""
+
+    result: "ReadResult | None" = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
 class UpdateOutcome:
     """One update of update_each: the row as accepted, or why it was not."""
 
@@ -87,7 +95,28 @@ class WriteBack:
     def get(self, entity_name: str, row_id: int) -> ReadResult:
         entity = get_entity(entity_name)
         row_id = parse_id(row_id)
-        cached = self.store.get(entity.name, row_id)
+        return self._read(entity, row_id, self.store.get(entity.name, row_id))
+
+    def get_each(self, keys: list[tuple[str, int]]) -> list[ReadOutcome]:
+        """Independent reads of (entity, id), the cached ones in one round trip to Redis;
+        one that fails fails alone."""
+        outcomes = [ReadOutcome()] * len(keys)
+        valid = []
+        for index, (entity_name, row_id) in enumerate(keys):
+            try:
+                valid.append((index, get_entity(entity_name), parse_id(row_id)))
+            except ValidationError as exc:
+                outcomes[index] = ReadOutcome(error=exc)
+        cached = self.store.get_many([(entity.name, row_id) for _, entity, row_id in valid])
+        for (index, entity, row_id), row in zip(valid, cached):
+            try:
+                outcomes[index] = ReadOutcome(result=self._read(entity, row_id, row))
+            except NotFound as exc:
+                outcomes[index] = ReadOutcome(error=exc)
+        return outcomes
+
+    def _read(self, entity: Entity, row_id: int, cached: CachedRow | None) -> ReadResult:
+        """The row as cached, or loaded from Postgres on a miss."""
         metrics.CACHE_READS.labels(entity.name, "hit" if cached else "miss").inc()
         if cached:
             return ReadResult(self._completed(entity, [cached])[0], cache_hit=True)

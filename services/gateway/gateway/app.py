@@ -15,7 +15,7 @@ from chinook.entities import ValidationError, get_entity, parse_id
 from chinook.grpc_client import CacheClient, from_struct
 
 from . import errors
-from .batching import UpdateBatcher
+from .batching import CallBatcher
 from .errors import STATUS_BY_NUMBER, ApiError, CallFailed
 from .near_cache import PENDING, ChangeWatcher, NearCache
 
@@ -33,8 +33,12 @@ def near_cache() -> NearCache:
     return current_app.extensions["near_cache"]
 
 
-def updates() -> UpdateBatcher:
+def updates() -> CallBatcher:
     return current_app.extensions["update_batcher"]
+
+
+def reads() -> CallBatcher:
+    return current_app.extensions["read_batcher"]
 
 
 def bad_request(message: str):
@@ -83,10 +87,12 @@ def read_row(entity_name: str, row_id: int) -> tuple[bytes, str, str]:
     if entry is not None:
         return entry.body, "near", entry.state
     reservation = near.reserve(key)
-    response = cache().get_row(entity_name, row_id)
-    body, state = response.row_json.encode(), WRITE_BACK_HEADER[response.write_back]
-    near.fill(key, reservation, response.row.version, state, body)
-    return body, "redis" if response.cache_hit else "postgres", state
+    result = reads().submit(cache_pb2.RowKey(entity=entity_name, id=row_id))
+    if result.code:
+        raise CallFailed(STATUS_BY_NUMBER[result.code], result.message)
+    body, state = result.row_json.encode(), WRITE_BACK_HEADER[result.write_back]
+    near.fill(key, reservation, result.version, state, body)
+    return body, "redis" if result.cache_hit else "postgres", state
 
 
 def update_row(entity_name: str, row_id: int):
@@ -328,7 +334,9 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     near = app.extensions["near_cache"] = NearCache(settings.gateway_near_cache_rows)
     if settings.gateway_near_cache_rows:
         ChangeWatcher(client.watch_changes, near, settings.near_cache_max_lag_ms / 1000).start()
-    app.extensions["update_batcher"] = UpdateBatcher(client.update_rows, settings.gateway_update_linger_ms / 1000)
+    linger_s = settings.gateway_batch_linger_ms / 1000
+    app.extensions["update_batcher"] = CallBatcher(client.update_rows, linger_s)
+    app.extensions["read_batcher"] = CallBatcher(client.get_rows, linger_s)
     app.register_blueprint(api)
     errors.register(app)
     return app

@@ -1,5 +1,6 @@
-"""Gathers the single updates of concurrent requests in one gateway process into one
-UpdateRows call, so the per-call cost of the gRPC hop is paid once per batch.
+"""Gathers the calls of concurrent requests in one gateway process into one call (single
+updates into UpdateRows, reads that missed the near cache into GetRows), so the per-call
+cost of the gRPC hop is paid once per batch.
 
 The first request of a batch leads it: it waits up to the linger for others to join
 (not at all when no other update is in progress in the process, so a lone client pays
@@ -21,7 +22,7 @@ class _Batch:
         self.done = threading.Event()
 
 
-class UpdateBatcher:
+class CallBatcher:
     def __init__(self, send, linger_s: float, max_batch: int = 64):
         # send(items) returns one result per item, in order, or raises for all of them.
         self._send = send

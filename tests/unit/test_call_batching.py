@@ -1,10 +1,10 @@
-"""The gateway's batching of concurrent single updates, with a stand-in for the RPC."""
+"""The gateway's batching of concurrent calls, with a stand-in for the RPC."""
 
 import threading
 
 import pytest
 
-from gateway.batching import UpdateBatcher
+from gateway.batching import CallBatcher
 
 
 def run_concurrently(batcher, items):
@@ -33,7 +33,7 @@ def test_concurrent_updates_share_calls_and_each_gets_its_own_result():
         gate.wait(0.05)  # the call takes a while: others gather meanwhile
         return [f"result of {item}" for item in items]
 
-    results, errors = run_concurrently(UpdateBatcher(send, linger_s=0.005), range(40))
+    results, errors = run_concurrently(CallBatcher(send, linger_s=0.005), range(40))
     assert errors == {}
     assert results == {item: f"result of {item}" for item in range(40)}
     assert sorted(item for call in calls for item in call) == list(range(40))
@@ -42,7 +42,7 @@ def test_concurrent_updates_share_calls_and_each_gets_its_own_result():
 
 def test_a_lone_update_does_not_wait_for_others():
     calls = []
-    batcher = UpdateBatcher(lambda items: calls.append(items) or ["ok"] * len(items), linger_s=60)
+    batcher = CallBatcher(lambda items: calls.append(items) or ["ok"] * len(items), linger_s=60)
     assert batcher.submit("only") == "ok"
     assert calls == [["only"]]
 
@@ -58,7 +58,7 @@ def test_a_failed_call_fails_its_own_updates_only():
             raise ConnectionError("cache-svc went away")
         return ["ok"] * len(items)
 
-    batcher = UpdateBatcher(send, linger_s=0)
+    batcher = CallBatcher(send, linger_s=0)
     stuck = {}
     thread = threading.Thread(target=lambda: stuck.setdefault("error", pytest.raises(ConnectionError, batcher.submit,
                                                                                     "first")))
@@ -81,5 +81,5 @@ def test_batches_are_bounded():
         gate.wait(0.05)
         return [None] * len(items)
 
-    run_concurrently(UpdateBatcher(send, linger_s=0.05, max_batch=4), range(20))
+    run_concurrently(CallBatcher(send, linger_s=0.05, max_batch=4), range(20))
     assert max(calls) <= 4 and sum(calls) == 20
