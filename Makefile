@@ -1,6 +1,6 @@
 # make run   set up everything and start the five processes (Ctrl-C stops them)
 # make test  set up everything and run the whole test suite
-# make bench the system against its anchors (bench/README.md); about 4 minutes
+# make bench the system against its anchors (bench/README.md); about 5 minutes
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv

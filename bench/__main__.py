@@ -37,7 +37,7 @@ def run(scale: str, results_dir: Path, plot_copy: Path | None = None,
 def main(argv=None):
     parser = argparse.ArgumentParser(description="write-back against its anchors, in one run")
     parser.add_argument("--scale", choices=sorted(PROFILES), default="full",
-                        help="full: the issue's sizes (about 6 minutes); smoke: a few rows, a second of load")
+                        help="full: every size and load (about 5 minutes); smoke: a few rows, a second of load")
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--plot", type=Path, help="also copy the plot here (e.g. bench/latest.png)")
     parser.add_argument("--profile-dir", type=Path, help="record py-spy profiles of the services here")

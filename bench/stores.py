@@ -216,13 +216,14 @@ def connection_owners(pids: list[int], server_port: int) -> dict[int, int]:
 
 
 def gateway_gunicorn_options() -> list[str]:
-    """The gateway's worker class, workers and threads, as the Procfile runs it."""
+    """The gateway's worker class, workers, threads and listening sockets, as the Procfile
+    runs it."""
     words = procfile_commands()["gateway"].split()
     options = []
     for name in ("--worker-class", "--workers", "--threads"):
         if name in words:
             options += [name, words[words.index(name) + 1]]
-    return options
+    return options + [flag for flag in ("--reuse-port",) if flag in words]
 
 
 class MonolithApp:
