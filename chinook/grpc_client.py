@@ -139,7 +139,7 @@ class CacheClient(_Client):
     def get_rows(self, keys: list[cache_pb2.RowKey]) -> list[cache_pb2.RowResult]:
         return list(self.stub.GetRows(cache_pb2.GetRowsRequest(keys=keys), timeout=self.timeout_s).results)
 
-    def update_rows(self, patches: list[cache_pb2.RowPatch]) -> list[cache_pb2.UpdateResult]:
+    def update_rows(self, patches: list[cache_pb2.RowPatch]) -> list[cache_pb2.RowResult]:
         request = cache_pb2.UpdateRowsRequest(patches=patches)
         return list(self.stub.UpdateRows(request, timeout=self.timeout_s).results)
 

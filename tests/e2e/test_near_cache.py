@@ -48,18 +48,18 @@ def wait_for_title(session: requests.Session, url: str, title: str) -> float:
 
 def test_repeated_reads_are_served_by_the_process_itself(stack):
     session = requests.Session()
-    url = f"{stack.gateway_url}/albums/5"
+    url = f"{stack.gateway_url}/albums/315"
     first = session.get(url, timeout=10)
     assert first.headers["X-Cache-Tier"] in ("redis", "postgres")
     near = read_until_near(session, url)
     assert near.headers["X-Cache-Tier"] == "near"
     assert (near.headers["X-Cache"], near.headers["X-Write-Back"]) == ("HIT", "clean")
-    assert near.json() == first.json() == {"album_id": 5, "title": first.json()["title"], "artist_id": 3}
+    assert near.json() == first.json() == {"album_id": 315, "title": first.json()["title"], "artist_id": 208}
 
 
 def test_a_process_reads_its_own_writes_at_once(stack):
     session = requests.Session()
-    url = f"{stack.gateway_url}/albums/12"
+    url = f"{stack.gateway_url}/albums/312"
     read_until_near(session, url)
     tiers = set()
     for attempt in range(30):
@@ -75,14 +75,14 @@ def test_a_write_through_one_process_reaches_the_near_caches_of_another(stack, a
     stack.add_gateway("gateway-b")
     stack.start("gateway-b")
     try:
-        url_b = f"{stack.gateway_url_of('gateway-b')}/albums/33"
+        url_b = f"{stack.gateway_url_of('gateway-b')}/albums/333"
         # Several connections, so that both workers of the second gateway hold the row.
         readers = [requests.Session() for _ in range(6)]
         tiers = [read_until_near(reader, url_b).headers["X-Cache-Tier"] for reader in readers]
         assert "near" in tiers
         for attempt in range(5):
             title = f"written through the first gateway {attempt}"
-            assert api.patch("/albums/33", json={"title": title}).status_code == 202
+            assert api.patch("/albums/333", json={"title": title}).status_code == 202
             for reader in readers:
                 wait_for_title(reader, url_b, title)
         api.flush()
@@ -102,7 +102,7 @@ def test_a_discarded_dead_letter_leaves_no_copy_in_the_near_cache(api, stack):
     api.sql("ALTER TABLE album ADD CONSTRAINT album_no_venom CHECK (title NOT LIKE 'VENOM%%') NOT VALID")
     try:
         session = requests.Session()
-        url = f"{stack.gateway_url}/albums/90"
+        url = f"{stack.gateway_url}/albums/290"
         before = session.get(url, timeout=10).json()["title"]
         assert session.patch(url, json={"title": "VENOM"}, timeout=10).status_code == 202
         deadline = time.monotonic() + 30
@@ -110,7 +110,7 @@ def test_a_discarded_dead_letter_leaves_no_copy_in_the_near_cache(api, stack):
             assert time.monotonic() < deadline, "the write never reached the dead letters"
             time.sleep(0.05)
         assert read_until_near(session, url).json()["title"] == "VENOM"
-        assert session.delete(f"{stack.gateway_url}/write-back/dead-letters/album:90", timeout=10).status_code == 200
+        assert session.delete(f"{stack.gateway_url}/write-back/dead-letters/album:290", timeout=10).status_code == 200
         deadline = time.monotonic() + VISIBLE_WITHIN_S
         while (read := session.get(url, timeout=10)).json()["title"] == "VENOM":
             assert time.monotonic() < deadline, "the near cache still serves the discarded write"
@@ -122,7 +122,7 @@ def test_a_discarded_dead_letter_leaves_no_copy_in_the_near_cache(api, stack):
 
 def test_a_cache_svc_restart_clears_the_near_caches(stack):
     session = requests.Session()
-    url = f"{stack.gateway_url}/albums/44"
+    url = f"{stack.gateway_url}/albums/344"
     assert read_until_near(session, url).headers["X-Cache-Tier"] == "near"
     reconnects = total(samples(f"{stack.gateway_url}/metrics"), "chinook_near_cache_reconnects_total")
     stack.stop("cache-svc")

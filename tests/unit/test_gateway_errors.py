@@ -37,7 +37,7 @@ class OneCallFails(FailingCache):
         return [cache_pb2.RowResult(id=k.id, code=self.code.value[0], message="what went wrong") for k in keys]
 
     def update_rows(self, patches):
-        return [cache_pb2.UpdateResult(id=p.id, code=self.code.value[0], message="what went wrong") for p in patches]
+        return [cache_pb2.RowResult(id=p.id, code=self.code.value[0], message="what went wrong") for p in patches]
 
 
 @pytest.mark.parametrize("code, status, error_code", [

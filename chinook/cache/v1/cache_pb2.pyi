@@ -133,27 +133,11 @@ class UpdateRowsRequest(_message.Message):
     patches: _containers.RepeatedCompositeFieldContainer[RowPatch]
     def __init__(self, patches: _Optional[_Iterable[_Union[RowPatch, _Mapping]]] = ...) -> None: ...
 
-class UpdateResult(_message.Message):
-    __slots__ = ("id", "code", "message", "version", "write_back", "row_json")
-    ID_FIELD_NUMBER: _ClassVar[int]
-    CODE_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    VERSION_FIELD_NUMBER: _ClassVar[int]
-    WRITE_BACK_FIELD_NUMBER: _ClassVar[int]
-    ROW_JSON_FIELD_NUMBER: _ClassVar[int]
-    id: int
-    code: int
-    message: str
-    version: int
-    write_back: WriteBackState
-    row_json: str
-    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., version: _Optional[int] = ..., write_back: _Optional[_Union[WriteBackState, str]] = ..., row_json: _Optional[str] = ...) -> None: ...
-
 class UpdateRowsResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]
-    results: _containers.RepeatedCompositeFieldContainer[UpdateResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[UpdateResult, _Mapping]]] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[RowResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[RowResult, _Mapping]]] = ...) -> None: ...
 
 class BulkUpdateRequest(_message.Message):
     __slots__ = ("entity", "updates", "updates_json")

@@ -46,25 +46,15 @@ def status_codes(context):
         context.abort(*status_of(exc))
 
 
-def _row_result(row_id: int, entity_name: str, outcome) -> cache_pb2.RowResult:
-    if outcome.error is None:
-        row = outcome.result.row
-        return cache_pb2.RowResult(id=row.id, version=row.version, cache_hit=outcome.result.cache_hit,
-                                   write_back=_write_back_state(row),
-                                   row_json=get_entity(entity_name).row_json(row.id, row.fields))
-    code, message = status_of(outcome.error) or (grpc.StatusCode.INTERNAL, str(outcome.error))
-    return cache_pb2.RowResult(id=row_id, code=code.value[0], message=message)
-
-
-def _update_result(row_id: int, entity_name: str, outcome) -> cache_pb2.UpdateResult:
-    if outcome.error is None:
-        row = outcome.row
+def _row_result(row_id: int, entity_name: str, row, error, cache_hit: bool = False) -> cache_pb2.RowResult:
+    """One read's or update's outcome: the row, or the status of its error."""
+    if error is None:
         # A partial row is not shown: completing it would cost a read of Postgres.
         row_json = "" if row.partial else get_entity(entity_name).row_json(row.id, row.fields)
-        return cache_pb2.UpdateResult(id=row.id, version=row.version, write_back=_write_back_state(row),
-                                      row_json=row_json)
-    code, message = status_of(outcome.error) or (grpc.StatusCode.INTERNAL, str(outcome.error))
-    return cache_pb2.UpdateResult(id=row_id, code=code.value[0], message=message)
+        return cache_pb2.RowResult(id=row.id, version=row.version, cache_hit=cache_hit,
+                                   write_back=_write_back_state(row), row_json=row_json)
+    code, message = status_of(error) or (grpc.StatusCode.INTERNAL, str(error))
+    return cache_pb2.RowResult(id=row_id, code=code.value[0], message=message)
 
 
 def _write_back_state(row) -> int:
@@ -110,14 +100,15 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         with status_codes(context):
             outcomes = self.write_back.get_each([(k.entity, k.id) for k in request.keys])
             return cache_pb2.GetRowsResponse(results=[
-                _row_result(k.id, k.entity, outcome) for k, outcome in zip(request.keys, outcomes)
+                _row_result(k.id, k.entity, o.result and o.result.row, o.error, o.result and o.result.cache_hit)
+                for k, o in zip(request.keys, outcomes)
             ])
 
     def UpdateRows(self, request, context):
         with status_codes(context):
             outcomes = self.write_back.update_each([(p.entity, p.id, p.fields_json) for p in request.patches])
             return cache_pb2.UpdateRowsResponse(results=[
-                _update_result(p.id, p.entity, outcome) for p, outcome in zip(request.patches, outcomes)
+                _row_result(p.id, p.entity, o.row, o.error) for p, o in zip(request.patches, outcomes)
             ])
 
     def WatchChanges(self, request, context):
