@@ -36,7 +36,7 @@ NEAR_CACHE_COUNTERS = {
         ("hits", "Reads a gateway process served from its near cache"),
         ("misses", "Reads a gateway process sent on to cache-svc"),
         ("evictions", "Rows the near cache dropped to stay within GATEWAY_NEAR_CACHE_ROWS"),
-        ("invalidations", "Near-cache rows dropped because cache-svc reported a change"),
+        ("invalidations", "Near-cache rows dropped, or replaced by the new value, because cache-svc reported a change"),
     )
 }
 NEAR_CACHE_RECONNECTS = Counter("chinook_near_cache_reconnects_total",

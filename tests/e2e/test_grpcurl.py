@@ -103,7 +103,9 @@ def test_update_rows_and_watch_changes(stack):
     messages = [json.loads(part) for part in stream.replace("}\n{", "}\x00{").split("\x00") if part.strip()]
     assert messages[0] == {"subscribed": True}
     changes = [json.loads(text) for m in messages[1:] for text in m.get("changes_json", [])]
-    assert any(c["e"] == "album" and c["k"] == "w" and [302, int(accepted["version"])] in c["r"] for c in changes)
+    # A single update's change carries the row's values.
+    assert any(c["e"] == "album" and c["k"] == "v" and [302, int(accepted["version"]), {"title": "Through grpcurl",
+               "artist_id": "236"}] in c["r"] for c in changes)
 
 
 def test_get_rows_answers_each_key_on_its_own(stack):

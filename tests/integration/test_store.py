@@ -1,5 +1,6 @@
 """RowStore against a real Redis, under a key prefix of its own."""
 
+import json
 import time
 import uuid
 
@@ -255,3 +256,22 @@ def test_a_fill_never_overwrites_a_partial_row(store):
     store.accept("album", [(9, {"title": "Bulk"})], bases={9: 1})
     [cached] = store.fill("album", token, [(9, {"title": "Old", "artist_id": 1}, 1)], reply=True)
     assert cached.partial and cached.fields == {"title": "Bulk"}
+
+
+def test_each_change_is_published_with_the_step_that_makes_it(store):
+    subscriber = store.redis.pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(store.changes_channel)
+    cache_row(store, row_id=1, title="Old", version=7)
+    [(version, _)] = store.accept_each("album", [(1, {"title": "Single"})])
+    store.accept("album", [(2, {"title": "Bulk"})], bases={2: 3})
+    messages, deadline = [], time.monotonic() + 10
+    while len(messages) < 3 and time.monotonic() < deadline:
+        # None also stands for the subscription's confirmation, which is skipped.
+        message = subscriber.get_message(timeout=1)
+        if message is not None:
+            messages.append(json.loads(message["data"]))
+    subscriber.close()
+    assert [(m["e"], m["k"]) for m in messages] == [("album", "f"), ("album", "v"), ("album", "w")]
+    assert messages[0]["r"] == [[1, 7]]
+    assert messages[1]["r"] == [[1, version, {"title": "Single", "artist_id": "1"}]]
+    assert messages[2]["r"][0][0] == 2 and len(messages[2]["r"][0]) == 2

@@ -7,6 +7,7 @@ interleaving, once every change has arrived the near cache holds the latest vers
 nothing, and it never serves a version older than the changes it has already seen.
 """
 
+import json
 import time
 
 from hypothesis import given, settings
@@ -158,3 +159,15 @@ def test_no_interleaving_leaves_a_stale_row_behind(plan):
         near.apply("album", "w", [[7, change]])
     entry = near.get(KEY)
     assert entry is None or entry.version == version
+
+
+def test_a_write_that_carries_its_values_updates_the_row_in_place():
+    near = serving()
+    near.fill(KEY, near.reserve(KEY), 5, CLEAN, b'{"album_id": 7, "title": "old", "artist_id": 1}')
+    near.apply("album", "v", [[7, 6, {"title": "new", "artist_id": "2"}], [8, 6, {"title": "elsewhere"}]])
+    entry = near.get(KEY)
+    assert (entry.version, entry.state) == (6, PENDING)
+    assert json.loads(entry.body) == {"album_id": 7, "title": "new", "artist_id": 2}
+    assert near.get(("album", 8)) is None and near.counts["invalidations"] == 1
+    near.apply("album", "v", [[7, 4, {"title": "older"}]])
+    assert near.get(KEY).version == 6

@@ -51,7 +51,9 @@ end
 # is 0 or more: the version Postgres holds, read by the caller, and the row is then
 # created as a partial row. A row that would take the pending rows of all entities
 # (KEYS[5...]) beyond ARGV[2] gives -2 and is not applied. With ARGV[5] = 1 each
-# version is followed by the whole row as it is now (empty where not applied). The
+# version is followed by the whole row as it is now (empty where not applied), and the
+# published change carries each whole row's values (kind "v"), so near caches holding
+# the row can take the new value instead of dropping it. The
 # version is a hybrid clock: above the previous version (or the base) and at least the
 # Redis server's time in microseconds, so versions keep growing even after Redis lost
 # its data and rows were reloaded from Postgres.
@@ -59,7 +61,7 @@ ACCEPT = PUBLISH + """
 local due, pending, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, max_pending = ARGV[1], tonumber(ARGV[2])
 local channel, entity, reply = ARGV[3], ARGV[4], ARGV[5] == '1'
-local changed, NULL = {}, '\\0'
+local changed, valued, NULL = {}, {}, '\\0'
 local total_pending = 0
 for k = 5, #KEYS do total_pending = total_pending + redis.call('ZCARD', KEYS[k]) end
 local t = redis.call('TIME')
@@ -112,12 +114,25 @@ while i <= #ARGV do
       total_pending = total_pending + 1
     end
     out[#out + 1] = version
-    if reply then out[#out + 1] = redis.call('HGETALL', key) end
-    changed[#changed + 1] = '[' .. id .. ',' .. string.format('%d', version) .. ']'
+    local change = '[' .. id .. ',' .. string.format('%d', version)
+    if reply then
+      local row = redis.call('HGETALL', key)
+      out[#out + 1] = row
+      if not partial then
+        local values = {}
+        for j = 1, #row, 2 do
+          if string.sub(row[j], 1, 1) ~= '_' then values[row[j]] = row[j + 1] end
+        end
+        valued[#valued + 1] = change .. ',' .. cjson.encode(values) .. ']'
+        change = nil
+      end
+    end
+    if change then changed[#changed + 1] = change .. ']' end
   end
   i = i + 3 + 2 * n
 end
 publish(channel, entity, 'w', now_ms, changed)
+publish(channel, entity, 'v', now_ms, valued)
 if #due_args > 3 then
   redis.call(unpack(due_args))
   redis.call('HINCRBY', stats, 'accepted', (#due_args - 3) / 2)

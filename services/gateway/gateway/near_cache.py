@@ -20,13 +20,14 @@ from collections import OrderedDict
 import grpc
 
 from chinook import metrics
+from chinook.entities import get_entity
 
 log = logging.getLogger(__name__)
 
 CLEAN, PENDING, DEAD_LETTER = "clean", "pending", "dead-letter"
 # The kinds of change cache-svc publishes (see ChangeBatch in cache.proto) and the state a
 # row is in after each; "d" (dropped) has none.
-STATE_AFTER = {"w": PENDING, "c": CLEAN, "x": DEAD_LETTER, "p": PENDING, "f": CLEAN}
+STATE_AFTER = {"w": PENDING, "v": PENDING, "c": CLEAN, "x": DEAD_LETTER, "p": PENDING, "f": CLEAN}
 
 
 class Entry:
@@ -126,7 +127,8 @@ class NearCache:
             self.counts["evictions"] += 1
 
     def apply(self, entity: str, kind: str, rows: list):
-        """One published change: rows of [id, version] ([id] for a drop)."""
+        """One published change: rows of [id, version] ([id] for a drop; [id, version,
+        values as stored] for "v", a write that carries the row's new values)."""
         state = STATE_AFTER.get(kind)
         with self._lock:
             if not self._enabled:
@@ -144,6 +146,10 @@ class NearCache:
                 if item.__class__ is Reservation:
                     if version >= item.version:
                         item.version, item.state = version, state
+                elif kind == "v" and item.version < version:
+                    # The new value itself: the row stays here, at its new version.
+                    self._rows[key] = Entry(version, state, get_entity(entity).row_json(row[0], row[2]).encode())
+                    self.counts["invalidations"] += 1
                 elif item.version < version or (kind == "f" and item.version != version):
                     # Older than the change; or, for a row loaded from Postgres, not what
                     # the cache holds now.
