@@ -11,30 +11,13 @@ import pytest
 import requests
 
 from tests.support.metrics import samples, total
+from tests.support.near_cache import eventually, read_until_near
 
 pytestmark = pytest.mark.e2e
 
 # Far above the documented bound (NEAR_CACHE_MAX_LAG_MS, 1 s): a row left stale by a
 # missed invalidation would stay so for CACHE_TTL_S.
 VISIBLE_WITHIN_S = 5
-
-
-def read_until_near(session: requests.Session, url: str, timeout_s: float = 10) -> requests.Response:
-    """Reads until the row comes from the near cache (the process may still be subscribing)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = session.get(url, timeout=10)
-        assert response.status_code == 200, response.text
-        if response.headers["X-Cache-Tier"] == "near" or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
-
-
-def eventually(check, failure: str):
-    deadline = time.monotonic() + VISIBLE_WITHIN_S
-    while not check():
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.02)
 
 
 def wait_for_title(session: requests.Session, url: str, title: str) -> float:
@@ -88,11 +71,11 @@ def test_a_write_through_one_process_reaches_the_near_caches_of_another(stack, a
         api.flush()
         for reader in readers:
             eventually(lambda: reader.get(url_b, timeout=10).headers["X-Write-Back"] == "clean",
-                       "the flush never reached the second gateway")
+                       "the flush never reached the second gateway", VISIBLE_WITHIN_S)
         # Each process publishes its near-cache counts every quarter of a second.
         metrics_b = f"{stack.gateway_url_of('gateway-b')}/metrics"
         eventually(lambda: total(samples(metrics_b), "chinook_near_cache_invalidations_total") >= 1,
-                   "no invalidation counted")
+                   "no invalidation counted", VISIBLE_WITHIN_S)
         assert total(samples(metrics_b), "chinook_near_cache_hits_total") >= 1
     finally:
         stack.stop("gateway-b")
@@ -129,5 +112,5 @@ def test_a_cache_svc_restart_clears_the_near_caches(stack):
     stack.start("cache-svc")
     assert session.get(url, timeout=10).headers["X-Cache-Tier"] != "near"
     eventually(lambda: total(samples(f"{stack.gateway_url}/metrics"), "chinook_near_cache_reconnects_total")
-               > reconnects, "no reconnect counted")
+               > reconnects, "no reconnect counted", VISIBLE_WITHIN_S)
     assert read_until_near(session, url).headers["X-Cache-Tier"] == "near"
