@@ -18,6 +18,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     celery_result_backend: str = "redis://127.0.0.1:6379/1"
+    # The address the gateway listens on: loopback for a laptop; 0.0.0.0 in containers.
+    gateway_host: str = "127.0.0.1"
     gateway_port: int = 5000
     cache_grpc_port: int = 50051
     persistence_grpc_port: int = 50052
@@ -50,6 +52,17 @@ class Settings:
     # for others to share its RPC; 0 sends each at once (still gathering the ones that
     # arrive while an RPC is in flight).
     gateway_batch_linger_ms: float = 1.0
+    # Bearer tokens of the HTTP API: "role:token" pairs, comma-separated (development and
+    # tests), and a file of "role sha256-hex-of-token [name]" lines (deployments).
+    api_tokens: str = ""
+    api_tokens_file: str = ""
+    # The role of a request without a token: none, reader, writer or admin. Empty means
+    # none when tokens are configured, admin (open, as the demo was) when none is.
+    anonymous_role: str = ""
+    # An open gateway (no token configured) refuses to listen beyond loopback without it.
+    allow_anonymous: bool = False
+    # The original demo's routes (GET /album, /update-album, ...); false removes them.
+    legacy_routes: bool = True
     # Port of the process' own /metrics endpoint; 0 means the service's default.
     metrics_port: int = 0
     log_level: str = "INFO"
@@ -60,7 +73,9 @@ _POSITIVE = {
     "writeback_lease_ms", "cache_ttl_s", "grpc_timeout_s", "writeback_max_pending", "writeback_max_attempts",
     "writeback_retry_backoff_ms", "near_cache_max_lag_ms",
 }
-_CHOICES = {"redis_appendfsync": ("", "always", "everysec", "no")}
+_CHOICES = {"redis_appendfsync": ("", "always", "everysec", "no"),
+            "anonymous_role": ("", "none", "reader", "writer", "admin")}
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def load_settings(environ=None) -> Settings:
@@ -73,6 +88,11 @@ def load_settings(environ=None) -> Settings:
         if raw is None or raw == "":
             continue
         kind = type(field.default)
+        if kind is bool:
+            if raw.lower() not in _BOOLEANS:
+                raise ConfigError(f"{name}={raw!r} must be true or false")
+            values[field.name] = _BOOLEANS[raw.lower()]
+            continue
         try:
             value = kind(raw)
         except ValueError:

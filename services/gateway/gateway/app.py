@@ -15,6 +15,7 @@ from chinook.entities import ValidationError, get_entity, parse_id
 from chinook.grpc_client import CacheClient, from_struct
 
 from . import errors
+from .auth import RANK, Access
 from .batching import CallBatcher
 from .errors import STATUS_BY_NUMBER, ApiError, CallFailed
 from .near_cache import PENDING, ChangeWatcher, NearCache
@@ -23,6 +24,16 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_FLUSH_WAIT_S = 300
 
 api = Blueprint("api", __name__)
+# The original demo's routes, with their original shapes; LEGACY_ROUTES=false leaves them out.
+legacy = Blueprint("legacy", __name__)
+
+
+def requires(role: str):
+    """The least role a route needs ("none": open to anyone)."""
+    def mark(view):
+        view.required_role = role
+        return view
+    return mark
 
 
 def cache() -> CacheClient:
@@ -111,11 +122,13 @@ def update_row(entity_name: str, row_id: int):
 
 
 @api.get("/albums/<raw_id>")
+@requires("reader")
 def get_album(raw_id):
     return _get("album", raw_id)
 
 
 @api.get("/artists/<raw_id>")
+@requires("reader")
 def get_artist(raw_id):
     return _get("artist", raw_id)
 
@@ -129,16 +142,19 @@ def _get(entity_name, raw_id):
 
 
 @api.patch("/albums/<raw_id>")
+@requires("writer")
 def patch_album(raw_id):
     return update_row("album", path_id(raw_id, "album_id"))
 
 
 @api.patch("/artists/<raw_id>")
+@requires("writer")
 def patch_artist(raw_id):
     return update_row("artist", path_id(raw_id, "artist_id"))
 
 
 @api.post("/albums/bulk")
+@requires("writer")
 def bulk_update_albums():
     body = json_body()
     extra = sorted(set(body) - {"updates"})
@@ -150,12 +166,14 @@ def bulk_update_albums():
 
 
 @api.post("/albums/bulk-random")
+@requires("admin")
 def bulk_random_albums():
     response = cache().randomize_album_titles(include_rows=False)
     return jsonify({"accepted": response.accepted}), 202
 
 
 @api.post("/tasks/duplicate")
+@requires("admin")
 def start_duplication():
     body = json_body() if request.get_data() else {}
     extra = sorted(set(body) - {"multiplier"})
@@ -181,6 +199,7 @@ def task_body(task_id: str) -> dict:
 
 
 @api.get("/tasks/<task_id>")
+@requires("reader")
 def get_task(task_id):
     return jsonify(task_body(task_id))
 
@@ -196,11 +215,13 @@ def status_body(status) -> dict:
 
 
 @api.get("/write-back/status")
+@requires("reader")
 def write_back_status():
     return jsonify(status_body(cache().write_back_status()))
 
 
 @api.post("/write-back/flush")
+@requires("admin")
 def write_back_flush():
     raw = request.args.get("wait", "0")
     try:
@@ -233,27 +254,54 @@ def dead_letter_key(key: str) -> tuple[str, int]:
 
 
 @api.get("/write-back/dead-letters")
+@requires("reader")
 def list_dead_letters():
     response = cache().list_dead_letters(1000)
     return jsonify({"dead_letters": [dead_letter_body(e) for e in response.entries], "total": response.total})
 
 
 @api.post("/write-back/dead-letters/<key>/retry")
+@requires("admin")
 def retry_dead_letter(key):
     entry = cache().retry_dead_letter(*dead_letter_key(key))
     return jsonify({**dead_letter_body(entry), "write_back": "pending"}), 202
 
 
 @api.delete("/write-back/dead-letters/<key>")
+@requires("admin")
 def discard_dead_letter(key):
     entry = cache().discard_dead_letter(*dead_letter_key(key))
     return jsonify({**dead_letter_body(entry), "discarded": True})
 
 
 @api.get("/metrics")
+@requires("none")
 def prometheus_metrics():
     registry = metrics.multiprocess_registry() if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else REGISTRY
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def check_access():
+    """Answers 401 or 403 before the route runs, unless the caller's role suffices."""
+    view = current_app.view_functions.get(request.endpoint)
+    # An unknown route needs nothing: it answers 404. A route without a mark needs the most.
+    required = getattr(view, "required_role", "admin") if view else "none"
+    if required == "none":
+        return None
+    authorization = request.headers.get("Authorization")
+    role = current_app.extensions["access"].role_of(authorization)
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if role is None:
+        return errors.error_response(401, "unauthenticated", "the bearer token is not valid", challenge)
+    if RANK[role] >= RANK[required]:
+        return None
+    if not authorization:
+        return errors.error_response(401, "unauthenticated",
+                                     f"{request.method} {request.url_rule.rule} needs a bearer token "
+                                     f"(Authorization: Bearer <token>) of role {required}", challenge)
+    return errors.error_response(403, "permission_denied",
+                                 f"{request.method} {request.url_rule.rule} needs role {required}; "
+                                 f"the token's role is {role}")
 
 
 @api.before_app_request
@@ -271,11 +319,13 @@ def observe(response):
 
 
 @api.get("/healthz")
+@requires("none")
 def healthz():
     return jsonify({"status": "ok"})
 
 
 @api.get("/readyz")
+@requires("none")
 def readyz():
     try:
         serving = cache().is_serving()
@@ -286,10 +336,8 @@ def readyz():
     return jsonify({"status": "ready"})
 
 
-# The original demo's routes, with their original shapes.
-
-
-@api.get("/album")
+@legacy.get("/album")
+@requires("reader")
 def legacy_get_album():
     raw = request.args.get("album_id")
     if raw is None:
@@ -298,19 +346,22 @@ def legacy_get_album():
     return jsonify({"album_id": row["album_id"], "title": row["title"]})
 
 
-@api.get("/update-album")
+@legacy.get("/update-album")
+@requires("admin")
 def legacy_update_all_albums():
     response = cache().randomize_album_titles(include_rows=True)
     return jsonify([{"album_id": r.id, "version": r.version} for r in response.rows])
 
 
-@api.get("/duplicate_database")
+@legacy.get("/duplicate_database")
+@requires("admin")
 def legacy_duplicate():
     task_id = cache().start_duplication(2)
     return Response(f"Duplication task started (id.: {task_id})", mimetype="text/plain")
 
 
-@api.get("/get_task_result")
+@legacy.get("/get_task_result")
+@requires("reader")
 def legacy_task_result():
     task_id = request.args.get("result_id")
     if not task_id:
@@ -337,6 +388,10 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     linger_s = settings.gateway_batch_linger_ms / 1000
     app.extensions["update_batcher"] = CallBatcher(client.update_rows, linger_s)
     app.extensions["read_batcher"] = CallBatcher(client.get_rows, linger_s)
+    app.extensions["access"] = Access.from_settings(settings)
+    app.before_request(check_access)
     app.register_blueprint(api)
+    if settings.legacy_routes:
+        app.register_blueprint(legacy)
     errors.register(app)
     return app

@@ -1,15 +1,27 @@
 """gunicorn settings of the gateway (`--config python:gateway.gunicorn_conf`).
 
-The port comes from GATEWAY_PORT, so the same command serves `make run`, compose and
-Kubernetes. Each worker process counts its own requests; prometheus_client's
-multiprocess mode lets any of them serve the sum. The folder must be set before the
-app is imported.
+The address comes from GATEWAY_HOST (loopback unless set: compose and Kubernetes set
+0.0.0.0) and GATEWAY_PORT, so the same command serves `make run`, compose and
+Kubernetes. The access settings are checked here, in the master, so that a gateway
+that would be open beyond loopback, or has unusable tokens, does not start at all.
+Each worker process counts its own requests; prometheus_client's multiprocess mode lets
+any of them serve the sum. The folder must be set before the app is imported.
 """
 
 import os
+import sys
 import tempfile
 
-bind = f"0.0.0.0:{os.environ.get('GATEWAY_PORT') or 5000}"
+from chinook.config import ConfigError, settings_or_exit
+from gateway.auth import Access
+
+settings = settings_or_exit()
+try:
+    Access.from_settings(settings)
+except ConfigError as exc:
+    sys.exit(f"configuration error: {exc}")
+
+bind = f"{settings.gateway_host}:{settings.gateway_port}"
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")

@@ -4,11 +4,16 @@ gunicorn loads it in each worker after the fork (no --preload), so each worker h
 its own gRPC channel.
 """
 
-from chinook.config import settings_or_exit
+import sys
+
+from chinook.config import ConfigError, settings_or_exit
 from chinook.logs import configure_logging
 
 from .app import create_app
 
 settings = settings_or_exit()
 configure_logging("gateway", settings.log_level)
-app = create_app(settings)
+try:
+    app = create_app(settings)
+except ConfigError as exc:
+    sys.exit(f"configuration error: {exc}")

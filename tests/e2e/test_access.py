@@ -1,0 +1,44 @@
+"""Tokens and roles in a real gateway process (beside the open one the other tests use)."""
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+TOKENS = {"reader": "e2e-reader-token", "writer": "e2e-writer-token", "admin": "e2e-admin-token"}
+
+
+@pytest.fixture(scope="module")
+def guarded(stack):
+    stack.add_gateway("gateway-guarded", {
+        "API_TOKENS": ",".join(f"{role}:{token}" for role, token in TOKENS.items()),
+        "LEGACY_ROUTES": "false",
+    })
+    stack.start("gateway-guarded")
+    yield stack.gateway_url_of("gateway-guarded")
+    stack.stop("gateway-guarded")
+
+
+def call(method, url, role=None, **kwargs):
+    headers = {"Authorization": f"Bearer {TOKENS[role]}"} if role else {}
+    return requests.request(method, url, headers=headers, timeout=30, **kwargs)
+
+
+def test_roles_decide_who_reads_writes_and_discards(guarded):
+    assert call("GET", f"{guarded}/healthz").status_code == 200
+    anonymous = call("GET", f"{guarded}/albums/40")
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"] == "Bearer"
+    assert call("GET", f"{guarded}/albums/40", "reader").status_code == 200
+    assert call("PATCH", f"{guarded}/albums/40", "reader", json={"title": "Reader's"}).status_code == 403
+    assert call("PATCH", f"{guarded}/albums/40", "writer", json={"title": "Writer's"}).status_code == 202
+    assert call("GET", f"{guarded}/albums/40", "reader").json()["title"] == "Writer's"
+    assert call("DELETE", f"{guarded}/write-back/dead-letters/album:40", "writer").status_code == 403
+    assert call("POST", f"{guarded}/write-back/flush?wait=30", "admin").status_code == 200
+    assert call("GET", f"{guarded}/album?album_id=40", "admin").status_code == 404
+
+
+def test_an_open_gateway_refuses_to_listen_beyond_loopback(stack):
+    stack.add_gateway("gateway-exposed", {"GATEWAY_HOST": "0.0.0.0", "API_TOKENS": ""})
+    with pytest.raises(RuntimeError, match="exited"):
+        stack.start("gateway-exposed")
+    assert "ALLOW_ANONYMOUS" in stack.logs("gateway-exposed", tail=200)
