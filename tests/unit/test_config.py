@@ -25,3 +25,12 @@ def test_variables_override_defaults_with_their_types():
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(env)
+
+
+def test_booleans_and_roles():
+    settings = load_settings({"ALLOW_ANONYMOUS": "true", "LEGACY_ROUTES": "no", "ANONYMOUS_ROLE": "reader"})
+    assert (settings.allow_anonymous, settings.legacy_routes, settings.anonymous_role) == (True, False, "reader")
+    with pytest.raises(ConfigError, match="ALLOW_ANONYMOUS='maybe' must be true or false"):
+        load_settings({"ALLOW_ANONYMOUS": "maybe"})
+    with pytest.raises(ConfigError, match="ANONYMOUS_ROLE='root' must be one of none, reader, writer, admin"):
+        load_settings({"ANONYMOUS_ROLE": "root"})
