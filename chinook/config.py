@@ -6,6 +6,7 @@ Every variable is listed in README.md and .env.example.
 import os
 import sys
 from dataclasses import dataclass, fields
+from urllib.parse import urlsplit, urlunsplit
 
 
 class ConfigError(Exception):
@@ -103,6 +104,16 @@ def load_settings(environ=None) -> Settings:
             raise ConfigError(f"{name}={raw!r} must be one of {', '.join(c for c in _CHOICES[field.name] if c)}")
         values[field.name] = value
     return Settings(**values)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password as ***, for every log line and message that shows one."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 def settings_or_exit(environ=None) -> Settings:

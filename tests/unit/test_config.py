@@ -1,6 +1,6 @@
 import pytest
 
-from chinook.config import ConfigError, Settings, load_settings
+from chinook.config import ConfigError, Settings, load_settings, redact_url
 
 
 def test_defaults_for_a_local_run():
@@ -34,3 +34,14 @@ def test_booleans_and_roles():
         load_settings({"ALLOW_ANONYMOUS": "maybe"})
     with pytest.raises(ConfigError, match="ANONYMOUS_ROLE='root' must be one of none, reader, writer, admin"):
         load_settings({"ANONYMOUS_ROLE": "root"})
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://chinook:s3cret@db:5432/chinook", "postgresql://chinook:***@db:5432/chinook"),
+    ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+    ("rediss://cache-svc:p%40ss@redis:6380/0", "rediss://cache-svc:***@redis:6380/0"),
+    ("amqp://guest:guest@127.0.0.1:5672//", "amqp://guest:***@127.0.0.1:5672//"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+])
+def test_urls_are_shown_without_their_password(url, shown):
+    assert redact_url(url) == shown

@@ -7,7 +7,7 @@ from prometheus_client import REGISTRY
 
 from chinook import metrics
 from chinook.cache.v1 import cache_pb2_grpc
-from chinook.config import settings_or_exit
+from chinook.config import redact_url, settings_or_exit
 from chinook.entities import ENTITIES
 from chinook.grpc_client import CACHE_SERVICE, PersistenceClient
 from chinook.grpc_server import GrpcService
@@ -71,7 +71,7 @@ def main():
         try:
             store.ping()
         except redis.RedisError as exc:
-            raise ConnectionError(f"cannot reach Redis at {settings.redis_url}: {exc}. "
+            raise ConnectionError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc}. "
                                   "Start Redis (`redis-server`) or set REDIS_URL") from exc
         if not durability_checked:
             check_durability(client, settings.redis_appendfsync)

@@ -1,11 +1,12 @@
 """A small pool of Postgres connections, created once by the entry point."""
 
 import contextlib
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.errors
 from psycopg2.pool import ThreadedConnectionPool
+
+from chinook.config import redact_url
 
 # Errors after which a connection must not go back to the pool.
 BROKEN_CONNECTION = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -40,18 +41,9 @@ class Database:
                 cur.execute("SELECT 1")
         except BROKEN_CONNECTION as exc:
             raise ConnectionError(
-                f"cannot reach Postgres at {redact(self.url)}: {str(exc).strip().splitlines()[0]}. "
+                f"cannot reach Postgres at {redact_url(self.url)}: {str(exc).strip().splitlines()[0]}. "
                 "Start Postgres or set DATABASE_URL; `make db` creates and loads the database"
             ) from exc
 
     def close(self):
         self._pool.closeall()
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for log lines."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)

@@ -15,10 +15,9 @@ from urllib.parse import urlsplit
 import psycopg2
 from psycopg2 import sql
 
-from chinook.config import settings_or_exit
+from chinook.config import redact_url, settings_or_exit
 from chinook.logs import configure_logging
 
-from .db import redact
 
 SQL_DIR = Path(__file__).resolve().parents[3] / "sql"
 log = logging.getLogger("initdb")
@@ -27,7 +26,7 @@ log = logging.getLogger("initdb")
 def database_name(url: str) -> str:
     name = urlsplit(url).path.lstrip("/")
     if not name:
-        raise SystemExit(f"DATABASE_URL {redact(url)} names no database")
+        raise SystemExit(f"DATABASE_URL {redact_url(url)} names no database")
     return name
 
 
@@ -86,7 +85,7 @@ def main(argv=None):
         created = init_database(settings.database_url, drop=args.drop)
     except psycopg2.OperationalError as exc:
         sys.exit(
-            f"cannot reach Postgres at {redact(settings.database_url)}: {str(exc).strip()}\n"
+            f"cannot reach Postgres at {redact_url(settings.database_url)}: {str(exc).strip()}\n"
             "Start Postgres (for example `pg_ctlcluster 15 main start`) or set DATABASE_URL."
         )
     name = database_name(settings.database_url)
