@@ -13,15 +13,19 @@ HOW_TO_START = {
     "BROKER_URL": "start RabbitMQ, e.g. `rabbitmq-server -detached`",
     "CELERY_RESULT_BACKEND": "start Redis, e.g. `redis-server --daemonize yes`",
 }
-DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379, "amqp": 5672}
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379, "rediss": 6379, "amqp": 5672}
+
+
+def address(url: str) -> tuple[str, int | None]:
+    """The host and port a store's URL points at; credentials and TLS do not change them."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or DEFAULT_PORTS.get(parts.scheme)
 
 
 def unreachable(settings) -> list[str]:
     problems = []
     for variable, hint in HOW_TO_START.items():
-        url = getattr(settings, variable.lower())
-        parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or DEFAULT_PORTS.get(parts.scheme)
+        host, port = address(getattr(settings, variable.lower()))
         try:
             socket.create_connection((host, port), timeout=2).close()
         except OSError as exc:
