@@ -3,7 +3,9 @@
     python -m persistence_svc.initdb [--drop]
 
 The files are the ones Postgres containers run from /docker-entrypoint-initdb.d, so
-a database set up here and one set up by a container are the same.
+a database set up here and one set up by a container are the same, but for the
+password of chinook_persistence: the container's shell script sets it from its
+environment; locally the role has none and `make run` connects as the superuser.
 """
 
 import argparse
