@@ -266,6 +266,46 @@ class RedisServer(PrivateServer):
             client.close()
 
 
+class AclRedisServer(RedisServer):
+    """`RedisServer` started the way docker compose and Kubernetes start theirs: through
+    k8s/backing-services/redis-start.sh, with the ACL users of redis-users.acl and their
+    passwords from `passwords` (variable name to value). The default user is the
+    administrator, so the readiness check authenticates as it.
+
+        with AclRedisServer(tmp_path / "redis", {"REDIS_ADMIN_PASSWORD": "...", ...}) as store:
+            store.url_for("cache-svc", password)
+    """
+
+    start_script = Path(__file__).resolve().parents[2] / "k8s/backing-services/redis-start.sh"
+
+    def __init__(self, folder: Path | str, passwords: dict[str, str], admin_variable: str = "REDIS_ADMIN_PASSWORD"):
+        super().__init__(folder)
+        self.passwords = passwords
+        self.admin_password = passwords[admin_variable]
+
+    def url_for(self, user: str, password: str, db: int = 0) -> str:
+        return f"redis://{user}:{password}@127.0.0.1:{self.port}/{db}"
+
+    @property
+    def url(self) -> str:
+        return self.url_for("default", self.admin_password)
+
+    def command(self) -> list[str]:
+        return ["sh", str(self.start_script), *super().command()]
+
+    def popen_options(self) -> dict:
+        return {"env": {**os.environ, **self.passwords, "REDIS_ACL_FILE": str(self.folder / "users.acl")}}
+
+    def is_ready(self) -> bool:
+        client = redis.Redis(port=self.port, password=self.admin_password, socket_timeout=1)
+        try:
+            return client.ping()
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+
 class PostgresServer(PrivateServer):
     """A Postgres cluster of its own, run as the `postgres` OS user (Postgres refuses root).
 

@@ -36,6 +36,18 @@ def check_durability(client: redis.Redis, appendfsync: str):
             client.config_set("appendfsync", appendfsync)
         config = {**client.config_get("appendonly"), **client.config_get("appendfsync"),
                   **client.config_get("maxmemory-policy")}
+    except redis.exceptions.NoPermissionError:
+        # A least-privileged ACL user (compose, Kubernetes): Redis' own configuration
+        # sets persistence there, and only a REDIS_APPENDFSYNC that cannot apply is a fault.
+        if appendfsync:
+            log.warning("REDIS_APPENDFSYNC=%s is not applied: the Redis user of REDIS_URL may not run CONFIG. "
+                        "Set appendonly yes and appendfsync %s in Redis' own configuration and leave "
+                        "REDIS_APPENDFSYNC empty", appendfsync, appendfsync)
+        else:
+            log.info("not checking Redis' persistence settings: the Redis user of REDIS_URL may not run "
+                     "CONFIG GET; Redis' own configuration must keep appendonly yes, appendfsync always and "
+                     "a volatile-* maxmemory-policy")
+        return
     except redis.ResponseError as exc:
         log.warning("cannot read or set Redis' persistence settings (%s); make sure Redis runs with "
                     "appendonly yes, appendfsync always and a volatile-* maxmemory-policy", exc)
