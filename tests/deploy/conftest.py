@@ -44,6 +44,42 @@ HTTP_PORTS = {"gateway": 5000}
 METRICS_PORTS = {"cache-svc": 9101, "persistence-svc": 9102, "write-back-worker": 9103, "duplication-worker": 9104}
 QUEUES = {"write-back-worker": "write_back_queue", "duplication-worker": "duplicate_queue"}
 SETTINGS_VARIABLES = {field.name.upper() for field in fields(Settings)}
+REDIS_ACL_TEMPLATE = K8S / "backing-services/redis-users.acl"
+PERSISTENCE_ROLE_SQL = REPO / "sql/04-persistence-role.sql"
+
+
+def redis_acl_users() -> dict[str, dict]:
+    """Each user of the ACL template: the variable holding its password, and its key and
+    channel patterns."""
+    users = {}
+    for line in REDIS_ACL_TEMPLATE.read_text().splitlines():
+        if line.startswith("user "):
+            words = line.split()
+            variables = re.findall(r"#\$\{(\w+)\}", line)
+            assert len(variables) == 1, f"redis-users.acl: user {words[1]} needs one #${{VARIABLE}}"
+            users[words[1]] = {"password_variable": variables[0],
+                               "keys": [w[1:] for w in words if w.startswith("~")],
+                               "channels": [w[1:] for w in words if w.startswith("&")]}
+    return users
+
+
+def persistence_role() -> str:
+    return re.search(r"CREATE ROLE (\w+)", PERSISTENCE_ROLE_SQL.read_text()).group(1)
+
+
+# Variables of the stores' own start scripts here (sql/*.sh, redis-start.sh): the
+# passwords they give the services' accounts.
+STORE_VARIABLES = {"PERSISTENCE_DB_PASSWORD"} | {u["password_variable"] for u in redis_acl_users().values()}
+
+
+def env_file(path) -> dict[str, str]:
+    """NAME=value lines of an env file (compose's or kustomize's), comments left out."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name] = value
+    return values
 
 
 def tool(name: str) -> str:

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from .conftest import (GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, SETTINGS_VARIABLES, load_yaml, procfile, run,
-                       tool)
+from .conftest import (GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, SETTINGS_VARIABLES, STORE_VARIABLES, load_yaml,
+                       procfile, run, tool)
 from .test_dockerfiles import image_command
 
 COMPOSE_FILES = ["docker-compose.yml", "deploy/gitlab-runner/docker-compose.yml"]
@@ -131,7 +131,7 @@ def test_variables_are_the_settings(compose):
                 env_files[line.split("=", 1)[0]] = path
     for name, service in compose["services"].items():
         for variable in [*service.get("environment", {}), *env_files]:
-            assert variable in SETTINGS_VARIABLES | THIRD_PARTY_VARIABLES, f"{name}: {variable}"
+            assert variable in SETTINGS_VARIABLES | THIRD_PARTY_VARIABLES | STORE_VARIABLES, f"{name}: {variable}"
     addresses = compose["services"]["gateway"]["environment"]
     assert addresses["CACHE_SVC_ADDR"] == "cache-svc:50051"
     assert addresses["PERSISTENCE_SVC_ADDR"] == "persistence-svc:50052"

@@ -122,8 +122,9 @@ def test_redis_is_durable_and_never_evicts_dirty_rows(prod):
                  if line and not line.startswith("#"))
     assert lines["appendonly"] == "yes" and lines["appendfsync"] == "always"
     assert lines["maxmemory-policy"].startswith("volatile-")
-    redis = one(prod, "StatefulSet", "redis")
-    assert containers(redis)[0]["command"] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+    redis = containers(one(prod, "StatefulSet", "redis"))[0]
+    assert redis["command"] == ["sh", "/usr/local/etc/redis/redis-start.sh"]
+    assert redis["args"] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
 
 
 def workloads(resources):
