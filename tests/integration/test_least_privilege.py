@@ -4,10 +4,14 @@ persistence-svc connects to Postgres as chinook_persistence (sql/04-persistence-
 cache-svc and the workers reach a private Redis started by k8s/backing-services/redis-start.sh
 with the ACL users of redis-users.acl, the very files compose and Kubernetes use. The
 whole system works through these accounts, and each one is refused what is not its job.
-The database and the RabbitMQ vhost are this module's own, on the shared stores.
+The database and the RabbitMQ vhost are this module's own, on the shared stores. Last,
+sql/ run as the postgres image runs it gives the role the password from its environment,
+on a Postgres of its own (passwords are global to a cluster, and checked there).
 """
 
+import os
 import secrets
+import subprocess
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -19,8 +23,8 @@ import redis
 from cache_svc.__main__ import check_durability
 from chinook.config import Settings
 from tests.support.api import Api
-from tests.support.stack import Isolation, Stack
-from tests.support.stores import AclRedisServer
+from tests.support.stack import REPO_ROOT, Isolation, Stack
+from tests.support.stores import AclRedisServer, PostgresServer
 
 ROLE = "chinook_persistence"
 # compose leaves REDIS_KEY_PREFIX at its default; tests/deploy checks the ConfigMap's.
@@ -241,3 +245,49 @@ def test_cache_svc_says_why_it_does_not_check_persistence(stores, caplog):
     messages = [(record.levelname, record.getMessage()) for record in caplog.records]
     assert messages[0][0] == "INFO" and "may not run CONFIG GET" in messages[0][1]
     assert messages[1][0] == "WARNING" and messages[1][1].startswith("REDIS_APPENDFSYNC=always is not applied")
+
+
+def run_init_file(path, env: dict) -> subprocess.CompletedProcess:
+    """One file of /docker-entrypoint-initdb.d, run the way the postgres image runs it."""
+    if path.suffix == ".sh":
+        command = [str(path)]
+    else:
+        command = ["psql", "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--quiet", "--username", env["POSTGRES_USER"],
+                   "--dbname", env["POSTGRES_DB"], "--file", str(path)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_image_gives_persistence_svc_its_role_and_password(tmp_path):
+    """On a Postgres of its own: the password is global to the cluster, and checked here."""
+    with PostgresServer(tmp_path / "postgres") as server:
+        admin = psycopg2.connect(server.admin_url)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("CREATE DATABASE chinook")
+        env = {"PATH": os.environ["PATH"], "PGHOST": "127.0.0.1", "PGPORT": str(server.port),
+               "POSTGRES_USER": "postgres", "POSTGRES_DB": "chinook", "PERSISTENCE_DB_PASSWORD": "s3cret-persistence"}
+        files = sorted((REPO_ROOT / "sql").glob("*.sql")) + sorted((REPO_ROOT / "sql").glob("*.sh"))
+        for path in sorted(files, key=lambda p: p.name):
+            done = run_init_file(path, env)
+            assert done.returncode == 0, f"{path.name}: {done.stderr}"
+        # The role's file may run again (another database of the cluster, a restore).
+        assert run_init_file(REPO_ROOT / "sql/04-persistence-role.sql", env).returncode == 0
+
+        # Passwords are checked for the role from here on.
+        hba = server.data_dir / "pg_hba.conf"
+        hba.write_text("host all chinook_persistence 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_reload_conf()")
+        url = f"postgresql://chinook_persistence:{{}}@127.0.0.1:{server.port}/chinook"
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(url.format("wrong"))
+        conn = psycopg2.connect(url.format("s3cret-persistence"))
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM album")
+            assert cur.fetchone() == (347,)
+        conn.close()
+
+        missing = run_init_file(REPO_ROOT / "sql/05-persistence-role-password.sh",
+                                {k: v for k, v in env.items() if k != "PERSISTENCE_DB_PASSWORD"})
+        assert missing.returncode != 0 and "PERSISTENCE_DB_PASSWORD is not set" in missing.stderr
+        admin.close()
