@@ -87,9 +87,11 @@ def stores(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack(stores, tmp_path_factory):
     stack = Stack(stores, tmp_path_factory.mktemp("least-privilege-stack"))
-    stack.start()
-    yield stack
-    stack.stop()
+    try:
+        stack.start()  # a service that an account's refusal keeps from starting is stopped too
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(scope="module")
