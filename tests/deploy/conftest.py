@@ -44,6 +44,7 @@ HTTP_PORTS = {"gateway": 5000}
 METRICS_PORTS = {"cache-svc": 9101, "persistence-svc": 9102, "write-back-worker": 9103, "duplication-worker": 9104}
 QUEUES = {"write-back-worker": "write_back_queue", "duplication-worker": "duplicate_queue"}
 SETTINGS_VARIABLES = {field.name.upper() for field in fields(Settings)}
+TLS_VARIABLES = ("GRPC_TLS_CA_FILE", "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE")
 
 
 def tool(name: str) -> str:
