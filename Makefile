@@ -1,6 +1,7 @@
 # make run   set up everything and start the five processes (Ctrl-C stops them)
 # make test  set up everything and run the whole test suite
 # make bench the system against its anchors (bench/README.md); about 5 minutes
+# make certs development certificates for mutual TLS between the services (docs/security.md)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -11,7 +12,7 @@ SOURCE_DIRS := . services/gateway services/cache-svc services/persistence-svc wo
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 REQUIREMENTS := requirements-dev.txt chinook/requirements.txt $(wildcard services/*/requirements.txt) workers/requirements.txt bench/requirements.txt
 
-.PHONY: run test chaos bench venv stubs db preflight clean
+.PHONY: run test chaos bench venv stubs db preflight certs clean
 
 run: venv stubs preflight db
 	honcho start --procfile Procfile
@@ -50,6 +51,11 @@ preflight: venv
 # Creates and loads the database named in DATABASE_URL if it does not exist.
 db: venv
 	$(BIN)/python -m persistence_svc.initdb
+
+# A development CA (kept if .certs/ holds one; RENEW_CA=1 makes a new one) and new leaves:
+# .certs/dev.pem for `make run` and the tests, .certs/<service>/ for docker compose.
+certs: venv
+	$(BIN)/python -m deploy.dev_certs $(if $(RENEW_CA),--renew-ca)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

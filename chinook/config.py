@@ -4,8 +4,10 @@ Every variable is listed in README.md and .env.example.
 """
 
 import os
+import ssl
 import sys
 from dataclasses import dataclass, fields
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -64,6 +66,12 @@ class Settings:
     allow_anonymous: bool = False
     # The original demo's routes (GET /album, /update-album, ...); false removes them.
     legacy_routes: bool = True
+    # Mutual TLS of every gRPC server and client (docs/security.md): the CA that signs the
+    # certificates of the peers, and this process' own certificate and key. All three, or
+    # none for plaintext.
+    grpc_tls_ca_file: str = ""
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = ""
     # Port of the process' own /metrics endpoint; 0 means the service's default.
     metrics_port: int = 0
     log_level: str = "INFO"
@@ -103,7 +111,64 @@ def load_settings(environ=None) -> Settings:
         if field.name in _CHOICES and value not in _CHOICES[field.name]:
             raise ConfigError(f"{name}={raw!r} must be one of {', '.join(c for c in _CHOICES[field.name] if c)}")
         values[field.name] = value
-    return Settings(**values)
+    settings = Settings(**values)
+    read_tls_files(settings)
+    return settings
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM texts of the GRPC_TLS_* files, as gRPC's credentials take them."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+def _tls_paths(settings: Settings) -> dict[str, str]:
+    return {"GRPC_TLS_CA_FILE": settings.grpc_tls_ca_file, "GRPC_TLS_CERT_FILE": settings.grpc_tls_cert_file,
+            "GRPC_TLS_KEY_FILE": settings.grpc_tls_key_file}
+
+
+def _no_password():
+    # An encrypted key would otherwise make OpenSSL prompt on the terminal.
+    raise ConfigError("GRPC_TLS_KEY_FILE: the key is encrypted; give the services an unencrypted key file")
+
+
+def read_tls_files(settings: Settings) -> TlsFiles | None:
+    """The CA, certificate and key the GRPC_TLS_* variables name, read and checked; None
+    when none of the three is set (plaintext)."""
+    paths = _tls_paths(settings)
+    given = [name for name, path in paths.items() if path]
+    if not given:
+        return None
+    if len(given) < len(paths):
+        missing = [name for name in paths if name not in given]
+        raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but "
+                          f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: set all "
+                          "three GRPC_TLS_* variables for mutual TLS between the services, or none for plaintext")
+    texts = {}
+    for name, path in paths.items():
+        try:
+            texts[name] = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{name}={path!r} cannot be read: {exc.strerror or exc}") from None
+        marker = b"PRIVATE KEY-----" if name == "GRPC_TLS_KEY_FILE" else b"-----BEGIN CERTIFICATE-----"
+        if marker not in texts[name]:
+            kind = "private key" if name == "GRPC_TLS_KEY_FILE" else "certificate"
+            raise ConfigError(f"{name}={path!r} holds no PEM {kind}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=texts["GRPC_TLS_CA_FILE"].decode("ascii", "replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"GRPC_TLS_CA_FILE={paths['GRPC_TLS_CA_FILE']!r} is not a usable CA certificate: "
+                          f"{exc}") from None
+    try:
+        context.load_cert_chain(paths["GRPC_TLS_CERT_FILE"], paths["GRPC_TLS_KEY_FILE"], password=_no_password)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"GRPC_TLS_KEY_FILE={paths['GRPC_TLS_KEY_FILE']!r} is not the key of "
+                          f"GRPC_TLS_CERT_FILE={paths['GRPC_TLS_CERT_FILE']!r}: {exc.reason or exc}") from None
+    return TlsFiles(texts["GRPC_TLS_CA_FILE"], texts["GRPC_TLS_CERT_FILE"], texts["GRPC_TLS_KEY_FILE"])
 
 
 def redact_url(url: str) -> str:

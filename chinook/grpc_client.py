@@ -33,13 +33,22 @@ def _service_config(service_names: list[str]) -> str:
     })
 
 
-def make_channel(address: str, service_names: list[str]) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=[
+def make_channel(address: str, service_names: list[str], credentials: grpc.ChannelCredentials | None = None,
+                 server_name: str | None = None) -> grpc.Channel:
+    """A channel to address: plaintext without credentials, else TLS with them
+    (chinook.tls). The server's certificate must name the address' host, or server_name
+    when one is given (a probe dialling 127.0.0.1 names the service)."""
+    options = [
         ("grpc.service_config", _service_config(service_names)),
         ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ])
+    ]
+    if credentials is None:
+        return grpc.insecure_channel(address, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(address, credentials, options=options)
 
 
 def to_struct(values: dict) -> struct_pb2.Struct:
@@ -68,10 +77,10 @@ class _Client:
     service_name = ""
     stub_class = None
 
-    def __init__(self, address: str, timeout_s: float):
+    def __init__(self, address: str, timeout_s: float, credentials: grpc.ChannelCredentials | None = None):
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = make_channel(address, [self.service_name])
+        self.channel = make_channel(address, [self.service_name], credentials)
         self.stub = self.stub_class(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 

@@ -68,7 +68,7 @@ class GrpcService:
     """Owns one grpc.Server; `probe` tells whether the backing store answers."""
 
     def __init__(self, port: int, service_names: list[str], probe=None, max_workers: int = 16,
-                 grace_s: float = 10.0):
+                 grace_s: float = 10.0, credentials: grpc.ServerCredentials | None = None):
         self.service_names = service_names
         self.probe = probe
         self.grace_s = grace_s
@@ -89,7 +89,13 @@ class GrpcService:
         reflection.enable_server_reflection(
             [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(f"[::]:{port}")
+        # With credentials (chinook.tls) every call, health and reflection included, needs a
+        # client certificate; without, the port is plaintext.
+        if credentials is None:
+            self.port = self.server.add_insecure_port(f"[::]:{port}")
+        else:
+            self.port = self.server.add_secure_port(f"[::]:{port}", credentials)
+        self.tls = credentials is not None
         if self.port == 0:
             raise OSError(f"cannot listen on gRPC port {port}: is another process using it?")
         self._stopping = threading.Event()
@@ -128,7 +134,8 @@ class GrpcService:
 
     def serve_forever(self):
         self.server.start()
-        log.info("gRPC listening on port %d: %s", self.port, ", ".join(self.service_names))
+        log.info("gRPC listening on port %d (%s): %s", self.port,
+                 "mutual TLS" if self.tls else "plaintext", ", ".join(self.service_names))
         # "" is liveness: the process serves. Each service name is readiness: its backing
         # store answers. An outage of the store makes the service unready, not dead.
         self.health.set("", SERVING)

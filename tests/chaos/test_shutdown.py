@@ -5,7 +5,6 @@ import signal
 import threading
 import time
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -22,7 +21,7 @@ GRACE_S = 20
     ("persistence-svc", PERSISTENCE_SERVICE, "persistence_addr"),
 ])
 def test_sigterm_reports_not_serving_then_exits(chaos_stack, name, service, address):
-    with grpc.insecure_channel(getattr(chaos_stack, address)) as channel:
+    with chaos_stack.channel(getattr(chaos_stack, address)) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service), timeout=30)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         chaos_stack.signal(name, signal.SIGTERM)
@@ -49,8 +48,8 @@ def test_rolling_restart_under_load_loses_nothing(chaos_stack, chaos_api, album_
     assert not outcome.lost
 
 
-def health_of(address, service):
-    with grpc.insecure_channel(address) as channel:
+def health_of(stack, address, service):
+    with stack.channel(address) as channel:
         request = health_pb2.HealthCheckRequest(service=service)
         return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
 
@@ -60,15 +59,15 @@ def test_a_store_outage_makes_a_service_unready_not_dead(stores, chaos_stack, ch
     stores.redis.stop()
     try:
         deadline = time.monotonic() + 15
-        while health_of(chaos_stack.cache_addr, CACHE_SERVICE) == serving:
+        while health_of(chaos_stack, chaos_stack.cache_addr, CACHE_SERVICE) == serving:
             assert time.monotonic() < deadline, "cache-svc stayed ready without Redis"
             time.sleep(0.2)
-        assert health_of(chaos_stack.cache_addr, "") == serving, "liveness must not follow the store"
+        assert health_of(chaos_stack, chaos_stack.cache_addr, "") == serving, "liveness must not follow the store"
         assert chaos_api.get("/readyz").status_code == 503
     finally:
         stores.redis.start()
     deadline = time.monotonic() + 15
-    while health_of(chaos_stack.cache_addr, CACHE_SERVICE) != serving:
+    while health_of(chaos_stack, chaos_stack.cache_addr, CACHE_SERVICE) != serving:
         assert time.monotonic() < deadline, "cache-svc did not become ready again"
         time.sleep(0.2)
     assert chaos_api.get("/readyz").status_code == 200

@@ -80,6 +80,7 @@ def env_file(path) -> dict[str, str]:
             name, _, value = line.partition("=")
             values[name] = value
     return values
+TLS_VARIABLES = ("GRPC_TLS_CA_FILE", "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE")
 
 
 def tool(name: str) -> str:

@@ -4,8 +4,10 @@ import re
 
 import pytest
 
-from .conftest import (GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, SETTINGS_VARIABLES, STORE_VARIABLES, load_yaml,
-                       procfile, run, tool)
+from deploy import dev_certs
+
+from .conftest import (GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, SETTINGS_VARIABLES, STORE_VARIABLES, TLS_VARIABLES,
+                       load_yaml, procfile, run, tool)
 from .test_dockerfiles import image_command
 
 COMPOSE_FILES = ["docker-compose.yml", "deploy/gitlab-runner/docker-compose.yml"]
@@ -135,3 +137,25 @@ def test_variables_are_the_settings(compose):
     addresses = compose["services"]["gateway"]["environment"]
     assert addresses["CACHE_SVC_ADDR"] == "cache-svc:50051"
     assert addresses["PERSISTENCE_SVC_ADDR"] == "persistence-svc:50052"
+
+
+def test_grpc_runs_with_mutual_tls_and_a_certificate_per_service(compose):
+    for process, (name, leaf, _) in SERVICES.items():
+        service = compose["services"][name]
+        mounts = [v for v in service.get("volumes", []) if isinstance(v, dict) and v["source"].startswith("./.certs")]
+        # The leaf of `make certs` named as the image, read-only, and never created empty.
+        assert mounts == [{"type": "bind", "source": f"./.certs/{leaf}", "target": "/etc/chinook/tls",
+                           "read_only": True, "bind": {"create_host_path": False}}], name
+        for variable in TLS_VARIABLES:
+            assert service["environment"][variable].startswith("/etc/chinook/tls/"), f"{name}: {variable}"
+    environment = compose["services"]["gateway"]["environment"]
+    for address, server in [(environment["CACHE_SVC_ADDR"], "cache-svc"),
+                            (environment["PERSISTENCE_SVC_ADDR"], "persistence-svc")]:
+        assert address.rsplit(":", 1)[0] in dev_certs.dns_names(dev_certs.SERVICE_HOSTS[server]), address
+    # Health is asked with the container's own certificate, naming the server as its
+    # certificate does; the plaintext probe would be refused.
+    for name, port in GRPC_PORTS.items():
+        test = compose["services"][name]["healthcheck"]["test"]
+        assert test[:5] == ["CMD", "python", "-m", "chinook.health_check", f"127.0.0.1:{port}"], name
+        server_name = test[test.index("--server-name") + 1]
+        assert server_name in dev_certs.dns_names(dev_certs.SERVICE_HOSTS[name]), name

@@ -127,7 +127,8 @@ def test_dockerignore_keeps_what_builds_need_and_drops_the_committed_stubs():
                  "services/gateway/gateway/app.py", "workers/worker/celery_app.py"]:
         assert not ignored(path), path
     for path in ["chinook/cache/v1/cache_pb2.py", "chinook/cache/v1/cache_pb2_grpc.py", ".venv/bin/python",
-                 ".env", "tests/conftest.py", ".git/config", "chinook/__pycache__/config.cpython-311.pyc"]:
+                 ".env", "tests/conftest.py", ".git/config", "chinook/__pycache__/config.cpython-311.pyc",
+                 ".certs/ca-key.pem", ".certs/cache-svc/tls.key"]:
         assert ignored(path), path
     for path in PYTHON_DOCKERFILES.values():
         for kw, arg in dockerfile_instructions(REPO / path):

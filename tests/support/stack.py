@@ -19,7 +19,8 @@ import redis
 import requests
 
 from chinook.config import load_settings
-from chinook.grpc_client import CacheClient, PersistenceClient
+from chinook.grpc_client import CacheClient, PersistenceClient, make_channel
+from chinook.tls import channel_credentials
 from persistence_svc import initdb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -151,6 +152,9 @@ class Stack:
             **{f"{name}_METRICS_PORT": str(port) for name, port in self.metrics_ports.items()},
             **(extra_env or {}),
         }
+        # With GRPC_TLS_* set (here or in the environment) the services want mutual TLS,
+        # and every channel of the tests presents the same certificate as the processes.
+        self.grpc_credentials = channel_credentials(load_settings(self.env))
         # Worker node names must differ from those of other runs on this host.
         self.commands = {
             name: command.replace("@%h", f"-{isolation.run_id}@%h")
@@ -174,6 +178,10 @@ class Stack:
     @property
     def persistence_addr(self) -> str:
         return f"127.0.0.1:{self.persistence_port}"
+
+    def channel(self, address: str) -> grpc.Channel:
+        """A channel to one of the services, as its clients make it."""
+        return make_channel(address, [], self.grpc_credentials)
 
     def gateway_url_of(self, name: str) -> str:
         return f"http://127.0.0.1:{self.gateway_ports[name]}"
@@ -254,7 +262,7 @@ class Stack:
             "cache-svc": (CacheClient, self.cache_addr),
             "persistence-svc": (PersistenceClient, self.persistence_addr),
         }[name]
-        client = client_class(address, timeout_s=1)
+        client = client_class(address, 1, self.grpc_credentials)
         try:
             return client.is_serving()
         except grpc.RpcError:

@@ -21,6 +21,7 @@ from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, make_ce
 from chinook.config import settings_or_exit  # noqa: E402
 from chinook.grpc_client import CacheClient, PersistenceClient  # noqa: E402
 from chinook.logs import configure_logging  # noqa: E402
+from chinook.tls import channel_credentials  # noqa: E402
 
 from . import jobs  # noqa: E402
 
@@ -47,8 +48,9 @@ def serve_metrics(**_):
 @worker_process_init.connect
 def open_clients(**_):
     configure_logging("worker", settings.log_level)
-    Clients.persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s)
-    Clients.cache = CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s)
+    credentials = channel_credentials(settings)
+    Clients.persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s, credentials)
+    Clients.cache = CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s, credentials)
 
 
 @worker_process_shutdown.connect

@@ -12,6 +12,7 @@ from chinook.entities import ENTITIES
 from chinook.grpc_client import CACHE_SERVICE, PersistenceClient
 from chinook.grpc_server import GrpcService
 from chinook.logs import configure_logging
+from chinook.tls import channel_credentials, server_credentials
 
 from .changes import MAX_SUBSCRIBERS, ChangeRelay
 from .flusher import Flusher
@@ -69,7 +70,8 @@ def main():
                                   socket_connect_timeout=2, socket_timeout=10)
     store = RowStore(client, settings.redis_key_prefix, settings.cache_ttl_s, ENTITIES,
                      settings.writeback_max_pending)
-    persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s)
+    persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s,
+                                    channel_credentials(settings))
     publisher = TaskPublisher(settings)
     write_back = WriteBack(store, persistence)
     flusher = Flusher(store, publisher, settings)
@@ -92,7 +94,7 @@ def main():
     REGISTRY.register(metrics.PendingCollector(write_back.status))
     metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT)
     service = GrpcService(settings.cache_grpc_port, [CACHE_SERVICE], probe=probe,
-                          max_workers=UNARY_WORKERS + MAX_SUBSCRIBERS)
+                          max_workers=UNARY_WORKERS + MAX_SUBSCRIBERS, credentials=server_credentials(settings))
     cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(write_back, publisher, relay), service.server)
     flusher.start()
     relay.start()

@@ -13,6 +13,7 @@ from chinook.cache.v1 import cache_pb2
 from chinook.config import Settings
 from chinook.entities import ValidationError, get_entity, parse_id
 from chinook.grpc_client import CacheClient, from_struct
+from chinook.tls import channel_credentials
 
 from . import errors
 from .auth import RANK, Access
@@ -380,7 +381,8 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
-    client = cache_client or CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s)
+    client = cache_client or CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s,
+                                         channel_credentials(settings))
     app.extensions["cache_client"] = client
     near = app.extensions["near_cache"] = NearCache(settings.gateway_near_cache_rows)
     if settings.gateway_near_cache_rows:

@@ -6,6 +6,7 @@ from chinook.grpc_client import PERSISTENCE_SERVICE
 from chinook.grpc_server import GrpcService
 from chinook.logs import configure_logging
 from chinook.persistence.v1 import persistence_pb2_grpc
+from chinook.tls import server_credentials
 
 from .db import Database
 from .servicer import PersistenceServicer
@@ -21,7 +22,7 @@ def main():
     db = Database(settings.database_url, max_connections=MAX_WORKERS + 2)
     metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT)
     service = GrpcService(settings.persistence_grpc_port, [PERSISTENCE_SERVICE], probe=db.ping,
-                          max_workers=MAX_WORKERS)
+                          max_workers=MAX_WORKERS, credentials=server_credentials(settings))
     persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(PersistenceServicer(db), service.server)
     service.on_stop(db.close)
     service.serve_forever()
