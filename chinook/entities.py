@@ -11,10 +11,24 @@ from functools import cached_property
 
 # Postgres' int range: an accepted write must be one Postgres will take.
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+# Write-back versions are counted in the cache's Lua scripts, whose numbers are doubles,
+# exact only up to 2^53; the bound leaves 2^32 increments of room above any stored version.
+MAX_VERSION = 2**53 - 2**32
 
 
 class ValidationError(ValueError):
     """The input breaks a rule; the message says which and where."""
+
+
+def parse_json(text: str, where: str):
+    """JSON text of a request; `where` names it in the error."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"{where}: not valid JSON: {exc}") from None
+    except RecursionError:
+        # Python's parser recurses once per level: "[[[[..." deep enough exhausts the stack.
+        raise ValidationError(f"{where}: JSON nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -128,10 +142,7 @@ class Entity:
 
     def rows_from_columns_json(self, text: str, where: str = "rows_json") -> list[tuple]:
         """The (id, version, fields) rows of columns_json's form, unchecked beyond its shape."""
-        try:
-            columns = json.loads(text)
-        except ValueError as exc:
-            raise ValidationError(f"{where}: not valid JSON: {exc}") from None
+        columns = parse_json(text, where)
         names = ("id", "version", *self.column_names)
         if not isinstance(columns, dict) or not all(isinstance(columns.get(n), list) for n in names):
             raise ValidationError(f"{where}: expected an object with the arrays {', '.join(names)}")
@@ -146,7 +157,7 @@ class Entity:
             if not isinstance(unset, list) or len(unset) != count:
                 raise ValidationError(f"{where}: unset must be a list of column lists, one per row")
             for (_, _, fields), names in zip(rows, unset):
-                if not isinstance(names, list) or not set(names) <= set(self.column_names):
+                if not isinstance(names, list) or not all(name in self.column_names for name in names):
                     raise ValidationError(f"{where}: unset lists unknown columns: {names}")
                 for name in names:
                     fields.pop(name, None)
@@ -196,4 +207,11 @@ def parse_id(raw, where: str = "id") -> int:
         raise ValidationError(f"{where}: must be a positive integer")
     if not 1 <= raw <= INT_MAX:
         raise ValidationError(f"{where}: {raw} is out of range")
+    return raw
+
+
+def parse_version(raw, where: str = "version") -> int:
+    """A write-back version: an integer in 0..MAX_VERSION."""
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_VERSION:
+        raise ValidationError(f"{where}: must be an integer in 0..2^53-2^32")
     return raw

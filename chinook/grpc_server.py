@@ -18,6 +18,18 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# A status message travels in a header, percent-encoded (up to 12 bytes a character), and
+# clients refuse headers beyond 8 KB: the call would fail with RESOURCE_EXHAUSTED instead.
+# Messages that quote the input are cut to this many characters.
+MAX_STATUS_MESSAGE = 500
+
+
+def abort(context, code: grpc.StatusCode, message: str):
+    """Ends the call with code and message, as context.abort, the message cut to a length
+    every client takes."""
+    if len(message) > MAX_STATUS_MESSAGE:
+        message = f"{message[:MAX_STATUS_MESSAGE]}... (cut from {len(message)} characters)"
+    context.abort(code, message)
 
 
 class ObservingInterceptor(grpc.ServerInterceptor):

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class CacheServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Each RPC lists the status codes it answers with besides OK. Any call can also end with
+    the codes gRPC itself gives, such as DEADLINE_EXCEEDED when the caller's own deadline passes.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -117,10 +119,15 @@ class CacheServiceStub:
 
 
 class CacheServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Each RPC lists the status codes it answers with besides OK. Any call can also end with
+    the codes gRPC itself gives, such as DEADLINE_EXCEEDED when the caller's own deadline passes.
+    """
 
     def GetRow(self, request, context):
         """Cache-aside read: a miss is loaded through the persistence service.
+        Errors: INVALID_ARGUMENT (unknown entity, id not in 1..2^31-1), NOT_FOUND (no such row),
+        UNAVAILABLE (Redis or the persistence service unreachable), DEADLINE_EXCEEDED (the
+        persistence service did not answer within GRPC_TIMEOUT_S).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +136,9 @@ class CacheServiceServicer:
     def GetRows(self, request, context):
         """Reads many rows in one call, as the gateway gathers concurrent reads that missed its
         near cache: each gets its own result, and one that fails fails alone.
+        Errors: UNAVAILABLE (Redis or the persistence service unreachable), DEADLINE_EXCEEDED (the
+        persistence service did not answer in time).
+        Result codes: INVALID_ARGUMENT (unknown entity, id not in 1..2^31-1), NOT_FOUND (no such row).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +146,11 @@ class CacheServiceServicer:
 
     def UpdateRow(self, request, context):
         """Accepts an update into the cache; Postgres follows asynchronously.
+        Errors: INVALID_ARGUMENT (unknown entity, id not in 1..2^31-1, no field, an unknown field, a
+        value Postgres would refuse, a reference to a row that does not exist), NOT_FOUND (no such
+        row), RESOURCE_EXHAUSTED (WRITEBACK_MAX_PENDING rows are pending), UNAVAILABLE (Redis or
+        the persistence service unreachable), DEADLINE_EXCEEDED (the persistence service did not
+        answer in time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +159,10 @@ class CacheServiceServicer:
     def UpdateRows(self, request, context):
         """Accepts independent single updates in one call, as the gateway gathers them from
         concurrent requests: each gets its own result, and one that fails fails alone.
+        Errors: UNAVAILABLE (Redis or the persistence service unreachable), DEADLINE_EXCEEDED (the
+        persistence service did not answer in time).
+        Result codes: INVALID_ARGUMENT (as UpdateRow's, or fields_json not a JSON object), NOT_FOUND
+        (no such row), RESOURCE_EXHAUSTED (WRITEBACK_MAX_PENDING rows are pending).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +171,12 @@ class CacheServiceServicer:
     def BulkUpdate(self, request, context):
         """Accepts many updates; returns once the cache holds all of them.
         Nothing is accepted when any update is invalid.
+        Errors: INVALID_ARGUMENT (unknown entity, both forms set, updates_json not a JSON array of
+        objects, more than 100,000 updates, any update invalid as UpdateRow's or naming a row that
+        does not exist), NOT_FOUND (a row vanished from Postgres while being accepted),
+        RESOURCE_EXHAUSTED (the bulk would take the pending rows beyond WRITEBACK_MAX_PENDING),
+        UNAVAILABLE (Redis or the persistence service unreachable), DEADLINE_EXCEEDED (the
+        persistence service did not answer in time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,13 +184,18 @@ class CacheServiceServicer:
 
     def RandomizeAlbumTitles(self, request, context):
         """The demo workload: a random title for every album.
+        Errors: INVALID_ARGUMENT (more than 100,000 albums), NOT_FOUND (an album vanished from
+        Postgres while being accepted), RESOURCE_EXHAUSTED (the albums would take the pending rows
+        beyond WRITEBACK_MAX_PENDING), UNAVAILABLE (Redis or the persistence service unreachable),
+        DEADLINE_EXCEEDED (the persistence service did not answer in time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetWriteBackStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors: UNAVAILABLE (Redis unreachable).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -173,6 +203,8 @@ class CacheServiceServicer:
     def Flush(self, request, context):
         """Schedules every pending row now; with wait_seconds, returns when nothing is
         pending or fails with DEADLINE_EXCEEDED.
+        Errors: INVALID_ARGUMENT (wait_seconds negative or not finite), DEADLINE_EXCEEDED (rows still
+        pending when wait_seconds or the call's deadline ran out), UNAVAILABLE (Redis unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,6 +213,8 @@ class CacheServiceServicer:
     def AckFlushed(self, request, context):
         """Called by workers once a batch is durable: rows whose cached version is the
         flushed one become clean and get the cache TTL.
+        Errors: INVALID_ARGUMENT (unknown entity, an id not in 1..2^31-1, a version or written out of
+        range), UNAVAILABLE (Redis unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,19 +223,24 @@ class CacheServiceServicer:
     def DeadLetter(self, request, context):
         """Called by workers for rows Postgres kept refusing: they stop being retried and
         wait, still dirty, for an operator to retry or discard them.
+        Errors: INVALID_ARGUMENT (unknown entity, an id not in 1..2^31-1, a version out of range),
+        UNAVAILABLE (Redis unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDeadLetters(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors: INVALID_ARGUMENT (limit not in 0..1000), UNAVAILABLE (Redis unreachable).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RetryDeadLetter(self, request, context):
         """Schedules a dead-lettered row's write again.
+        Errors: INVALID_ARGUMENT (unknown entity, id not in 1..2^31-1), NOT_FOUND (no dead letter for
+        the row), UNAVAILABLE (Redis unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,19 +248,24 @@ class CacheServiceServicer:
 
     def DiscardDeadLetter(self, request, context):
         """Gives up a dead-lettered write: the cache drops the row, reads see Postgres again.
+        Errors: INVALID_ARGUMENT (unknown entity, id not in 1..2^31-1), NOT_FOUND (no dead letter for
+        the row), UNAVAILABLE (Redis unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartDuplication(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Multiplies the album table in a Celery task; GetTask follows it.
+        Errors: INVALID_ARGUMENT (multiplier not in 2..64), UNAVAILABLE (RabbitMQ unreachable).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors: INVALID_ARGUMENT (no task_id), UNAVAILABLE (the result backend unreachable).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -232,6 +276,8 @@ class CacheServiceServicer:
         are all delivered, in the order Redis applied them. Empty messages are heartbeats.
         The stream ends, and the subscriber must drop everything it holds, when cache-svc
         loses its link to Redis, stops, or the subscriber falls behind.
+        Errors: UNAVAILABLE (cache-svc is not subscribed in Redis yet, serves 32 subscribers
+        already, or the stream ended as said above).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -329,7 +375,9 @@ def add_CacheServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CacheService:
-    """Missing associated documentation comment in .proto file."""
+    """Each RPC lists the status codes it answers with besides OK. Any call can also end with
+    the codes gRPC itself gives, such as DEADLINE_EXCEEDED when the caller's own deadline passes.
+    """
 
     @staticmethod
     def GetRow(request,

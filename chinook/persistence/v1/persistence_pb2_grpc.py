@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class PersistenceServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Each RPC lists the status codes it answers with besides OK. Any call can also end with
+    the codes gRPC itself gives, such as DEADLINE_EXCEEDED when the caller's own deadline passes.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,10 +64,13 @@ class PersistenceServiceStub:
 
 
 class PersistenceServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Each RPC lists the status codes it answers with besides OK. Any call can also end with
+    the codes gRPC itself gives, such as DEADLINE_EXCEEDED when the caller's own deadline passes.
+    """
 
     def GetRows(self, request, context):
         """Rows by primary key; ids that do not exist are left out of the response.
+        Errors: INVALID_ARGUMENT (unknown entity), UNAVAILABLE (Postgres unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +80,7 @@ class PersistenceServiceServicer:
         """The version Postgres holds of each row that exists (ids that do not are left out):
         what the cache needs to accept an update of a row it does not hold, without
         reading the whole row.
+        Errors: INVALID_ARGUMENT (unknown entity), UNAVAILABLE (Postgres unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,6 +91,9 @@ class PersistenceServiceServicer:
         newer than the stored one, so stale or redelivered batches change nothing.
         Rows Postgres refuses are isolated (by halving the batch under savepoints)
         and reported in `failed`; the others are written.
+        Errors: INVALID_ARGUMENT (unknown entity, both forms set, rows_json not of the form below, a
+        row's id not in 1..2^31-1, its version not in 0..2^53-2^32, a value Postgres would refuse),
+        UNAVAILABLE (Postgres unreachable, or deadlocks kept recurring).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +101,7 @@ class PersistenceServiceServicer:
 
     def ListIds(self, request, context):
         """Every primary key of an entity, in chunks.
+        Errors: INVALID_ARGUMENT (unknown entity), UNAVAILABLE (Postgres unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +110,9 @@ class PersistenceServiceServicer:
     def DuplicateRows(self, request, context):
         """Multiplies an entity's table with new ids, set-based, streaming progress.
         Idempotent per operation_id: a repeated operation reports the first result.
+        Errors: INVALID_ARGUMENT (unknown entity, no operation_id, or one longer than 200
+        characters), FAILED_PRECONDITION (multiplier below 2, or the copies' ids would leave
+        Postgres' int range), UNAVAILABLE (Postgres unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,7 +155,9 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PersistenceService:
-    """Missing associated documentation comment in .proto file."""
+    """Each RPC lists the status codes it answers with besides OK. Any call can also end with
+    the codes gRPC itself gives, such as DEADLINE_EXCEEDED when the caller's own deadline passes.
+    """
 
     @staticmethod
     def GetRows(request,

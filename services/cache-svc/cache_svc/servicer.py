@@ -1,13 +1,16 @@
 """gRPC entry points of the cache service: requests in, WriteBack calls, status codes out."""
 
 import contextlib
+import math
 
 import grpc
+import kombu.exceptions
 import redis
 
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
 from chinook.entities import ValidationError, get_entity
 from chinook.grpc_client import from_struct
+from chinook.grpc_server import abort
 
 from .changes import ChangeRelay, Unavailable
 from .store import Backpressure
@@ -30,6 +33,8 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, redis.ConnectionError):
         return grpc.StatusCode.UNAVAILABLE, f"Redis unavailable: {exc}"
+    if isinstance(exc, kombu.exceptions.OperationalError):
+        return grpc.StatusCode.UNAVAILABLE, f"RabbitMQ unavailable: {exc}"
     if isinstance(exc, grpc.RpcError):
         # A failure of the persistence service, passed on with its own code; one that
         # is stopping or restarting cancels calls: worth a retry like any outage.
@@ -42,8 +47,9 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
 def status_codes(context):
     try:
         yield
-    except (ValidationError, NotFound, Backpressure, redis.ConnectionError, grpc.RpcError) as exc:
-        context.abort(*status_of(exc))
+    except (ValidationError, NotFound, Backpressure, redis.ConnectionError, kombu.exceptions.OperationalError,
+            grpc.RpcError) as exc:
+        abort(context, *status_of(exc))
 
 
 def _row_result(row_id: int, entity_name: str, row, error, cache_hit: bool = False) -> cache_pb2.RowResult:
@@ -115,7 +121,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         try:
             subscription = self.relay.subscribe()
         except Unavailable as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         context.add_callback(subscription.close)
         yield cache_pb2.ChangeBatch(subscribed=True)
         for batch, queued_at in subscription:
@@ -123,7 +129,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 yield cache_pb2.ChangeBatch(changes_json=batch)
             else:
                 yield cache_pb2.ChangeBatch(heartbeat_at_ms=int(queued_at * 1000))
-        context.abort(grpc.StatusCode.UNAVAILABLE, f"change stream ended: {subscription.end_reason}")
+        abort(context, grpc.StatusCode.UNAVAILABLE, f"change stream ended: {subscription.end_reason}")
 
     def UpdateRow(self, request, context):
         with status_codes(context):
@@ -153,12 +159,15 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     def Flush(self, request, context):
         with status_codes(context):
-            if request.wait_seconds < 0:
-                raise ValidationError("wait_seconds: must not be negative")
-            status = self.write_back.flush(request.wait_seconds)
-            if request.wait_seconds and status.pending:
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                              f"{status.pending} rows still pending after {request.wait_seconds:g} s")
+            if not math.isfinite(request.wait_seconds) or request.wait_seconds < 0:
+                raise ValidationError(f"wait_seconds: must be a number of seconds, 0 or more; "
+                                      f"got {request.wait_seconds}")
+            # Not beyond the caller's deadline: the thread would wait with nobody to answer.
+            wait_s = min(request.wait_seconds, context.time_remaining())
+            status = self.write_back.flush(wait_s)
+            if wait_s and status.pending:
+                abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                      f"{status.pending} rows still pending after {wait_s:g} s")
             return _status_message(status)
 
     def AckFlushed(self, request, context):

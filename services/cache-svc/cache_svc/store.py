@@ -283,7 +283,8 @@ return #ids
 """
 
 # Takes rows out of the flush schedule when Postgres kept refusing their version; a
-# row written again since keeps flowing. Returns how many were dead-lettered.
+# row written again since keeps flowing, and a clean one (nothing of it was pending) is
+# left alone. Returns how many were dead-lettered.
 DEAD_LETTER = PUBLISH + """
 local due, pending, dead, prefix, channel, entity = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3]
 local t = redis.call('TIME')
@@ -292,7 +293,8 @@ local count, changed = 0, {}
 for i = 4, #ARGV, 3 do
   local id, version, error = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = prefix .. id
-  if redis.call('HGET', key, '_ver') == version then
+  local meta = redis.call('HMGET', key, '_ver', '_dirty')
+  if meta[1] == version and meta[2] then
     redis.call('HSET', key, '_dead', '1')
     redis.call('HSET', dead, id, cjson.encode({version = version, error = error, failed_at = now}))
     redis.call('ZREM', due, id)

@@ -2,14 +2,13 @@
 bookkeeping that lets workers flush them. Infrastructure comes in through the
 constructor (a RowStore, a persistence client, a task publisher)."""
 
-import json
 import logging
 import random
 import time
 from dataclasses import dataclass
 
 from chinook import metrics
-from chinook.entities import ENTITIES, Entity, ValidationError, get_entity, parse_id
+from chinook.entities import ENTITIES, Entity, ValidationError, get_entity, parse_id, parse_json, parse_version
 
 from .store import Backpressure, CachedRow, DeadLetter, RowStore
 
@@ -33,10 +32,7 @@ def updates_from_json(entity_name: str, text: str) -> list[tuple[int, dict]]:
     """A bulk's updates from a JSON array of objects keyed by the entity's primary key,
     as (id, columns to change) pairs for bulk_update, which validates them."""
     entity = get_entity(entity_name)
-    try:
-        items = json.loads(text)
-    except ValueError as exc:
-        raise ValidationError(f"updates_json: not valid JSON: {exc}") from None
+    items = parse_json(text, "updates_json")
     if not isinstance(items, list):
         raise ValidationError(f"updates: expected a list of objects with {entity.primary_key}")
     updates = []
@@ -64,10 +60,7 @@ class UpdateOutcome:
 
 
 def patch_from_json(text: str) -> dict:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise ValidationError(f"fields_json: not valid JSON: {exc}") from None
+    return parse_json(text, "fields_json")
 
 
 @dataclass(frozen=True)
@@ -83,6 +76,13 @@ class Status:
     accepted_total: int
     flushed_total: int
     failed: int
+
+
+def _check_versions(versions: list[tuple[int, int]]):
+    """Checks the (id, version) pairs of a worker's report."""
+    for i, (row_id, version) in enumerate(versions):
+        parse_id(row_id, f"rows[{i}].id")
+        parse_version(version, f"rows[{i}].version")
 
 
 class WriteBack:
@@ -321,6 +321,9 @@ class WriteBack:
 
     def ack_flushed(self, entity_name: str, versions: list[tuple[int, int]], written: int) -> int:
         entity = get_entity(entity_name)
+        _check_versions(versions)
+        if not 0 <= written <= len(versions):
+            raise ValidationError(f"written: must be 0-{len(versions)}, the rows acknowledged; got {written}")
         cleaned, lags_ms = self.store.ack(entity.name, versions, written)
         metrics.ROWS_FLUSHED.labels(entity.name).inc(written)
         for lag_ms in lags_ms:
@@ -329,6 +332,7 @@ class WriteBack:
 
     def dead_letter(self, entity_name: str, failures: list[tuple[int, int, str]]) -> int:
         entity = get_entity(entity_name)
+        _check_versions([(row_id, version) for row_id, version, _ in failures])
         count = self.store.dead_letter(entity.name, failures)
         if count:
             metrics.ROWS_DEAD_LETTERED.labels(entity.name).inc(count)

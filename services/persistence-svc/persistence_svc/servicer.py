@@ -6,13 +6,17 @@ import grpc
 import psycopg2
 
 from chinook import metrics
-from chinook.entities import ValidationError, get_entity, parse_id
+from chinook.entities import ValidationError, get_entity, parse_id, parse_version
 from chinook.grpc_client import from_struct, to_struct
+from chinook.grpc_server import abort
 from chinook.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from . import repository
 
 ID_CHUNK = 10_000
+# Celery's task ids have 36 characters; an id of a few thousand bytes would not fit
+# Postgres' index of them, and fail only after the copy.
+MAX_OPERATION_ID = 200
 
 
 @contextlib.contextmanager
@@ -20,17 +24,17 @@ def status_codes(context):
     try:
         yield
     except ValidationError as exc:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except repository.NotFound as exc:
-        context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
     except repository.PreconditionFailed as exc:
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        context.abort(grpc.StatusCode.UNAVAILABLE, f"Postgres unavailable: {str(exc).strip()}")
+        abort(context, grpc.StatusCode.UNAVAILABLE, f"Postgres unavailable: {str(exc).strip()}")
     except psycopg2.DataError as exc:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Postgres refused the data: {str(exc).strip()}")
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Postgres refused the data: {str(exc).strip()}")
     except psycopg2.IntegrityError as exc:
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Postgres refused the write: {str(exc).strip()}")
+        abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"Postgres refused the write: {str(exc).strip()}")
 
 
 def _validate_row(entity, fields: dict, where: str) -> dict:
@@ -38,12 +42,6 @@ def _validate_row(entity, fields: dict, where: str) -> dict:
     if len(fields) < len(entity.columns):
         return entity.validate_patch(fields, where)
     return entity.validate_full_row(fields, where)
-
-
-def _version(value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise ValidationError(f"{where}: must be an integer in 0..2^63-1")
-    return value
 
 
 class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
@@ -79,7 +77,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                 repository.StoredRow(
                     parse_id(row_id, f"rows[{i}].id"),
                     _validate_row(entity, fields, f"rows[{i}]"),
-                    _version(version, f"rows[{i}].version"),
+                    parse_version(version, f"rows[{i}].version"),
                 )
                 for i, (row_id, version, fields) in enumerate(received)
             ]
@@ -100,6 +98,9 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         with status_codes(context):
             if not request.operation_id:
                 raise ValidationError("operation_id: required, it makes the copy idempotent")
+            if len(request.operation_id) > MAX_OPERATION_ID:
+                raise ValidationError(f"operation_id: at most {MAX_OPERATION_ID} characters, got "
+                                      f"{len(request.operation_id)}")
             entity = get_entity(request.entity)
             for done, total in repository.duplicate_rows(self.db, entity, request.multiplier, request.operation_id):
                 yield persistence_pb2.DuplicateProgress(done=done, total=total)
