@@ -5,7 +5,7 @@ import os
 import time
 
 import grpc
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from chinook import metrics
@@ -14,7 +14,7 @@ from chinook.config import Settings
 from chinook.entities import ValidationError, get_entity, parse_id
 from chinook.grpc_client import CacheClient, from_struct
 
-from . import errors
+from . import errors, openapi
 from .auth import RANK, Access
 from .batching import CallBatcher
 from .errors import STATUS_BY_NUMBER, ApiError, CallFailed
@@ -121,16 +121,16 @@ def update_row(entity_name: str, row_id: int):
     return jsonify({entity.primary_key: result.id, "version": result.version, "write_back": "pending"}), 202
 
 
-@api.get("/albums/<raw_id>")
+@api.get("/albums/<album_id>")
 @requires("reader")
-def get_album(raw_id):
-    return _get("album", raw_id)
+def get_album(album_id):
+    return _get("album", album_id)
 
 
-@api.get("/artists/<raw_id>")
+@api.get("/artists/<artist_id>")
 @requires("reader")
-def get_artist(raw_id):
-    return _get("artist", raw_id)
+def get_artist(artist_id):
+    return _get("artist", artist_id)
 
 
 def _get(entity_name, raw_id):
@@ -141,16 +141,16 @@ def _get(entity_name, raw_id):
     })
 
 
-@api.patch("/albums/<raw_id>")
+@api.patch("/albums/<album_id>")
 @requires("writer")
-def patch_album(raw_id):
-    return update_row("album", path_id(raw_id, "album_id"))
+def patch_album(album_id):
+    return update_row("album", path_id(album_id, "album_id"))
 
 
-@api.patch("/artists/<raw_id>")
+@api.patch("/artists/<artist_id>")
 @requires("writer")
-def patch_artist(raw_id):
-    return update_row("artist", path_id(raw_id, "artist_id"))
+def patch_artist(artist_id):
+    return update_row("artist", path_id(artist_id, "artist_id"))
 
 
 @api.post("/albums/bulk")
@@ -281,6 +281,26 @@ def prometheus_metrics():
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
+@api.get("/openapi.json")
+@requires("none")
+def openapi_document():
+    return jsonify(current_app.extensions["openapi"])
+
+
+@api.get("/docs")
+@requires("none")
+def docs():
+    return Response(openapi.DOCS_PAGE, mimetype="text/html")
+
+
+@api.get("/docs/<asset>")
+@requires("none")
+def docs_asset(asset):
+    if asset not in openapi.DOCS_ASSETS:
+        raise ApiError(404, "not_found", f"docs/{asset}: no such file; the page loads {', '.join(openapi.DOCS_ASSETS)}")
+    return send_from_directory(openapi.SWAGGER_UI_DIR, asset, mimetype=openapi.DOCS_ASSETS[asset])
+
+
 def check_access():
     """Answers 401 or 403 before the route runs, unless the caller's role suffices."""
     view = current_app.view_functions.get(request.endpoint)
@@ -388,7 +408,8 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     linger_s = settings.gateway_batch_linger_ms / 1000
     app.extensions["update_batcher"] = CallBatcher(client.update_rows, linger_s)
     app.extensions["read_batcher"] = CallBatcher(client.get_rows, linger_s)
-    app.extensions["access"] = Access.from_settings(settings)
+    access = app.extensions["access"] = Access.from_settings(settings)
+    app.extensions["openapi"] = openapi.document(settings.legacy_routes, access.anonymous_role)
     app.before_request(check_access)
     app.register_blueprint(api)
     if settings.legacy_routes:
