@@ -103,3 +103,18 @@ def test_docs_are_served_by_the_gateway_alone_and_need_no_token():
     assert "url: \"openapi.json\"" in html and client.get(urljoin("/docs", "openapi.json")).status_code == 200
     missing = client.get("/docs/secrets.txt")
     assert missing.status_code == 404 and "swagger-ui.css" in missing.json["error"]["message"]
+
+
+def test_a_method_the_document_does_not_list_answers_405_with_allow():
+    app = make_app()
+    client = app.test_client()
+    admin = {"Authorization": "Bearer admin-secret"}
+    for path, item in served_document(app)["paths"].items():
+        url = path.replace("{album_id}", "1").replace("{artist_id}", "1").replace("{task_id}", "t") \
+            .replace("{key}", "album:1").replace("{asset}", "swagger-ui.css")
+        documented = {method.upper() for method in item if method.upper() in ("GET", "POST", "PATCH", "DELETE")}
+        for method in {"GET", "POST", "PUT", "PATCH", "DELETE"} - documented:
+            response = client.open(url, method=method, headers=admin)
+            assert response.status_code == 405, (method, url, response.json)
+            assert set(response.headers["Allow"].split(", ")) - {"HEAD", "OPTIONS"} == documented, (method, url)
+            assert response.json["error"]["message"] == f"{method} {url}: this URL takes {response.headers['Allow']}"

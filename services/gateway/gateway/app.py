@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import time
 
 import grpc
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from werkzeug.routing import BaseConverter
 
 from chinook import metrics
 from chinook.cache.v1 import cache_pb2
@@ -26,6 +28,17 @@ MAX_FLUSH_WAIT_S = 300
 api = Blueprint("api", __name__)
 # The original demo's routes, with their original shapes; LEGACY_ROUTES=false leaves them out.
 legacy = Blueprint("legacy", __name__)
+
+
+class SegmentConverter(BaseConverter):
+    """A path segment other than the names given: the routes beside a variable one
+    (/albums/bulk beside /albums/<album_id>) then answer 405 to the other methods, as
+    the contract has it (a concrete path before a templated one), rather than taking
+    their name for an id."""
+
+    def __init__(self, url_map, *reserved: str):
+        super().__init__(url_map)
+        self.regex = f"(?!(?:{'|'.join(map(re.escape, reserved))})$)[^/]+"
 
 
 def requires(role: str):
@@ -121,7 +134,7 @@ def update_row(entity_name: str, row_id: int):
     return jsonify({entity.primary_key: result.id, "version": result.version, "write_back": "pending"}), 202
 
 
-@api.get("/albums/<album_id>")
+@api.get("/albums/<segment('bulk', 'bulk-random'):album_id>")
 @requires("reader")
 def get_album(album_id):
     return _get("album", album_id)
@@ -141,7 +154,7 @@ def _get(entity_name, raw_id):
     })
 
 
-@api.patch("/albums/<album_id>")
+@api.patch("/albums/<segment('bulk', 'bulk-random'):album_id>")
 @requires("writer")
 def patch_album(album_id):
     return update_row("album", path_id(album_id, "album_id"))
@@ -198,7 +211,7 @@ def task_body(task_id: str) -> dict:
     }
 
 
-@api.get("/tasks/<task_id>")
+@api.get("/tasks/<segment('duplicate'):task_id>")
 @requires("reader")
 def get_task(task_id):
     return jsonify(task_body(task_id))
@@ -411,6 +424,7 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     access = app.extensions["access"] = Access.from_settings(settings)
     app.extensions["openapi"] = openapi.document(settings.legacy_routes, access.anonymous_role)
     app.before_request(check_access)
+    app.url_map.converters["segment"] = SegmentConverter
     app.register_blueprint(api)
     if settings.legacy_routes:
         app.register_blueprint(legacy)
