@@ -26,7 +26,7 @@ chaos: venv
 
 # The HTTP API fuzzer of `make test` (tests/e2e/test_fuzz_http_api.py: schemathesis against
 # a running system, as a reader, a writer and an admin) with many more generated requests
-# per operation and role; FUZZ_EXAMPLES=<n> sets how many. About 20 minutes.
+# per operation and role; FUZZ_EXAMPLES=<n> sets how many. About 15 minutes.
 .PHONY: fuzz
 FUZZ_EXAMPLES ?= 1000
 fuzz: venv

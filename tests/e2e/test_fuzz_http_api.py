@@ -1,5 +1,5 @@
-"""schemathesis against the running system, with tokens: requests generated from the
-gateway's own /openapi.json, as a reader, a writer and an admin. Every response must be
+"""schemathesis against a running system with tokens: requests generated from the contract
+the gateway serves at /openapi.json, as a reader, a writer and an admin. Every response must be
 no 5xx and as documented (status code, content type, headers, schema), schema-violating
 requests must be refused, and a refused request to an operation that changes data must
 have changed nothing in Postgres or Redis.
