@@ -25,6 +25,14 @@ chaos: venv
 	$(BIN)/pytest -v tests/chaos tests/integration/test_write_back_properties.py \
 		tests/e2e/test_dead_letters_and_metrics.py tests/e2e/test_write_back_limits.py
 
+# The HTTP API fuzzer of `make test` (tests/e2e/test_fuzz_http_api.py: schemathesis against
+# a running system, as a reader, a writer and an admin) with many more generated requests
+# per operation and role; FUZZ_EXAMPLES=<n> sets how many. About 15 minutes.
+.PHONY: fuzz
+FUZZ_EXAMPLES ?= 1000
+fuzz: venv
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/e2e/test_fuzz_http_api.py
+
 # Scenarios B1-B5 against the floor and the monolith anchors, in one run: prints the
 # table, writes bench/results/<timestamp>.json and .png, and bench/latest.png.
 bench: venv preflight

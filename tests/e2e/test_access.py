@@ -37,6 +37,16 @@ def test_roles_decide_who_reads_writes_and_discards(guarded):
     assert call("GET", f"{guarded}/album?album_id=40", "admin").status_code == 404
 
 
+def test_admin_actions_are_logged_with_the_token_name_never_the_token(guarded, stack):
+    assert call("POST", f"{guarded}/write-back/flush?wait=30", "admin").status_code == 200
+    assert call("DELETE", f"{guarded}/write-back/dead-letters/album:41", "writer").status_code == 403
+    log = stack.logs("gateway-guarded", tail=400)
+    assert "POST /write-back/flush by API_TOKENS entry 3 (admin)" in log
+    # Refused requests and reads are not audit lines; no token appears anywhere.
+    assert "DELETE /write-back/dead-letters/album:41 by" not in log
+    assert not any(token in log for token in TOKENS.values())
+
+
 def test_an_open_gateway_refuses_to_listen_beyond_loopback(stack):
     stack.add_gateway("gateway-exposed", {"GATEWAY_HOST": "0.0.0.0", "API_TOKENS": ""})
     with pytest.raises(RuntimeError, match="exited"):

@@ -1,12 +1,15 @@
 """Flask routes: parse HTTP input, call the cache service, shape JSON out."""
 
 import json
+import logging
 import os
+import re
 import time
 
 import grpc
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from werkzeug.routing import BaseConverter
 
 from chinook import metrics
 from chinook.cache.v1 import cache_pb2
@@ -15,7 +18,7 @@ from chinook.entities import ValidationError, get_entity, parse_id
 from chinook.grpc_client import CacheClient, from_struct
 from chinook.tls import channel_credentials
 
-from . import errors
+from . import errors, openapi
 from .auth import RANK, Access
 from .batching import CallBatcher
 from .errors import STATUS_BY_NUMBER, ApiError, CallFailed
@@ -24,9 +27,22 @@ from .near_cache import PENDING, ChangeWatcher, NearCache
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_FLUSH_WAIT_S = 300
 
+audit = logging.getLogger("gateway.audit")
+
 api = Blueprint("api", __name__)
 # The original demo's routes, with their original shapes; LEGACY_ROUTES=false leaves them out.
 legacy = Blueprint("legacy", __name__)
+
+
+class SegmentConverter(BaseConverter):
+    """A path segment other than the names given: the routes beside a variable one
+    (/albums/bulk beside /albums/<album_id>) then answer 405 to the other methods, as
+    the contract has it (a concrete path before a templated one), rather than taking
+    their name for an id."""
+
+    def __init__(self, url_map, *reserved: str):
+        super().__init__(url_map)
+        self.regex = f"(?!(?:{'|'.join(map(re.escape, reserved))})$)[^/]+"
 
 
 def requires(role: str):
@@ -122,16 +138,16 @@ def update_row(entity_name: str, row_id: int):
     return jsonify({entity.primary_key: result.id, "version": result.version, "write_back": "pending"}), 202
 
 
-@api.get("/albums/<raw_id>")
+@api.get("/albums/<segment('bulk', 'bulk-random'):album_id>")
 @requires("reader")
-def get_album(raw_id):
-    return _get("album", raw_id)
+def get_album(album_id):
+    return _get("album", album_id)
 
 
-@api.get("/artists/<raw_id>")
+@api.get("/artists/<artist_id>")
 @requires("reader")
-def get_artist(raw_id):
-    return _get("artist", raw_id)
+def get_artist(artist_id):
+    return _get("artist", artist_id)
 
 
 def _get(entity_name, raw_id):
@@ -142,16 +158,16 @@ def _get(entity_name, raw_id):
     })
 
 
-@api.patch("/albums/<raw_id>")
+@api.patch("/albums/<segment('bulk', 'bulk-random'):album_id>")
 @requires("writer")
-def patch_album(raw_id):
-    return update_row("album", path_id(raw_id, "album_id"))
+def patch_album(album_id):
+    return update_row("album", path_id(album_id, "album_id"))
 
 
-@api.patch("/artists/<raw_id>")
+@api.patch("/artists/<artist_id>")
 @requires("writer")
-def patch_artist(raw_id):
-    return update_row("artist", path_id(raw_id, "artist_id"))
+def patch_artist(artist_id):
+    return update_row("artist", path_id(artist_id, "artist_id"))
 
 
 @api.post("/albums/bulk")
@@ -199,7 +215,7 @@ def task_body(task_id: str) -> dict:
     }
 
 
-@api.get("/tasks/<task_id>")
+@api.get("/tasks/<segment('duplicate'):task_id>")
 @requires("reader")
 def get_task(task_id):
     return jsonify(task_body(task_id))
@@ -282,6 +298,26 @@ def prometheus_metrics():
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
+@api.get("/openapi.json")
+@requires("none")
+def openapi_document():
+    return jsonify(current_app.extensions["openapi"])
+
+
+@api.get("/docs")
+@requires("none")
+def docs():
+    return Response(openapi.DOCS_PAGE, mimetype="text/html")
+
+
+@api.get("/docs/<asset>")
+@requires("none")
+def docs_asset(asset):
+    if asset not in openapi.DOCS_ASSETS:
+        raise ApiError(404, "not_found", f"docs/{asset}: no such file; the page loads {', '.join(openapi.DOCS_ASSETS)}")
+    return send_from_directory(openapi.SWAGGER_UI_DIR, asset, mimetype=openapi.DOCS_ASSETS[asset])
+
+
 def check_access():
     """Answers 401 or 403 before the route runs, unless the caller's role suffices."""
     view = current_app.view_functions.get(request.endpoint)
@@ -290,11 +326,15 @@ def check_access():
     if required == "none":
         return None
     authorization = request.headers.get("Authorization")
-    role = current_app.extensions["access"].role_of(authorization)
+    caller = current_app.extensions["access"].caller_of(authorization)
     challenge = {"WWW-Authenticate": "Bearer"}
-    if role is None:
+    if caller is None:
         return errors.error_response(401, "unauthenticated", "the bearer token is not valid", challenge)
+    role = caller.role
     if RANK[role] >= RANK[required]:
+        if required == "admin":
+            # Admin actions flush, duplicate and discard accepted writes: who did it must be findable.
+            audit.info("%s %s by %s (%s)", request.method, request.path, caller.name, role)
         return None
     if not authorization:
         return errors.error_response(401, "unauthenticated",
@@ -390,8 +430,10 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     linger_s = settings.gateway_batch_linger_ms / 1000
     app.extensions["update_batcher"] = CallBatcher(client.update_rows, linger_s)
     app.extensions["read_batcher"] = CallBatcher(client.get_rows, linger_s)
-    app.extensions["access"] = Access.from_settings(settings)
+    access = app.extensions["access"] = Access.from_settings(settings)
+    app.extensions["openapi"] = openapi.document(settings.legacy_routes, access.anonymous_role)
     app.before_request(check_access)
+    app.url_map.converters["segment"] = SegmentConverter
     app.register_blueprint(api)
     if settings.legacy_routes:
         app.register_blueprint(legacy)

@@ -33,6 +33,13 @@ class Token:
     name: str
 
 
+@dataclass(frozen=True)
+class Caller:
+    """A request's role, and the name of its token ("anonymous" without one), for the audit log."""
+    role: str
+    name: str
+
+
 def parse_api_tokens(text: str) -> list[Token]:
     """API_TOKENS: "role:token" pairs, comma-separated."""
     tokens = []
@@ -90,20 +97,20 @@ class Access:
                         anonymous)
         return cls(tokens, anonymous)
 
-    def role_of(self, authorization: str | None) -> str | None:
-        """The caller's role; None for a token that is malformed or unknown."""
+    def caller_of(self, authorization: str | None) -> Caller | None:
+        """Who is asking, and with which role; None for a token that is malformed or unknown."""
         if not authorization:
-            return self.anonymous_role
+            return Caller(self.anonymous_role, "anonymous")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
         presented = digest(token.strip())
-        role = None
+        caller = None
         # Every entry is compared, so the time taken says nothing about which one matched.
         for known in self.tokens:
             if hmac.compare_digest(known.sha256, presented):
-                role = known.role
-        return role
+                caller = Caller(known.role, known.name)
+        return caller
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,8 +1,8 @@
 """Every error leaves the gateway as JSON {"error": {"code", "message"}}."""
 
 import grpc
-from flask import jsonify
-from werkzeug.exceptions import HTTPException
+from flask import jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 # gRPC status of the cache service -> HTTP status and error code.
 GRPC_TO_HTTP = {
@@ -66,4 +66,9 @@ def register(app):
     @app.errorhandler(HTTPException)
     def http_error(exc):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        message = exc.description or exc.name
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            message = f"{request.method} {request.path}: this URL takes {', '.join(exc.valid_methods)}"
+        # The exception's own headers but its HTML Content-Type: a 405's Allow, for one.
+        headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+        return error_response(exc.code or 500, code, message, headers)
