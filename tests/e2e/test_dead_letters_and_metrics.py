@@ -74,7 +74,7 @@ def test_every_process_serves_metrics(api, stack):
     api.patch("/albums/80", json={"title": "metered"})
     api.flush()
     gateway = scrape(f"{stack.gateway_url}/metrics")
-    assert 'chinook_http_request_duration_seconds_count{method="PATCH",route="/albums/<raw_id>",status="202"}' \
+    assert 'chinook_http_request_duration_seconds_count{method="PATCH",route="/albums/<album_id>",status="202"}' \
         in gateway
     for name in ("chinook_near_cache_misses_total", "chinook_near_cache_reconnects_total",
                  "chinook_near_cache_invalidation_delay_seconds_bucket"):

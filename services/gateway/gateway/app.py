@@ -1,5 +1,6 @@
 """Flask routes: parse HTTP input, call the cache service, shape JSON out."""
 
+import functools
 import json
 import logging
 import os
@@ -352,11 +353,17 @@ def start_timer():
 
 @api.after_app_request
 def observe(response):
-    route = request.url_rule.rule if request.url_rule else "unmatched"
+    route = route_label(request.url_rule.rule) if request.url_rule else "unmatched"
     metrics.HTTP_SECONDS.labels(request.method, route, response.status_code).observe(
         time.perf_counter() - g.get("started", time.perf_counter())
     )
     return response
+
+
+@functools.cache
+def route_label(rule: str) -> str:
+    """The rule as the metrics name it, without converters: /albums/<album_id>."""
+    return re.sub(r"<(?:[^<>]*:)?(\w+)>", r"<\1>", rule)
 
 
 @api.get("/healthz")
