@@ -22,9 +22,11 @@ def stack(isolation, tmp_path_factory):
     # Refused writes reach the dead letters in well under a second.
     stack = Stack(isolation, tmp_path_factory.mktemp("stack"),
                   {"WRITEBACK_MAX_ATTEMPTS": "3", "WRITEBACK_RETRY_BACKOFF_MS": "50"})
-    stack.start()
-    yield stack
-    stack.stop()
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 import pytest
 import requests
 
+from tests.support.stack import tokens_env
+
 pytestmark = pytest.mark.e2e
 
 TOKENS = {"reader": "e2e-reader-token", "writer": "e2e-writer-token", "admin": "e2e-admin-token"}
@@ -11,7 +13,7 @@ TOKENS = {"reader": "e2e-reader-token", "writer": "e2e-writer-token", "admin": "
 @pytest.fixture(scope="module")
 def guarded(stack):
     stack.add_gateway("gateway-guarded", {
-        "API_TOKENS": ",".join(f"{role}:{token}" for role, token in TOKENS.items()),
+        "API_TOKENS": tokens_env(TOKENS),
         "LEGACY_ROUTES": "false",
     })
     stack.start("gateway-guarded")

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway import openapi
 from tests.support.data_state import DataState
-from tests.support.stack import Isolation, Stack
+from tests.support.stack import own_stack, tokens_env
 
 pytestmark = pytest.mark.e2e
 
@@ -43,16 +43,8 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_c
 @pytest.fixture(scope="module")
 def fuzzed_stack(tmp_path_factory):
     """A system of its own: the fuzzer's writes must not reach the other tests' rows."""
-    isolation = Isolation.create("fuzz")
-    stack = Stack(isolation, tmp_path_factory.mktemp("fuzz"), {
-        "API_TOKENS": ",".join(f"{role}:{token}" for role, token in TOKENS.items()),
-    })
-    try:
-        stack.start()
+    with own_stack("fuzz", tmp_path_factory.mktemp("fuzz"), {"API_TOKENS": tokens_env(TOKENS)}) as stack:
         yield stack
-    finally:
-        stack.stop()
-        isolation.destroy()
 
 
 @pytest.fixture(scope="module")

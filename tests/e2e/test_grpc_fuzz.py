@@ -28,7 +28,7 @@ from chinook.cache.v1 import cache_pb2
 from chinook.entities import ENTITIES, Entity
 from chinook.grpc_client import CACHE_SERVICE, PERSISTENCE_SERVICE, from_struct, to_struct
 from chinook.persistence.v1 import persistence_pb2
-from tests.support.stack import REPO_ROOT, Isolation, Stack
+from tests.support.stack import REPO_ROOT, Stack, own_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -461,16 +461,10 @@ def documented(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory):
     """A stack of its own: the fuzzer's writes must not meet other tests' data."""
-    isolation = Isolation.create("fuzz")
-    stack = Stack(isolation, tmp_path_factory.mktemp("fuzz-stack"),
-                  {"WRITEBACK_MAX_ATTEMPTS": "3", "WRITEBACK_RETRY_BACKOFF_MS": "50",
-                   "WRITEBACK_MAX_PENDING": str(MAX_PENDING)})
-    try:
-        stack.start()
+    with own_stack("fuzz", tmp_path_factory.mktemp("fuzz-stack"),
+                   {"WRITEBACK_MAX_ATTEMPTS": "3", "WRITEBACK_RETRY_BACKOFF_MS": "50",
+                    "WRITEBACK_MAX_PENDING": str(MAX_PENDING)}) as stack:
         yield stack
-    finally:
-        stack.stop()
-        isolation.destroy()
 
 
 def pg(stack: Stack, query: str) -> list[tuple]:

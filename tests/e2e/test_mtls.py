@@ -22,7 +22,7 @@ from chinook.grpc_client import CACHE_SERVICE, PERSISTENCE_SERVICE, make_channel
 from deploy import dev_certs
 from tests.support.api import Api
 from tests.support.grpcurl import GRPCURL
-from tests.support.stack import REPO_ROOT, Isolation, Stack, procfile_commands
+from tests.support.stack import REPO_ROOT, own_stack, procfile_commands, tokens_env
 
 pytestmark = pytest.mark.e2e
 
@@ -51,17 +51,9 @@ def foreign_certs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def mtls_stack(certs, tmp_path_factory):
-    isolation = Isolation.create("mtls")
-    stack = Stack(isolation, tmp_path_factory.mktemp("mtls-stack"), {
-        **tls_env(certs),
-        "API_TOKENS": ",".join(f"{role}:{token}" for role, token in TOKENS.items()),
-    })
-    try:
-        stack.start()
+    with own_stack("mtls", tmp_path_factory.mktemp("mtls-stack"),
+                   {**tls_env(certs), "API_TOKENS": tokens_env(TOKENS)}) as stack:
         yield stack
-    finally:
-        stack.stop()
-        isolation.destroy()
 
 
 @pytest.fixture(scope="module")

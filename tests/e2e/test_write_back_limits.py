@@ -8,7 +8,7 @@ import requests
 
 from tests.support.api import Api
 from tests.support.metrics import counter
-from tests.support.stack import Isolation, Stack
+from tests.support.stack import own_stack
 
 pytestmark = pytest.mark.e2e
 MAX_PENDING, BATCH_SIZE = 1000, 100
@@ -16,20 +16,16 @@ MAX_PENDING, BATCH_SIZE = 1000, 100
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    isolation = Isolation.create("limits")
-    stack = Stack(isolation, tmp_path_factory.mktemp("limits"), {
+    with own_stack("limits", tmp_path_factory.mktemp("limits"), {
         "WRITEBACK_MAX_PENDING": str(MAX_PENDING),
         "WRITEBACK_BATCH_SIZE": str(BATCH_SIZE),
         "WRITEBACK_DELAY_MS": "1500",
-    })
-    stack.start()
-    api = Api(stack)
-    # Enough albums to go beyond the pending limit.
-    api.sql("INSERT INTO album (album_id, title, artist_id) SELECT album_id + 347 * k, title, artist_id "
-            "FROM album, generate_series(1, 3) AS k WHERE album_id <= 347")
-    yield stack, api
-    stack.stop()
-    isolation.destroy()
+    }) as stack:
+        api = Api(stack)
+        # Enough albums to go beyond the pending limit.
+        api.sql("INSERT INTO album (album_id, title, artist_id) SELECT album_id + 347 * k, title, artist_id "
+                "FROM album, generate_series(1, 3) AS k WHERE album_id <= 347")
+        yield stack, api
 
 
 def metric(stack, process, name, **labels):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -269,3 +270,23 @@ class Stack:
             return False
         finally:
             client.close()
+
+
+def tokens_env(tokens: dict[str, str]) -> str:
+    """API_TOKENS for a {role: token} dict."""
+    return ",".join(f"{role}:{token}" for role, token in tokens.items())
+
+
+@contextmanager
+def own_stack(label: str, workdir: Path, extra_env: dict | None = None):
+    """A whole system on a database, key prefix and vhost of its own, for tests whose writes
+    must not meet other tests' rows; stopped and removed afterwards, also when it fails
+    to start."""
+    isolation = Isolation.create(label)
+    stack = Stack(isolation, workdir, extra_env)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        isolation.destroy()
