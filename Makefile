@@ -25,13 +25,16 @@ chaos: venv
 	$(BIN)/pytest -v tests/chaos tests/integration/test_write_back_properties.py \
 		tests/e2e/test_dead_letters_and_metrics.py tests/e2e/test_write_back_limits.py
 
-# The HTTP API fuzzer of `make test` (tests/e2e/test_fuzz_http_api.py: schemathesis against
-# a running system, as a reader, a writer and an admin) with many more generated requests
-# per operation and role; FUZZ_EXAMPLES=<n> sets how many. About 15 minutes.
+# The fuzzers of `make test` with many more generated inputs: schemathesis against the
+# HTTP API (tests/e2e/test_fuzz_http_api.py, as a reader, a writer and an admin;
+# FUZZ_EXAMPLES per operation and role) and hypothesis against every RPC of both gRPC
+# services (tests/e2e/test_grpc_fuzz.py; GRPC_FUZZ_EXAMPLES per RPC). About 20 minutes.
 .PHONY: fuzz
 FUZZ_EXAMPLES ?= 1000
+GRPC_FUZZ_EXAMPLES ?= 1000
 fuzz: venv
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/e2e/test_fuzz_http_api.py
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) GRPC_FUZZ_EXAMPLES=$(GRPC_FUZZ_EXAMPLES) \
+		$(BIN)/pytest tests/e2e/test_fuzz_http_api.py tests/e2e/test_grpc_fuzz.py
 
 # Scenarios B1-B5 against the floor and the monolith anchors, in one run: prints the
 # table, writes bench/results/<timestamp>.json and .png, and bench/latest.png.
