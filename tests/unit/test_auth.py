@@ -61,6 +61,14 @@ def test_each_route_needs_its_role(method, path, needed):
             assert response.json["error"]["code"] == "permission_denied"
 
 
+def test_refusals_name_the_route_as_documented():
+    api = client()
+    refused = send(api, "PATCH", "/albums/1", BEARER["read"])
+    assert refused.json["error"]["message"] == "PATCH /albums/<album_id> needs role writer; the token's role is reader"
+    anonymous = send(api, "POST", "/albums/bulk-random")
+    assert anonymous.json["error"]["message"].startswith("POST /albums/bulk-random needs a bearer token")
+
+
 def test_every_route_declares_its_role():
     app = create_app(Settings(gateway_near_cache_rows=0), cache_client=UnavailableCache())
     for rule in app.url_map.iter_rules():

@@ -339,10 +339,10 @@ def check_access():
         return None
     if not authorization:
         return errors.error_response(401, "unauthenticated",
-                                     f"{request.method} {request.url_rule.rule} needs a bearer token "
+                                     f"{request.method} {route_label(request.url_rule.rule)} needs a bearer token "
                                      f"(Authorization: Bearer <token>) of role {required}", challenge)
     return errors.error_response(403, "permission_denied",
-                                 f"{request.method} {request.url_rule.rule} needs role {required}; "
+                                 f"{request.method} {route_label(request.url_rule.rule)} needs role {required}; "
                                  f"the token's role is {role}")
 
 
