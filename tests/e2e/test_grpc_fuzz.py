@@ -307,10 +307,9 @@ class Fuzzer:
         self.stack = stack
         self.album_ids = album_ids
         self.artist_ids = artist_ids
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-        self.channels = {CACHE_SERVICE: grpc.insecure_channel(stack.cache_addr, options=options),
-                         PERSISTENCE_SERVICE: grpc.insecure_channel(stack.persistence_addr, options=options)}
+        # As the services' own clients make them: with mutual TLS when GRPC_TLS_* are set.
+        self.channels = {CACHE_SERVICE: stack.channel(stack.cache_addr),
+                         PERSISTENCE_SERVICE: stack.channel(stack.persistence_addr)}
         # The last value the cache accepted of each column of each row it was sent.
         self.accepted: dict[tuple[str, int], dict] = {}
         # The newest write ApplyWrites acknowledged of each row.
