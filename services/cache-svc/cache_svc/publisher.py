@@ -1,11 +1,16 @@
 """Publishes Celery tasks; the cache service never imports the workers' code."""
 
-from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, make_celery
+from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, declare_queues, make_celery
 
 
 class TaskPublisher:
     def __init__(self, settings):
         self.celery = make_celery("cache-svc", settings)
+        self.queue_type = settings.broker_queue_type
+
+    def declare_queues(self):
+        """Raises QueueTypeMismatch if a queue exists with another type."""
+        declare_queues(self.celery, self.queue_type)
 
     def apply_writes(self, entity: str, rows: list):
         self.celery.send_task(APPLY_WRITES_TASK, args=[entity, rows])
