@@ -60,13 +60,14 @@ def make_celery(name: str, settings) -> Celery:
     return app
 
 
-def declare_queues(app: Celery, queue_type: str):
+def declare_queues(app: Celery, queue_type: str, connect_retries: int | None = None):
     """Declares the task queues as BROKER_QUEUE_TYPE wants them, at start: the broker
     refuses a queue whose type differs from the existing one of that name, and the
     process had better stop with how to migrate than fail every publish or end in a
-    traceback."""
+    traceback. Waits for the broker up to connect_retries times (None: for ever), then
+    raises kombu's OperationalError."""
     with app.connection_for_write() as connection:
-        connection.ensure_connection()
+        connection.ensure_connection(max_retries=connect_retries)
         vhost = connection.virtual_host
         for queue in app.amqp.queues.values():
             try:

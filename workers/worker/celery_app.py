@@ -44,17 +44,17 @@ class Clients:
 
 
 @worker_init.connect
+def serve_metrics(**_):
+    metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT, metrics.multiprocess_registry())
+
+
+@worker_init.connect
 def check_queues(**_):
     # Celery's own declaration would end in a traceback; this says which queue and how to migrate.
     try:
         declare_queues(app, settings.broker_queue_type)
     except QueueTypeMismatch as exc:
         sys.exit(f"worker: {exc}")
-
-
-@worker_init.connect
-def serve_metrics(**_):
-    metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT, metrics.multiprocess_registry())
 
 
 @worker_process_init.connect
