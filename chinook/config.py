@@ -21,6 +21,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     celery_result_backend: str = "redis://127.0.0.1:6379/1"
+    # The type of the task queues: quorum (replicated), or classic for brokers without them.
+    broker_queue_type: str = "quorum"
     # The address the gateway listens on: loopback for a laptop; 0.0.0.0 in containers.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 5000
@@ -83,7 +85,8 @@ _POSITIVE = {
     "writeback_retry_backoff_ms", "near_cache_max_lag_ms",
 }
 _CHOICES = {"redis_appendfsync": ("", "always", "everysec", "no"),
-            "anonymous_role": ("", "none", "reader", "writer", "admin")}
+            "anonymous_role": ("", "none", "reader", "writer", "admin"),
+            "broker_queue_type": ("quorum", "classic")}
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 

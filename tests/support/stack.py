@@ -44,8 +44,9 @@ def procfile_commands(path: Path = PROCFILE) -> dict[str, str]:
     return commands
 
 
-def rabbitmqctl(*args: str):
-    subprocess.run(["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, timeout=60)
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, text=True,
+                          timeout=60).stdout
 
 
 class Vhosts:
@@ -62,6 +63,7 @@ class Vhosts:
         response = requests.request(method, f"{base}/api/{path}", json=body, timeout=30,
                                     auth=(parts.username or "guest", parts.password or "guest"))
         response.raise_for_status()
+        return response.json() if response.content else None
 
     def create(self, vhost: str, user: str):
         if self.api:
@@ -77,6 +79,15 @@ class Vhosts:
             self._call("DELETE", f"vhosts/{quote(vhost, safe='')}")
         else:
             rabbitmqctl("delete_vhost", vhost)
+
+    def queues(self, vhost: str) -> dict[str, dict]:
+        """{name: {"type": ..., "messages": ...}} of every queue of the vhost."""
+        if self.api:
+            return {q["name"]: {"type": q["type"], "messages": q.get("messages", 0)}
+                    for q in self._call("GET", f"queues/{quote(vhost, safe='')}")}
+        listing = rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "type", "messages")
+        return {name: {"type": kind, "messages": int(messages)}
+                for name, kind, messages in (line.split("\t") for line in listing.splitlines() if line)}
 
 
 @dataclass

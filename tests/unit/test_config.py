@@ -21,10 +21,16 @@ def test_variables_override_defaults_with_their_types():
     ({"WRITEBACK_BATCH_SIZE": "many"}, "WRITEBACK_BATCH_SIZE='many' is not a valid int"),
     ({"WRITEBACK_BATCH_SIZE": "0"}, "WRITEBACK_BATCH_SIZE='0' must be positive"),
     ({"WRITEBACK_DELAY_MS": "-5"}, "WRITEBACK_DELAY_MS='-5' must be zero or more"),
+    ({"BROKER_QUEUE_TYPE": "stream"}, "BROKER_QUEUE_TYPE='stream' must be one of quorum, classic"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(env)
+
+
+def test_broker_queue_type_quorum_unless_classic():
+    assert load_settings({}).broker_queue_type == "quorum"
+    assert load_settings({"BROKER_QUEUE_TYPE": "classic"}).broker_queue_type == "classic"
 
 
 def test_booleans_and_roles():

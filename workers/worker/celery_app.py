@@ -7,6 +7,7 @@
 import logging
 import os
 import random
+import sys
 import tempfile
 
 # Prefork children write their metrics to files the main process serves; the folder
@@ -17,7 +18,9 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from celery.signals import task_postrun, task_retry, worker_init, worker_process_init, worker_process_shutdown  # noqa: E402
 
 from chinook import metrics  # noqa: E402
-from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, make_celery  # noqa: E402
+from chinook.celery_setup import (  # noqa: E402
+    APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, QueueTypeMismatch, declare_queues, delay_in_whole_seconds, make_celery,
+)
 from chinook.config import settings_or_exit  # noqa: E402
 from chinook.grpc_client import CacheClient, PersistenceClient  # noqa: E402
 from chinook.logs import configure_logging  # noqa: E402
@@ -43,6 +46,15 @@ class Clients:
 @worker_init.connect
 def serve_metrics(**_):
     metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT, metrics.multiprocess_registry())
+
+
+@worker_init.connect
+def check_queues(**_):
+    # Celery's own declaration would end in a traceback; this says which queue and how to migrate.
+    try:
+        declare_queues(app, settings.broker_queue_type)
+    except QueueTypeMismatch as exc:
+        sys.exit(f"worker: {exc}")
 
 
 @worker_process_init.connect
@@ -85,7 +97,8 @@ def apply_writes(self, entity: str, rows: list, refusals: int = 0):
         refusals += 1
         if refusals < settings.writeback_max_attempts:
             # Only the refused rows are tried again, later; the rest of the batch is durable.
-            countdown = random.uniform(0, settings.writeback_retry_backoff_ms * 2**refusals) / 1000
+            backoff_s = random.uniform(0, settings.writeback_retry_backoff_ms * 2**refusals) / 1000
+            countdown = delay_in_whole_seconds(backoff_s)
             raise self.retry(args=[entity, [row for row, _ in outcome.refused]], kwargs={"refusals": refusals},
                              countdown=countdown, max_retries=None)
         jobs.dead_letter(Clients.cache, entity, outcome.refused)

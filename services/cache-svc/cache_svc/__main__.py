@@ -1,12 +1,14 @@
 """Starts the cache service: `python -m cache_svc`."""
 
 import logging
+import sys
 
 import redis
 from prometheus_client import REGISTRY
 
 from chinook import metrics
 from chinook.cache.v1 import cache_pb2_grpc
+from chinook.celery_setup import QueueTypeMismatch
 from chinook.config import redact_url, settings_or_exit
 from chinook.entities import ENTITIES
 from chinook.grpc_client import CACHE_SERVICE, PersistenceClient
@@ -73,6 +75,10 @@ def main():
     persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s,
                                     channel_credentials(settings))
     publisher = TaskPublisher(settings)
+    try:
+        publisher.declare_queues()
+    except QueueTypeMismatch as exc:
+        sys.exit(f"cache-svc: {exc}")
     write_back = WriteBack(store, persistence)
     flusher = Flusher(store, publisher, settings)
     relay = ChangeRelay(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2),
