@@ -262,10 +262,7 @@ def run_init_file(path, env: dict) -> subprocess.CompletedProcess:
 def test_the_image_gives_persistence_svc_its_role_and_password(tmp_path):
     """On a Postgres of its own: the password is global to the cluster, and checked here."""
     with PostgresServer(tmp_path / "postgres") as server:
-        admin = psycopg2.connect(server.admin_url)
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute("CREATE DATABASE chinook")
+        server.create_database("chinook")
         env = {"PATH": os.environ["PATH"], "PGHOST": "127.0.0.1", "PGPORT": str(server.port),
                "POSTGRES_USER": "postgres", "POSTGRES_DB": "chinook", "PERSISTENCE_DB_PASSWORD": "s3cret-persistence"}
         files = sorted((REPO_ROOT / "sql").glob("*.sql")) + sorted((REPO_ROOT / "sql").glob("*.sh"))
@@ -278,8 +275,9 @@ def test_the_image_gives_persistence_svc_its_role_and_password(tmp_path):
         # Passwords are checked for the role from here on.
         hba = server.data_dir / "pg_hba.conf"
         hba.write_text("host all chinook_persistence 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
-        with admin.cursor() as cur:
+        with psycopg2.connect(server.admin_url) as admin, admin.cursor() as cur:
             cur.execute("SELECT pg_reload_conf()")
+        admin.close()
         url = f"postgresql://chinook_persistence:{{}}@127.0.0.1:{server.port}/chinook"
         with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
             psycopg2.connect(url.format("wrong"))
@@ -292,4 +290,3 @@ def test_the_image_gives_persistence_svc_its_role_and_password(tmp_path):
         missing = run_init_file(REPO_ROOT / "sql/05-persistence-role-password.sh",
                                 {k: v for k, v in env.items() if k != "PERSISTENCE_DB_PASSWORD"})
         assert missing.returncode != 0 and "PERSISTENCE_DB_PASSWORD is not set" in missing.stderr
-        admin.close()

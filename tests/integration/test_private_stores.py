@@ -48,12 +48,7 @@ def test_redis_keeps_an_acknowledged_write_through_sigkill(tmp_path):
 
 def test_postgres_keeps_a_committed_row_through_sigkill_of_the_postmaster(tmp_path):
     with PostgresServer(tmp_path / "postgres") as store:
-        admin = psycopg2.connect(store.admin_url)
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute("CREATE DATABASE faults")
-        admin.close()
-        with psycopg2.connect(store.database_url("faults")) as conn, conn.cursor() as cur:
+        with psycopg2.connect(store.create_database("faults")) as conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE survivor (id int PRIMARY KEY, note text)")
             cur.execute("INSERT INTO survivor VALUES (1, 'still here')")
         conn.close()

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import psycopg2
+import psycopg2.sql
 import redis
 
 READY_TIMEOUT_S = 60
@@ -340,6 +341,17 @@ class PostgresServer(PrivateServer):
 
     def database_url(self, name: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def create_database(self, name: str) -> str:
+        """Creates the database; its URL."""
+        admin = psycopg2.connect(self.admin_url)
+        admin.autocommit = True
+        try:
+            with admin.cursor() as cur:
+                cur.execute(psycopg2.sql.SQL("CREATE DATABASE {}").format(psycopg2.sql.Identifier(name)))
+        finally:
+            admin.close()
+        return self.database_url(name)
 
     def popen_options(self) -> dict:
         return {"user": self.os_user.pw_uid, "group": self.os_user.pw_gid, "extra_groups": [],
