@@ -9,7 +9,7 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from chinook.config import Settings
-from gateway.app import create_app
+from gateway.app import create_app, route_label
 from gateway.openapi import operations
 from tests.unit.test_auth import TOKENS, UnavailableCache
 
@@ -33,7 +33,7 @@ def flask_operations(app) -> dict[tuple[str, str], str]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        path = route_label(rule.rule).replace("<", "{").replace(">", "}")
         for method in rule.methods - IGNORED_METHODS:
             found[(path, method.lower())] = app.view_functions[rule.endpoint].required_role
     return found
