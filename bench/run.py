@@ -192,6 +192,8 @@ class Bench:
         self.monolith = stores.MonolithApp(self.anchor, self.workdir).start()
         self.api = Api(self.stack)
         self.redis = self.isolation.redis()
+        # cache-svc's own counters, read as it lays them out in its shards.
+        self.cache_counters = self.stack.row_store().counters
         self.anchor_redis = self.anchor.redis()
         self.admin = stores.admin_connection(self.isolation.database_url)
         self.pg = psycopg2.connect(self.isolation.database_url)
@@ -297,7 +299,7 @@ class Bench:
             f"set-based UPDATE; sending {len(bodies)} bulk request(s)")
         seconds, micros = self.redis.time()
         since_version = seconds * 1_000_000 + micros
-        sampler = ConvergenceSampler(self.redis, f"{self.isolation.key_prefix}wb:stats",
+        sampler = ConvergenceSampler(self.cache_counters,
                                      self.isolation.database_url, since_version, n)
         sampler.start()
         # Profiles: with rows not cached, wall-clock along the bulk's path through each
@@ -361,11 +363,10 @@ class Bench:
         return next_request
 
     def _b2_system(self, mix: str, ids: list[int]) -> dict:
-        stats_key = f"{self.isolation.key_prefix}wb:stats"
         cache_port = self.stack.metrics_ports["CACHE"]
         persistence_port = self.stack.metrics_ports["PERSISTENCE"]
         time.sleep(self.profile.stats_wait_s)
-        accepted_before = int(self.redis.hget(stats_key, "accepted") or 0)
+        accepted_before = self.cache_counters().get("accepted", 0)
         xact_before = stores.xact_commit(self.admin, self.isolation.database_url)
         cache_before = stores.scrape(cache_port)
         persistence_before = stores.scrape(persistence_port)
@@ -379,7 +380,7 @@ class Bench:
         # Postgres' work for these updates ends when the last of them is written back.
         postgres_cpu_s = stores.cpu_seconds(self.postmaster) - cpu_before["postgres"] if self.postmaster else None
         time.sleep(self.profile.stats_wait_s)
-        accepted = int(self.redis.hget(stats_key, "accepted") or 0) - accepted_before
+        accepted = self.cache_counters().get("accepted", 0) - accepted_before
         xacts = stores.xact_commit(self.admin, self.isolation.database_url) - xact_before
         cache_after = stores.scrape(cache_port)
         persistence_after = stores.scrape(persistence_port)
@@ -571,10 +572,9 @@ class Bench:
         """The mix through the first gateway, while the stale-read probe writes its own
         rows through it and reads them through the second."""
         # B3 left every row in the near cache of each of the first gateway's workers.
-        stats_key = f"{self.isolation.key_prefix}wb:stats"
         gateway_port, second_port = self.stack.gateway_port, self.stack.gateway_ports[SECOND_GATEWAY]
         second_workers = descendants(self.stack.processes[SECOND_GATEWAY].pid)
-        accepted_before = int(self.redis.hget(stats_key, "accepted") or 0)
+        accepted_before = self.cache_counters().get("accepted", 0)
         time.sleep(NEAR_COUNTS_WAIT_S)
         gateway_before, second_before = stores.scrape(gateway_port), stores.scrape(second_port)
         probe = StaleReadProbe(
@@ -607,7 +607,7 @@ class Bench:
         })
         summary.update({
             "distribution": "zipf", "zipf_s": ZIPF_S, "patch_share": MIX_PATCH_SHARE,
-            "accepted_updates": int(self.redis.hget(stats_key, "accepted") or 0) - accepted_before,
+            "accepted_updates": self.cache_counters().get("accepted", 0) - accepted_before,
             **near_cache_counts(gateway_before, gateway_after),
         })
         log(f"mix: system {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
@@ -639,9 +639,8 @@ class ConvergenceSampler:
     REDIS_POLL_S = 0.02
     PG_POLL_MIN_S = 0.25
 
-    def __init__(self, client: redis.Redis, stats_key: str, database_url: str, since_version: int, n: int):
-        self.client = client
-        self.stats_key = stats_key
+    def __init__(self, counters, database_url: str, since_version: int, n: int):
+        self.counters = counters
         self.since_version = since_version
         self.n = n
         self.conn = psycopg2.connect(database_url)
@@ -655,8 +654,8 @@ class ConvergenceSampler:
         self._started = None
 
     def _counters(self) -> tuple[int, int]:
-        accepted, flushed = self.client.hmget(self.stats_key, "accepted", "flushed")
-        return int(accepted or 0), int(flushed or 0)
+        counters = self.counters()
+        return counters.get("accepted", 0), counters.get("flushed", 0)
 
     def start(self):
         self._started = time.perf_counter()

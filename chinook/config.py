@@ -19,6 +19,9 @@ class ConfigError(Exception):
 class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/chinook"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # REDIS_URL names any node of a Redis Cluster (cache-svc only; the result backend
+    # stays a single Redis).
+    redis_cluster: bool = False
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     celery_result_backend: str = "redis://127.0.0.1:6379/1"
     # The type of the task queues: quorum (replicated), or classic for brokers without them.
@@ -36,6 +39,12 @@ class Settings:
     writeback_lease_ms: int = 30_000
     # Above this many pending rows, new writes are refused (503 / RESOURCE_EXHAUSTED).
     writeback_max_pending: int = 1_000_000
+    # Pending writes are split into this many shards, each in one Redis hash slot.
+    writeback_shards: int = 16
+    # An update is acknowledged only once this many Redis replicas hold it (WAIT), within
+    # the timeout; else the client gets 503 and retries.
+    writeback_min_replicas: int = 0
+    writeback_replica_timeout_ms: int = 1000
     # Tries of a write Postgres refuses before it goes to the dead letters, and the
     # backoff between them (doubling, with full jitter).
     writeback_max_attempts: int = 5
@@ -82,7 +91,7 @@ class Settings:
 _POSITIVE = {
     "gateway_port", "cache_grpc_port", "persistence_grpc_port", "writeback_batch_size",
     "writeback_lease_ms", "cache_ttl_s", "grpc_timeout_s", "writeback_max_pending", "writeback_max_attempts",
-    "writeback_retry_backoff_ms", "near_cache_max_lag_ms",
+    "writeback_retry_backoff_ms", "near_cache_max_lag_ms", "writeback_shards", "writeback_replica_timeout_ms",
 }
 _CHOICES = {"redis_appendfsync": ("", "always", "everysec", "no"),
             "anonymous_role": ("", "none", "reader", "writer", "admin"),
@@ -115,6 +124,9 @@ def load_settings(environ=None) -> Settings:
             raise ConfigError(f"{name}={raw!r} must be one of {', '.join(c for c in _CHOICES[field.name] if c)}")
         values[field.name] = value
     settings = Settings(**values)
+    if "{" in settings.redis_key_prefix or "}" in settings.redis_key_prefix:
+        raise ConfigError(f"REDIS_KEY_PREFIX={settings.redis_key_prefix!r} must not hold {{ or }}: cache-svc "
+                          "puts each shard's keys in one Redis Cluster hash slot with a {...} tag of its own")
     read_tls_files(settings)
     return settings
 

@@ -10,12 +10,24 @@ from cache_svc.store import Backpressure, RowStore
 from chinook.entities import ENTITIES
 
 
+SHARDS = 4
+
+
 @pytest.fixture
 def store(redis_client):
     prefix = f"chinook_store_{uuid.uuid4().hex[:10]}:"
-    yield RowStore(redis_client, prefix, ttl_s=3600, entities=ENTITIES, max_pending=5)
+    yield RowStore(redis_client, prefix, ttl_s=3600, entities=ENTITIES, max_pending=5, shards=SHARDS)
     for key in redis_client.scan_iter(match=f"{prefix}*"):
         redis_client.delete(key)
+
+
+def claim(store, entity="album", **options):
+    """The rows of `entity` one claim of every shard takes."""
+    return [row for shard in store.claim(**options) for row in shard.rows.get(entity, [])]
+
+
+def pending(store, entity="album"):
+    return store.summary()[0][entity]
 
 
 def cache_row(store, row_id=1, title="Old", version=7):
@@ -27,7 +39,7 @@ def test_fill_caches_clean_rows_with_the_ttl(store):
     cache_row(store)
     row = store.get("album", 1)
     assert (row.fields, row.version, row.dirty) == ({"title": "Old", "artist_id": "1"}, 7, False)
-    assert 3590 < store.redis.ttl(f"{store.prefix}album:1") <= 3600
+    assert 3590 < store.redis.ttl(store.row_key("album", 1)) <= 3600
 
 
 def test_fill_never_overwrites_a_cached_row(store):
@@ -43,8 +55,8 @@ def test_accept_is_dirty_versioned_and_never_expires(store):
     row = store.get("album", 1)
     assert row.dirty and row.version == version and row.fields["title"] == "New"
     assert version > 7
-    assert store.redis.ttl(f"{store.prefix}album:1") == -1, "a dirty row must carry no TTL"
-    assert store.pending("album")[0] == 1
+    assert store.redis.ttl(store.row_key("album", 1)) == -1, "a dirty row must carry no TTL"
+    assert pending(store)[0] == 1
 
 
 def test_versions_grow_and_follow_the_clock(store):
@@ -57,75 +69,76 @@ def test_versions_grow_and_follow_the_clock(store):
 
 def test_accept_of_an_uncached_row_reports_it(store):
     assert store.accept("album", [(42, {"title": "x"})]) == [-1]
-    assert store.pending("album")[0] == 0
+    assert pending(store)[0] == 0
 
 
 def test_updates_before_a_flush_are_coalesced_into_one_row_write(store):
     cache_row(store)
     for i in range(10):
         store.accept("album", [(1, {"title": f"t{i}"})])
-    claimed = store.claim("album", delay_ms=0, batch_size=100, lease_ms=30_000)
+    claimed = claim(store, delay_ms=0, batch_size=100, lease_ms=30_000)
     assert [(r.id, r.fields["title"]) for r in claimed] == [(1, "t9")]
 
 
 def test_claim_waits_for_the_delay_unless_a_batch_is_full(store):
-    for i in range(1, 4):
+    # Rows of one shard: a batch is full when one shard holds it.
+    for i in (SHARDS, 2 * SHARDS, 3 * SHARDS):
         cache_row(store, row_id=i)
         store.accept("album", [(i, {"title": "x"})])
-    assert store.claim("album", delay_ms=60_000, batch_size=10, lease_ms=30_000) == []
-    claimed = store.claim("album", delay_ms=60_000, batch_size=2, lease_ms=30_000)
+    assert claim(store, delay_ms=60_000, batch_size=10, lease_ms=30_000) == []
+    claimed = claim(store, delay_ms=60_000, batch_size=2, lease_ms=30_000)
     assert len(claimed) == 2, "a full batch goes at once"
 
 
 def test_claimed_rows_are_leased_and_claimed_again_when_the_lease_ends(store):
     cache_row(store)
     store.accept("album", [(1, {"title": "x"})])
-    assert len(store.claim("album", delay_ms=0, batch_size=10, lease_ms=300)) == 1
-    assert store.claim("album", delay_ms=0, batch_size=10, lease_ms=300) == [], "leased rows are not claimed twice"
+    assert len(claim(store, delay_ms=0, batch_size=10, lease_ms=300)) == 1
+    assert claim(store, delay_ms=0, batch_size=10, lease_ms=300) == [], "leased rows are not claimed twice"
     time.sleep(0.4)
-    assert [r.id for r in store.claim("album", delay_ms=0, batch_size=10, lease_ms=300)] == [1]
+    assert [r.id for r in claim(store, delay_ms=0, batch_size=10, lease_ms=300)] == [1]
 
 
 def test_ack_of_the_current_version_makes_the_row_clean(store):
     cache_row(store)
     store.accept("album", [(1, {"title": "x"})])
-    [claimed] = store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)
+    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     cleaned, lags = store.ack("album", [(1, claimed.version)], written=1)
     assert cleaned == 1 and len(lags) == 1 and lags[0] >= 0
     row = store.get("album", 1)
     assert not row.dirty and row.fields["title"] == "x"
-    assert store.redis.ttl(f"{store.prefix}album:1") > 0
-    assert store.pending("album") == (0, None)
+    assert store.redis.ttl(store.row_key("album", 1)) > 0
+    assert pending(store) == (0, None)
     assert store.counters() == {"accepted": 1, "flushed": 1}
 
 
 def test_ack_of_an_older_version_keeps_a_newer_write_dirty_and_due(store):
     cache_row(store)
     store.accept("album", [(1, {"title": "first"})])
-    [claimed] = store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)
+    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.accept("album", [(1, {"title": "second"})])
     cleaned, _ = store.ack("album", [(1, claimed.version)], written=1)
     assert cleaned == 0
     row = store.get("album", 1)
     assert row.dirty and row.fields["title"] == "second"
-    [again] = store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)
+    [again] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     assert again.fields["title"] == "second", "a write during a flush is flushed without waiting for the lease"
 
 
 def test_release_makes_claimed_rows_claimable_again(store):
     cache_row(store)
     store.accept("album", [(1, {"title": "x"})])
-    store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)
+    claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.release("album", [1])
-    assert len(store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)) == 1
+    assert len(claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)) == 1
 
 
 def test_expedite_skips_the_delay(store):
     cache_row(store)
     store.accept("album", [(1, {"title": "x"})])
-    assert store.claim("album", delay_ms=60_000, batch_size=10, lease_ms=30_000) == []
-    assert store.expedite("album") == 1
-    assert len(store.claim("album", delay_ms=60_000, batch_size=10, lease_ms=30_000)) == 1
+    assert claim(store, delay_ms=60_000, batch_size=10, lease_ms=30_000) == []
+    assert store.expedite() == 1
+    assert len(claim(store, delay_ms=60_000, batch_size=10, lease_ms=30_000)) == 1
 
 
 def test_ack_newer_than_a_clean_cached_row_drops_it(store):
@@ -145,9 +158,9 @@ def test_a_load_overtaken_by_another_fill_does_not_cache_its_stale_value(store):
     slow_token = store.begin_fill("album", [1])  # a reader starts loading version 7
     cache_row(store, version=7)  # another loader caches it first...
     [version] = store.accept("album", [(1, {"title": "New"})])
-    [claimed] = store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)
+    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.ack("album", [(1, claimed.version)], written=1)  # ...it is written, flushed...
-    store.redis.delete(f"{store.prefix}album:1")  # ...and evicted
+    store.redis.delete(store.row_key("album", 1))  # ...and evicted
     [reply] = store.fill("album", slow_token, [(1, {"title": "Old", "artist_id": 1}, 7)], reply=True)
     assert reply is None and store.get("album", 1) is None, "the slow reader must not cache version 7"
 
@@ -166,7 +179,7 @@ def test_claim_reports_how_many_writes_a_flush_covers(store):
     cache_row(store)
     for i in range(4):
         store.accept("album", [(1, {"title": f"t{i}"})])
-    [claimed] = store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)
+    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     assert claimed.writes == 4
 
 
@@ -176,11 +189,11 @@ def test_dead_letter_takes_the_row_out_of_the_schedule_but_keeps_its_value(store
     assert store.dead_letter("album", [(1, version, "violates a constraint")]) == 1
     row = store.get("album", 1)
     assert row.dead_lettered and row.fields["title"] == "poison"
-    assert store.redis.ttl(f"{store.prefix}album:1") == -1
-    assert store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000) == []
+    assert store.redis.ttl(store.row_key("album", 1)) == -1
+    assert claim(store, delay_ms=0, batch_size=10, lease_ms=30_000) == []
     [entry] = store.dead_letters("album")
     assert (entry.id, entry.version, entry.error) == (1, version, "violates a constraint")
-    assert store.dead_letter_count() == 1 and store.pending_total() == 0
+    assert store.summary()[1] == 1 and store.pending_total() == 0
 
 
 def test_a_newer_write_is_not_dead_lettered_for_an_older_failure(store):
@@ -188,7 +201,7 @@ def test_a_newer_write_is_not_dead_lettered_for_an_older_failure(store):
     [old] = store.accept("album", [(1, {"title": "poison"})])
     store.accept("album", [(1, {"title": "fixed"})])
     assert store.dead_letter("album", [(1, old, "refused")]) == 0
-    assert len(store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)) == 1
+    assert len(claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)) == 1
 
 
 def test_a_new_write_supersedes_a_dead_letter(store):
@@ -196,8 +209,8 @@ def test_a_new_write_supersedes_a_dead_letter(store):
     [version] = store.accept("album", [(1, {"title": "poison"})])
     store.dead_letter("album", [(1, version, "refused")])
     store.accept("album", [(1, {"title": "fixed"})])
-    assert store.dead_letter_count() == 0 and not store.get("album", 1).dead_lettered
-    assert [r.fields["title"] for r in store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)] == ["fixed"]
+    assert store.summary()[1] == 0 and not store.get("album", 1).dead_lettered
+    assert [r.fields["title"] for r in claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)] == ["fixed"]
 
 
 def test_retry_schedules_a_dead_letter_again(store):
@@ -205,7 +218,7 @@ def test_retry_schedules_a_dead_letter_again(store):
     [version] = store.accept("album", [(1, {"title": "poison"})])
     store.dead_letter("album", [(1, version, "refused")])
     assert store.resolve_dead_letter("album", 1, "retry").version == version
-    assert [r.version for r in store.claim("album", delay_ms=0, batch_size=10, lease_ms=30_000)] == [version]
+    assert [r.version for r in claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)] == [version]
     assert store.resolve_dead_letter("album", 1, "retry") is None
 
 
@@ -214,7 +227,7 @@ def test_discard_drops_the_cached_row(store):
     [version] = store.accept("album", [(1, {"title": "poison"})])
     store.dead_letter("album", [(1, version, "refused")])
     store.resolve_dead_letter("album", 1, "discard")
-    assert store.get("album", 1) is None and store.pending_total() == 0 and store.dead_letter_count() == 0
+    assert store.get("album", 1) is None and store.pending_total() == 0 and store.summary()[1] == 0
 
 
 def test_a_column_set_to_null_is_removed_from_the_row(store):
@@ -230,7 +243,7 @@ def test_a_row_not_cached_is_accepted_as_a_partial_row_above_the_postgres_versio
     assert row.partial and row.dirty and row.fields == {"title": "Bulk"}
     assert version == row.version > 2**52
     assert store.accept("album", [(10, {"title": "x"})], bases={}) == [-1]
-    [claimed] = store.claim("album", delay_ms=0, batch_size=10, lease_ms=1000)
+    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=1000)
     assert claimed.partial and claimed.fields == {"title": "Bulk"}
 
 

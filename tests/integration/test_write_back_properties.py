@@ -92,7 +92,8 @@ class Run:
         self.expected_artist[row] = artist_id
 
     def claim(self, lease_ms):
-        claimed = self.store.claim("album", delay_ms=0, batch_size=2, lease_ms=lease_ms)
+        claimed = [row for shard in self.store.claim(delay_ms=0, batch_size=2, lease_ms=lease_ms)
+                   for row in shard.rows.get("album", [])]
         if claimed:
             self.tasks.append([(r.id, r.version, ALBUM.columns_from_store(r.fields) if r.partial
                                 else ALBUM.row_from_store(r.fields)) for r in claimed])

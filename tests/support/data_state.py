@@ -17,8 +17,8 @@ class DataState:
     def __init__(self, stack, admin_token: str):
         self.gateway_url = stack.gateway_url
         self.database_url = stack.isolation.database_url
-        self.prefix = stack.isolation.key_prefix
-        self.redis = stack.isolation.redis()
+        self.store = stack.row_store()
+        self.redis = self.store.redis
         self.admin = {"Authorization": f"Bearer {admin_token}"}
 
     def settle_and_snapshot(self) -> dict:
@@ -33,17 +33,19 @@ class DataState:
             cur.execute(TABLE_DIGESTS)
             state = {f"postgres {table}": (count, digest) for table, count, digest in cur.fetchall()}
         conn.close()
-        state["redis counters"] = self.redis.hgetall(f"{self.prefix}wb:stats")
-        for name in ENTITIES:
-            for kind in ("due", "pending"):
-                state[f"redis wb:{kind}:{name}"] = self.redis.zrange(f"{self.prefix}wb:{kind}:{name}", 0, -1,
-                                                                     withscores=True)
-            state[f"redis wb:dead:{name}"] = self.redis.hgetall(f"{self.prefix}wb:dead:{name}")
+        state["redis counters"] = self.store.counters()
+        for shard in range(self.store.shards):
+            for name in ENTITIES:
+                for key in (self.store.due_key(shard, name), self.store.pending_key(shard, name)):
+                    state[f"redis {key}"] = self.redis.zrange(key, 0, -1, withscores=True)
+                key = self.store.dead_key(shard, name)
+                state[f"redis {key}"] = self.redis.hgetall(key)
         state["rows"] = self.cached_rows()
         return state
 
     def cached_rows(self) -> dict:
-        keys = [key for name in ENTITIES for key in self.redis.scan_iter(match=f"{self.prefix}{name}:*", count=1000)]
+        keys = [key for shard in range(self.store.shards) for name in ENTITIES
+                for key in self.redis.scan_iter(match=f"{self.store.shard_prefix(shard)}{name}:*", count=1000)]
         with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)

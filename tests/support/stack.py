@@ -195,6 +195,16 @@ class Stack:
         """A channel to one of the services, as its clients make it."""
         return make_channel(address, [], self.grpc_credentials)
 
+    def row_store(self):
+        """A RowStore over the run's keys laid out as cache-svc lays them out, to read its
+        bookkeeping (counters, pending rows, row keys) the way cache-svc does."""
+        from cache_svc.store import RowStore
+        from chinook.entities import ENTITIES
+
+        settings = load_settings(self.env)
+        return RowStore(self.isolation.redis(), settings.redis_key_prefix, settings.cache_ttl_s, ENTITIES,
+                        shards=settings.writeback_shards)
+
     def gateway_url_of(self, name: str) -> str:
         return f"http://127.0.0.1:{self.gateway_ports[name]}"
 

@@ -5,48 +5,93 @@ from types import SimpleNamespace
 import pytest
 
 from cache_svc.flusher import Flusher
-from cache_svc.store import ClaimedRow
+from cache_svc.store import ClaimedRow, ShardClaim
 
 SETTINGS = SimpleNamespace(writeback_batch_size=2, writeback_delay_ms=100, writeback_lease_ms=30_000)
 
 
 class FakeStore:
-    def __init__(self, rows):
-        self.rows = {"album": list(rows), "artist": []}
-        self.released = []
+    """Shards of ready album rows; a shard is claimable when it holds a whole batch, when
+    its oldest row waited the delay (`due`), or when asked with no delay."""
 
-    def claim(self, entity, delay_ms, batch_size, lease_ms):
-        batch, self.rows[entity] = self.rows[entity][:batch_size], self.rows[entity][batch_size:]
-        return batch
+    def __init__(self, shards, due=()):
+        self.shards = [list(rows) for rows in shards]
+        self.due = set(due)
+        self.released = []
+        self.rounds = []
+
+    def claim(self, delay_ms, batch_size, lease_ms, shards=None):
+        shards = range(len(self.shards)) if shards is None else shards
+        self.rounds.append((delay_ms, list(shards)))
+        claims = []
+        for shard in shards:
+            rows = self.shards[shard]
+            ready = len(rows)
+            if rows and (len(rows) >= batch_size or shard in self.due or delay_ms == 0):
+                batch, self.shards[shard] = rows[:batch_size], rows[batch_size:]
+                claims.append(ShardClaim(ready, ready, {"album": batch}))
+            else:
+                claims.append(ShardClaim(ready, ready, {}))
+        return claims
 
     def release(self, entity, ids):
         self.released += ids
 
 
 class FakePublisher:
-    def __init__(self, fail=False):
-        self.tasks, self.fail = [], fail
+    def __init__(self, fail_after=None):
+        self.tasks, self.fail_after = [], fail_after
 
     def apply_writes(self, entity, rows):
-        if self.fail:
+        if self.fail_after is not None and len(self.tasks) >= self.fail_after:
             raise ConnectionError("broker down")
         self.tasks.append((entity, rows))
 
 
-def rows(n):
-    return [ClaimedRow(i, {"title": f"t{i}", "artist_id": "1"}, 100 + i) for i in range(1, n + 1)]
+def rows(first, last):
+    return [ClaimedRow(i, {"title": f"t{i}", "artist_id": "1"}, 100 + i) for i in range(first, last + 1)]
+
+
+def published_ids(publisher):
+    return [[row[0] for row in task_rows] for _, task_rows in publisher.tasks]
 
 
 def test_claims_batches_until_a_partial_one_and_types_the_payload():
     publisher = FakePublisher()
-    assert Flusher(FakeStore(rows(5)), publisher, SETTINGS).flush_once() == 5
+    assert Flusher(FakeStore([rows(1, 5)], due={0}), publisher, SETTINGS).flush_once() == 5
     assert [len(task_rows) for _, task_rows in publisher.tasks] == [2, 2, 1]
     assert publisher.tasks[0] == ("album", [[1, 101, {"title": "t1", "artist_id": 1}],
                                             [2, 102, {"title": "t2", "artist_id": 1}]])
 
 
+def test_a_hot_shard_does_not_starve_the_others():
+    store = FakeStore([rows(1, 6), rows(7, 7)], due={0, 1})
+    publisher = FakePublisher()
+    Flusher(store, publisher, SETTINGS).flush_once()
+    # The first round takes a batch of the hot shard and the row of the other one.
+    assert published_ids(publisher)[:2] == [[1, 2], [7]]
+    assert sorted(sum(published_ids(publisher), [])) == list(range(1, 8))
+
+
+def test_ready_rows_of_other_shards_go_along_with_a_flush():
+    # Shard 1's row has not waited the delay yet, but shard 0 flushes: it joins the task.
+    store = FakeStore([rows(1, 1), rows(2, 2), []], due={0})
+    publisher = FakePublisher()
+    assert Flusher(store, publisher, SETTINGS).flush_once() == 2
+    assert published_ids(publisher) == [[1, 2]]
+    assert store.rounds[1] == (0, [1])
+
+
+def test_nothing_due_publishes_nothing():
+    store = FakeStore([rows(1, 1), []])
+    publisher = FakePublisher()
+    assert Flusher(store, publisher, SETTINGS).flush_once() == 0
+    assert publisher.tasks == [] and store.shards[0] == rows(1, 1)
+
+
 def test_rows_whose_task_cannot_be_published_are_released():
-    store = FakeStore(rows(2))
+    store = FakeStore([rows(1, 2), rows(3, 4)])
     with pytest.raises(ConnectionError):
-        Flusher(store, FakePublisher(fail=True), SETTINGS).flush_once()
-    assert store.released == [1, 2]
+        Flusher(store, FakePublisher(fail_after=1), SETTINGS).flush_once()
+    # The first task went out; the rows of the one that failed are claimable again.
+    assert store.released == [3, 4]

@@ -16,11 +16,12 @@ from chinook.grpc_server import GrpcService
 from chinook.logs import configure_logging
 from chinook.tls import channel_credentials, server_credentials
 
+from . import redis_clients
 from .changes import MAX_SUBSCRIBERS, ChangeRelay
 from .flusher import Flusher
 from .publisher import TaskPublisher
 from .servicer import CacheServicer
-from .store import RowStore
+from .store import LayoutError, RowStore
 from .writeback import WriteBack
 
 
@@ -30,9 +31,10 @@ UNARY_WORKERS = 16
 log = logging.getLogger("cache-svc")
 
 
-def check_durability(client: redis.Redis, appendfsync: str):
+def check_durability(client: redis.Redis, appendfsync: str, node: str = ""):
     """Applies REDIS_APPENDFSYNC, or warns if Redis would lose accepted writes in a
     crash or could evict dirty rows."""
+    where = f"Redis {node}" if node else "Redis"
     try:
         if appendfsync:
             client.config_set("appendonly", "yes")
@@ -52,26 +54,44 @@ def check_durability(client: redis.Redis, appendfsync: str):
                      "a volatile-* maxmemory-policy")
         return
     except redis.ResponseError as exc:
-        log.warning("cannot read or set Redis' persistence settings (%s); make sure Redis runs with "
-                    "appendonly yes, appendfsync always and a volatile-* maxmemory-policy", exc)
+        log.warning("cannot read or set %s's persistence settings (%s); make sure it runs with "
+                    "appendonly yes, appendfsync always and a volatile-* maxmemory-policy", where, exc)
         return
     if config.get("appendonly") != "yes":
-        log.warning("Redis does not persist (appendonly no): accepted writes not yet in Postgres are lost "
-                    "if Redis crashes. Set REDIS_APPENDFSYNC=always, or run Redis with --appendonly yes")
+        log.warning("%s does not persist (appendonly no): accepted writes not yet in Postgres are lost "
+                    "if it crashes. Set REDIS_APPENDFSYNC=always, or run Redis with --appendonly yes", where)
     else:
-        log.info("Redis persists with appendonly yes, appendfsync %s", config.get("appendfsync"))
+        log.info("%s persists with appendonly yes, appendfsync %s", where, config.get("appendfsync"))
     if config.get("maxmemory-policy", "").startswith("allkeys"):
-        log.warning("Redis maxmemory-policy %s may evict dirty rows before they reach Postgres; "
-                    "use volatile-lru (dirty rows carry no TTL)", config["maxmemory-policy"])
+        log.warning("%s maxmemory-policy %s may evict dirty rows before they reach Postgres; "
+                    "use volatile-lru (dirty rows carry no TTL)", where, config["maxmemory-policy"])
+
+
+def check_replicas(client: redis.Redis, min_replicas: int, node: str):
+    """Warns when a primary has fewer replicas than WRITEBACK_MIN_REPLICAS: every update
+    it holds would then be refused."""
+    try:
+        info = client.info("replication")
+    except redis.ResponseError as exc:
+        log.info("cannot read Redis %s's replication (%s)", node, exc)
+        return
+    if info.get("role") == "master" and info.get("connected_slaves", 0) < min_replicas:
+        log.warning("Redis %s has %d connected replicas but WRITEBACK_MIN_REPLICAS=%d: updates of its rows get "
+                    "503 until enough replicas follow it", node, info.get("connected_slaves", 0), min_replicas)
 
 
 def main():
     settings = settings_or_exit()
     configure_logging("cache-svc", settings.log_level)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=10,
-                                  socket_connect_timeout=2, socket_timeout=10)
+    try:
+        client = redis_clients.connect(settings.redis_url, settings.redis_cluster)
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        # Only a cluster client reaches out at once, to read the slot map.
+        sys.exit(f"cache-svc: cannot reach the Redis Cluster at {redact_url(settings.redis_url)} (REDIS_CLUSTER=true): "
+                 f"{exc}. Start it, or set REDIS_URL to one of its nodes")
     store = RowStore(client, settings.redis_key_prefix, settings.cache_ttl_s, ENTITIES,
-                     settings.writeback_max_pending)
+                     settings.writeback_max_pending, settings.writeback_shards, settings.writeback_min_replicas,
+                     settings.writeback_replica_timeout_ms)
     persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s,
                                     channel_credentials(settings))
     publisher = TaskPublisher(settings)
@@ -81,8 +101,8 @@ def main():
         sys.exit(f"cache-svc: {exc}")
     write_back = WriteBack(store, persistence)
     flusher = Flusher(store, publisher, settings)
-    relay = ChangeRelay(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2),
-                        store.changes_channel, settings.near_cache_max_lag_ms / 1000)
+    relay = ChangeRelay(redis_clients.subscriber_factory(settings.redis_url, client), store.changes_channel,
+                        settings.near_cache_max_lag_ms / 1000)
 
     durability_checked = False
 
@@ -93,8 +113,13 @@ def main():
         except redis.RedisError as exc:
             raise ConnectionError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc}. "
                                   "Start Redis (`redis-server`) or set REDIS_URL") from exc
+        # Not ready, and writing nothing, while rows wait under another WRITEBACK_SHARDS.
+        store.ensure_layout()
         if not durability_checked:
-            check_durability(client, settings.redis_appendfsync)
+            for node, node_client in redis_clients.node_clients(client):
+                check_durability(node_client, settings.redis_appendfsync, node if settings.redis_cluster else "")
+                if settings.writeback_min_replicas:
+                    check_replicas(node_client, settings.writeback_min_replicas, node)
             durability_checked = True
 
     REGISTRY.register(metrics.PendingCollector(write_back.status))

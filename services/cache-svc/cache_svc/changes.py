@@ -79,10 +79,11 @@ class Subscription:
 
 
 class ChangeRelay:
-    def __init__(self, client: redis.Redis, channel: str, max_lag_s: float):
-        # A client without decode_responses: redis-py's pub/sub reads PING answers right
-        # only from bytes.
-        self.redis = client
+    def __init__(self, connect, channel: str, max_lag_s: float):
+        # connect() opens a client without decode_responses: redis-py's pub/sub reads PING
+        # answers right only from bytes. Each link to Redis takes a new one, so a link
+        # lost with a cluster node is made again on another.
+        self.connect = connect
         self.channel = channel
         self.max_lag_s = max_lag_s
         self._subscribers: set[Subscription] = set()
@@ -133,7 +134,8 @@ class ChangeRelay:
     def _run(self):
         backoff = 0.1
         while not self._stop.is_set():
-            pubsub = self.redis.pubsub()
+            client = self.connect()
+            pubsub = client.pubsub()
             try:
                 pubsub.subscribe(self.channel)
                 self._relay(pubsub)
@@ -147,6 +149,7 @@ class ChangeRelay:
             finally:
                 try:
                     pubsub.close()
+                    client.close()
                 except redis.RedisError:
                     pass
 

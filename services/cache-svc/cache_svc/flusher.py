@@ -1,13 +1,15 @@
 """Turns dirty rows into write-back tasks: a batch as soon as one is full, or the
 rows that have waited WRITEBACK_DELAY_MS. Runs as one thread in the cache service;
-several cache services may run it at once, since claiming a batch is atomic."""
+several cache services may run it at once, since claiming is atomic. Each round claims
+from every shard, so a hot shard cannot starve the others, and rows of one entity
+claimed from several shards travel in the same tasks."""
 
 import logging
 import threading
 
 from chinook import metrics
 from chinook.celery_setup import APPLY_WRITES_TASK
-from chinook.entities import ENTITIES, get_entity
+from chinook.entities import get_entity
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +36,42 @@ class Flusher:
     def flush_once(self) -> int:
         """Claims and publishes what is due now; returns the number of rows published."""
         published = 0
-        for name in ENTITIES:
-            while True:
-                rows = self.store.claim(name, self.delay_ms, self.batch_size, self.lease_ms)
-                if not rows:
-                    break
-                entity = get_entity(name)
-                # A partial row writes only the columns it holds.
-                payload = [[r.id, r.version, entity.columns_from_store(r.fields) if r.partial
-                            else entity.row_from_store(r.fields)] for r in rows]
-                try:
-                    self.publisher.apply_writes(name, payload)
-                except Exception:
-                    # The rows stay dirty; releasing them lets the next round try again.
-                    self.store.release(name, [r.id for r in rows])
-                    raise
-                metrics.TASKS_PUBLISHED.labels(APPLY_WRITES_TASK).inc()
-                metrics.ROWS_COALESCED.labels(name).inc(sum(r.writes - 1 for r in rows))
-                published += len(rows)
-                if len(rows) < self.batch_size:
-                    break
-        return published
+        while True:
+            claims = self.store.claim(self.delay_ms, self.batch_size, self.lease_ms)
+            if not any(claim.rows for claim in claims):
+                return published
+            # A flush is under way: the ready rows of the other shards go along at once
+            # rather than in tasks of their own a poll later.
+            waiting = [shard for shard, claim in enumerate(claims) if claim.ready and not claim.rows]
+            if waiting:
+                claims += self.store.claim(0, self.batch_size, self.lease_ms, waiting)
+            by_entity: dict[str, list] = {}
+            for claim in claims:
+                for name, rows in claim.rows.items():
+                    by_entity.setdefault(name, []).extend(rows)
+            published += self._publish(by_entity)
+            if not any(len(rows) == self.batch_size for claim in claims for rows in claim.rows.values()):
+                return published
+
+    def _publish(self, by_entity: dict[str, list]) -> int:
+        """Publishes claimed rows in tasks of up to a batch; returns how many rows."""
+        batches = [(name, rows[start:start + self.batch_size]) for name, rows in by_entity.items()
+                   for start in range(0, len(rows), self.batch_size)]
+        for position, (name, rows) in enumerate(batches):
+            entity = get_entity(name)
+            # A partial row writes only the columns it holds.
+            payload = [[r.id, r.version, entity.columns_from_store(r.fields) if r.partial
+                        else entity.row_from_store(r.fields)] for r in rows]
+            try:
+                self.publisher.apply_writes(name, payload)
+            except Exception:
+                # The rows stay dirty; releasing them lets the next round try again.
+                for unpublished_name, unpublished in batches[position:]:
+                    self.store.release(unpublished_name, [r.id for r in unpublished])
+                raise
+            metrics.TASKS_PUBLISHED.labels(APPLY_WRITES_TASK).inc()
+            metrics.ROWS_COALESCED.labels(name).inc(sum(r.writes - 1 for r in rows))
+        return sum(len(rows) for _, rows in batches)
 
     def _run(self):
         backoff = self.poll_s

@@ -13,7 +13,7 @@ from chinook.grpc_client import from_struct
 from chinook.grpc_server import abort
 
 from .changes import ChangeRelay, Unavailable
-from .store import Backpressure
+from .store import Backpressure, LayoutError, NotReplicated, ShardRetired
 from .writeback import NotFound, WriteBack, updates_from_json
 
 CLEAN = cache_pb2.WRITE_BACK_STATE_CLEAN
@@ -31,7 +31,11 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, Backpressure):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, redis.ConnectionError):
+    if isinstance(exc, (NotReplicated, LayoutError, ShardRetired)):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
+                        redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException)):
+        # A cluster answers CLUSTERDOWN or TRYAGAIN while a failover or a resharding runs.
         return grpc.StatusCode.UNAVAILABLE, f"Redis unavailable: {exc}"
     if isinstance(exc, kombu.exceptions.OperationalError):
         return grpc.StatusCode.UNAVAILABLE, f"RabbitMQ unavailable: {exc}"
@@ -47,9 +51,12 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
 def status_codes(context):
     try:
         yield
-    except (ValidationError, NotFound, Backpressure, redis.ConnectionError, kombu.exceptions.OperationalError,
-            grpc.RpcError) as exc:
-        abort(context, *status_of(exc))
+    except (ValidationError, NotFound, Backpressure, NotReplicated, LayoutError, ShardRetired, redis.RedisError,
+            redis.exceptions.RedisClusterException, kombu.exceptions.OperationalError, grpc.RpcError) as exc:
+        status = status_of(exc)
+        if status is None:
+            raise
+        abort(context, *status)
 
 
 def _row_result(row_id: int, entity_name: str, row, error, cache_hit: bool = False) -> cache_pb2.RowResult:

@@ -1,7 +1,11 @@
 """Rows, versions and the write-back bookkeeping in Redis.
 
-Layout, under the configured key prefix `p`:
-- `p{entity}:{id}`, a hash: the row's columns, `_ver` (its version), `_dirty` (set
+Pending writes are split into WRITEBACK_SHARDS shards: a row belongs to shard
+`id mod shards`, and every key of a shard carries the same hash tag, so each Lua script
+touches one hash slot and the same scripts run on one Redis and on a Redis Cluster.
+Layout, with `p` the configured key prefix and `s` a shard's prefix,
+`p{shard/shards}:` (for example `chinook:{7/16}:`):
+- `s{entity}:{id}`, a hash: the row's columns, `_ver` (its version), `_dirty` (set
   while Postgres lags behind) and `_since` (when the oldest write not yet claimed by
   a flush was accepted). Clean rows carry the TTL; dirty rows have none, so a
   `volatile-*` maxmemory policy never evicts them. A NULL column is absent, except in a
@@ -9,17 +13,20 @@ Layout, under the configured key prefix `p`:
 - A partial row (`_partial` set) is one a bulk update accepted without reading it from
   Postgres first: it holds only the columns written since (a NULL one as NUL), and a flush
   writes only those. A read completes it from Postgres first (MERGE).
-- `p wb:due:{entity}`, a sorted set: the dirty rows and when each may next be claimed
-  for a flush (its first pending accept time, or the end of its lease once claimed).
-  This set, not the queue, is the record of pending writes.
-- `p wb:pending:{entity}`, a sorted set: the dirty rows and the accept time of the
+- `s wb:due:{entity}`, a sorted set: the shard's dirty rows and when each may next be
+  claimed for a flush (its first pending accept time, or the end of its lease once
+  claimed). These sets, not the queue, are the record of pending writes.
+- `s wb:pending:{entity}`, a sorted set: the dirty rows and the accept time of the
   oldest write of each that is not yet durable.
-- `p wb:dead:{entity}`, a hash: the dead letters, rows whose write Postgres kept
+- `s wb:dead:{entity}`, a hash: the dead letters, rows whose write Postgres kept
   refusing, with the version and the error. They stay dirty but are not scheduled.
-- `p fill:{entity}:{id}`: a token set before a cache miss is loaded from Postgres. Only
+- `s fill:{entity}:{id}`: a token set before a cache miss is loaded from Postgres. Only
   the loader holding the current token may cache what it read, so a slow load can
   never cache a value older than one written and flushed meanwhile.
-- `p wb:stats`, a hash of counters.
+- `s wb:stats`, a hash of counters; the shards' counters add up.
+- `s wb:retired`: set while, and once, the shard's layout is replaced by another number
+  of shards (see adopt_layout); a write into a retired shard is refused.
+- `p wb:layout`: the number of shards the rows are laid out in.
 - `p changes`, a pub/sub channel: each script that changes cached rows publishes what
   it changed (see CacheService.WatchChanges), in the same atomic step, so subscribers
   see changes in the order Redis applied them.
@@ -49,8 +56,11 @@ end
 # Applies updates to cached rows, each given as id, base, column count, pairs. A row
 # that is not cached gives -1 (the caller loads it and tries again), unless its base
 # is 0 or more: the version Postgres holds, read by the caller, and the row is then
-# created as a partial row. A row that would take the pending rows of all entities
-# (KEYS[5...]) beyond ARGV[2] gives -2 and is not applied. With ARGV[5] = 1 each
+# created as a partial row. A row that would take the pending rows beyond ARGV[2] gives
+# -2 and is not applied: those of every entity of this shard (KEYS[6...]), counted here,
+# and those of the other shards, ARGV[6], as the caller last saw them. The last element
+# of the reply is this shard's pending rows. A retired shard (KEYS[5]) refuses the
+# call with a RETIRED error. With ARGV[5] = 1 each
 # version is followed by the whole row as it is now (empty where not applied), and the
 # published change carries each whole row's values (kind "v"), so near caches holding
 # the row can take the new value instead of dropping it. The
@@ -59,15 +69,19 @@ end
 # its data and rows were reloaded from Postgres.
 ACCEPT = PUBLISH + """
 local due, pending, stats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  return redis.error_reply('RETIRED this shard layout was replaced; restart with the current WRITEBACK_SHARDS')
+end
 local prefix, max_pending = ARGV[1], tonumber(ARGV[2])
 local channel, entity, reply = ARGV[3], ARGV[4], ARGV[5] == '1'
 local changed, valued, NULL = {}, {}, '\\0'
-local total_pending = 0
-for k = 5, #KEYS do total_pending = total_pending + redis.call('ZCARD', KEYS[k]) end
+local shard_pending = 0
+for k = 6, #KEYS do shard_pending = shard_pending + redis.call('ZCARD', KEYS[k]) end
+local total_pending = shard_pending + tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = string.format('%d', math.floor(now_us / 1000))
-local out, due_args, pending_args, i = {}, {'ZADD', due, 'LT'}, {'ZADD', pending}, 6
+local out, due_args, pending_args, i = {}, {'ZADD', due, 'LT'}, {'ZADD', pending}, 7
 while i <= #ARGV do
   local id, base, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local key = prefix .. id
@@ -112,6 +126,7 @@ while i <= #ARGV do
       pending_args[#pending_args + 1] = now_ms
       pending_args[#pending_args + 1] = id
       total_pending = total_pending + 1
+      shard_pending = shard_pending + 1
     end
     out[#out + 1] = version
     local change = '[' .. id .. ',' .. string.format('%d', version)
@@ -138,8 +153,12 @@ if #due_args > 3 then
   redis.call('HINCRBY', stats, 'accepted', (#due_args - 3) / 2)
 end
 if #pending_args > 2 then redis.call(unpack(pending_args)) end
+out[#out + 1] = shard_pending
 return out
 """
+
+# The scripts below that take no key of their own get one key of the shard as KEYS[1]:
+# it routes the call to the node holding the shard on a Redis Cluster.
 
 # Completes partial rows with the columns Postgres holds (ARGV[2...]: id, column count,
 # pairs; NULL columns left out): a column written since stays. Returns each row as it is.
@@ -195,38 +214,52 @@ publish(channel, entity, 'f', now_ms, changed)
 return out
 """
 
-# Claims up to a batch of dirty rows for a flush: when a whole batch is ready, or
-# when the oldest ready row has waited the delay. Claimed rows are leased: if no
-# worker acknowledges them before the lease ends, they are claimed again.
+# Claims dirty rows of one shard for a flush, up to a batch of each entity: when a whole
+# batch is ready in the shard, or when its oldest ready row has waited the delay
+# (ARGV[2]). KEYS are each entity's due and pending sets, ARGV[6...] the entities' names.
+# Claimed rows are leased: if no worker acknowledges them before the lease ends, they are
+# claimed again. Returns the shard's pending rows, its ready rows, then each entity with
+# claimed rows followed by their ids and hashes.
 CLAIM = PUBLISH + """
-local due, pending = KEYS[1], KEYS[2]
-local prefix, delay, batch, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local channel, entity, gone = ARGV[5], ARGV[6], {}
+local shard_prefix, delay, batch, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local channel = ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ready = redis.call('ZCOUNT', due, '-inf', now)
-if ready == 0 then return {} end
-if ready < batch then
-  local oldest = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
-  if tonumber(oldest[2]) > now - delay then return {} end
-end
-local out = {}
-for _, id in ipairs(redis.call('ZRANGE', due, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)) do
-  local key = prefix .. id
-  local row = redis.call('HGETALL', key)
-  if #row == 0 then
-    -- The row is gone (Redis lost its data): nothing is left to write.
-    redis.call('ZREM', due, id)
-    redis.call('ZREM', pending, id)
-    gone[#gone + 1] = '[' .. id .. ']'
-  else
-    redis.call('ZADD', due, 'XX', now + lease, id)
-    redis.call('HDEL', key, '_since', '_writes')
-    out[#out + 1] = id
-    out[#out + 1] = row
+local pending_rows, ready, oldest = 0, 0, now
+for k = 1, #KEYS, 2 do
+  pending_rows = pending_rows + redis.call('ZCARD', KEYS[k + 1])
+  local entity_ready = redis.call('ZCOUNT', KEYS[k], '-inf', now)
+  if entity_ready > 0 then
+    ready = ready + entity_ready
+    oldest = math.min(oldest, tonumber(redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')[2]))
   end
 end
-publish(channel, entity, 'd', string.format('%d', now), gone)
+local out = {pending_rows, ready}
+if ready == 0 or (ready < batch and oldest > now - delay) then return out end
+for k = 1, #KEYS, 2 do
+  local due, pending, entity = KEYS[k], KEYS[k + 1], ARGV[5 + (k + 1) / 2]
+  local prefix, rows, gone = shard_prefix .. entity .. ':', {}, {}
+  for _, id in ipairs(redis.call('ZRANGE', due, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)) do
+    local key = prefix .. id
+    local row = redis.call('HGETALL', key)
+    if #row == 0 then
+      -- The row is gone (Redis lost its data): nothing is left to write.
+      redis.call('ZREM', due, id)
+      redis.call('ZREM', pending, id)
+      gone[#gone + 1] = '[' .. id .. ']'
+    else
+      redis.call('ZADD', due, 'XX', now + lease, id)
+      redis.call('HDEL', key, '_since', '_writes')
+      rows[#rows + 1] = id
+      rows[#rows + 1] = row
+    end
+  end
+  publish(channel, entity, 'd', string.format('%d', now), gone)
+  if #rows > 0 then
+    out[#out + 1] = entity
+    out[#out + 1] = rows
+  end
+end
 return out
 """
 
@@ -333,6 +366,20 @@ end
 return entry
 """
 
+# One shard's pending rows: KEYS are each entity's pending set, then each entity's dead
+# letters. Returns each entity's pending rows and the accept time of its oldest pending
+# write (nil if none), then the shard's dead letters.
+STATUS = """
+local entities, out, dead = #KEYS / 2, {}, 0
+for k = 1, entities do
+  out[#out + 1] = redis.call('ZCARD', KEYS[k])
+  out[#out + 1] = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')[2] or false
+end
+for k = entities + 1, #KEYS do dead = dead + redis.call('HLEN', KEYS[k]) end
+out[#out + 1] = dead
+return out
+"""
+
 # The ids (ARGV[2...]) whose row is not cached under the prefix ARGV[1]: checked in
 # Redis, so a bulk of cached rows costs one small reply per chunk, not one per row.
 UNCACHED = """
@@ -352,6 +399,20 @@ FILL_TOKEN_TTL_MS = 30_000
 
 class Backpressure(Exception):
     """Too many rows are pending; the write was not accepted."""
+
+
+class NotReplicated(Exception):
+    """Fewer Redis replicas than WRITEBACK_MIN_REPLICAS confirmed a write in time: it is
+    not reported accepted (it may still be applied; writing it again is harmless)."""
+
+
+class LayoutError(Exception):
+    """Rows are pending under another number of shards than WRITEBACK_SHARDS; the
+    message says how to change it."""
+
+
+class ShardRetired(Exception):
+    """The shard layout this process writes in was replaced by another process' one."""
 
 
 @dataclass(frozen=True)
@@ -418,13 +479,35 @@ def _encode_patch(fields: dict) -> list:
     return flat
 
 
+@dataclass(frozen=True)
+class ShardClaim:
+    """What one CLAIM of a shard found: its pending and ready rows, and the rows claimed."""
+
+    pending: int
+    ready: int
+    rows: dict  # entity name to its claimed rows
+
+
 class RowStore:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int, entities, max_pending: int = 1_000_000):
+    """The rows and their write-back bookkeeping, in `shards` shards on one Redis or on a
+    Redis Cluster (`client` a redis.RedisCluster). With min_replicas, every accepted
+    write is confirmed by that many replicas (Redis WAIT) before it counts as accepted."""
+
+    def __init__(self, client, prefix: str, ttl_s: int, entities, max_pending: int = 1_000_000,
+                 shards: int = 16, min_replicas: int = 0, replica_timeout_ms: int = 1000):
         self.redis = client
+        self.cluster = isinstance(client, redis.RedisCluster)
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.entities = tuple(entities)
         self.max_pending = max_pending
+        self.shards = shards
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
+        # Each shard's pending rows as this process last saw them (accepts and claims
+        # report them): the other shards' part of the WRITEBACK_MAX_PENDING check.
+        self._shard_pending = [0] * shards
+        self.layout_adopted = False
         self._accept = client.register_script(ACCEPT)
         self._begin_fill = client.register_script(BEGIN_FILL)
         self._fill = client.register_script(FILL)
@@ -435,191 +518,422 @@ class RowStore:
         self._expedite = client.register_script(EXPEDITE)
         self._dead_letter = client.register_script(DEAD_LETTER)
         self._resolve_dead_letter = client.register_script(RESOLVE_DEAD_LETTER)
+        self._status = client.register_script(STATUS)
 
-    def row_prefix(self, entity: str) -> str:
-        return f"{self.prefix}{entity}:"
+    # Keys
+
+    def shard_of(self, row_id: int) -> int:
+        return int(row_id) % self.shards
+
+    def shard_prefix(self, shard: int, shards: int | None = None) -> str:
+        return f"{self.prefix}{{{shard}/{shards or self.shards}}}:"
+
+    def row_key(self, entity: str, row_id: int) -> str:
+        return f"{self.shard_prefix(self.shard_of(row_id))}{entity}:{row_id}"
+
+    def _row_prefix(self, shard: int, entity: str) -> str:
+        return f"{self.shard_prefix(shard)}{entity}:"
 
     @property
     def changes_channel(self) -> str:
         return f"{self.prefix}changes"
 
-    def _due(self, entity: str) -> str:
-        return f"{self.prefix}wb:due:{entity}"
-
-    def _pending(self, entity: str) -> str:
-        return f"{self.prefix}wb:pending:{entity}"
-
-    def _dead(self, entity: str) -> str:
-        return f"{self.prefix}wb:dead:{entity}"
-
-    def _fill_prefix(self, entity: str) -> str:
-        return f"{self.prefix}fill:{entity}:"
-
     @property
-    def _stats(self) -> str:
-        return f"{self.prefix}wb:stats"
+    def _layout(self) -> str:
+        return f"{self.prefix}wb:layout"
+
+    def due_key(self, shard: int, entity: str) -> str:
+        return f"{self.shard_prefix(shard)}wb:due:{entity}"
+
+    def pending_key(self, shard: int, entity: str, shards: int | None = None) -> str:
+        return f"{self.shard_prefix(shard, shards)}wb:pending:{entity}"
+
+    def dead_key(self, shard: int, entity: str) -> str:
+        return f"{self.shard_prefix(shard)}wb:dead:{entity}"
+
+    def _fill_prefix(self, shard: int, entity: str) -> str:
+        return f"{self.shard_prefix(shard)}fill:{entity}:"
+
+    def stats_key(self, shard: int) -> str:
+        return f"{self.shard_prefix(shard)}wb:stats"
+
+    def _retired(self, shard: int, shards: int | None = None) -> str:
+        return f"{self.shard_prefix(shard, shards)}wb:retired"
+
+    # Running scripts
+
+    def _by_shard(self, ids) -> dict[int, list[int]]:
+        """The positions of `ids` grouped by shard, each group in the order given."""
+        groups: dict[int, list[int]] = {}
+        for position, row_id in enumerate(ids):
+            groups.setdefault(int(row_id) % self.shards, []).append(position)
+        return groups
+
+    def _eval_many(self, calls: list) -> list:
+        """Runs (script, keys, args) calls in one pipeline (split by node on a cluster);
+        returns their replies in order."""
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            return [script(keys=keys, args=args)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+        for i in missing:
+            # The node never saw the script (a new or restarted one): it runs once loaded.
+            script, keys, args = calls[i]
+            replies[i] = script(keys=keys, args=args)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _node_client(self, key: str) -> redis.Redis:
+        if not self.cluster:
+            return self.redis
+        return self.redis.get_redis_connection(self.redis.get_node_from_key(key))
+
+    def _eval_replicated(self, calls: list) -> list:
+        """Runs (script, keys, args) calls that accept writes. With min_replicas, each is
+        followed by WAIT on the same connection, and a write fewer replicas confirmed in
+        time raises NotReplicated."""
+        if not self.min_replicas:
+            return self._eval_many(calls)
+        return [self._eval_and_wait(script, keys, args) for script, keys, args in calls]
+
+    def _eval_and_wait(self, script, keys: list, args: list):
+        for attempt in range(3):
+            client = self._node_client(keys[0])
+            try:
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
+                    reply, replicas = pipe.execute(raise_on_error=False)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if attempt == 2 or not self.cluster:
+                    raise
+                # The node is gone: ask the cluster who holds the slot now.
+                self.redis.nodes_manager.initialize()
+                continue
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                client.script_load(script.script)
+                continue
+            if isinstance(reply, redis.exceptions.MovedError) and self.cluster and attempt < 2:
+                self.redis.nodes_manager.initialize()
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(replicas, Exception):
+                raise replicas
+            if replicas < self.min_replicas:
+                raise NotReplicated(
+                    f"only {replicas} of the {self.min_replicas} Redis replicas WRITEBACK_MIN_REPLICAS asks for "
+                    f"confirmed the write within {self.replica_timeout_ms} ms (WRITEBACK_REPLICA_TIMEOUT_MS); "
+                    "it is not accepted, retry shortly")
+            return reply
+        raise redis.ConnectionError(f"cannot reach the Redis node holding {keys[0]}")
+
+    # Layout
+
+    def ensure_layout(self):
+        """adopt_layout() until it succeeded once: nothing is written or claimed before."""
+        if not self.layout_adopted:
+            self.adopt_layout()
+
+    def adopt_layout(self):
+        """Makes WRITEBACK_SHARDS the layout of the rows, at start. A Redis without one
+        takes it; one laid out in another number of shards is switched only if nothing
+        is pending there: its shards are retired first (a process still writing in them
+        is refused from then on), then counted. Raises LayoutError otherwise."""
+        for entity in self.entities:
+            # Rows pending from before shards existed sit under the prefix itself.
+            legacy = self.redis.zcard(f"{self.prefix}wb:pending:{entity}")
+            if legacy:
+                raise LayoutError(
+                    f"{legacy} {entity} rows wait in Redis in the layout of a version without shards "
+                    f"(key {self.prefix}wb:pending:{entity}): run that version until `POST /write-back/flush` "
+                    "reports nothing pending, then start this one")
+        self.redis.set(self._layout, self.shards, nx=True)
+        current = int(self.redis.get(self._layout))
+        if current != self.shards:
+            old = range(current)
+            for shard in old:
+                self.redis.set(self._retired(shard, current), 1)
+            pending = sum(self.redis.zcard(self.pending_key(shard, entity, current))
+                          for shard in old for entity in self.entities)
+            if pending:
+                self.redis.delete(*(self._retired(shard, current) for shard in old))
+                raise LayoutError(
+                    f"WRITEBACK_SHARDS={self.shards}, but {pending} rows are pending in Redis under "
+                    f"WRITEBACK_SHARDS={current}: keep {current} until `POST /write-back/flush` reports nothing "
+                    "pending (stop the writers first), then change it")
+            self.redis.set(self._layout, self.shards)
+        self.redis.delete(*(self._retired(shard) for shard in range(self.shards)))
+        self.layout_adopted = True
+
+    # Reads and fills
 
     def ping(self):
         self.redis.ping()
 
     def get(self, entity: str, row_id: int) -> CachedRow | None:
-        raw = self.redis.hgetall(f"{self.row_prefix(entity)}{row_id}")
+        raw = self.redis.hgetall(self.row_key(entity, row_id))
         return _parse_hash(row_id, raw) if raw else None
 
     def get_many(self, keys: list[tuple[str, int]]) -> list[CachedRow | None]:
-        """(entity, id) rows in one round trip."""
+        """(entity, id) rows in one round trip (one per node on a cluster)."""
+        if len(keys) == 1:
+            return [self.get(*keys[0])]
         with self.redis.pipeline(transaction=False) as pipe:
             for entity, row_id in keys:
-                pipe.hgetall(f"{self.row_prefix(entity)}{row_id}")
+                pipe.hgetall(self.row_key(entity, row_id))
             found = pipe.execute()
         return [_parse_hash(row_id, raw) if raw else None for (_, row_id), raw in zip(keys, found)]
 
+    def _chunked_calls(self, ids: list, size: int, call) -> tuple[list, list]:
+        """call(shard, chunk of positions) -> (script, keys, args) for every chunk of
+        every shard; returns the calls and their chunks of positions."""
+        calls, chunks = [], []
+        for shard, positions in self._by_shard(ids).items():
+            for start in range(0, len(positions), size):
+                chunk = positions[start:start + size]
+                calls.append(call(shard, chunk))
+                chunks.append(chunk)
+        return calls, chunks
+
     def uncached_ids(self, entity: str, ids: list[int]) -> list[int]:
-        uncached = []
-        for start in range(0, len(ids), CHUNK * 10):
-            uncached += map(int, self._uncached(keys=[], args=[self.row_prefix(entity), *ids[start:start + CHUNK * 10]]))
-        return uncached
+        calls, _ = self._chunked_calls(ids, CHUNK * 10, lambda shard, chunk: (
+            self._uncached, [self.stats_key(shard)], [self._row_prefix(shard, entity), *(ids[i] for i in chunk)]))
+        uncached = {int(row_id) for reply in self._eval_many(calls) for row_id in reply}
+        return [row_id for row_id in ids if row_id in uncached]
 
     def begin_fill(self, entity: str, ids: list[int]) -> str:
         """Takes the fill token of each row before reading it from Postgres."""
         token = secrets.token_hex(8)
-        prefix = self._fill_prefix(entity)
-        for start in range(0, len(ids), CHUNK * 10):
-            self._begin_fill(keys=[], args=[prefix, token, FILL_TOKEN_TTL_MS, *ids[start:start + CHUNK * 10]])
+        calls, _ = self._chunked_calls(ids, CHUNK * 10, lambda shard, chunk: (
+            self._begin_fill, [self.stats_key(shard)],
+            [self._fill_prefix(shard, entity), token, FILL_TOKEN_TTL_MS, *(ids[i] for i in chunk)]))
+        self._eval_many(calls)
         return token
 
     def fill(self, entity: str, token: str, rows: list[tuple[int, dict, int]], reply: bool = False) -> list:
         """Caches (id, fields, version) rows loaded from Postgres under `token`, where
         nobody cached the row meanwhile. With reply, returns each row as cached now, or
         None where it is not cached."""
-        cached = []
-        for start in range(0, len(rows), CHUNK):
-            chunk = rows[start:start + CHUNK]
-            args = [self.row_prefix(entity), self.ttl_s, token, int(reply), self._fill_prefix(entity),
+        def call(shard, chunk):
+            args = [self._row_prefix(shard, entity), self.ttl_s, token, int(reply), self._fill_prefix(shard, entity),
                     self.changes_channel, entity]
-            for row_id, fields, version in chunk:
+            for i in chunk:
+                row_id, fields, version = rows[i]
                 flat = _encode_fields(fields) + ["_ver", version]
                 args += [row_id, len(flat) // 2, *flat]
-            out = self._fill(keys=[], args=args)
-            cached += [_parse_hash(row_id, _pairs_to_dict(raw)) if raw else None
-                       for (row_id, _, _), raw in zip(chunk, out)]
+            return self._fill, [self.stats_key(shard)], args
+
+        calls, chunks = self._chunked_calls([row_id for row_id, _, _ in rows], CHUNK, call)
+        cached = [None] * len(rows)
+        for chunk, out in zip(chunks, self._eval_many(calls)):
+            for i, raw in zip(chunk, out):
+                cached[i] = _parse_hash(rows[i][0], _pairs_to_dict(raw)) if raw else None
         return cached
 
     def merge(self, entity: str, rows: list[tuple[int, dict]]) -> list[CachedRow | None]:
         """Completes partial rows with (id, fields) read from Postgres; returns each row
         as cached now (None where it is not cached)."""
-        args = [self.row_prefix(entity)]
-        for row_id, fields in rows:
-            flat = _encode_fields(fields)
-            args += [row_id, len(flat) // 2, *flat]
-        out = self._merge(keys=[], args=args)
-        return [_parse_hash(row_id, _pairs_to_dict(raw)) if raw else None for (row_id, _), raw in zip(rows, out)]
+        def call(shard, chunk):
+            args = [self._row_prefix(shard, entity)]
+            for i in chunk:
+                row_id, fields = rows[i]
+                flat = _encode_fields(fields)
+                args += [row_id, len(flat) // 2, *flat]
+            return self._merge, [self.stats_key(shard)], args
 
-    def _accept_chunk(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict) -> list:
-        keys = [self._due(entity), self._pending(entity), self._stats, self._dead(entity)]
-        keys += [self._pending(name) for name in self.entities]
-        args = [self.row_prefix(entity), self.max_pending, self.changes_channel, entity, int(reply)]
-        for row_id, fields in updates:
-            flat = _encode_patch(fields)
-            args += [row_id, bases.get(row_id, -1), len(flat) // 2, *flat]
-        return self._accept(keys=keys, args=args)
+        calls, chunks = self._chunked_calls([row_id for row_id, _ in rows], CHUNK, call)
+        merged = [None] * len(rows)
+        for chunk, out in zip(chunks, self._eval_many(calls)):
+            for i, raw in zip(chunk, out):
+                merged[i] = _parse_hash(rows[i][0], _pairs_to_dict(raw)) if raw else None
+        return merged
+
+    # Writes
+
+    def _accept_calls(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict):
+        known = sum(self._shard_pending)
+
+        def call(shard, chunk):
+            keys = [self.due_key(shard, entity), self.pending_key(shard, entity), self.stats_key(shard),
+                    self.dead_key(shard, entity), self._retired(shard)]
+            keys += [self.pending_key(shard, name) for name in self.entities]
+            args = [self._row_prefix(shard, entity), self.max_pending, self.changes_channel, entity, int(reply),
+                    max(0, known - self._shard_pending[shard])]
+            for i in chunk:
+                row_id, fields = updates[i]
+                flat = _encode_patch(fields)
+                args += [row_id, bases.get(row_id, -1), len(flat) // 2, *flat]
+            return self._accept, keys, args
+
+        return self._chunked_calls([row_id for row_id, _ in updates], CHUNK, call)
+
+    def _run_accept(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict) -> list:
+        """Each update's reply: its version, and with reply the row as it is now."""
+        self.ensure_layout()
+        calls, chunks = self._accept_calls(entity, updates, reply, bases)
+        try:
+            replies = self._eval_replicated(calls)
+        except redis.ResponseError as exc:
+            if str(exc).startswith("RETIRED"):
+                raise ShardRetired(
+                    f"the rows in Redis are now laid out in another number of shards than WRITEBACK_SHARDS="
+                    f"{self.shards}: restart this cache-svc with the current one") from None
+            raise
+        results = [None] * len(updates)
+        width = 2 if reply else 1
+        for (script, keys, args), chunk, out in zip(calls, chunks, replies):
+            *out, shard_pending = out
+            self._shard_pending[self.shard_of(updates[chunk[0]][0])] = shard_pending
+            for n, i in enumerate(chunk):
+                results[i] = out[n * width:(n + 1) * width]
+        return results
 
     def accept_each(self, entity: str, updates: list[tuple[int, dict]]) -> list[tuple[int, CachedRow | None]]:
         """Applies (id, fields) updates in order, each on its own: returns (version, the
         whole row now) for each, or (-1, None) where the row is not cached and (-2, None)
         where it would exceed the pending limit."""
-        results = []
-        for start in range(0, len(updates), CHUNK):
-            chunk = updates[start:start + CHUNK]
-            out = self._accept_chunk(entity, chunk, reply=True, bases={})
-            results += [(version, _parse_hash(row_id, _pairs_to_dict(raw)) if version > 0 else None)
-                        for (row_id, _), version, raw in zip(chunk, out[::2], out[1::2])]
-        return results
+        return [(version, _parse_hash(row_id, _pairs_to_dict(raw)) if version > 0 else None)
+                for (row_id, _), (version, raw) in zip(updates, self._run_accept(entity, updates, True, {}))]
 
     def accept(self, entity: str, updates: list[tuple[int, dict]], bases: dict | None = None) -> list[int]:
         """Applies (id, fields) updates in order; returns each new version, -1 where
         the row is not cached. A row not cached whose id is in `bases` (id to the version
         Postgres holds) is cached as a partial row instead. Raises Backpressure, after
-        applying the rows before it, at the first row that would exceed the pending limit."""
-        versions = []
-        for start in range(0, len(updates), CHUNK):
-            chunk_versions = self._accept_chunk(entity, updates[start:start + CHUNK], reply=False,
-                                                bases=bases or {})
-            if -2 in chunk_versions:
-                raise Backpressure(
-                    f"{self.pending_total()} rows are waiting to be written to Postgres, the limit is "
-                    f"{self.max_pending} (WRITEBACK_MAX_PENDING); retry shortly"
-                )
-            versions += chunk_versions
+        applying the others, if a row would exceed the pending limit."""
+        versions = [version for version, in self._run_accept(entity, updates, False, bases or {})]
+        if -2 in versions:
+            raise Backpressure(
+                f"{self.pending_total()} rows are waiting to be written to Postgres, the limit is "
+                f"{self.max_pending} (WRITEBACK_MAX_PENDING); retry shortly"
+            )
         return versions
 
-    def claim(self, entity: str, delay_ms: int, batch_size: int, lease_ms: int) -> list[ClaimedRow]:
-        flat = self._claim(keys=[self._due(entity), self._pending(entity)],
-                           args=[self.row_prefix(entity), delay_ms, batch_size, lease_ms, self.changes_channel,
-                                 entity])
-        claimed = []
-        for row_id, raw in zip(flat[::2], flat[1::2]):
-            values = _pairs_to_dict(raw)
-            row = _parse_hash(int(row_id), values)
-            claimed.append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1)), row.partial))
-        return claimed
+    # Flushing
+
+    def claim(self, delay_ms: int, batch_size: int, lease_ms: int, shards=None) -> list[ShardClaim]:
+        """Claims what is due in each of `shards` (all by default), as CLAIM does."""
+        self.ensure_layout()
+        shards = range(self.shards) if shards is None else shards
+        calls = [(self._claim, [key for name in self.entities for key in (self.due_key(shard, name),
+                                                                           self.pending_key(shard, name))],
+                  [self.shard_prefix(shard), delay_ms, batch_size, lease_ms, self.changes_channel, *self.entities])
+                 for shard in shards]
+        claims = []
+        for shard, (pending, ready, *claimed) in zip(shards, self._eval_many(calls)):
+            self._shard_pending[shard] = pending
+            rows = {}
+            for name, flat in zip(claimed[::2], claimed[1::2]):
+                rows[name] = []
+                for row_id, raw in zip(flat[::2], flat[1::2]):
+                    values = _pairs_to_dict(raw)
+                    row = _parse_hash(int(row_id), values)
+                    rows[name].append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1)),
+                                                 row.partial))
+            claims.append(ShardClaim(pending, ready, rows))
+        return claims
 
     def release(self, entity: str, ids: list[int]):
         """Makes claimed rows claimable again at once (their task was never published)."""
-        if ids:
-            self.redis.zadd(self._due(entity), {str(i): 0 for i in ids}, xx=True)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard, positions in self._by_shard(ids).items():
+                pipe.zadd(self.due_key(shard, entity), {str(ids[i]): 0 for i in positions}, xx=True)
+            pipe.execute()
 
     def ack(self, entity: str, versions: list[tuple[int, int]], written: int) -> tuple[int, list[int]]:
-        args = [self.row_prefix(entity), self.ttl_s, written, self.changes_channel, entity]
-        for row_id, version in versions:
-            args += [row_id, version]
-        cleaned, lags = self._ack(keys=[self._due(entity), self._pending(entity), self._stats], args=args)
+        calls = []
+        for shard, positions in self._by_shard([row_id for row_id, _ in versions]).items():
+            # The counter of flushed rows goes up once, in the first shard's call.
+            args = [self._row_prefix(shard, entity), self.ttl_s, written if not calls else 0, self.changes_channel,
+                    entity]
+            for i in positions:
+                args += list(versions[i])
+            calls.append((self._ack, [self.due_key(shard, entity), self.pending_key(shard, entity), self.stats_key(shard)],
+                          args))
+        if not calls:
+            return 0, []
+        cleaned, lags = 0, []
+        for shard_cleaned, shard_lags in self._eval_many(calls):
+            cleaned += shard_cleaned
+            lags += shard_lags
         return cleaned, lags
 
-    def expedite(self, entity: str) -> int:
-        return self._expedite(keys=[self._due(entity)])
+    def expedite(self) -> int:
+        """Makes every waiting dirty row claimable now; returns how many."""
+        return sum(self._eval_many([(self._expedite, [self.due_key(shard, name)], [])
+                                    for shard in range(self.shards) for name in self.entities]))
 
-    def pending(self, entity: str) -> tuple[int, float | None]:
-        """Pending rows and the accept time (ms) of the oldest pending write."""
-        key = self._pending(entity)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(key)
-            pipe.zrange(key, 0, 0, withscores=True)
-            count, oldest = pipe.execute()
-        return count, (oldest[0][1] if oldest else None)
+    # Status and dead letters
+
+    def summary(self) -> tuple[dict[str, tuple[int, float | None]], int]:
+        """Each entity's pending rows and the accept time (ms) of its oldest pending
+        write, and the number of dead letters: one call per shard."""
+        pending = {name: (0, None) for name in self.entities}
+        dead_letters = 0
+        for entities, dead in self._shard_statuses():
+            dead_letters += dead
+            for name, (count, oldest) in zip(self.entities, entities):
+                total, first = pending[name]
+                if oldest is not None and (first is None or oldest < first):
+                    first = oldest
+                pending[name] = (total + count, first)
+        return pending, dead_letters
+
+    def _shard_statuses(self) -> list[tuple[list[tuple[int, float | None]], int]]:
+        calls = [(self._status, [self.pending_key(shard, name) for name in self.entities] +
+                  [self.dead_key(shard, name) for name in self.entities], []) for shard in range(self.shards)]
+        statuses = []
+        for shard, (*flat, dead) in enumerate(self._eval_many(calls)):
+            entities = [(int(count), float(oldest) if oldest is not None else None)
+                        for count, oldest in zip(flat[::2], flat[1::2])]
+            self._shard_pending[shard] = sum(count for count, _ in entities)
+            statuses.append((entities, dead))
+        return statuses
 
     def pending_total(self) -> int:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for name in self.entities:
-                pipe.zcard(self._pending(name))
-            return sum(pipe.execute())
+        return sum(count for count, _ in self.summary()[0].values())
 
     def counters(self) -> dict:
-        raw = self.redis.hgetall(self._stats)
-        return {name: int(value) for name, value in raw.items()}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(self.shards):
+                pipe.hgetall(self.stats_key(shard))
+            totals: dict[str, int] = {}
+            for raw in pipe.execute():
+                for name, value in raw.items():
+                    totals[name] = totals.get(name, 0) + int(value)
+        return totals
 
     def dead_letter(self, entity: str, failures: list[tuple[int, int, str]]) -> int:
         """Dead-letters (id, version, error) rows whose cached version is still that one."""
-        args = [self.row_prefix(entity), self.changes_channel, entity]
-        for row_id, version, error in failures:
-            args += [row_id, version, error]
-        return self._dead_letter(keys=[self._due(entity), self._pending(entity), self._dead(entity)], args=args)
+        calls = []
+        for shard, positions in self._by_shard([row_id for row_id, _, _ in failures]).items():
+            args = [self._row_prefix(shard, entity), self.changes_channel, entity]
+            for i in positions:
+                args += list(failures[i])
+            calls.append((self._dead_letter, [self.due_key(shard, entity), self.pending_key(shard, entity),
+                                              self.dead_key(shard, entity)], args))
+        return sum(self._eval_many(calls)) if calls else 0
 
     def dead_letters(self, entity: str) -> list[DeadLetter]:
-        return sorted((_parse_dead_letter(entity, row_id, raw) for row_id, raw in
-                       self.redis.hgetall(self._dead(entity)).items()), key=lambda d: d.failed_at)
-
-    def dead_letter_count(self) -> int:
         with self.redis.pipeline(transaction=False) as pipe:
-            for name in self.entities:
-                pipe.hlen(self._dead(name))
-            return sum(pipe.execute())
+            for shard in range(self.shards):
+                pipe.hgetall(self.dead_key(shard, entity))
+            found = pipe.execute()
+        return sorted((_parse_dead_letter(entity, row_id, raw) for entries in found for row_id, raw in entries.items()),
+                      key=lambda d: d.failed_at)
 
     def resolve_dead_letter(self, entity: str, row_id: int, action: str) -> DeadLetter | None:
         """action 'retry' schedules the write again, 'discard' drops the cached row."""
-        raw = self._resolve_dead_letter(keys=[self._due(entity), self._pending(entity), self._dead(entity)],
-                                        args=[self.row_prefix(entity), row_id, action, self.changes_channel,
-                                              entity])
+        shard = self.shard_of(row_id)
+        raw = self._resolve_dead_letter(
+            keys=[self.due_key(shard, entity), self.pending_key(shard, entity), self.dead_key(shard, entity)],
+            args=[self._row_prefix(shard, entity), row_id, action, self.changes_channel, entity])
         return _parse_dead_letter(entity, row_id, raw) if raw else None
 
     def now_ms(self) -> float:

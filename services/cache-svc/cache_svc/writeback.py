@@ -354,21 +354,16 @@ class WriteBack:
         return entry
 
     def status(self) -> Status:
-        pending, oldest = 0, None
-        for name in ENTITIES:
-            count, first = self.store.pending(name)
-            pending += count
-            if first is not None and (oldest is None or first < oldest):
-                oldest = first
+        by_entity, dead_letters = self.store.summary()
+        pending = sum(count for count, _ in by_entity.values())
+        oldest = min((first for _, first in by_entity.values() if first is not None), default=None)
         counters = self.store.counters()
         age = max(0.0, (self.store.now_ms() - oldest) / 1000) if oldest is not None else 0.0
-        return Status(pending, round(age, 3), counters.get("accepted", 0), counters.get("flushed", 0),
-                      self.store.dead_letter_count())
+        return Status(pending, round(age, 3), counters.get("accepted", 0), counters.get("flushed", 0), dead_letters)
 
     def flush(self, wait_s: float) -> Status:
         """Makes every pending row claimable now; with wait_s, waits until none is pending."""
-        for name in ENTITIES:
-            self.store.expedite(name)
+        self.store.expedite()
         deadline = time.monotonic() + wait_s
         status = self.status()
         while wait_s > 0 and status.pending and time.monotonic() < deadline:
