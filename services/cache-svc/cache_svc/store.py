@@ -569,70 +569,85 @@ class RowStore:
             groups.setdefault(int(row_id) % self.shards, []).append(position)
         return groups
 
-    def _eval_many(self, calls: list) -> list:
-        """Runs (script, keys, args) calls in one pipeline (split by node on a cluster);
-        returns their replies in order."""
-        if len(calls) == 1:
+    def _eval_many(self, calls: list, wait: bool = False) -> list:
+        """Runs (script, keys, args) calls, pipelined: in one round trip to a single Redis,
+        one per node of a cluster (each call's first key names its slot). With wait and
+        min_replicas, each pipeline ends with WAIT on the same connection, and writes
+        fewer replicas confirmed in time raise NotReplicated. Returns the replies in order."""
+        wait = wait and self.min_replicas > 0
+        if len(calls) == 1 and not wait and not self.cluster:
             script, keys, args = calls[0]
             return [script(keys=keys, args=args)]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
-        for i in missing:
-            # The node never saw the script (a new or restarted one): it runs once loaded.
-            script, keys, args = calls[i]
-            replies[i] = script(keys=keys, args=args)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        replies = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(3):
+            retry = []
+            for client, positions in self._by_node(calls, todo):
+                try:
+                    node_replies = self._pipeline(client, [calls[i] for i in positions], wait)
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if not self.cluster or attempt == 2:
+                        raise
+                    retry += positions
+                    continue
+                for i, reply in zip(positions, node_replies):
+                    if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.ClusterDownError,
+                                          redis.exceptions.TryAgainError)) and self.cluster and attempt < 2:
+                        retry.append(i)
+                    elif isinstance(reply, Exception):
+                        raise reply
+                    else:
+                        replies[i] = reply
+            if not retry:
+                return replies
+            # A failover or a slot move: read the slot map again, then retry those calls.
+            self.redis.nodes_manager.initialize()
+            todo = retry
         return replies
 
-    def _node_client(self, key: str) -> redis.Redis:
+    def _by_node(self, calls: list, positions: list[int]) -> list[tuple[redis.Redis, list[int]]]:
         if not self.cluster:
-            return self.redis
-        return self.redis.get_redis_connection(self.redis.get_node_from_key(key))
+            return [(self.redis, positions)]
+        groups: dict[str, tuple[redis.Redis, list[int]]] = {}
+        for i in positions:
+            node = self.redis.get_node_from_key(calls[i][1][0])
+            groups.setdefault(node.name, (self.redis.get_redis_connection(node), []))[1].append(i)
+        return list(groups.values())
 
-    def _eval_replicated(self, calls: list) -> list:
-        """Runs (script, keys, args) calls that accept writes. With min_replicas, each is
-        followed by WAIT on the same connection, and a write fewer replicas confirmed in
-        time raises NotReplicated."""
-        if not self.min_replicas:
-            return self._eval_many(calls)
-        return [self._eval_and_wait(script, keys, args) for script, keys, args in calls]
-
-    def _eval_and_wait(self, script, keys: list, args: list):
-        for attempt in range(3):
-            client = self._node_client(keys[0])
-            try:
-                with client.pipeline(transaction=False) as pipe:
+    def _pipeline(self, client: redis.Redis, calls: list, wait: bool) -> list:
+        """The calls on one node in one round trip, plus one for the calls of scripts the
+        node lacks (new, restarted or just promoted), once they are loaded."""
+        replies = [None] * len(calls)
+        todo = range(len(calls))
+        confirmed = None
+        for _ in range(2):
+            with client.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    script, keys, args = calls[i]
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
+                if wait:
                     pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
-                    reply, replicas = pipe.execute(raise_on_error=False)
-            except (redis.ConnectionError, redis.TimeoutError):
-                if attempt == 2 or not self.cluster:
-                    raise
-                # The node is gone: ask the cluster who holds the slot now.
-                self.redis.nodes_manager.initialize()
-                continue
-            if isinstance(reply, redis.exceptions.NoScriptError):
+                round_replies = pipe.execute(raise_on_error=False)
+            if wait:
+                # WAIT counts the replicas holding every write made on its connection:
+                # each round's own, since each round may take another connection.
+                *round_replies, replicas = round_replies
+                if isinstance(replicas, Exception):
+                    raise replicas
+                confirmed = replicas if confirmed is None else min(confirmed, replicas)
+            for i, reply in zip(todo, round_replies):
+                replies[i] = reply
+            todo = [i for i in todo if isinstance(replies[i], redis.exceptions.NoScriptError)]
+            if not todo:
+                break
+            for script in {calls[i][0] for i in todo}:
                 client.script_load(script.script)
-                continue
-            if isinstance(reply, redis.exceptions.MovedError) and self.cluster and attempt < 2:
-                self.redis.nodes_manager.initialize()
-                continue
-            if isinstance(reply, Exception):
-                raise reply
-            if isinstance(replicas, Exception):
-                raise replicas
-            if replicas < self.min_replicas:
-                raise NotReplicated(
-                    f"only {replicas} of the {self.min_replicas} Redis replicas WRITEBACK_MIN_REPLICAS asks for "
-                    f"confirmed the write within {self.replica_timeout_ms} ms (WRITEBACK_REPLICA_TIMEOUT_MS); "
-                    "it is not accepted, retry shortly")
-            return reply
-        raise redis.ConnectionError(f"cannot reach the Redis node holding {keys[0]}")
+        if wait and confirmed < self.min_replicas:
+            raise NotReplicated(
+                f"only {confirmed} of the {self.min_replicas} Redis replicas WRITEBACK_MIN_REPLICAS asks for "
+                f"confirmed the write within {self.replica_timeout_ms} ms (WRITEBACK_REPLICA_TIMEOUT_MS); "
+                "it is not accepted, retry shortly")
+        return replies
 
     # Layout
 
@@ -779,7 +794,7 @@ class RowStore:
         self.ensure_layout()
         calls, chunks = self._accept_calls(entity, updates, reply, bases)
         try:
-            replies = self._eval_replicated(calls)
+            replies = self._eval_many(calls, wait=True)
         except redis.ResponseError as exc:
             if str(exc).startswith("RETIRED"):
                 raise ShardRetired(
