@@ -122,6 +122,7 @@ class PrivateServer:
 
     name = "server"
     stop_signal = signal.SIGTERM
+    repeat_stop_signal_s: float | None = None  # for a server that may ignore the signal for a while
 
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
@@ -194,12 +195,16 @@ class PrivateServer:
         if not self.running:
             return self.kill()  # reaps an exited process and leftovers, if any
         leftovers = descendants(self.process.pid)
-        self.process.send_signal(self.stop_signal)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise TimeoutError(f"{self.name} did not stop within {timeout_s} s\n{self.log_tails()}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(min(self.repeat_stop_signal_s or timeout_s, max(deadline - time.monotonic(), 0)))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    self.kill()
+                    raise TimeoutError(f"{self.name} did not stop within {timeout_s} s\n{self.log_tails()}") from None
         deadline = time.monotonic() + 2  # its children normally follow it; give them a moment
         while any(alive(pid) for pid in leftovers) and time.monotonic() < deadline:
             time.sleep(0.05)
