@@ -7,6 +7,7 @@ import redis
 from chinook.config import load_settings
 from persistence_svc import initdb
 from tests.support.stack import Isolation, Stack
+from tests.support.stores import RedisClusterServer
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +42,11 @@ def fresh_database():
 @pytest.fixture
 def redis_client():
     return redis.Redis.from_url(load_settings().redis_url, decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A private Redis Cluster of 3 masters and 3 replicas, for the tests that run the
+    store on one; tests that kill its nodes start their own."""
+    with RedisClusterServer(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster

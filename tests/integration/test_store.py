@@ -1,24 +1,33 @@
-"""RowStore against a real Redis, under a key prefix of its own."""
+"""RowStore against a real Redis and a real Redis Cluster, under a key prefix of its own."""
 
 import json
 import time
 import uuid
 
 import pytest
+from redis.crc import key_slot
 
-from cache_svc.store import Backpressure, RowStore
+from cache_svc import redis_clients
+from cache_svc.store import Backpressure, LayoutError, RowStore, ShardRetired
 from chinook.entities import ENTITIES
 
 
 SHARDS = 4
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def client(request, redis_client):
+    if request.param == "redis":
+        return redis_client
+    return redis_clients.connect(request.getfixturevalue("redis_cluster").url, cluster=True)
+
+
 @pytest.fixture
-def store(redis_client):
+def store(client):
     prefix = f"chinook_store_{uuid.uuid4().hex[:10]}:"
-    yield RowStore(redis_client, prefix, ttl_s=3600, entities=ENTITIES, max_pending=5, shards=SHARDS)
-    for key in redis_client.scan_iter(match=f"{prefix}*"):
-        redis_client.delete(key)
+    yield RowStore(client, prefix, ttl_s=3600, entities=ENTITIES, max_pending=5, shards=SHARDS)
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)
 
 
 def claim(store, entity="album", **options):
@@ -288,3 +297,27 @@ def test_each_change_is_published_with_the_step_that_makes_it(store):
     assert messages[0]["r"] == [[1, 7]]
     assert messages[1]["r"] == [[1, version, {"title": "Single", "artist_id": "1"}]]
     assert messages[2]["r"][0][0] == 2 and len(messages[2]["r"][0]) == 2
+
+
+def test_changing_the_number_of_shards_is_refused_while_rows_are_pending(store):
+    cache_row(store, row_id=3)
+    store.accept("album", [(3, {"title": "pending under 4 shards"})])
+    resharded = RowStore(store.redis, store.prefix, ttl_s=3600, entities=ENTITIES, shards=2 * SHARDS)
+    with pytest.raises(LayoutError, match=f"1 rows are pending.*WRITEBACK_SHARDS={SHARDS}"):
+        resharded.adopt_layout()
+    # Refused: the first layout keeps taking writes.
+    assert store.accept("album", [(3, {"title": "still accepted"})])[0] > 0
+    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    store.ack("album", [(3, claimed.version)], written=1)
+    resharded.adopt_layout()
+    with pytest.raises(ShardRetired, match="restart this cache-svc"):
+        store.accept("album", [(3, {"title": "into a retired layout"})])
+    assert resharded.get("album", 3) is None, "layouts never share a key"
+
+
+def test_the_keys_of_a_shard_share_one_hash_slot(store):
+    keys = [store.row_key("album", row_id) for row_id in range(1, 50 * SHARDS, SHARDS)]
+    keys += [store.due_key(1, "album"), store.pending_key(1, "track"), store.stats_key(1), store.dead_key(1, "artist")]
+    assert all(key.startswith(f"{store.prefix}{{1/{SHARDS}}}:") for key in keys)
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+    assert key_slot(store.row_key("album", 2).encode()) != key_slot(keys[0].encode())

@@ -36,6 +36,7 @@ Each step that changes a row and its bookkeeping is one Lua script, so it is ato
 
 import json
 import secrets
+import time
 from dataclasses import dataclass
 
 import redis
@@ -395,6 +396,9 @@ return out
 CHUNK = 1000
 # A load from Postgres slower than this gives up caching what it read.
 FILL_TOKEN_TTL_MS = 30_000
+# Tries of a script call on a cluster whose slot map changes under it (a failover), with
+# backoff between them: about 1.5 s in all.
+CLUSTER_ATTEMPTS = 6
 
 
 class Backpressure(Exception):
@@ -580,19 +584,20 @@ class RowStore:
             return [script(keys=keys, args=args)]
         replies = [None] * len(calls)
         todo = list(range(len(calls)))
-        for attempt in range(3):
+        for attempt in range(CLUSTER_ATTEMPTS):
+            last = attempt == CLUSTER_ATTEMPTS - 1
             retry = []
             for client, positions in self._by_node(calls, todo):
                 try:
                     node_replies = self._pipeline(client, [calls[i] for i in positions], wait)
                 except (redis.ConnectionError, redis.TimeoutError):
-                    if not self.cluster or attempt == 2:
+                    if not self.cluster or last:
                         raise
                     retry += positions
                     continue
                 for i, reply in zip(positions, node_replies):
                     if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.ClusterDownError,
-                                          redis.exceptions.TryAgainError)) and self.cluster and attempt < 2:
+                                          redis.exceptions.TryAgainError)) and self.cluster and not last:
                         retry.append(i)
                     elif isinstance(reply, Exception):
                         raise reply
@@ -600,8 +605,14 @@ class RowStore:
                         replies[i] = reply
             if not retry:
                 return replies
-            # A failover or a slot move: read the slot map again, then retry those calls.
-            self.redis.nodes_manager.initialize()
+            # A failover or a slot move: read the slot map again, then retry those calls,
+            # waiting longer each time, since a failover takes about twice the cluster's
+            # node timeout.
+            time.sleep(min(0.05 * 2 ** attempt, 1.0))
+            try:
+                self.redis.nodes_manager.initialize()
+            except (redis.RedisError, redis.exceptions.RedisClusterException):
+                pass  # no node answered yet: the next try finds out
             todo = retry
         return replies
 
