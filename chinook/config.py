@@ -3,6 +3,7 @@
 Every variable is listed in README.md and .env.example.
 """
 
+import ipaddress
 import os
 import ssl
 import sys
@@ -31,6 +32,8 @@ class Settings:
     gateway_port: int = 5000
     cache_grpc_port: int = 50051
     persistence_grpc_port: int = 50052
+    # gRPC targets: host:port, a name resolving to every replica (dns:///name:port), or
+    # a list of addresses (ipv4:10.0.0.1:50051,10.0.0.2:50051); calls go round robin.
     cache_svc_addr: str = "127.0.0.1:50051"
     persistence_svc_addr: str = "127.0.0.1:50052"
     writeback_batch_size: int = 500
@@ -127,8 +130,68 @@ def load_settings(environ=None) -> Settings:
     if "{" in settings.redis_key_prefix or "}" in settings.redis_key_prefix:
         raise ConfigError(f"REDIS_KEY_PREFIX={settings.redis_key_prefix!r} must not hold {{ or }}: cache-svc "
                           "puts each shard's keys in one Redis Cluster hash slot with a {...} tag of its own")
-    read_tls_files(settings)
+    tls = read_tls_files(settings) is not None
+    for name in ("CACHE_SVC_ADDR", "PERSISTENCE_SVC_ADDR"):
+        _check_target(name, getattr(settings, name.lower()), tls)
     return settings
+
+
+# gRPC's targets that list addresses, and the kind of address each lists.
+_ADDRESS_LISTS = {"ipv4": ipaddress.IPv4Address, "ipv6": ipaddress.IPv6Address}
+
+
+def listed_addresses(target: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a gRPC target that lists addresses,
+    `ipv4:10.0.0.1:50051,10.0.0.2:50051` or `ipv6:[::1]:50051,[::1]:50061`; empty for any
+    other target (`host:port`, `dns:///name:port`). Raises ValueError naming a malformed
+    entry."""
+    scheme, _, rest = target.partition(":")
+    kind = _ADDRESS_LISTS.get(scheme)
+    if kind is None:
+        return []
+    pairs = []
+    for entry in rest.split(","):
+        host, _, port = entry.rpartition(":")
+        if kind is ipaddress.IPv6Address:
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+        try:
+            kind(host)
+            number = int(port)
+        except ValueError:
+            example = "10.0.0.1:50051" if kind is ipaddress.IPv4Address else "[fd00::1]:50051"
+            raise ValueError(f"{entry!r} is not an {scheme} address with a port, like {example}") from None
+        if not 0 < number < 65536:
+            raise ValueError(f"{entry!r}: the port must be 1-65535")
+        pairs.append((host, number))
+    return pairs
+
+
+def tls_server_name(target: str) -> str | None:
+    """The name a server's certificate must carry when the target lists addresses: their
+    common host (gRPC would otherwise check the whole list against it); None for other
+    targets, whose host gRPC checks itself."""
+    hosts = {host for host, _ in listed_addresses(target)}
+    return hosts.pop() if len(hosts) == 1 else None
+
+
+def _check_target(name: str, target: str, tls: bool):
+    try:
+        pairs = listed_addresses(target)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={target!r}: {exc}") from None
+    if not pairs and "," in target:
+        try:
+            listed_addresses(f"ipv4:{target}")
+            as_list = f"ipv4:{target}"
+        except ValueError:
+            as_list = "ipv4:10.0.0.1:50051,10.0.0.2:50051 (ipv6:[fd00::1]:50051,... for IPv6; addresses, not names)"
+        raise ConfigError(f"{name}={target!r} lists several addresses without saying which kind: write them as "
+                          f"gRPC's target {as_list}, or give one name that resolves to every replica "
+                          "(dns:///name:port)")
+    if tls and len({host for host, _ in pairs}) > 1:
+        raise ConfigError(f"{name}={target!r} lists addresses of several hosts, which one certificate name cannot "
+                          "cover with mutual TLS (GRPC_TLS_*): give the replicas one name that resolves to each "
+                          "of them (dns:///name:port) and put it in their certificates")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
+from chinook.config import tls_server_name
 from chinook.entities import get_entity
 from chinook.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
@@ -35,9 +36,10 @@ def _service_config(service_names: list[str]) -> str:
 
 def make_channel(address: str, service_names: list[str], credentials: grpc.ChannelCredentials | None = None,
                  server_name: str | None = None) -> grpc.Channel:
-    """A channel to address: plaintext without credentials, else TLS with them
-    (chinook.tls). The server's certificate must name the address' host, or server_name
-    when one is given (a probe dialling 127.0.0.1 names the service)."""
+    """A channel to address, a gRPC target (chinook.config lists the forms): plaintext
+    without credentials, else TLS with them (chinook.tls). The server's certificate must
+    name the address' host (the common host of a list of addresses), or server_name when
+    one is given (a probe dialling 127.0.0.1 names the service)."""
     options = [
         ("grpc.service_config", _service_config(service_names)),
         ("grpc.enable_retries", 1),
@@ -46,6 +48,7 @@ def make_channel(address: str, service_names: list[str], credentials: grpc.Chann
     ]
     if credentials is None:
         return grpc.insecure_channel(address, options=options)
+    server_name = server_name or tls_server_name(address)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.secure_channel(address, credentials, options=options)

@@ -19,6 +19,8 @@ ROWS_COALESCED = Counter("chinook_rows_coalesced_total",
                          "Accepted updates that needed no row write of their own", ["entity"])
 FLUSH_STATEMENTS = Counter("chinook_flush_statements_total", "SQL statements run to write batches", ["entity"])
 TASKS_PUBLISHED = Counter("chinook_tasks_published_total", "Celery tasks published", ["task"])
+ROWS_PUBLISHED = Counter("chinook_rows_published_total",
+                         "Rows claimed for write-back and published in tasks", ["entity"])
 TASKS_HANDLED = Counter("chinook_tasks_handled_total", "Celery tasks run by workers, by end state",
                         ["task", "state"])
 TASK_RETRIES = Counter("chinook_task_retries_total", "Celery task retries", ["task"])

@@ -8,10 +8,11 @@ import requests
 
 
 class Api:
-    """The gateway's HTTP API, and Postgres to check what reached it."""
+    """The gateway's HTTP API, and Postgres to check what reached it; the first gateway,
+    or the one named (Stack.add_gateway)."""
 
-    def __init__(self, stack):
-        self.base = stack.gateway_url
+    def __init__(self, stack, gateway: str = "gateway"):
+        self.base = stack.gateway_url_of(gateway)
         self.database_url = stack.isolation.database_url
         self.session = requests.Session()
 

@@ -175,6 +175,9 @@ class Stack:
         # Variables of one process only, over self.env (see add_gateway and configure).
         self.process_env: dict[str, dict] = {}
         self.gateway_ports = {"gateway": self.gateway_port}
+        # Each cache-svc's gRPC and metrics ports (see add_cache_svc).
+        self.cache_ports = {"cache-svc": self.cache_port}
+        self.cache_metrics_ports = {"cache-svc": self.metrics_ports["CACHE"]}
         self.processes: dict[str, subprocess.Popen] = {}
         # Where each process' log began when it was last started, to read only its own run.
         self._log_offsets: dict[str, int] = {}
@@ -216,6 +219,33 @@ class Stack:
         self.gateway_ports[name] = port
         self.process_env[name] = {"GATEWAY_PORT": str(port), **(extra_env or {})}
         return port
+
+    def add_cache_svc(self, name: str, extra_env: dict | None = None) -> int:
+        """Another cache-svc on gRPC and metrics ports of its own, over the same Redis keys,
+        vhost and database, as a second replica would run; started with start(name). The
+        clients keep calling the first one unless pointed at every one (balance_cache_svcs)."""
+        port = free_port()
+        self.commands[name] = self.commands["cache-svc"]
+        self.cache_ports[name] = port
+        self.cache_metrics_ports[name] = free_port()
+        self.process_env[name] = {"CACHE_GRPC_PORT": str(port),
+                                  "CACHE_METRICS_PORT": str(self.cache_metrics_ports[name]), **(extra_env or {})}
+        return port
+
+    def cache_addr_of(self, name: str) -> str:
+        return f"127.0.0.1:{self.cache_ports[name]}"
+
+    def cache_metrics_url(self, name: str = "cache-svc") -> str:
+        return f"http://127.0.0.1:{self.cache_metrics_ports[name]}/metrics"
+
+    @property
+    def every_cache_svc(self) -> str:
+        """The gRPC target listing every cache-svc, which clients call round robin."""
+        return "ipv4:" + ",".join(self.cache_addr_of(name) for name in self.cache_ports)
+
+    def balance_cache_svcs(self):
+        """Points the gateways and workers started from now on at every cache-svc."""
+        self.env["CACHE_SVC_ADDR"] = self.every_cache_svc
 
     def configure(self, name: str, **env: str):
         """Sets variables for one process from its next start on."""
@@ -280,11 +310,10 @@ class Stack:
                     return True
             except OSError:
                 return False
-        client_class, address = {
-            "cache-svc": (CacheClient, self.cache_addr),
-            "persistence-svc": (PersistenceClient, self.persistence_addr),
-        }[name]
-        client = client_class(address, 1, self.grpc_credentials)
+        if name in self.cache_ports:
+            client = CacheClient(self.cache_addr_of(name), 1, self.grpc_credentials)
+        else:
+            client = PersistenceClient(self.persistence_addr, 1, self.grpc_credentials)
         try:
             return client.is_serving()
         except grpc.RpcError:
@@ -299,13 +328,15 @@ def tokens_env(tokens: dict[str, str]) -> str:
 
 
 @contextmanager
-def own_stack(label: str, workdir: Path, extra_env: dict | None = None):
+def own_stack(label: str, workdir: Path, extra_env: dict | None = None, prepare=None):
     """A whole system on a database, key prefix and vhost of its own, for tests whose writes
     must not meet other tests' rows; stopped and removed afterwards, also when it fails
-    to start."""
+    to start. prepare(stack), if given, runs before the start (to add replicas)."""
     isolation = Isolation.create(label)
     stack = Stack(isolation, workdir, extra_env)
     try:
+        if prepare is not None:
+            prepare(stack)
         stack.start()
         yield stack
     finally:

@@ -1,6 +1,6 @@
 import pytest
 
-from chinook.config import ConfigError, Settings, load_settings, redact_url
+from chinook.config import ConfigError, Settings, listed_addresses, load_settings, redact_url, tls_server_name
 
 
 def test_defaults_for_a_local_run():
@@ -51,3 +51,37 @@ def test_booleans_and_roles():
 ])
 def test_urls_are_shown_without_their_password(url, shown):
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("target, pairs", [
+    ("127.0.0.1:50051", []),
+    ("dns:///cache-svc:50051", []),
+    ("ipv4:127.0.0.1:50051,127.0.0.1:50061", [("127.0.0.1", 50051), ("127.0.0.1", 50061)]),
+    ("ipv6:[::1]:50051,[fd00::2]:50051", [("::1", 50051), ("fd00::2", 50051)]),
+])
+def test_targets_that_list_addresses(target, pairs):
+    assert listed_addresses(target) == pairs
+    assert load_settings({"CACHE_SVC_ADDR": target}).cache_svc_addr == target
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"CACHE_SVC_ADDR": "127.0.0.1:50051,127.0.0.1:50061"},
+     "CACHE_SVC_ADDR='127.0.0.1:50051,127.0.0.1:50061' lists several addresses without saying which kind: write "
+     "them as gRPC's target ipv4:127.0.0.1:50051,127.0.0.1:50061"),
+    ({"PERSISTENCE_SVC_ADDR": "a:1,b:1"}, r"PERSISTENCE_SVC_ADDR='a:1,b:1' .* ipv4:10.0.0.1:50051,10.0.0.2:50051 "
+                                          r"\(ipv6:.*addresses, not names\), or give one name"),
+    ({"CACHE_SVC_ADDR": "ipv4:127.0.0.1:50051,cache-b:50051"},
+     "CACHE_SVC_ADDR='ipv4:127.0.0.1:50051,cache-b:50051': 'cache-b:50051' is not an ipv4 address with a port"),
+    ({"CACHE_SVC_ADDR": "ipv4:127.0.0.1"}, "'127.0.0.1' is not an ipv4 address with a port"),
+    ({"CACHE_SVC_ADDR": "ipv6:::1:50051"}, r"'::1:50051' is not an ipv6 address with a port, like \[fd00::1\]:50051"),
+    ({"CACHE_SVC_ADDR": "ipv4:127.0.0.1:70000"}, "'127.0.0.1:70000': the port must be 1-65535"),
+])
+def test_bad_targets_name_the_variable_and_the_form(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+def test_a_list_of_addresses_is_checked_against_their_common_host():
+    assert tls_server_name("ipv4:127.0.0.1:50051,127.0.0.1:50061") == "127.0.0.1"
+    assert tls_server_name("ipv4:10.0.0.1:50051,10.0.0.2:50051") is None
+    assert tls_server_name("cache-svc:50051") is None

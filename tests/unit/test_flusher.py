@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import REGISTRY
 
 from cache_svc.flusher import Flusher
 from cache_svc.store import ClaimedRow, ShardClaim
@@ -89,9 +90,16 @@ def test_nothing_due_publishes_nothing():
     assert publisher.tasks == [] and store.shards[0] == rows(1, 1)
 
 
+def published_rows_counted():
+    return REGISTRY.get_sample_value("chinook_rows_published_total", {"entity": "album"}) or 0
+
+
 def test_rows_whose_task_cannot_be_published_are_released():
     store = FakeStore([rows(1, 2), rows(3, 4)])
+    counted = published_rows_counted()
     with pytest.raises(ConnectionError):
         Flusher(store, FakePublisher(fail_after=1), SETTINGS).flush_once()
     # The first task went out; the rows of the one that failed are claimable again.
     assert store.released == [3, 4]
+    # Only the rows that went out count as published: a count to hold against the rows written.
+    assert published_rows_counted() - counted == 2

@@ -3,14 +3,17 @@ reloader of renewed files; and the development certificates of `make certs`."""
 
 import ipaddress
 import stat
+from concurrent import futures
 
 import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from chinook.config import ConfigError, load_settings
+from chinook.grpc_client import make_channel
 from chinook.tls import CertificateReloader, channel_credentials, server_credentials
 from deploy import dev_certs
 
@@ -93,6 +96,54 @@ def test_the_reloader_keeps_serving_the_previous_files_while_a_pair_does_not_mat
     assert reloader.fetch() is None
     dev_certs.write(tmp_path / "dev-key.pem", good_key, 0o600)
     assert isinstance(reloader.fetch(), grpc.ServerCertificateConfiguration)
+
+
+def test_a_list_of_addresses_of_several_hosts_needs_one_name_with_tls(certs):
+    target = "ipv4:10.0.0.1:50051,10.0.0.2:50051"
+    assert load_settings({"CACHE_SVC_ADDR": target}).cache_svc_addr == target
+    with pytest.raises(ConfigError, match="CACHE_SVC_ADDR='ipv4:10.0.0.1:50051,10.0.0.2:50051' lists addresses "
+                                          "of several hosts.*dns:///name:port"):
+        load_settings(env_of(certs, CACHE_SVC_ADDR=target))
+
+
+class CountingHealth(health.HealthServicer):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def Check(self, request, context):
+        self.calls += 1
+        return super().Check(request, context)
+
+
+def test_a_list_of_addresses_is_called_round_robin_with_tls(certs):
+    """gRPC would check each server's certificate against the whole list; the channel
+    checks it against the addresses' host instead."""
+    settings = load_settings(env_of(certs))
+    servers, servicers, ports = [], [], []
+    try:
+        for _ in range(2):
+            server = grpc.server(futures.ThreadPoolExecutor(2))
+            servicer = CountingHealth()
+            health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+            ports.append(server.add_secure_port("127.0.0.1:0", server_credentials(settings)))
+            server.start()
+            servers.append(server)
+            servicers.append(servicer)
+        with make_channel(f"ipv4:127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}", [],
+                          channel_credentials(settings)) as channel:
+            grpc.channel_ready_future(channel).result(timeout=10)
+            stub = health_pb2_grpc.HealthStub(channel)
+            # Until both connections are up, every call goes to the first one ready.
+            for _ in range(200):
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert response.status == health_pb2.HealthCheckResponse.SERVING
+                if all(servicer.calls for servicer in servicers):
+                    break
+    finally:
+        for server in servers:
+            server.stop(None)
+    assert all(servicer.calls for servicer in servicers), [servicer.calls for servicer in servicers]
 
 
 # --- make certs ------------------------------------------------------------------

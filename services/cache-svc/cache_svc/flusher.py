@@ -70,6 +70,7 @@ class Flusher:
                     self.store.release(unpublished_name, [r.id for r in unpublished])
                 raise
             metrics.TASKS_PUBLISHED.labels(APPLY_WRITES_TASK).inc()
+            metrics.ROWS_PUBLISHED.labels(name).inc(len(rows))
             metrics.ROWS_COALESCED.labels(name).inc(sum(r.writes - 1 for r in rows))
         return sum(len(rows) for _, rows in batches)
 
