@@ -513,3 +513,29 @@ def test_the_user_script_gives_the_application_its_own_account(tmp_path):
     assert unreachable.returncode == 1 and "did not answer within 1 s" in unreachable.stderr
     missing = add_user(broker.api, "chinook", "")
     assert missing.returncode == 1 and "RABBITMQ_DEFAULT_PASS is not set" in missing.stderr
+
+
+def test_the_start_script_refreshes_the_peers_addresses_only(tmp_path):
+    """nodes.conf as Redis 7.4 writes it, auxiliary fields after the hostname: a peer's
+    address follows its hostname; this node's own line, a peer without a hostname, one
+    whose hostname does not resolve and the vars line stay as they are."""
+    unresolvable = f"nowhere-{secrets.token_hex(4)}.invalid"
+    lines = [
+        "aaa 10.0.0.9:6379@16379,127.0.0.1,tls-port=0,shard-id=s1 master - 0 1 1 connected 0-5460",
+        "bbb 10.0.0.8:6379@16379,redis-cluster-1.nodes,tls-port=0,shard-id=s2 myself,master - 0 1 2 connected",
+        "ccc 10.0.0.7:6379@16379,,tls-port=0,shard-id=s3 slave aaa 0 1 1 connected",
+        f"ddd 10.0.0.6:6379@16379,{unresolvable},tls-port=0,shard-id=s1 slave aaa 0 1 1 connected",
+        "vars currentEpoch 6 lastVoteEpoch 0",
+    ]
+    nodes_conf = tmp_path / "nodes.conf"
+    nodes_conf.write_text("\n".join(lines) + "\n")
+    done = subprocess.run(["sh", str(SCRIPTS["redis-cluster-start.sh"]), "echo", "redis-server"], capture_output=True,
+                          text=True, timeout=30,
+                          env={**os.environ, **PASSWORDS, "REDIS_START_SCRIPT": str(REDIS_START),
+                               "REDIS_NODES_CONF": str(nodes_conf), "REDIS_AUTH_CONF": str(tmp_path / "auth.conf"),
+                               "REDIS_ACL_FILE": str(tmp_path / "users.acl")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["redis-server", "--include", str(tmp_path / "auth.conf"),
+                                   "--aclfile", str(tmp_path / "users.acl")]
+    assert nodes_conf.read_text().splitlines() == [lines[0].replace("10.0.0.9", "127.0.0.1"), *lines[1:]]
+    assert (tmp_path / "auth.conf").read_text() == f'masteruser default\nmasterauth "{ADMIN_PASSWORD}"\n'
