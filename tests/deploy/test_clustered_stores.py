@@ -25,7 +25,7 @@ import yaml
 from tests.support.stores import PrivateServer, RabbitMQServer, free_ports
 
 from .conftest import (K8S, SETTINGS_VARIABLES, containers, env_file, find, kustomization_components, kustomize,
-                       load_yaml, one, overlay_with_components, pod_spec, redis_acl_users, run, tool)
+                       one, overlay_with_components, pod_spec, redis_acl_users, run, tool)
 from .test_kubernetes import EXPECTED_EDGES, allows, validate
 
 COMPONENT = K8S / "components/clustered-stores"
@@ -475,10 +475,11 @@ class ManagementRabbitMQ(RabbitMQServer):
 
 def add_user(api: str, user: str, password: str, admin_password: str = "guest",
              wait_s: int = 30) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RABBITMQ_MANAGEMENT_API": api, "RABBITMQ_WAIT_S": str(wait_s),
+           "RABBITMQ_ADMIN_USERNAME": "guest", "RABBITMQ_ADMIN_PASSWORD": admin_password,
+           "RABBITMQ_DEFAULT_USER": user, "RABBITMQ_DEFAULT_PASS": password}
     return subprocess.run([sys.executable, str(COMPONENT / "rabbitmq-user.py")], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "RABBITMQ_MANAGEMENT_API": api, "RABBITMQ_WAIT_S": str(wait_s),
-                                           "RABBITMQ_ADMIN_USERNAME": "guest", "RABBITMQ_ADMIN_PASSWORD": admin_password,
-                                           "RABBITMQ_DEFAULT_USER": user, "RABBITMQ_DEFAULT_PASS": password})
+                          timeout=60, env=env)
 
 
 def connects(port: int, user: str, password: str) -> bool:

@@ -49,7 +49,8 @@ class ManagementApi:
             except OSError as error:
                 failure = str(error)
             if time.monotonic() > deadline:
-                sys.exit(f"rabbitmq-user: the management API at {self.url} did not answer within {wait_s:g} s: {failure}")
+                sys.exit(f"rabbitmq-user: the management API at {self.url} did not answer within {wait_s:g} s: "
+                         f"{failure}")
             time.sleep(2)
 
 
