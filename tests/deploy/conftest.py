@@ -5,15 +5,20 @@ the Python running the tests; a missing tool is a failure, never a skip."""
 
 import functools
 import itertools
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
 
+import jsonschema
+import kubernetes_validate
 import yaml
+from referencing import Registry, Resource
 
 from chinook.config import Settings
 
@@ -45,6 +50,12 @@ METRICS_PORTS = {"cache-svc": 9101, "persistence-svc": 9102, "write-back-worker"
 QUEUES = {"write-back-worker": "write_back_queue", "duplication-worker": "duplicate_queue"}
 SETTINGS_VARIABLES = {field.name.upper() for field in fields(Settings)}
 REDIS_ACL_TEMPLATE = K8S / "backing-services/redis-users.acl"
+# The Kubernetes version every resource is validated for.
+K8S_VERSION = "1.37.0"
+# Custom resources checked against their CRD's schema (each file names its source).
+CRD_SCHEMAS = {
+    ("rabbitmq.com/v1beta1", "RabbitmqCluster"): Path(__file__).parent / "data/rabbitmqcluster-v1beta1.schema.yaml",
+}
 PERSISTENCE_ROLE_SQL = REPO / "sql/04-persistence-role.sql"
 
 
@@ -132,6 +143,59 @@ def containers(workload: dict, init: bool = True) -> list[dict]:
 
 def kustomization_components(folder: Path) -> list[str]:
     return load_yaml(folder / "kustomization.yaml").get("components", [])
+
+
+def overlay_with_components(overlay: Path, added: list[Path], folder: Path) -> str:
+    """A copy of `overlay` in `folder` with the components `added` at the end of its
+    own list, as someone switching them on would write it; returns the folder. (A
+    kustomization that takes the built overlay as a resource and adds the components
+    on top would not do: references to the overlay's generated ConfigMaps and Secrets
+    in the components' resources would keep the names without their hash.)"""
+    folder.mkdir(parents=True)
+    for path in overlay.iterdir():
+        if path.is_file():
+            shutil.copy(path, folder / path.name)
+    kustomization = load_yaml(overlay / "kustomization.yaml")
+
+    def moved(entry: str) -> str:
+        target = (overlay / entry).resolve()
+        return os.path.relpath(target, folder) if target.is_dir() else entry
+
+    kustomization["resources"] = [moved(entry) for entry in kustomization.get("resources", [])]
+    kustomization["components"] = [moved(entry) for entry in kustomization.get("components", [])] + \
+        [os.path.relpath(component, folder) for component in added]
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return str(folder)
+
+
+def crd_json_schema(node: dict) -> dict:
+    """A CRD's structural schema as a JSON Schema that refuses unknown fields, as `kubectl
+    apply` (strict field validation) does. A node with x-kubernetes-type (a cut of the
+    stored schema) refers to that Kubernetes type in kubernetes-validate's definitions."""
+    if "x-kubernetes-type" in node:
+        return {"$ref": f"https://kubernetes.io/api/_definitions.json#/$defs/{node['x-kubernetes-type']}"}
+    schema = {key: node[key] for key in ("type", "enum", "pattern", "minimum", "maximum", "minLength", "maxLength",
+                                         "minItems", "maxItems", "required") if key in node}
+    if "anyOf" in node:
+        schema["anyOf"] = [crd_json_schema(option) for option in node["anyOf"]]
+    if "items" in node:
+        schema["items"] = crd_json_schema(node["items"])
+    if "properties" in node:
+        schema["properties"] = {name: crd_json_schema(child) for name, child in node["properties"].items()}
+        if not node.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    if "additionalProperties" in node:
+        schema["additionalProperties"] = crd_json_schema(node["additionalProperties"])
+    return schema
+
+
+@functools.cache
+def crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator:
+    definitions = Path(kubernetes_validate.__file__).parent / \
+        f"kubernetes-json-schema/v{K8S_VERSION}-local-strict/_definitions.json"
+    registry = Resource.from_contents(json.loads(definitions.read_text())) @ Registry()
+    schema = crd_json_schema(load_yaml(CRD_SCHEMAS[(api_version, kind)]))
+    return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
 def overlays() -> list[Path]:

@@ -6,20 +6,21 @@ import subprocess
 import sys
 import textwrap
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from deploy import dev_certs
 
-from .conftest import (GRPC_PORTS, K8S, METRICS_PORTS, QUEUES, REPO, SERVICES, SETTINGS_VARIABLES, TLS_VARIABLES,
-                       combinations, containers, find, kustomize, one, pod_spec, procfile, tool)
+from .conftest import (CRD_SCHEMAS, GRPC_PORTS, K8S, K8S_VERSION, METRICS_PORTS, QUEUES, REPO, SERVICES,
+                       SETTINGS_VARIABLES, TLS_VARIABLES, combinations, containers, crd_validator, find, kustomize, one,
+                       pod_spec, procfile, tool)
 from .test_dockerfiles import image_command
 
-K8S_VERSION = "1.37.0"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
-# Custom resources: their API is not in Kubernetes' schemas; the fields KEDA and
-# cert-manager require.
+# Custom resources: their API is not in Kubernetes' schemas. The fields KEDA and
+# cert-manager require; the RabbitMQ Cluster Operator's, its CRD's schema (CRD_SCHEMAS).
 CRD_REQUIRED = {
     ("keda.sh/v1alpha1", "ScaledObject"): [("spec", "scaleTargetRef", "name"), ("spec", "triggers")],
     ("keda.sh/v1alpha1", "TriggerAuthentication"): [("spec", "secretTargetRef")],
@@ -63,6 +64,9 @@ def validate(resource: dict):
                 assert part in value, f"{key[1]}/{resource['metadata']['name']}: {'.'.join(path)} is required"
                 value = value[part]
         return
+    if key in CRD_SCHEMAS:
+        crd_validator(*key).validate(resource)
+        return
     kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
 
 
@@ -71,7 +75,7 @@ def test_every_rendered_resource_is_valid(renders):
         for resource in resources:
             try:
                 validate(resource)
-            except kubernetes_validate.ValidationError as exc:
+            except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as exc:
                 pytest.fail(f"{name}: {resource['kind']}/{resource['metadata']['name']}: {exc.message}")
 
 
@@ -95,6 +99,16 @@ def test_validation_can_fail():
     with pytest.raises(AssertionError):
         validate({"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "x"},
                   "spec": {"secretName": "x", "issuerRef": {"kind": "Issuer"}}})
+    cluster = {"apiVersion": "rabbitmq.com/v1beta1", "kind": "RabbitmqCluster", "metadata": {"name": "x"},
+               "spec": {"replicas": 3, "override": {"statefulSet": {"spec": {"template": {"spec": {
+                   "containers": [{"name": "rabbitmq"}]}}}}}}}
+    validate(cluster)
+    for spec in ({"replicas": "3"}, {"replica": 3}, {"persistence": {"storage": "ten gigabytes"}},
+                 {"service": {"type": "Headless"}},
+                 # Within a cut (a PodSpec): checked against Kubernetes' own schema.
+                 {"override": {"statefulSet": {"spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}}}}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate({**cluster, "spec": spec})
 
 
 def test_kustomize_fails_on_a_broken_kustomization(tmp_path):
