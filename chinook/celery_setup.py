@@ -11,9 +11,18 @@ no per-message TTL, so a countdown goes through kombu's native delayed delivery,
 forwards the message through a topic exchange when it is due.
 """
 
+import logging
+import threading
+import time
+
 from amqp.exceptions import PreconditionFailed
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
+
+from chinook.config import redact_url
+
+log = logging.getLogger(__name__)
 
 WRITE_BACK_QUEUE = "write_back_queue"
 DUPLICATE_QUEUE = "duplicate_queue"
@@ -22,11 +31,20 @@ DUPLICATE_ROWS_TASK = "chinook.duplication.duplicate_rows"
 # Topic, not direct: native delayed delivery forwards due messages only to topic exchanges.
 TASK_EXCHANGE = "chinook.tasks"
 QUEUE_TYPES = ("quorum", "classic")
+# While the broker refuses a task queue (it exists with the other type), a process declares
+# it again this often, and goes on once an operator has migrated it.
+QUEUE_TYPE_RECHECK_S = 15.0
+# How often a lasting refusal is logged again.
+QUEUE_TYPE_LOG_EVERY_S = 60.0
 
 
 class QueueTypeMismatch(Exception):
-    """A queue exists on the broker with another type than BROKER_QUEUE_TYPE; the message
-    says how to migrate."""
+    """Queues exist on the broker with another type than BROKER_QUEUE_TYPE; the message
+    says how to migrate them."""
+
+    def __init__(self, message: str, queue_names: list[str]):
+        super().__init__(message)
+        self.queue_names = queue_names
 
 
 def task_queues(queue_type: str) -> list[Queue]:
@@ -60,27 +78,123 @@ def make_celery(name: str, settings) -> Celery:
     return app
 
 
-def declare_queues(app: Celery, queue_type: str, connect_retries: int | None = None):
-    """Declares the task queues as BROKER_QUEUE_TYPE wants them, at start: the broker
-    refuses a queue whose type differs from the existing one of that name, and the
-    process had better stop with how to migrate than fail every publish or end in a
-    traceback. Waits for the broker up to connect_retries times (None: for ever), then
-    raises kombu's OperationalError."""
+def declare_queues(app: Celery, queue_type: str, connect_retries: int | None = None,
+                   queue_names: list[str] | None = None):
+    """Declares the task queues (those named, or all) as BROKER_QUEUE_TYPE wants them. The
+    broker refuses a queue whose type differs from the existing one of that name: then
+    raises QueueTypeMismatch naming every refused queue and how to migrate, rather than
+    leaving publishing or consuming to fail in a traceback. Waits for the broker up to
+    connect_retries times (None: for ever), then raises kombu's OperationalError."""
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=connect_retries)
-        vhost = connection.virtual_host
+        refusals = {}
         for queue in app.amqp.queues.values():
+            if queue_names is not None and queue.name not in queue_names:
+                continue
+            # The broker closes the channel of a declaration it refuses: one channel each.
+            with connection.channel() as channel:
+                try:
+                    queue.bind(channel).declare()
+                except PreconditionFailed as exc:
+                    refusals[queue.name] = exc.reply_text
+        if refusals:
+            raise QueueTypeMismatch(migration_message(queue_type, connection.virtual_host, refusals),
+                                    list(refusals))
+
+
+def migration_message(queue_type: str, vhost: str, refusals: dict[str, str]) -> str:
+    """What to do about queues the broker refuses as queue_type ({name: the broker's reply})."""
+    other = next(t for t in QUEUE_TYPES if t != queue_type)
+    if len(refusals) == 1:
+        queues, exist, it, is_ = "queue", "a queue of that name already exists", "it", "is"
+    else:
+        queues, exist, it, is_ = "queues", "queues of these names already exist", "them", "are"
+    names = " and ".join(repr(name) for name in refusals)
+    deletes = " and ".join(f"`rabbitmqctl delete_queue -p {vhost} {name} --if-empty`" for name in refusals)
+    return (
+        f"RabbitMQ refuses the {queue_type} {queues} {names} in vhost {vhost!r}: {exist} with other "
+        f"arguments ({'; '.join(refusals.values())}). Until {it} {is_} migrated, this process sends no task "
+        f"to {it} and takes none from {it}, and declares {it} again every {QUEUE_TYPE_RECHECK_S:.0f} s. "
+        f"Keep {it} with BROKER_QUEUE_TYPE={other}, or migrate {it}: stop the cache-svc processes running "
+        f"with BROKER_QUEUE_TYPE={other}, let workers running with BROKER_QUEUE_TYPE={other} drain {it}, stop "
+        f"those workers, then delete {it} with {deletes}; the processes running with BROKER_QUEUE_TYPE={queue_type} "
+        f"go on by themselves")
+
+
+class QueueTypeWatch:
+    """Declares task queues until the broker takes them as BROKER_QUEUE_TYPE wants them.
+
+    A queue left with the other type (by an older version) must be migrated by an
+    operator; a process that stopped over it would be restarted in a loop by compose or
+    Kubernetes. Instead the process holds back what would go into or out of a refused
+    queue, and declares the queues again every QUEUE_TYPE_RECHECK_S, in a thread, until
+    the broker takes them all; then on_declared runs (in that thread).
+    """
+
+    def __init__(self, app: Celery, queue_type: str, queue_names: list[str], on_declared=None,
+                 connect_retries: int | None = None, log_every_s: float | None = QUEUE_TYPE_LOG_EVERY_S):
+        """log_every_s: how often a lasting refusal is logged again; None leaves logging it
+        to the caller (cache-svc's readiness probe)."""
+        self.app = app
+        self.queue_type = queue_type
+        self.queue_names = queue_names
+        self.on_declared = on_declared
+        self.connect_retries = connect_retries
+        self.log_every_s = log_every_s
+        # The latest refusal, while one lasts.
+        self.mismatch: QueueTypeMismatch | None = None
+        self._logged_at = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="queue-type-watch", daemon=True)
+
+    def refuses(self, queue_name: str) -> bool:
+        mismatch = self.mismatch
+        return mismatch is not None and queue_name in mismatch.queue_names
+
+    def check(self) -> bool:
+        """Declares the queues once; True when the broker took them all."""
+        try:
+            declare_queues(self.app, self.queue_type, self.connect_retries, self.queue_names)
+        except QueueTypeMismatch as exc:
+            self._log_refusal(exc)
+            self.mismatch = exc
+            return False
+        except OperationalError as exc:
+            log.warning("RabbitMQ at %s does not answer (%s): the type of the task queues is not checked now; "
+                        "again in %.0f s", redact_url(self.app.conf.broker_url), exc, QUEUE_TYPE_RECHECK_S)
+            return False
+        if self.on_declared is not None:
             try:
-                queue.bind(connection.default_channel).declare()
-            except PreconditionFailed as exc:
-                other = next(t for t in QUEUE_TYPES if t != queue_type)
-                raise QueueTypeMismatch(
-                    f"RabbitMQ refuses the {queue_type} queue {queue.name!r} in vhost {vhost!r}: a queue of that "
-                    f"name already exists with other arguments ({exc.reply_text}). Keep it with "
-                    f"BROKER_QUEUE_TYPE={other}, or migrate it: stop cache-svc, let workers running with "
-                    f"BROKER_QUEUE_TYPE={other} drain it, stop them, delete it with "
-                    f"`rabbitmqctl delete_queue -p {vhost} {queue.name}`, then start everything with "
-                    f"BROKER_QUEUE_TYPE={queue_type}") from None
+                self.on_declared()
+            except Exception as exc:  # declared again, and tried again, at the next check
+                log.warning("cannot go on with the task queues (%s: %s); again in %.0f s",
+                            type(exc).__name__, exc, QUEUE_TYPE_RECHECK_S)
+                return False
+        if self.mismatch is not None:
+            log.info("RabbitMQ takes the %s queues %s now: going on", self.queue_type, ", ".join(self.queue_names))
+            self.mismatch = None
+        return True
+
+    def start(self):
+        """Checks again every QUEUE_TYPE_RECHECK_S, in a thread, until check() succeeds."""
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+
+    def _run(self):
+        while not self._stop.wait(QUEUE_TYPE_RECHECK_S):
+            if self.check():
+                return
+
+    def _log_refusal(self, mismatch: QueueTypeMismatch):
+        if self.log_every_s is None:
+            return
+        now = time.monotonic()
+        changed = self.mismatch is None or self.mismatch.queue_names != mismatch.queue_names
+        if changed or now - self._logged_at >= self.log_every_s:
+            log.warning("%s", mismatch)
+            self._logged_at = now
 
 
 def delay_in_whole_seconds(countdown: float) -> int:

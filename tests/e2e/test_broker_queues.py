@@ -1,7 +1,8 @@
 """The task queues are quorum queues (BROKER_QUEUE_TYPE), countdowns still arrive on
-them, classic stays possible, and a queue of the other type stops the processes with
-how to migrate."""
+them, classic stays possible, and a queue of the other type holds tasks back, with how to
+migrate, until it is migrated."""
 
+import socket
 import time
 
 import pytest
@@ -9,7 +10,10 @@ from kombu import Connection, Queue
 
 from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_QUEUE, WRITE_BACK_QUEUE, make_celery
 from chinook.config import load_settings
+from chinook.grpc_client import CACHE_SERVICE
+from chinook.health_check import health_status
 from tests.support.api import Api
+from tests.support.near_cache import eventually
 from tests.support.stack import Isolation, Stack, Vhosts, own_stack
 
 pytestmark = pytest.mark.e2e
@@ -61,18 +65,56 @@ def vhost_with_a_classic_queue():
     isolation.destroy()
 
 
-@pytest.mark.parametrize("process", ["cache-svc", "write-back-worker"])
-def test_a_classic_queue_of_the_same_name_stops_the_process_with_how_to_migrate(
-        process, vhost_with_a_classic_queue, tmp_path):
+def worker_answers_ping(stack: Stack, name: str) -> bool:
+    """What the workers' liveness probe asks: their own node answers through the broker."""
+    node = stack.commands[name].split("--hostname ")[1].split()[0].replace("%h", socket.gethostname())
+    celery = make_celery("test", load_settings(stack.env))
+    return celery.control.ping(destination=[node], timeout=5) == [{node: {"ok": "pong"}}]
+
+
+def test_a_classic_queue_of_the_same_name_holds_tasks_back_until_it_is_migrated(vhost_with_a_classic_queue, tmp_path):
     vhost = vhost_with_a_classic_queue.vhost
     stack = Stack(vhost_with_a_classic_queue, tmp_path)
+    api = Api(stack)
+    delete_command = f"rabbitmqctl delete_queue -p {vhost} {WRITE_BACK_QUEUE} --if-empty"
     try:
-        with pytest.raises(RuntimeError, match=f"{process} exited with 1"):
-            stack.start(process)
+        stack.start("persistence-svc")
+        stack.launch("cache-svc")
+        eventually(lambda: "NOT_SERVING" in stack.logs("cache-svc", tail=1000), "cache-svc never reported "
+                   f"NOT_SERVING:\n{stack.logs('cache-svc')}", timeout_s=30)
+        # A worker is ready (Celery's " ready.") without consuming the refused queue.
+        stack.start("gateway", "write-back-worker")
+        for process in ("cache-svc", "write-back-worker"):
+            log = stack.logs(process, tail=1000)
+            assert f"the quorum queue '{WRITE_BACK_QUEUE}' in vhost '{vhost}'" in log, log
+            assert delete_command in log and "BROKER_QUEUE_TYPE=classic" in log
+
+        # Both stay up: cache-svc live but not ready (nor the gateway, which follows it),
+        # the worker answering its liveness probe without consuming from the queue.
+        assert health_status(stack.cache_addr, "", stack.grpc_credentials) == "SERVING"
+        assert health_status(stack.cache_addr, CACHE_SERVICE, stack.grpc_credentials) == "NOT_SERVING"
+        assert api.get("/readyz").status_code == 503
+        assert worker_answers_ping(stack, "write-back-worker")
+        assert stack.processes["cache-svc"].poll() is None and stack.processes["write-back-worker"].poll() is None
+
+        # A write is accepted and stays pending in Redis: no task is published meanwhile.
+        assert api.patch("/albums/7", json={"title": "after the migration"}).status_code == 202
+        assert api.post("/write-back/flush?wait=1").status_code == 504
+        assert api.get("/albums/7").headers["X-Write-Back"] == "pending"
+        assert "cannot schedule write-back tasks" not in stack.logs("cache-svc", tail=1000)
+        assert Vhosts().queues(vhost)[WRITE_BACK_QUEUE] == {"type": "classic", "messages": 0, "consumers": 0}
+
+        Vhosts().delete_queue(vhost, WRITE_BACK_QUEUE)
+        stack.wait_ready("cache-svc")
+        eventually(lambda: Vhosts().queues(vhost).get(WRITE_BACK_QUEUE, {}).get("consumers") == 1,
+                   f"the worker does not consume from the new queue:\n{stack.logs('write-back-worker')}",
+                   timeout_s=30)
+        assert Vhosts().queues(vhost)[WRITE_BACK_QUEUE]["type"] == "quorum"
+        api.flush()
+        assert api.sql("SELECT title FROM album WHERE album_id = 7") == [("after the migration",)]
+        # Retries' countdowns reach the new queue too (through delayed delivery's bindings).
+        celery = make_celery("test", load_settings(stack.env))
+        result = celery.send_task(APPLY_WRITES_TASK, args=["album", []], countdown=1, ignore_result=False)
+        assert result.get(timeout=30) == {"written": 0, "stale": 0, "refused": 0}
     finally:
         stack.stop()
-    log = stack.logs(process)
-    assert f"the quorum queue '{WRITE_BACK_QUEUE}' in vhost '{vhost}'" in log
-    assert f"rabbitmqctl delete_queue -p {vhost} {WRITE_BACK_QUEUE}" in log
-    assert "BROKER_QUEUE_TYPE=classic" in log
-    assert task_queue_types(vhost) == {WRITE_BACK_QUEUE: "classic"}

@@ -81,13 +81,20 @@ class Vhosts:
             rabbitmqctl("delete_vhost", vhost)
 
     def queues(self, vhost: str) -> dict[str, dict]:
-        """{name: {"type": ..., "messages": ...}} of every queue of the vhost."""
+        """{name: {"type": ..., "messages": ..., "consumers": ...}} of every queue of the vhost."""
         if self.api:
-            return {q["name"]: {"type": q["type"], "messages": q.get("messages", 0)}
+            return {q["name"]: {"type": q["type"], "messages": q.get("messages", 0), "consumers": q.get("consumers", 0)}
                     for q in self._call("GET", f"queues/{quote(vhost, safe='')}")}
-        listing = rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "type", "messages")
-        return {name: {"type": kind, "messages": int(messages)}
-                for name, kind, messages in (line.split("\t") for line in listing.splitlines() if line)}
+        listing = rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "type", "messages",
+                              "consumers")
+        return {name: {"type": kind, "messages": int(messages), "consumers": int(consumers)}
+                for name, kind, messages, consumers in (line.split("\t") for line in listing.splitlines() if line)}
+
+    def delete_queue(self, vhost: str, name: str):
+        if self.api:
+            self._call("DELETE", f"queues/{quote(vhost, safe='')}/{quote(name, safe='')}")
+        else:
+            rabbitmqctl("delete_queue", "-p", vhost, name)
 
 
 @dataclass
@@ -255,6 +262,11 @@ class Stack:
         return self.workdir / f"{name}.log"
 
     def start(self, *names: str):
+        self.launch(*names)
+        self.wait_ready(*(names or self.commands))
+
+    def launch(self, *names: str):
+        """Starts processes without waiting for them to be ready."""
         for name in names or self.commands:
             log = open(self.log_path(name), "ab")
             self._log_offsets[name] = log.tell()
@@ -263,7 +275,6 @@ class Stack:
                 env={**self.env, **self.process_env.get(name, {})},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        self.wait_ready(*(names or self.commands))
 
     def signal(self, name: str, sig=signal.SIGTERM):
         os.killpg(self.processes[name].pid, sig)

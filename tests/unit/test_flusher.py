@@ -40,8 +40,11 @@ class FakeStore:
 
 
 class FakePublisher:
-    def __init__(self, fail_after=None):
-        self.tasks, self.fail_after = [], fail_after
+    def __init__(self, fail_after=None, holding_back=False):
+        self.tasks, self.fail_after, self.holding_back = [], fail_after, holding_back
+
+    def holds_back_writes(self):
+        return self.holding_back
 
     def apply_writes(self, entity, rows):
         if self.fail_after is not None and len(self.tasks) >= self.fail_after:
@@ -103,3 +106,10 @@ def test_rows_whose_task_cannot_be_published_are_released():
     assert store.released == [3, 4]
     # Only the rows that went out count as published: a count to hold against the rows written.
     assert published_rows_counted() - counted == 2
+
+
+def test_nothing_is_claimed_while_the_write_back_queue_is_to_migrate():
+    store, publisher = FakeStore([rows(1, 3)], due={0}), FakePublisher(holding_back=True)
+    assert Flusher(store, publisher, SETTINGS).flush_once() == 0
+    # Unclaimed rows carry no lease: they are due as soon as the queue can take them.
+    assert store.shards == [rows(1, 3)] and store.rounds == [] and publisher.tasks == [] and store.released == []

@@ -7,7 +7,6 @@
 import logging
 import os
 import random
-import sys
 import tempfile
 
 # Prefork children write their metrics to files the main process serves; the folder
@@ -15,11 +14,15 @@ import tempfile
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="worker-metrics-")
 
-from celery.signals import task_postrun, task_retry, worker_init, worker_process_init, worker_process_shutdown  # noqa: E402
+from celery.signals import (  # noqa: E402
+    celeryd_after_setup, task_postrun, task_retry, worker_init, worker_process_init, worker_process_shutdown,
+    worker_ready,
+)
+from kombu.transport.native_delayed_delivery import bind_queue_to_native_delayed_delivery_exchange  # noqa: E402
 
 from chinook import metrics  # noqa: E402
 from chinook.celery_setup import (  # noqa: E402
-    APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, QueueTypeMismatch, declare_queues, delay_in_whole_seconds, make_celery,
+    APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, QueueTypeWatch, delay_in_whole_seconds, make_celery,
 )
 from chinook.config import settings_or_exit  # noqa: E402
 from chinook.grpc_client import CacheClient, PersistenceClient  # noqa: E402
@@ -48,13 +51,48 @@ def serve_metrics(**_):
     metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT, metrics.multiprocess_registry())
 
 
-@worker_init.connect
+class HeldBack:
+    """Queues RabbitMQ refused at start with BROKER_QUEUE_TYPE (a queue of that name has the
+    other type), until an operator migrates them, and those of them this worker consumes."""
+
+    watch: QueueTypeWatch | None = None
+    refused: list[str] = []
+    consumed: list[str] = []
+
+
+@celeryd_after_setup.connect
 def check_queues(**_):
-    # Celery's own declaration would end in a traceback; this says which queue and how to migrate.
-    try:
-        declare_queues(app, settings.broker_queue_type)
-    except QueueTypeMismatch as exc:
-        sys.exit(f"worker: {exc}")
+    # After -Q took effect, before the consumer starts. Celery's own declaration would end
+    # in a traceback and the process; a refused queue is consumed from once it is migrated,
+    # and meanwhile the worker stays up (its liveness probe answers) without consuming it.
+    # Every task queue, not only the consumed ones: delayed delivery binds them all.
+    watch = QueueTypeWatch(app, settings.broker_queue_type, list(app.amqp.queues))
+    # It waits for the broker: False means a refusal.
+    if not watch.check():
+        HeldBack.watch = watch
+        HeldBack.refused = watch.mismatch.queue_names
+        HeldBack.consumed = [name for name in HeldBack.refused if name in app.amqp.queues.consume_from]
+        app.amqp.queues.deselect(HeldBack.consumed)
+
+
+@worker_ready.connect
+def recheck_refused_queues(sender, **_):
+    if HeldBack.watch is None:
+        return
+
+    def go_on():
+        if settings.broker_queue_type == "quorum":
+            # Celery's DelayedDelivery step bound the old queues at start; countdowns need
+            # the new ones bound the same way.
+            with app.connection_for_write() as connection:
+                for name in HeldBack.refused:
+                    bind_queue_to_native_delayed_delivery_exchange(connection, app.amqp.queues[name])
+        for name in HeldBack.consumed:
+            # As Celery's add_consumer control command does: in the consumer's event loop.
+            sender.call_soon(sender.add_task_queue, name)
+
+    HeldBack.watch.on_declared = go_on
+    HeldBack.watch.start()
 
 
 @worker_process_init.connect

@@ -1,14 +1,12 @@
 """Starts the cache service: `python -m cache_svc`."""
 
 import logging
-import sys
 
 import redis
 from prometheus_client import REGISTRY
 
 from chinook import metrics
 from chinook.cache.v1 import cache_pb2_grpc
-from chinook.celery_setup import QueueTypeMismatch
 from chinook.config import redact_url, settings_or_exit
 from chinook.entities import ENTITIES
 from chinook.grpc_client import CACHE_SERVICE, PersistenceClient
@@ -95,10 +93,7 @@ def main():
     persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s,
                                     channel_credentials(settings))
     publisher = TaskPublisher(settings)
-    try:
-        publisher.declare_queues()
-    except QueueTypeMismatch as exc:
-        sys.exit(f"cache-svc: {exc}")
+    publisher.declare_queues()
     write_back = WriteBack(store, persistence)
     flusher = Flusher(store, publisher, settings)
     relay = ChangeRelay(redis_clients.subscriber_factory(settings.redis_url, client), store.changes_channel,
@@ -121,6 +116,8 @@ def main():
                 if settings.writeback_min_replicas:
                     check_replicas(node_client, settings.writeback_min_replicas, node)
             durability_checked = True
+        # Not ready while a task queue has the other type: an operator has to migrate it.
+        publisher.check_queue_types()
 
     REGISTRY.register(metrics.PendingCollector(write_back.status))
     metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT)
@@ -131,6 +128,7 @@ def main():
     relay.start()
     service.on_stopping(relay.stop)
     service.on_stop(flusher.stop)
+    service.on_stop(publisher.close)
     service.on_stop(persistence.close)
     service.serve_forever()
 

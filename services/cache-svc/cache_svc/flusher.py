@@ -36,6 +36,9 @@ class Flusher:
     def flush_once(self) -> int:
         """Claims and publishes what is due now; returns the number of rows published."""
         published = 0
+        if self.publisher.holds_back_writes():
+            # Unclaimed, the rows stay pending in Redis until the queue is migrated.
+            return published
         while True:
             claims = self.store.claim(self.delay_ms, self.batch_size, self.lease_ms)
             if not any(claim.rows for claim in claims):

@@ -1,13 +1,10 @@
 """Publishes Celery tasks; the cache service never imports the workers' code."""
 
-import logging
+from chinook.celery_setup import (
+    APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, WRITE_BACK_QUEUE, QueueTypeMismatch, QueueTypeWatch,
+    make_celery,
+)
 
-from kombu.exceptions import OperationalError
-
-from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, declare_queues, make_celery
-from chinook.config import redact_url
-
-log = logging.getLogger(__name__)
 # Tries to reach RabbitMQ at start; reads must not wait for the broker.
 CONNECT_RETRIES = 3
 
@@ -15,21 +12,35 @@ CONNECT_RETRIES = 3
 class TaskPublisher:
     def __init__(self, settings):
         self.celery = make_celery("cache-svc", settings)
-        self.queue_type = settings.broker_queue_type
+        # The readiness probe reports a refused queue (check_queue_types), every 30 s.
+        self.queues = QueueTypeWatch(self.celery, settings.broker_queue_type, [WRITE_BACK_QUEUE, DUPLICATE_QUEUE],
+                                     connect_retries=CONNECT_RETRIES, log_every_s=None)
 
     def declare_queues(self):
-        """Raises QueueTypeMismatch if a queue exists with another type. A broker that does
-        not answer is only logged: publishing declares the queues once it does."""
-        try:
-            declare_queues(self.celery, self.queue_type, CONNECT_RETRIES)
-        except OperationalError as exc:
-            log.warning("RabbitMQ at %s does not answer (%s): the task queues' type is not checked now",
-                        redact_url(self.celery.conf.broker_url), exc)
+        """Declares the task queues. If RabbitMQ refuses one (it exists with the other
+        type) or does not answer, declares them again in the background until it takes
+        them; meanwhile tasks for a refused queue are held back."""
+        if not self.queues.check():
+            self.queues.start()
+
+    def check_queue_types(self):
+        """Raises QueueTypeMismatch, with how to migrate, while RabbitMQ refuses a task queue."""
+        mismatch = self.queues.mismatch
+        if mismatch is not None:
+            raise QueueTypeMismatch(str(mismatch), mismatch.queue_names)
+
+    def holds_back_writes(self) -> bool:
+        """True while write_back_queue exists with the other type: write-back tasks would
+        not reach it (the broker refuses the declaration a publish makes), so the flusher
+        leaves the rows pending in Redis."""
+        return self.queues.refuses(WRITE_BACK_QUEUE)
 
     def apply_writes(self, entity: str, rows: list):
+        self._check_queue(WRITE_BACK_QUEUE)
         self.celery.send_task(APPLY_WRITES_TASK, args=[entity, rows])
 
     def duplicate_rows(self, entity: str, multiplier: int) -> str:
+        self._check_queue(DUPLICATE_QUEUE)
         return self.celery.send_task(DUPLICATE_ROWS_TASK, args=[entity, multiplier]).id
 
     def task_state(self, task_id: str):
@@ -40,3 +51,10 @@ class TaskPublisher:
     def ping(self):
         with self.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)
+
+    def close(self):
+        self.queues.stop()
+
+    def _check_queue(self, name: str):
+        if self.queues.refuses(name):
+            self.check_queue_types()
