@@ -206,14 +206,16 @@ class Stack:
         return make_channel(address, [], self.grpc_credentials)
 
     def row_store(self):
-        """A RowStore over the run's keys laid out as cache-svc lays them out, to read its
-        bookkeeping (counters, pending rows, row keys) the way cache-svc does."""
+        """A RowStore over the run's keys laid out as cache-svc lays them out, on the Redis
+        (or Redis Cluster) cache-svc uses, to read its bookkeeping (counters, pending rows,
+        row keys) the way cache-svc does."""
+        from cache_svc import redis_clients
         from cache_svc.store import RowStore
         from chinook.entities import ENTITIES
 
         settings = load_settings(self.env)
-        return RowStore(self.isolation.redis(), settings.redis_key_prefix, settings.cache_ttl_s, ENTITIES,
-                        shards=settings.writeback_shards)
+        return RowStore(redis_clients.connect(settings.redis_url, settings.redis_cluster), settings.redis_key_prefix,
+                        settings.cache_ttl_s, ENTITIES, shards=settings.writeback_shards)
 
     def gateway_url_of(self, name: str) -> str:
         return f"http://127.0.0.1:{self.gateway_ports[name]}"
