@@ -1,10 +1,11 @@
-"""`python -m bench [--scale full|smoke] [--results DIR] [--plot PATH] [--profile-dir DIR]`
+"""`python -m bench [--scale full|quick|smoke] [--only B1-B5|B6] [--results DIR] [--plot PATH]
+[--profile-dir DIR]`
 
-Starts the system and the anchors, runs B1-B5 and a read-mostly mix, prints the table,
-and writes `<results>/<timestamp>.json` and `<results>/<timestamp>.png` (and the plot to
---plot too, if given). Process logs go to `<results>/<timestamp>-logs/`. With
---profile-dir, py-spy records the services during B1, B2, B3 and the mix (see
-bench/profile.py).
+Starts the system and the anchors, runs B1-B5 and a read-mostly mix, then B6 on stacks of
+its own (or only one of the two, with --only), prints the table, and writes
+`<results>/<timestamp>.json` and `<results>/<timestamp>.png` (and the plot to --plot too,
+if given). Process logs go to `<results>/<timestamp>-logs/`. With --profile-dir, py-spy
+records the services during B1, B2, B3 and the mix (see bench/profile.py).
 """
 
 import argparse
@@ -15,16 +16,17 @@ import time
 from pathlib import Path
 
 from . import report
-from .run import BENCH_DIR, PROFILES, Bench, log
+from .run import BENCH_DIR, PROFILES, SCENARIOS, Bench, log
 
 
-def run(scale: str, results_dir: Path, plot_copy: Path | None = None,
-        profile_dir: Path | None = None) -> tuple[dict, Path, Path]:
+def run(scale: str, results_dir: Path, plot_copy: Path | None = None, profile_dir: Path | None = None,
+        scenarios: tuple[str, ...] = SCENARIOS) -> tuple[dict, Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = Bench(PROFILES[scale], results_dir / f"{stamp}-logs", profile_dir).run()
+    results = Bench(PROFILES[scale], results_dir / f"{stamp}-logs", profile_dir, scenarios).run()
     results["table"] = report.table(results)
     results["headline"] = report.headline(results)
+    results["b6_ratios"] = report.b6_ratios(results)
     json_path = results_dir / f"{stamp}.json"
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     png_path = results_dir / f"{stamp}.png"
@@ -37,15 +39,23 @@ def run(scale: str, results_dir: Path, plot_copy: Path | None = None,
 def main(argv=None):
     parser = argparse.ArgumentParser(description="write-back against its anchors, in one run")
     parser.add_argument("--scale", choices=sorted(PROFILES), default="full",
-                        help="full: every size and load (about 5 minutes); smoke: a few rows, a second of load")
+                        help="full: every size and load (about 8 minutes); quick: B1 at 1,388 and 11,104 rows, "
+                             "8 s loads; smoke: a few rows, a second of load")
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--plot", type=Path, help="also copy the plot here (e.g. bench/latest.png)")
     parser.add_argument("--profile-dir", type=Path, help="record py-spy profiles of the services here")
+    parser.add_argument("--only", choices=SCENARIOS,
+                        help="B1-B5: the system against its anchors, with the mix; B6: only the stacks over a "
+                             "single Redis and a Redis Cluster, with one and two cache-svc")
     args = parser.parse_args(argv)
-    results, json_path, png_path = run(args.scale, args.results, args.plot, args.profile_dir)
+    results, json_path, png_path = run(args.scale, args.results, args.plot, args.profile_dir,
+                                       (args.only,) if args.only else SCENARIOS)
     print()
     print(results["table"])
     print()
+    if results["b6"]:
+        print(report.b6_cpu_tables(results))
+        print()
     log(f"done in {results['elapsed_s']:.0f} s; results {json_path}, plot {png_path}")
     missed = [r for r in report.rows(results) if r.met is False]
     if missed:

@@ -33,6 +33,22 @@ B3_VARIANTS = (
 COLD = "rows not cached"
 WARM = "rows cached"
 
+# B6's measures of each configuration, read off its summary: the measure's name (with
+# {n}, the rows of its bulk), the figure ratios are taken of, and how it is shown.
+B6_MEASURES = (
+    ("B1 N={n:,} acknowledged, " + WARM, lambda s: s["b1_ack_s"],
+     lambda s: f"{s['b1_ack_s']:.3f} s, {s['b1_ack_rows_per_s']:,.0f} rows/s"),
+    ("B1 N={n:,} durable in Postgres, " + WARM, lambda s: s["b1_durable_s"],
+     lambda s: f"{s['b1_durable_s']:.3f} s, {s['b1_durable_rows_per_s']:,.0f} rows/s"),
+    ("B1 N={n:,} CPU per row, all processes", lambda s: s["b1_cpu_us_per_row"]["all"],
+     lambda s: f"{s['b1_cpu_us_per_row']['all']:.0f} µs"),
+    ("B2 uniform throughput", lambda s: s["b2_throughput_rps"], lambda s: _rate(s["b2_throughput_rps"], "req/s")),
+    ("B2 uniform p50 latency", lambda s: s["b2_p50_ms"], lambda s: f"{s['b2_p50_ms']:.1f} ms"),
+    ("B2 uniform p99 latency", lambda s: s["b2_p99_ms"], lambda s: f"{s['b2_p99_ms']:.1f} ms"),
+    ("B2 uniform CPU per request, all processes", lambda s: s["b2_cpu_ms_per_request"]["all"],
+     lambda s: f"{s['b2_cpu_ms_per_request']['all']:.2f} ms"),
+)
+
 
 def cold(results: dict) -> list:
     """The B1 runs right after the table grew: one per size, the B5 curve."""
@@ -188,7 +204,47 @@ def rows(results: dict) -> list[Row]:
             out.append(Row("B5 peak RSS of the largest process", name, f"{last[name]:,.0f} MiB at {last['n']:,}",
                            f"{before[name]:,.0f} MiB at {before['n']:,}", _ratio(growth),
                            f"<= {B5_MEMORY_GROWTH}x", growth is not None and growth <= B5_MEMORY_GROWTH))
+    out += _b6_rows(results.get("b6"))
     return [row for row in out if row is not None]
+
+
+def _b6_configs(b6: dict | None) -> dict:
+    return {config["key"]: config for config in (b6 or {}).get("configs", [])}
+
+
+def _b6_rows(b6: dict | None) -> list[Row]:
+    """Each B6 configuration's figures; against its baseline's, for those that have one."""
+    configs = _b6_configs(b6)
+    out = []
+    for config in configs.values():
+        baseline = configs.get(config["baseline"])
+        for name, value, text in B6_MEASURES:
+            summary = config["summary"]
+            row = Row(f"B6 ({config['key']}) {config['label']}", name.format(n=b6["rows"]), text(summary),
+                      "-", "-", "-", None)
+            if baseline is not None:
+                theirs = value(baseline["summary"])
+                row.anchor = f"({baseline['key']}) {text(baseline['summary'])}"
+                row.ratio = _ratio(value(summary) / theirs if theirs else None)
+            out.append(row)
+    return out
+
+
+def b6_ratios(results: dict) -> dict:
+    """What each B6 difference costs: every measure of a configuration over its baseline's
+    ({"(c)/(a) the cluster client": {measure: ratio}})."""
+    b6 = results.get("b6")
+    configs = _b6_configs(b6)
+    ratios = {}
+    for config in configs.values():
+        baseline = configs.get(config["baseline"])
+        if baseline is None:
+            continue
+        measured = ratios[f"({config['key']})/({baseline['key']}) {config['cost_of']}"] = {}
+        for name, value, _ in B6_MEASURES:
+            theirs = value(baseline["summary"])
+            measured[name.format(n=b6["rows"])] = round(value(config["summary"]) / theirs, 3) if theirs else None
+    return ratios
 
 
 def _mix_rows(mix: dict) -> list[Row]:
@@ -253,13 +309,24 @@ def _latency_axis(axis, title: str):
 
 
 def plot(results: dict, path):
-    figure, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    """Two rows of panels for B1-B5, B2, B3 and the mix, and one for B6, for those that ran."""
+    panel_rows = [rows for rows, ran in ((2, bool(results["b1"])), (1, bool(results.get("b6")))) if ran]
+    figure, axes = plt.subplots(sum(panel_rows), 3, figsize=(17, 4.75 * sum(panel_rows)), squeeze=False)
     machine = results["machine"]
     figure.suptitle(f"chinook-writeback `make bench` ({results['profile']['name']}), "
                     f"{machine['cores']} cores, {results['started_at']}", fontsize=13)
+    if results["b1"]:
+        _plot_main(results, axes[0], axes[1])
+    if results.get("b6"):
+        _plot_b6(results, axes[-1])
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
 
+
+def _plot_main(results: dict, top, bottom):
     sizes = [b["n"] for b in cold(results) if b["headline"]] or [cold(results)[0]["n"]]
-    for axis, n in zip(axes[0][:2], (sizes + sizes)[:2]):
+    for axis, n in zip(top[:2], (sizes + sizes)[:2]):
         runs = [b for b in results["b1"] if b["n"] == n]
         for b1 in runs:
             series, warm = b1["series"], b1["cache"] == "warm"
@@ -284,7 +351,7 @@ def plot(results: dict, path):
         axis.legend(fontsize=7, loc="lower right")
         axis.grid(alpha=0.3)
 
-    axis = axes[0][2]
+    axis = top[2]
     runs = cold(results)
     ns = [b["n"] for b in runs]
     axis.plot(ns, [b["durable_rows_per_s"] for b in runs], "o-", color="tab:blue",
@@ -303,14 +370,14 @@ def plot(results: dict, path):
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3, which="both")
 
-    for axis, mix in zip(axes[1][:2], ("uniform", "hot")):
+    for axis, mix in zip(bottom[:2], ("uniform", "hot")):
         b2 = results["b2"].get(mix)
         if b2:
             _cdf(axis, b2["system"], "write-back (gateway)", "-")
             _cdf(axis, b2["write_through"], "write-through anchor", "--")
         _latency_axis(axis, f"B2 PATCH latency, {mix} mix, concurrency {results['profile']['concurrency']}")
 
-    axis = axes[1][2]
+    axis = bottom[2]
     b3 = results["b3"]
     for key, label, style, color in (
             ("system", "gateway, near cache on, uniform", "-", "tab:green"),
@@ -323,9 +390,48 @@ def plot(results: dict, path):
             _cdf(axis, b3[key], label, style, color=color)
     _latency_axis(axis, f"B3 cached GET latency, concurrency {results['profile']['concurrency']}")
 
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+
+def _plot_b6(results: dict, axes):
+    """Each B6 configuration's CPU by component, per row of B1 and per request of B2, and
+    the ratios of every measure to its baseline's."""
+    configs = list(_b6_configs(results["b6"]).values())
+    names = [f"({c['key']}) " + c["label"].replace(", ", ",\n") for c in configs]
+    panels = (("b1_cpu_us_per_row", "µs", f"B6: CPU per row, B1 {WARM}"),
+              ("b2_cpu_ms_per_request", "ms", "B6: CPU per request, B2 uniform"))
+    components = []
+    for config in configs:
+        for key, _, _ in panels:
+            components += [n for n in config["summary"][key] if n not in components and n != "all"]
+    # One colour per component in both panels.
+    colors = dict(zip(components, plt.get_cmap("tab10").colors))
+    for axis, (key, unit, title) in zip(axes, panels):
+        bottom = [0.0] * len(configs)
+        for component in components:
+            values = [config["summary"][key].get(component, 0) for config in configs]
+            axis.bar(names, values, bottom=bottom, label=component, color=colors[component])
+            bottom = [b + v for b, v in zip(bottom, values)]
+        axis.tick_params(axis="x", labelsize=7)
+        axis.set_title(title, fontsize=10)
+        axis.set_ylabel(unit)
+        # Room above the bars for the legend.
+        axis.set_ylim(0, 1.5 * max(bottom, default=0) or 1)
+        axis.legend(fontsize=7, ncol=3, loc="upper center")
+        axis.grid(alpha=0.3, axis="y")
+    axis = axes[2]
+    ratios = b6_ratios(results)
+    width = 0.8 / max(len(ratios), 1)
+    measures = [name.format(n=results["b6"]["rows"]) for name, _, _ in B6_MEASURES]
+    for index, (label, by_measure) in enumerate(ratios.items()):
+        axis.bar([m + index * width for m in range(len(measures))], [by_measure[m] or 0 for m in measures],
+                 width, label=label)
+    axis.axhline(1, color="black", linewidth=0.8)
+    axis.set_xticks([m + width * (len(ratios) - 1) / 2 for m in range(len(measures))])
+    axis.set_xticklabels([m.replace(", ", ",\n").replace(" latency", "\nlatency") for m in measures],
+                         fontsize=6, rotation=30, ha="right")
+    axis.set_title("B6: each measure over the baseline's", fontsize=10)
+    axis.set_ylabel("ratio")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3, axis="y")
 
 
 def cpu_table(results: dict) -> str:
@@ -350,6 +456,30 @@ def cpu_table(results: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
     lines.append("| **all** | " + " | ".join(f"**{cpu_ms(summary):.2f}**" for _, summary in columns) + " |")
     return "\n".join(lines)
+
+
+def b6_cpu_tables(results: dict) -> str:
+    """Every component's CPU in each B6 configuration: µs per row of B1 (rows cached, from
+    sending the bulk until Postgres held every row) and ms per request of B2 uniform."""
+    configs = list(_b6_configs(results.get("b6")).values())
+    if not configs:
+        return ""
+    tables = []
+    for unit, key, digits in (("CPU µs per row, B1 " + WARM, "b1_cpu_us_per_row", 0),
+                              ("CPU ms per request, B2 uniform", "b2_cpu_ms_per_request", 3)):
+        names = []
+        for config in configs:
+            names += [n for n in config["summary"][key] if n not in names and n != "all"]
+        lines = [f"| {unit} | " + " | ".join(f"({c['key']}) {c['label']}" for c in configs) + " |",
+                 "|---|" + "---:|" * len(configs)]
+        for name in names + ["all"]:
+            values = [config["summary"][key].get(name, 0) for config in configs]
+            cells = [f"{v:.{digits}f}" for v in values]
+            if name == "all":
+                cells = [f"**{cell}**" for cell in cells]
+            lines.append(f"| {'**all**' if name == 'all' else name} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def b1_cpu_table(results: dict) -> str:
@@ -380,4 +510,5 @@ if __name__ == "__main__":
     for name in sys.argv[1:]:
         with open(name) as file:
             results = json.load(file)
-        print(table(results), "", cpu_table(results), "", b1_cpu_table(results), sep="\n")
+        print(table(results), "", cpu_table(results), "", b1_cpu_table(results), "", b6_cpu_tables(results),
+              sep="\n")

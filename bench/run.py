@@ -1,5 +1,7 @@
 """The benchmark: the real stack on free ports (as the end-to-end tests start it), the
-anchors beside it, scenarios B1-B5 and a read-mostly mix in one run.
+anchors beside it, scenarios B1-B5 and a read-mostly mix in one run; then B6, B1 and B2
+again on stacks of their own over private Redis servers: one Redis or a Redis Cluster,
+one or two cache-svc, with and without WAIT.
 
 The album table (347 rows) grows by duplication, through the system's own
 `POST /tasks/duplicate` for the system's database and by `INSERT ... SELECT` for
@@ -14,8 +16,10 @@ import platform
 import random
 import resource
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -28,7 +32,7 @@ from chinook.config import load_settings
 from tests.support import metrics
 from tests.support.api import Api
 from tests.support.stack import Isolation, Stack
-from tests.support.stores import descendants
+from tests.support.stores import RedisClusterServer, RedisServer, descendants
 
 from . import stores
 from .anchors import floor
@@ -74,6 +78,8 @@ class Profile:
     b3_duration_s: float
     # The read-mostly mix, per target.
     mix_duration_s: float
+    # B6's single updates, per configuration (B1 runs there at load_size).
+    b6_duration_s: float
     warmup_s: float
     concurrency: int = 16
     hot_rows: int = 10
@@ -86,16 +92,50 @@ class Profile:
 
 
 FULL = Profile("full", b1_sizes=(1_388, 11_104, 88_832, 355_328), b1_headline=(11_104, 88_832),
-               load_size=11_104, b2_duration_s=20, b3_duration_s=10, mix_duration_s=10, warmup_s=1.0)
+               load_size=11_104, b2_duration_s=20, b3_duration_s=10, mix_duration_s=10, b6_duration_s=10,
+               warmup_s=1.0)
 # A few rows and a second of load: `make test` runs it so the code cannot rot.
 SMOKE = Profile("smoke", b1_sizes=(BASE_ALBUMS, 2 * BASE_ALBUMS), b1_headline=(BASE_ALBUMS,),
-                load_size=BASE_ALBUMS, b2_duration_s=1, b3_duration_s=1, mix_duration_s=1, warmup_s=0.2,
+                load_size=BASE_ALBUMS, b2_duration_s=1, b3_duration_s=1, mix_duration_s=1, b6_duration_s=1,
+                warmup_s=0.2,
                 bulk_chunk=250,
                 durable_timeout_s=60, stats_wait_s=0.3)
 # B1 at the B2/B3 size only, and shorter loads: for profiling and quick looks.
 QUICK = Profile("quick", b1_sizes=(1_388, 11_104), b1_headline=(11_104,), load_size=11_104,
-                b2_duration_s=8, b3_duration_s=8, mix_duration_s=8, warmup_s=1.0)
+                b2_duration_s=8, b3_duration_s=8, mix_duration_s=8, b6_duration_s=5, warmup_s=1.0)
 PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}
+
+# What a run may be limited to (--only): B1-B5 with the mix on the system beside the
+# anchors, or B6 on stacks of its own.
+MAIN_SCENARIOS, SCALING_SCENARIO = "B1-B5", "B6"
+SCENARIOS = (MAIN_SCENARIOS, SCALING_SCENARIO)
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """One configuration of B6: its store, cache-svc replicas and WRITEBACK_MIN_REPLICAS,
+    and the configuration it is compared with (the ratio tells what the difference costs)."""
+
+    key: str
+    label: str
+    cluster: bool
+    cache_svcs: int
+    min_replicas: int
+    baseline: str | None = None
+    cost_of: str | None = None
+
+
+B6_CONFIGS = (
+    ScalingConfig("a", "single Redis, 1 cache-svc", cluster=False, cache_svcs=1, min_replicas=0),
+    ScalingConfig("b", "single Redis, 2 cache-svc", cluster=False, cache_svcs=2, min_replicas=0,
+                  baseline="a", cost_of="a second cache-svc"),
+    ScalingConfig("c", "Redis Cluster 3+3, no WAIT", cluster=True, cache_svcs=1, min_replicas=0,
+                  baseline="a", cost_of="the cluster client"),
+    ScalingConfig("d", "Redis Cluster 3+3, WAIT 1", cluster=True, cache_svcs=1, min_replicas=1,
+                  baseline="c", cost_of="WAIT"),
+)
+CLUSTER_MASTERS = 3
+CLUSTER_REPLICAS_PER_MASTER = 1
 
 
 def plan(profile: Profile) -> list[tuple]:
@@ -122,15 +162,65 @@ def log(message: str):
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+class System:
+    """A running system as the scenarios measure it: its processes (a Stack), its HTTP API,
+    cache-svc's counters, and the CPU of every process that serves it."""
+
+    def __init__(self, stack: Stack, redis_nodes: list[redis.Redis], postmaster: int | None,
+                 replicas_of: dict[str, str] | None = None, others: dict[str, Callable[[], int]] | None = None):
+        self.stack = stack
+        self.api = Api(stack)
+        # cache-svc's own counters, read as it lays them out in its shards.
+        self.counters = stack.row_store().counters
+        # Every Redis server cache-svc uses: one, or each node of a cluster.
+        self.redis_nodes = redis_nodes
+        self.postmaster = postmaster
+        # Processes counted with another one, as one component: {replica: component}.
+        self.replicas_of = replicas_of or {}
+        # Processes beside the stack, by name: a function giving each one's current pid.
+        self.others = others or {}
+
+    @property
+    def gateway(self) -> tuple[int, int]:
+        """The first gateway's port and gunicorn master's pid."""
+        return self.stack.gateway_port, self.stack.processes["gateway"].pid
+
+    def redis_time_us(self) -> int:
+        seconds, micros = self.redis_nodes[0].time()
+        return seconds * 1_000_000 + micros
+
+    def cpu_snapshot(self) -> dict:
+        """CPU seconds used so far by each component of the stack, the other processes,
+        Redis (every server), Postgres (the whole server: other databases' work counts too)
+        and this process (the load generator)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        snapshot = {}
+        for name, process in self.stack.processes.items():
+            component = self.replicas_of.get(name, name)
+            snapshot[component] = snapshot.get(component, 0.0) + stores.cpu_seconds(process.pid)
+        for name, pid in self.others.items():
+            snapshot[name] = stores.cpu_seconds(pid())
+        snapshot["redis-server"] = sum(stores.redis_cpu_seconds(node) for node in self.redis_nodes)
+        if self.postmaster:
+            snapshot["postgres"] = stores.cpu_seconds(self.postmaster)
+        snapshot["load generator"] = usage.ru_utime + usage.ru_stime
+        return snapshot
+
+
 class Bench:
-    def __init__(self, profile: Profile, workdir: Path, profile_dir: Path | None = None):
+    def __init__(self, profile: Profile, workdir: Path, profile_dir: Path | None = None,
+                 scenarios: tuple[str, ...] = SCENARIOS):
+        unknown = set(scenarios) - set(SCENARIOS)
+        if unknown or not scenarios:
+            raise ValueError(f"scenarios {sorted(unknown) or '(none)'}: choose among {', '.join(SCENARIOS)}")
         self.profile = profile
         self.profile_dir = profile_dir
+        self.scenarios = scenarios
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.results = {"profile": asdict(profile), "b1": [], "b2": {}, "b3": {}, "mix": {}, "b4": None,
-                        "growth": [], "memory": []}
-        self.isolation = self.anchor = self.stack = self.monolith = None
+                        "growth": [], "memory": [], "b6": None}
+        self.isolation = self.anchor = self.stack = self.monolith = self.system = None
         self.table_size = BASE_ALBUMS
 
     def profiled(self, label: str | None, mode: str = "cpu", focus: dict | None = None):
@@ -138,19 +228,6 @@ class Bench:
         if self.profile_dir is None or label is None:
             return contextlib.nullcontext()
         return Profiler(self.profile_dir, label, self.stack.processes, mode, focus)
-
-    def cpu_snapshot(self) -> dict:
-        """CPU seconds used so far by each service, the monolith anchor, Redis, Postgres
-        (the whole server: other databases' work counts too) and this process (the load
-        generator)."""
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        snapshot = {name: stores.cpu_seconds(process.pid) for name, process in self.stack.processes.items()}
-        snapshot["monolith anchor"] = stores.cpu_seconds(self.monolith.process.pid)
-        snapshot["redis-server"] = stores.redis_cpu_seconds(self.redis)
-        if self.postmaster:
-            snapshot["postgres"] = stores.cpu_seconds(self.postmaster)
-        snapshot["load generator"] = usage.ru_utime + usage.ru_stime
-        return snapshot
 
     @staticmethod
     def cpu_per_request(before: dict, after: dict, requests: int) -> dict:
@@ -160,17 +237,18 @@ class Bench:
                 if seconds > 0.005} if requests else {}
 
     def _load(self, port: int, master_pid: int, next_request, duration_s: float, label: str | None = None,
-              tiers: bool = False) -> tuple[dict, dict, dict]:
+              tiers: bool = False, system: System | None = None) -> tuple[dict, dict, dict]:
         """A closed-loop load at the profile's concurrency against a gunicorn server: its
-        summary with latency percentiles, CPU per request of every component and how the
-        server's workers shared their CPU (X-Cache-Tier counts if `tiers`), and the CPU
-        snapshots before and after."""
+        summary with latency percentiles, CPU per request of every component (of `system`,
+        the main one by default) and how the server's workers shared their CPU
+        (X-Cache-Tier counts if `tiers`), and the CPU snapshots before and after."""
+        system = system or self.system
         workers_before = stores.workers_cpu_seconds(master_pid)
-        cpu_before = self.cpu_snapshot()
+        cpu_before = system.cpu_snapshot()
         with self.profiled(label):
             result = run_load(port, next_request, self.profile.concurrency, duration_s, self.profile.warmup_s,
                               count_header="X-Cache-Tier" if tiers else None)
-        cpu_after = self.cpu_snapshot()
+        cpu_after = system.cpu_snapshot()
         summary = {**result.summary(), **latency_profile(result.latencies_s),
                    "cpu_ms_per_request": self.cpu_per_request(cpu_before, cpu_after, result.completed_total),
                    "gunicorn_workers": stores.worker_split(workers_before, stores.workers_cpu_seconds(master_pid))}
@@ -190,15 +268,14 @@ class Bench:
         # Started for the mix only.
         self.stack.add_gateway(SECOND_GATEWAY)
         self.monolith = stores.MonolithApp(self.anchor, self.workdir).start()
-        self.api = Api(self.stack)
-        self.redis = self.isolation.redis()
-        # cache-svc's own counters, read as it lays them out in its shards.
-        self.cache_counters = self.stack.row_store().counters
         self.anchor_redis = self.anchor.redis()
         self.admin = stores.admin_connection(self.isolation.database_url)
         self.pg = psycopg2.connect(self.isolation.database_url)
         self.pg.autocommit = True
         self.postmaster = stores.postmaster_pid(self.admin)
+        self.system = System(self.stack, [self.isolation.redis()], self.postmaster,
+                             others={"monolith anchor": lambda: self.monolith.process.pid})
+        self.api, self.cache_counters = self.system.api, self.system.counters
 
     def teardown(self):
         for closing in (lambda: self.pg.close(), lambda: self.admin.close()):
@@ -218,40 +295,50 @@ class Bench:
         started = time.monotonic()
         self.results["machine"] = machine()
         self.results["started_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        try:
-            self.setup()
-            self.results["setup_s"] = round(time.monotonic() - started, 1)
-            for step in plan(self.profile):
-                getattr(self, f"step_{step[0]}")(*step[1:])
-        finally:
-            self.teardown()
+        self.results["scenarios"] = list(self.scenarios)
+        if MAIN_SCENARIOS in self.scenarios:
+            try:
+                self.setup()
+                self.results["setup_s"] = round(time.monotonic() - started, 1)
+                for step in plan(self.profile):
+                    getattr(self, f"step_{step[0]}")(*step[1:])
+            finally:
+                self.teardown()
+        if SCALING_SCENARIO in self.scenarios:
+            # After the main system stopped: B6's stacks have the machine to themselves.
+            self.step_b6()
         self.results["machine"]["loadavg_end"] = os.getloadavg()
         self.results["elapsed_s"] = round(time.monotonic() - started, 1)
         return self.results
 
     # Growing the table (B4 at its step)
 
-    def step_grow(self, multiplier: int, size: int, is_b4: bool):
-        log(f"duplicating the album table x{multiplier}: {self.table_size} -> {size} rows")
+    def _duplicate(self, api: Api, multiplier: int, size: int) -> tuple[int, float]:
+        """Grows the album table to `size` rows through the system's `POST /tasks/duplicate`,
+        polling the task every 10 ms: the rows inserted and the seconds until SUCCESS."""
         started = time.perf_counter()
-        response = self.api.post("/tasks/duplicate", json={"multiplier": multiplier})
+        response = api.post("/tasks/duplicate", json={"multiplier": multiplier})
         assert response.status_code == 202, response.text
         task_id = response.json()["task_id"]
         while True:
-            body = self.api.get(f"/tasks/{task_id}").json()
+            body = api.get(f"/tasks/{task_id}").json()
             if body["state"] in ("SUCCESS", "FAILURE"):
                 break
             if time.perf_counter() - started > self.profile.durable_timeout_s:
                 raise TimeoutError(f"duplication not done: {body}")
             time.sleep(0.01)
-        system_s = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         if body["state"] != "SUCCESS":
             raise RuntimeError(f"duplication failed: {body}")
-        inserted = body["result"]["inserted"]
+        count = api.sql("SELECT count(*), max(album_id) FROM album")[0]
+        assert tuple(count) == (size, size), count
+        return body["result"]["inserted"], seconds
+
+    def step_grow(self, multiplier: int, size: int, is_b4: bool):
+        log(f"duplicating the album table x{multiplier}: {self.table_size} -> {size} rows")
+        inserted, system_s = self._duplicate(self.api, multiplier, size)
         anchor_rows, anchor_s = floor.insert_select_copy(self.anchor.database_url, multiplier)
         assert inserted == anchor_rows == size - self.table_size, (inserted, anchor_rows, size, self.table_size)
-        count = self.api.sql("SELECT count(*), max(album_id) FROM album")[0]
-        assert tuple(count) == (size, size), count
         self.table_size = size
         self.results["growth"].append({
             "rows_before": size - inserted, "rows_after": size, "multiplier": multiplier,
@@ -288,20 +375,8 @@ class Bench:
         redis_floor = min(floor.redis_pipeline_write(self.anchor_redis, self.anchor.key_prefix, floor_rows)
                           for _ in range(FLOOR_TRIES))
         sql_floor = min(floor.sql_set_update(self.anchor.database_url, floor_rows) for _ in range(FLOOR_TRIES))
-        # Requests of equal size, so B5's memory figures compare N, not request sizes.
-        chunk = -(-n // -(-n // self.profile.bulk_chunk))
-        bodies = [
-            json.dumps({"updates": [{"album_id": i, "title": f"b1 {tag} {i}"}
-                                    for i in range(start, min(start + chunk, n + 1))]})
-            for start in range(1, n + 1, chunk)
-        ]
         log(f"B1 N={n:,} ({cache} cache): floor {redis_floor:.3f} s Redis pipeline + {sql_floor:.3f} s "
-            f"set-based UPDATE; sending {len(bodies)} bulk request(s)")
-        seconds, micros = self.redis.time()
-        since_version = seconds * 1_000_000 + micros
-        sampler = ConvergenceSampler(self.cache_counters,
-                                     self.isolation.database_url, since_version, n)
-        sampler.start()
+            f"set-based UPDATE")
         # Profiles: with rows not cached, wall-clock along the bulk's path through each
         # process; with rows cached, where each process spends its CPU.
         profiling = self.profiled(f"b1-{n}-{cache}" if profile else None, "wall" if cache == "cold" else "cpu", {
@@ -309,39 +384,63 @@ class Bench:
             "persistence-svc": "PersistenceServicer.ApplyWrites", "write-back-worker": "apply_writes",
             "duplication-worker": "apply_writes"} if cache == "cold" else None)
         peaks_by_request = []
-        cpu_before = self.cpu_snapshot()
+
+        def after_each_request(requests: int):
+            if requests > 1:
+                # Whether memory keeps growing with every request of a bulk, or levels off.
+                peaks_by_request.append({name: stores.peak_rss_mb(self.stack.processes[name].pid)["max_mb"]
+                                         for name in ("gateway", "cache-svc")})
+        bulk = self._bulk(self.system, n, tag, profiling, after_each_request)
+        memory = {name: stores.peak_rss_mb(process.pid) for name, process in self.stack.processes.items()}
+        log(f"B1 N={n:,} ({cache} cache): acknowledged in {bulk['ack_s']:.3f} s, durable in "
+            f"{bulk['durable_s']:.3f} s ({bulk['durable_rows_per_s']:,.0f} rows/s); peak RSS of the largest "
+            "process of " + ", ".join(f"{k} {v['max_mb']:.0f} MiB" for k, v in memory.items()))
+        return {
+            "n": n, "cache": cache, "headline": n in self.profile.b1_headline, **bulk,
+            "floor_redis_s": round(redis_floor, 4), "floor_sql_s": round(sql_floor, 4),
+            "floor_durable_s": round(redis_floor + sql_floor, 4),
+            "peak_rss_mb": memory, "peak_rss_mb_by_request": peaks_by_request,
+        }
+
+    def _bulk(self, system: System, n: int, tag: str, profiling=contextlib.nullcontext(),
+              after_each_request=None) -> dict:
+        """`POST /albums/bulk` of rows 1..n with titles made from `tag`, in requests of equal
+        size: when the last request was acknowledged, when Postgres held every row (each
+        value checked), and every process' CPU per row in between. `after_each_request`, if
+        given, is called with the number of requests after each one."""
+        # Requests of equal size, so B5's memory figures compare N, not request sizes.
+        chunk = -(-n // -(-n // self.profile.bulk_chunk))
+        bodies = [
+            json.dumps({"updates": [{"album_id": i, "title": f"b1 {tag} {i}"}
+                                    for i in range(start, min(start + chunk, n + 1))]})
+            for start in range(1, n + 1, chunk)
+        ]
+        sampler = ConvergenceSampler(system.counters, system.stack.isolation.database_url,
+                                     system.redis_time_us(), n)
+        sampler.start()
+        cpu_before = system.cpu_snapshot()
         with profiling:
             started = time.perf_counter()
             for body in bodies:
-                response = self.api.post("/albums/bulk", data=body, headers={"Content-Type": "application/json"})
+                response = system.api.post("/albums/bulk", data=body, headers={"Content-Type": "application/json"})
                 assert response.status_code == 202, response.text[:500]
-                if len(bodies) > 1:
-                    # Whether memory keeps growing with every request of a bulk, or levels off.
-                    peaks_by_request.append({name: stores.peak_rss_mb(self.stack.processes[name].pid)["max_mb"]
-                                             for name in ("gateway", "cache-svc")})
+                if after_each_request is not None:
+                    after_each_request(len(bodies))
             ack_s = time.perf_counter() - started
             sampler.mark("ack", ack_s)
             durable_s = sampler.wait_durable(self.profile.durable_timeout_s)
         # CPU per row from sending the bulk until Postgres held every row (the sampler's
         # own Postgres queries count in "postgres").
-        cpu = self.cpu_per_request(cpu_before, self.cpu_snapshot(), n)
+        cpu = self.cpu_per_request(cpu_before, system.cpu_snapshot(), n)
         sampler.stop()
-        wrong = self.api.sql(
+        wrong = system.api.sql(
             "SELECT count(*) FROM album WHERE title <> 'b1 ' || %s || ' ' || album_id", (tag,)
         )[0][0]
         assert wrong == 0, f"{wrong} rows of {n} do not hold the bulk's value"
-        memory = {name: stores.peak_rss_mb(process.pid) for name, process in self.stack.processes.items()}
-        log(f"B1 N={n:,} ({cache} cache): acknowledged in {ack_s:.3f} s, durable in {durable_s:.3f} s "
-            f"({n / durable_s:,.0f} rows/s); peak RSS of the largest process of "
-            + ", ".join(f"{k} {v['max_mb']:.0f} MiB" for k, v in memory.items()))
         return {
-            "n": n, "cache": cache, "requests": len(bodies), "headline": n in self.profile.b1_headline,
-            "ack_s": round(ack_s, 4), "durable_s": round(durable_s, 4),
+            "requests": len(bodies), "ack_s": round(ack_s, 4), "durable_s": round(durable_s, 4),
             "ack_rows_per_s": round(n / ack_s, 1), "durable_rows_per_s": round(n / durable_s, 1),
-            "floor_redis_s": round(redis_floor, 4), "floor_sql_s": round(sql_floor, 4),
-            "floor_durable_s": round(redis_floor + sql_floor, 4),
-            "cpu_ms_per_row": {name: round(ms, 4) for name, ms in cpu.items()},
-            "series": sampler.series, "peak_rss_mb": memory, "peak_rss_mb_by_request": peaks_by_request,
+            "cpu_ms_per_row": {name: round(ms, 4) for name, ms in cpu.items()}, "series": sampler.series,
         }
 
     # B2: single updates at concurrency 16
@@ -350,7 +449,7 @@ class Bench:
         for mix in ("uniform", "hot"):
             ids = list(range(1, (self.profile.hot_rows if mix == "hot" else self.table_size) + 1))
             self.results["b2"][mix] = {
-                "system": self._b2_system(mix, ids),
+                "system": self._b2_system(mix, ids, label=f"b2-{mix}"),
                 "write_through": self._b2_write_through(mix, ids),
             }
 
@@ -362,32 +461,40 @@ class Bench:
                                  b'{"title": "%s %d"}' % (label.encode(), next(counter)))
         return next_request
 
-    def _b2_system(self, mix: str, ids: list[int]) -> dict:
-        cache_port = self.stack.metrics_ports["CACHE"]
-        persistence_port = self.stack.metrics_ports["PERSISTENCE"]
+    def _b2_system(self, mix: str, ids: list[int], system: System | None = None, duration_s: float | None = None,
+                   label: str | None = None) -> dict:
+        """Single updates of `ids` through the first gateway of `system` (the main one by
+        default) for `duration_s` (B2's by default), then until every one is written back;
+        profiled as `label`, if given and profiling was asked for."""
+        system = system or self.system
+        duration_s = duration_s or self.profile.b2_duration_s
+        # Every cache-svc's histograms, summed: whichever one took a worker's acknowledgement observed it.
+        cache_ports = list(system.stack.cache_metrics_ports.values())
+        persistence_port = system.stack.metrics_ports["PERSISTENCE"]
+        database_url = system.stack.isolation.database_url
         time.sleep(self.profile.stats_wait_s)
-        accepted_before = self.cache_counters().get("accepted", 0)
-        xact_before = stores.xact_commit(self.admin, self.isolation.database_url)
-        cache_before = stores.scrape(cache_port)
+        accepted_before = system.counters().get("accepted", 0)
+        xact_before = stores.xact_commit(self.admin, database_url)
+        cache_before = [sample for port in cache_ports for sample in stores.scrape(port)]
         persistence_before = stores.scrape(persistence_port)
-        log(f"B2 {mix}: write-back, {self.profile.concurrency} connections for {self.profile.b2_duration_s:g} s")
-        load, cpu_before, _ = self._load(self.stack.gateway_port, self.stack.processes["gateway"].pid,
-                                         self._patches(f"b2 {mix}", ids), self.profile.b2_duration_s,
-                                         label=f"b2-{mix}")
+        log(f"B2 {mix}: write-back, {self.profile.concurrency} connections for {duration_s:g} s")
+        load, cpu_before, _ = self._load(*system.gateway, self._patches(f"b2 {mix}", ids), duration_s,
+                                         label=label, system=system)
         drain_started = time.perf_counter()
-        self.api.flush(wait_s=120)
+        system.api.flush(wait_s=120)
         drain_s = time.perf_counter() - drain_started
         # Postgres' work for these updates ends when the last of them is written back.
-        postgres_cpu_s = stores.cpu_seconds(self.postmaster) - cpu_before["postgres"] if self.postmaster else None
+        postgres_cpu_s = stores.cpu_seconds(system.postmaster) - cpu_before["postgres"] if system.postmaster else None
         time.sleep(self.profile.stats_wait_s)
-        accepted = self.cache_counters().get("accepted", 0) - accepted_before
-        xacts = stores.xact_commit(self.admin, self.isolation.database_url) - xact_before
-        cache_after = stores.scrape(cache_port)
+        accepted = system.counters().get("accepted", 0) - accepted_before
+        xacts = stores.xact_commit(self.admin, database_url) - xact_before
+        cache_after = [sample for port in cache_ports for sample in stores.scrape(port)]
         persistence_after = stores.scrape(persistence_port)
         statements = metrics.total(persistence_after, "chinook_flush_statements_total") \
             - metrics.total(persistence_before, "chinook_flush_statements_total")
         # Each unary call of persistence-svc is one transaction of its own.
-        calls = stores.persistence_calls(persistence_after) - stores.persistence_calls(persistence_before)
+        calls = stores.grpc_server_calls(persistence_after, "PersistenceService") \
+            - stores.grpc_server_calls(persistence_before, "PersistenceService")
         lag = stores.histogram_delta(
             stores.histogram_buckets(cache_before, "chinook_accept_to_durable_seconds", entity="album"),
             stores.histogram_buckets(cache_after, "chinook_accept_to_durable_seconds", entity="album"))
@@ -628,6 +735,98 @@ class Bench:
         return summary
 
 
+    # B6: B1 and B2 on a single Redis and on a Redis Cluster, with one and two cache-svc,
+    # without and with WAIT
+
+    def step_b6(self):
+        """For each configuration a stack of its own (database, key prefix, vhost) over
+        private Redis servers, started for it and stopped after: B1 at the B2 size (first to
+        cache the rows, then measured on them) and B2 with uniform single updates."""
+        settings = load_settings()
+        with redis.Redis.from_url(settings.redis_url, decode_responses=True) as bench_redis:
+            appendfsync, bench_persistence = b6_appendfsync(bench_redis)
+        # The main run's connection closed with its stack, if it ran.
+        self.admin = stores.admin_connection(settings.database_url)
+        try:
+            b6 = self.results["b6"] = {
+                "rows": self.profile.load_size, "b2_duration_s": self.profile.b6_duration_s,
+                "concurrency": self.profile.concurrency,
+                "redis_server": _command_version("redis-server", "--version"),
+                "bench_redis_persistence": bench_persistence,
+                "private_redis_persistence": {"appendonly": "yes", "appendfsync": appendfsync},
+                "configs": [],
+            }
+            log(f"B6: {len(B6_CONFIGS)} configurations, private Redis servers with appendonly yes, "
+                f"appendfsync {appendfsync} (the bench's Redis: {bench_persistence})")
+            postmaster = stores.postmaster_pid(self.admin)
+            for config in B6_CONFIGS:
+                b6["configs"].append(self._b6_config(config, appendfsync, postmaster))
+        finally:
+            self.admin.close()
+
+    def _b6_config(self, config: ScalingConfig, appendfsync: str, postmaster: int | None) -> dict:
+        name = f"B6 ({config.key}) {config.label}"
+        n = self.profile.load_size
+        multiplier, rest = divmod(n, BASE_ALBUMS)
+        if rest or not (multiplier == 1 or 2 <= multiplier <= 64):
+            raise ValueError(f"B6 cannot grow the album table from {BASE_ALBUMS} to {n} rows by duplication")
+        started = time.monotonic()
+        workdir = self.workdir / f"b6{config.key}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"bench-b6{config.key}-") as data, \
+                contextlib.ExitStack() as cleanup:
+            if config.cluster:
+                store = RedisClusterServer(Path(data), CLUSTER_MASTERS, CLUSTER_REPLICAS_PER_MASTER,
+                                           appendfsync=appendfsync)
+                ports = [server.port for server in store.servers]
+            else:
+                store = RedisServer(Path(data), appendfsync)
+                ports = [store.port]
+            log(f"{name}: starting {len(ports)} Redis server(s), a database, a vhost and the stack")
+            cleanup.enter_context(store)
+            isolation = Isolation.create(f"b6{config.key}")
+            cleanup.callback(isolation.destroy)
+            stack = Stack(isolation, workdir, {
+                "REDIS_URL": store.url, "REDIS_CLUSTER": "true" if config.cluster else "false",
+                "WRITEBACK_MIN_REPLICAS": str(config.min_replicas),
+                # The private servers' persistence is set at their start: cache-svc leaves it.
+                "REDIS_APPENDFSYNC": ""})
+            replicas_of = {}
+            for index in range(2, config.cache_svcs + 1):
+                replica = f"cache-svc-{index}"
+                stack.add_cache_svc(replica)
+                replicas_of[replica] = "cache-svc"
+            if replicas_of:
+                stack.balance_cache_svcs()
+            cleanup.callback(stack.stop)
+            stack.start()
+            nodes = [redis.Redis(port=port) for port in ports]
+            for node in nodes:
+                cleanup.callback(node.close)
+            system = System(stack, nodes, postmaster, replicas_of)
+            if multiplier > 1:
+                self._duplicate(system.api, multiplier, n)
+                stores.analyze(isolation.database_url)
+            setup_s = time.monotonic() - started
+            bulks = {}
+            for cache in ("cold", "warm"):
+                tag = f"{n}-b6{config.key}-{cache}-{random.randrange(16**6):06x}"
+                bulk = bulks[cache] = self._bulk(system, n, tag)
+                bulk.pop("series")
+                log(f"{name}: B1 N={n:,} ({cache} cache) acknowledged in {bulk['ack_s']:.3f} s, durable in "
+                    f"{bulk['durable_s']:.3f} s ({bulk['durable_rows_per_s']:,.0f} rows/s), "
+                    f"{1000 * cpu_ms(bulk['cpu_ms_per_row']):.0f} µs CPU per row")
+            updates = self._b2_system("uniform", list(range(1, n + 1)), system, self.profile.b6_duration_s)
+            # That the configuration ran as named: calls each cache-svc answered, and WAITs
+            # Redis ran, over the whole run.
+            calls = {replica: stores.grpc_server_calls(stores.scrape(port), "CacheService")
+                     for replica, port in stack.cache_metrics_ports.items()}
+            waits = sum(stores.redis_command_calls(node, "wait") for node in nodes)
+        return {**asdict(config), "redis_servers": len(ports), "cache_svc_calls": calls, "redis_wait_calls": waits,
+                "setup_s": round(setup_s, 1), "elapsed_s": round(time.monotonic() - started, 1),
+                "b1": bulks, "b2_uniform": updates, "summary": b6_summary(bulks["warm"], updates)}
+
+
 class ConvergenceSampler:
     """During a B1, over time: rows the cache accepted and rows the workers reported
     written (cache-svc's own counters in Redis, every 20 ms), and rows Postgres holds
@@ -715,6 +914,36 @@ def latency_profile(latencies: list[float]) -> dict:
     ordered = sorted(latencies)
     return {"percentiles_ms": [round(percentile(ordered, q) * 1000, 3) for q in
                                [*range(0, 100), 99.5, 99.9, 100]]}
+
+
+def cpu_ms(per_unit: dict) -> float:
+    """The CPU per row or request of every process, the load generator left out."""
+    return sum(ms for name, ms in per_unit.items() if name != "load generator")
+
+
+def b6_summary(bulk: dict, updates: dict) -> dict:
+    """What docs quote of a B6 configuration: B1 on cached rows and B2 uniform, with each
+    component's CPU per row (µs) and per request (ms) and their sum, the load generator
+    left out."""
+    per_row = {name: round(1000 * ms, 1) for name, ms in bulk["cpu_ms_per_row"].items() if name != "load generator"}
+    per_request = {name: ms for name, ms in updates["cpu_ms_per_request"].items() if name != "load generator"}
+    return {
+        "b1_ack_s": bulk["ack_s"], "b1_durable_s": bulk["durable_s"],
+        "b1_ack_rows_per_s": bulk["ack_rows_per_s"], "b1_durable_rows_per_s": bulk["durable_rows_per_s"],
+        "b1_cpu_us_per_row": {**per_row, "all": round(1000 * cpu_ms(bulk["cpu_ms_per_row"]), 1)},
+        "b2_throughput_rps": updates["throughput_rps"], "b2_p50_ms": updates["p50_ms"],
+        "b2_p99_ms": updates["p99_ms"], "b2_errors": updates["errors"],
+        "b2_cpu_ms_per_request": {**per_request, "all": round(cpu_ms(updates["cpu_ms_per_request"]), 4)},
+    }
+
+
+def b6_appendfsync(client: redis.Redis) -> tuple[str, dict]:
+    """The appendfsync of B6's private Redis servers, which keep an append-only file (as
+    tests/support/stores.py starts them), and the bench's own Redis' settings: its
+    appendfsync if it keeps an append-only file too; if not, "no" (written, but never
+    fsynced by Redis), the nearest a server with one comes to none."""
+    settings = {**client.config_get("appendonly"), **client.config_get("appendfsync")}
+    return (settings["appendfsync"] if settings["appendonly"] == "yes" else "no"), settings
 
 
 def round_or_none(value, digits: int = 4):

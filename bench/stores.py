@@ -24,10 +24,16 @@ def scrape(port: int) -> list:
     return metrics.samples(f"http://127.0.0.1:{port}/metrics")
 
 
-def persistence_calls(samples: list) -> float:
-    """Unary calls persistence-svc handled (each runs in one transaction of its own)."""
+def grpc_server_calls(samples: list, service: str) -> float:
+    """Calls of a gRPC service's methods a process handled ("PersistenceService": unary
+    calls, each in one transaction of its own)."""
     return sum(s.value for s in samples if s.name == "chinook_grpc_server_handling_seconds_count"
-               and "PersistenceService/" in s.labels.get("method", ""))
+               and f"{service}/" in s.labels.get("method", ""))
+
+
+def redis_command_calls(client, command: str) -> int:
+    """How many times a Redis server ran a command since it started (INFO commandstats)."""
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def histogram_buckets(samples: list, name: str, **labels) -> dict[float, float]:

@@ -1,5 +1,6 @@
-"""`make bench` in miniature: every scenario with a few rows and a second of load, so
-the benchmark code cannot rot. Nothing here asserts a time."""
+"""`make bench` in miniature: every scenario with a few rows and a second of load, B6's
+four configurations included, so the benchmark code cannot rot. Nothing here asserts a
+time."""
 
 import json
 
@@ -12,6 +13,8 @@ pytestmark = pytest.mark.e2e
 
 SERVICES = {"persistence-svc", "cache-svc", "gateway", "write-back-worker", "duplication-worker"}
 B3_KEYS = {"system", "system_zipf", "system_near_off", "system_near_off_zipf", "monolith", "monolith_zipf"}
+# B6's configurations: Redis servers, cache-svc processes, WRITEBACK_MIN_REPLICAS.
+B6_SHAPES = {"a": (1, 1, 0), "b": (1, 2, 0), "c": (6, 1, 0), "d": (6, 1, 1)}
 
 
 def assert_worker_split(summary):
@@ -103,6 +106,33 @@ def test_b4_duplicates_through_the_system_and_insert_select(smoke):
     assert (b4["rows_before"], b4["rows_after"], b4["inserted"]) == (347, 694, 347)
 
 
+def test_b6_runs_b1_and_b2_in_each_configuration_as_named(smoke):
+    results = smoke[0]
+    b6 = results["b6"]
+    assert b6["rows"] == 347 and b6["private_redis_persistence"]["appendonly"] == "yes"
+    configs = {config["key"]: config for config in b6["configs"]}
+    assert {key: (config["redis_servers"], len(config["cache_svc_calls"]), config["min_replicas"])
+            for key, config in configs.items()} == B6_SHAPES
+    for config in configs.values():
+        # The bench itself checks that Postgres holds every value of each bulk.
+        for bulk in config["b1"].values():
+            assert bulk["requests"] == 2 and 0 < bulk["ack_s"] <= bulk["durable_s"]
+        updates = config["b2_uniform"]
+        assert updates["requests"] > 0 and updates["errors"] == 0
+        assert updates["accepted_updates"] >= updates["requests"] and updates["lag_rows_cleaned"] > 0
+        # Each cache-svc answered calls (the gateway and the workers take turns), and
+        # Redis ran WAIT only where WRITEBACK_MIN_REPLICAS asks for it.
+        assert all(calls > 0 for calls in config["cache_svc_calls"].values())
+        assert (config["redis_wait_calls"] > 0) == (config["min_replicas"] > 0)
+        # Replicas count as one component.
+        per_request = config["summary"]["b2_cpu_ms_per_request"]
+        assert {"gateway", "cache-svc", "redis-server"} <= set(per_request) and "cache-svc-2" not in per_request
+        assert per_request["all"] == pytest.approx(sum(v for k, v in per_request.items() if k != "all"), abs=1e-3)
+    ratios = results["b6_ratios"]
+    assert set(ratios) == {"(b)/(a) a second cache-svc", "(c)/(a) the cluster client", "(d)/(c) WAIT"}
+    assert all(ratio > 0 for measured in ratios.values() for ratio in measured.values())
+
+
 def test_table_has_a_row_per_target(smoke):
     results = smoke[0]
     measured = {(r.scenario.split()[0], r.measure) for r in report.rows(results)}
@@ -117,3 +147,8 @@ def test_table_has_a_row_per_target(smoke):
     b3_rows = {r.scenario for r in report.rows(results) if r.measure == "throughput" and r.scenario.startswith("B3")}
     assert len(b3_rows) == 4
     assert {r.measure for r in report.rows(results) if r.scenario.startswith("B5 peak RSS")} == SERVICES
+    b6_rows = [r for r in report.rows(results) if r.scenario.startswith("B6 ")]
+    assert len(b6_rows) == 4 * len(report.B6_MEASURES)
+    # Each configuration but the baseline against the one it differs from by one thing.
+    assert {r.scenario[:6]: r.anchor[:3] for r in b6_rows if r.ratio != "-"} == {
+        "B6 (b)": "(a)", "B6 (c)": "(a)", "B6 (d)": "(c)"}
