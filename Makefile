@@ -1,6 +1,6 @@
 # make run   set up everything and start the five processes (Ctrl-C stops them)
 # make test  set up everything and run the whole test suite
-# make bench the system against its anchors (bench/README.md); about 5 minutes
+# make bench the system against its anchors (bench/README.md); about 8 minutes
 # make certs development certificates for mutual TLS between the services (docs/security.md)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -36,8 +36,9 @@ fuzz: venv
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) GRPC_FUZZ_EXAMPLES=$(GRPC_FUZZ_EXAMPLES) \
 		$(BIN)/pytest tests/e2e/test_fuzz_http_api.py tests/e2e/test_grpc_fuzz.py
 
-# Scenarios B1-B5 against the floor and the monolith anchors, in one run: prints the
-# table, writes bench/results/<timestamp>.json and .png, and bench/latest.png.
+# Scenarios B1-B5 against the floor and the monolith anchors, in one run, then B6 (a Redis
+# Cluster, WAIT and a second cache-svc against one Redis): prints the table, writes
+# bench/results/<timestamp>.json and .png, and bench/latest.png.
 bench: venv preflight
 	$(BIN)/pip install --quiet --progress-bar off -r bench/requirements.txt
 	$(BIN)/python -m bench --plot bench/latest.png

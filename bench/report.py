@@ -310,8 +310,8 @@ def _latency_axis(axis, title: str):
 
 def plot(results: dict, path):
     """Two rows of panels for B1-B5, B2, B3 and the mix, and one for B6, for those that ran."""
-    panel_rows = [rows for rows, ran in ((2, bool(results["b1"])), (1, bool(results.get("b6")))) if ran]
-    figure, axes = plt.subplots(sum(panel_rows), 3, figsize=(17, 4.75 * sum(panel_rows)), squeeze=False)
+    panel_rows = (2 if results["b1"] else 0) + (1 if results.get("b6") else 0)
+    figure, axes = plt.subplots(panel_rows, 3, figsize=(17, 4.75 * panel_rows), squeeze=False)
     machine = results["machine"]
     figure.suptitle(f"chinook-writeback `make bench` ({results['profile']['name']}), "
                     f"{machine['cores']} cores, {results['started_at']}", fontsize=13)

@@ -136,6 +136,8 @@ B6_CONFIGS = (
 )
 CLUSTER_MASTERS = 3
 CLUSTER_REPLICAS_PER_MASTER = 1
+# As k8s/components/clustered-stores runs its nodes (the tests' clusters fail over faster).
+CLUSTER_NODE_TIMEOUT_MS = 5000
 
 
 def plan(profile: Profile) -> list[tuple]:
@@ -754,6 +756,8 @@ class Bench:
                 "redis_server": _command_version("redis-server", "--version"),
                 "bench_redis_persistence": bench_persistence,
                 "private_redis_persistence": {"appendonly": "yes", "appendfsync": appendfsync},
+                "cluster": {"masters": CLUSTER_MASTERS, "replicas_per_master": CLUSTER_REPLICAS_PER_MASTER,
+                            "node_timeout_ms": CLUSTER_NODE_TIMEOUT_MS},
                 "configs": [],
             }
             log(f"B6: {len(B6_CONFIGS)} configurations, private Redis servers with appendonly yes, "
@@ -777,7 +781,7 @@ class Bench:
                 contextlib.ExitStack() as cleanup:
             if config.cluster:
                 store = RedisClusterServer(Path(data), CLUSTER_MASTERS, CLUSTER_REPLICAS_PER_MASTER,
-                                           appendfsync=appendfsync)
+                                           CLUSTER_NODE_TIMEOUT_MS, appendfsync)
                 ports = [server.port for server in store.servers]
             else:
                 store = RedisServer(Path(data), appendfsync)
