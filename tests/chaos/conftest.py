@@ -7,16 +7,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from chinook.entities import get_entity
-from persistence_svc import initdb, repository
-from persistence_svc.db import Database
+from persistence_svc import initdb
+from tests.chaos.workload import multiply_albums
 from tests.support.api import Api
+from tests.support.fault_table import FaultTable
 from tests.support.stack import Stack
 from tests.support.stores import PostgresServer, RabbitMQServer, RedisServer
 
-# The album table multiplied to 347 * 32 = 11,104 rows: every bulk is at least 10,000.
-ALBUM_MULTIPLIER = 32
-RESULTS_KEY = pytest.StashKey[list]()
+RESULTS = FaultTable("write-back fault injection", ["scenario", "rows checked", "rows lost", "injected"])
 
 
 @dataclass
@@ -48,10 +46,7 @@ def stores(tmp_path_factory):
             RabbitMQServer(root / "rabbitmq") as rabbitmq_server:
         private = PrivateStores(redis_server, postgres_server, rabbitmq_server, f"chaos_{uuid.uuid4().hex[:8]}")
         initdb.init_database(private.database_url)
-        db = Database(private.database_url, max_connections=2)
-        for _ in repository.duplicate_rows(db, get_entity("album"), ALBUM_MULTIPLIER, "chaos-seed"):
-            pass
-        db.close()
+        multiply_albums(private.database_url)
         yield private
 
 
@@ -84,21 +79,13 @@ def report(request):
     """report(injected, checked, lost): one row of the summary table, printed as it goes."""
 
     def record(injected: str, checked: int, lost: int):
-        request.config.stash.setdefault(RESULTS_KEY, []).append((request.node.name, injected, checked, lost))
+        RESULTS.record(request.config, (request.node.name, checked, lost, injected))
         print(f"\n[{request.node.name}] injected: {injected}; checked {checked} rows, lost {lost}")
 
     return record
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    results = config.stash.get(RESULTS_KEY, [])
-    if not results:
-        return
-    terminalreporter.section("write-back fault injection")
-    width = max(len(name) for name, *_ in results)
-    terminalreporter.write_line(f"{'scenario':<{width}}  {'rows checked':>12}  {'rows lost':>9}  injected")
-    for name, injected, checked, lost in results:
-        terminalreporter.write_line(f"{name:<{width}}  {checked:>12}  {lost:>9}  {injected}")
-    total_lost = sum(lost for *_, lost in results)
-    terminalreporter.write_line(f"{len(results)} scenarios, {sum(r[2] for r in results)} rows checked, "
-                                f"{total_lost} rows lost")
+    results = RESULTS.rows(config)
+    RESULTS.write(terminalreporter, config, f"{len(results)} scenarios, {sum(r[1] for r in results)} rows checked, "
+                                            f"{sum(r[2] for r in results)} rows lost")

@@ -9,25 +9,10 @@ import time
 
 import pytest
 
-from tests.chaos.workload import Workload
+from tests.chaos.workload import Workload, wait_until_flushing
 
 pytestmark = pytest.mark.chaos
 PROJECT_PROCESSES = ("persistence-svc", "cache-svc", "gateway", "write-back-worker", "duplication-worker")
-
-
-def wait_until_flushing(api, timeout_s=60):
-    """Returns once some rows are pending and some batches have reached Postgres."""
-    start = api.get("/write-back/status").json()["flushed_total"]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            status = api.get("/write-back/status").json()
-        except Exception:
-            status = {"pending": 0, "flushed_total": start}
-        if status.get("pending", 0) > 0 and status.get("flushed_total", start) > start:
-            return
-        time.sleep(0.005)
-    raise TimeoutError("the flush never started")
 
 
 def kill(stack, *names):

@@ -3,16 +3,48 @@ single-row updates racing on hot rows, sent by clients that retry until a write 
 accepted, as a well-behaved client does. What the clients saw accepted last is what
 Postgres must hold in the end."""
 
+import itertools
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import requests
 
+from chinook.entities import get_entity
+from persistence_svc import repository
+from persistence_svc.db import Database
 from tests.support.api import Api
 
+# The album table multiplied to 347 * 32 = 11,104 rows: every bulk is at least 10,000.
+ALBUM_MULTIPLIER = 32
 HOT_ROWS = tuple(range(1, 11))
 RETRY_PAUSE_S = 0.05
+
+
+def multiply_albums(database_url: str):
+    """Multiplies the album table of a freshly loaded database by ALBUM_MULTIPLIER."""
+    db = Database(database_url, max_connections=2)
+    try:
+        for _ in repository.duplicate_rows(db, get_entity("album"), ALBUM_MULTIPLIER, "chaos-seed"):
+            pass
+    finally:
+        db.close()
+
+
+def wait_until_flushing(api: Api, timeout_s: float = 60):
+    """Returns once some rows are pending and some batches have reached Postgres."""
+    start = api.get("/write-back/status").json()["flushed_total"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status = api.get("/write-back/status").json()
+        except Exception:
+            status = {"pending": 0, "flushed_total": start}
+        if status.get("pending", 0) > 0 and status.get("flushed_total", start) > start:
+            return
+        time.sleep(0.005)
+    raise TimeoutError("the flush never started")
 
 
 @dataclass
@@ -22,9 +54,13 @@ class Outcome:
 
 
 class Workload:
-    def __init__(self, api: Api, label: str):
+    """Clients of `api`'s gateway, and of the gateways of `spread_over` too if given: each
+    request goes to the next gateway in turn, so a retry reaches another one."""
+
+    def __init__(self, api: Api, label: str, spread_over: Sequence[Api] = ()):
         self.api = api
         self.label = label
+        self._bases = itertools.cycle([api.base, *(other.base for other in spread_over)])
         self.expected: dict[int, str] = {}
         self.client_errors = 0  # refused or failed requests the client retried
         self._lock = threading.Lock()
@@ -32,11 +68,15 @@ class Workload:
         self._threads: list[threading.Thread] = []
         self._failures: list[BaseException] = []
 
-    def _send_until_accepted(self, session, method, path, body, deadline_s=180):
+    def send_until_accepted(self, session, method, path, body, deadline_s=180):
+        """Sends the request until a gateway answers 202, retrying refusals (502, 503,
+        504) and connection errors; any other answer fails."""
         deadline = time.monotonic() + deadline_s
         while True:
+            with self._lock:
+                base = next(self._bases)
             try:
-                response = session.request(method, self.api.base + path, json=body, timeout=60)
+                response = session.request(method, base + path, json=body, timeout=60)
                 if response.status_code == 202:
                     return response
                 if response.status_code not in (502, 503, 504):
@@ -52,7 +92,7 @@ class Workload:
     def bulk(self, ids: list[int], tag: str):
         """Sends one bulk update of `ids` until it is accepted; records its titles."""
         updates = [{"album_id": i, "title": f"{self.label} {tag} {i}"} for i in ids]
-        self._send_until_accepted(requests.Session(), "POST", "/albums/bulk", {"updates": updates})
+        self.send_until_accepted(requests.Session(), "POST", "/albums/bulk", {"updates": updates})
         with self._lock:
             self.expected.update({u["album_id"]: u["title"] for u in updates})
 
@@ -76,7 +116,7 @@ class Workload:
             # Each writer owns its own hot rows, so what it saw accepted last is the truth.
             album_id = HOT_ROWS[(n * 2 + writer) % len(HOT_ROWS)]
             title = f"{self.label} hot w{writer} n{n}"
-            self._send_until_accepted(session, "PATCH", f"/albums/{album_id}", {"title": title})
+            self.send_until_accepted(session, "PATCH", f"/albums/{album_id}", {"title": title})
             with self._lock:
                 self.expected[album_id] = title
             n += 1
