@@ -267,6 +267,14 @@ class RedisServer(PrivateServer):
             "--maxmemory-policy", "volatile-lru", "--daemonize", "no", "--logfile", "",
         ]
 
+    def kill(self):
+        """SIGKILLs the server and its fork children (a rewrite of the append-only file, a
+        full sync) in one signal to its process group, so the crash happens at the moment
+        of the call; then waits until none of them runs."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # its own session (start()): the group is its pid
+        super().kill()
+
     def is_ready(self) -> bool:
         client = redis.Redis(port=self.port, socket_timeout=1)
         try:
