@@ -12,7 +12,7 @@ SOURCE_DIRS := . services/gateway services/cache-svc services/persistence-svc wo
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 REQUIREMENTS := requirements-dev.txt chinook/requirements.txt $(wildcard services/*/requirements.txt) workers/requirements.txt bench/requirements.txt
 
-.PHONY: run test chaos bench venv stubs db preflight certs clean
+.PHONY: run test chaos chaos-cluster bench venv stubs db preflight certs clean
 
 run: venv stubs preflight db
 	honcho start --procfile Procfile
@@ -24,6 +24,13 @@ test: venv
 chaos: venv
 	$(BIN)/pytest -v tests/chaos tests/integration/test_write_back_properties.py \
 		tests/e2e/test_dead_letters_and_metrics.py tests/e2e/test_write_back_limits.py
+
+# Faults on a private Redis Cluster (3 masters, 3 replicas) under two cache-svc and two
+# gateways: a master SIGKILLed mid-flush with and without WRITEBACK_MIN_REPLICAS, a
+# cache-svc and a gateway SIGKILLed mid-bulk, a master restart and a rolling restart;
+# ends with a table of rows checked, acknowledged writes lost and time to recover.
+chaos-cluster: venv
+	$(BIN)/pytest -v tests/chaos_cluster
 
 # The fuzzers of `make test` with many more generated inputs: schemathesis against the
 # HTTP API (tests/e2e/test_fuzz_http_api.py, as a reader, a writer and an admin;
