@@ -111,8 +111,14 @@ class Workload:
 
     def _write_hot_rows(self, writer: int):
         session = requests.Session()
-        n = 0
-        while not self._stop.is_set():
+        n, last_round_ends = 0, None
+        while last_round_ends is None or n < last_round_ends:
+            if last_round_ends is None and self._stop.is_set():
+                # One more write of each of its rows, each sent after the stop, so after any
+                # bulk that was acknowledged before it: what the writer sees accepted last is
+                # then what Redis applied last, even where a bulk's acknowledgement reached
+                # the client after later single writes.
+                last_round_ends = n + len(HOT_ROWS) // 2
             # Each writer owns its own hot rows, so what it saw accepted last is the truth.
             album_id = HOT_ROWS[(n * 2 + writer) % len(HOT_ROWS)]
             title = f"{self.label} hot w{writer} n{n}"
@@ -122,6 +128,7 @@ class Workload:
             n += 1
 
     def stop_hot_writers(self):
+        """Stops the hot writers once each has written all its rows once more."""
         self._stop.set()
         for thread in self._threads:
             thread.join(60)
