@@ -1,6 +1,7 @@
 # make run   set up everything and start the five processes (Ctrl-C stops them)
 # make test  set up everything and run the whole test suite
 # make bench the system against its anchors (bench/README.md); about 8 minutes
+# make chaos-cluster  Redis Cluster masters killed and restarted under load; about 1.5 minutes
 # make certs development certificates for mutual TLS between the services (docs/security.md)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
