@@ -63,6 +63,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check(results: dict) -> list[dict]:
+    """The model against B6's runs on this machine: with every core busy, the throughput
+    of single updates should be the machine's cores over the CPU per request of every
+    process, the load generator's included. For one and two cache-svc replicas (and the
+    cluster), the predicted and measured throughput side by side."""
+    cores = results["machine"]["cores"]
+    rows = []
+    for config in results.get("b6", {}).get("configs", []):
+        b2 = config["b2_uniform"]
+        per_request = sum(b2["cpu_ms_per_request"].values())
+        predicted = cores * 1000 / per_request
+        rows.append({"config": config["label"], "cpu_ms_per_request": per_request, "predicted_rps": predicted,
+                     "measured_rps": b2["throughput_rps"], "measured_over_predicted": b2["throughput_rps"] / predicted})
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a bench/results/<timestamp>.json file")
@@ -70,6 +86,14 @@ def main():
     results = json.loads(args.results.read_text())
     print("CPU per unit -> cores at the target rate")
     print(table(model(results)))
+    checked = check(results)
+    if checked:
+        print("\nThe model against B6's runs (B2 uniform; all cores busy)")
+        print("| configuration | CPU per request, every process | predicted | measured | measured/predicted |")
+        print("|---|---:|---:|---:|---:|")
+        for row in checked:
+            print(f"| {row['config']} | {row['cpu_ms_per_request']:.2f} ms | {row['predicted_rps']:,.0f} req/s | "
+                  f"{row['measured_rps']:,.0f} req/s | {row['measured_over_predicted']:.2f} |")
 
 
 if __name__ == "__main__":
