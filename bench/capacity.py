@@ -84,8 +84,9 @@ def main():
     parser.add_argument("results", type=Path, help="a bench/results/<timestamp>.json file")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
-    print("CPU per unit -> cores at the target rate")
-    print(table(model(results)))
+    if "b2" in results:
+        print("CPU per unit -> cores at the target rate")
+        print(table(model(results)))
     checked = check(results)
     if checked:
         print("\nThe model against B6's runs (B2 uniform; all cores busy)")
