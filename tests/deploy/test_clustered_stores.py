@@ -26,7 +26,7 @@ from tests.support.stores import PrivateServer, RabbitMQServer, free_ports
 
 from .conftest import (K8S, SETTINGS_VARIABLES, containers, env_file, find, kustomization_components, kustomize,
                        one, overlay_with_components, pod_spec, redis_acl_users, run, tool)
-from .test_kubernetes import EXPECTED_EDGES, allows, validate
+from .test_kubernetes import EXPECTED_EDGES, allowed_edges, allows, validate
 
 COMPONENT = K8S / "components/clustered-stores"
 PROD = K8S / "overlays/prod"
@@ -274,14 +274,7 @@ def test_network_policies_allow_exactly_the_clustered_architecture(clustered):
         "name": cluster["metadata"]["name"], "ports": OPERATOR_POD_PORTS,
         "labels": {"app.kubernetes.io/name": cluster["metadata"]["name"], "app.kubernetes.io/component": "rabbitmq",
                    "app.kubernetes.io/part-of": "rabbitmq"}}
-    allowed = set()
-    for source in pods.values():
-        for destination in pods.values():
-            for port in destination["ports"]:
-                if allows(policies, source, "Egress", destination, port, destination["ports"]) and \
-                        allows(policies, destination, "Ingress", source, port, destination["ports"]):
-                    allowed.add((source["name"], destination["name"], port))
-    assert allowed == EXPECTED_EDGES | CLUSTER_EDGES
+    assert allowed_edges(policies, pods) == EXPECTED_EDGES | CLUSTER_EDGES
     for name, pod in pods.items():
         for port in pod["ports"]:
             assert name == "gateway" or not allows(policies, pod, "Ingress", None, port, pod["ports"]) or \

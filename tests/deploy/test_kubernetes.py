@@ -353,6 +353,19 @@ def port_allowed(rule_ports, port: int, named: dict) -> bool:
     return any(p.get("port") in (port, named.get(port)) for p in rule_ports)
 
 
+def allowed_edges(policies, pods: dict) -> set[tuple[str, str, int]]:
+    """(source, destination, port) of every connection between the pods that both the
+    source's egress and the destination's ingress policies allow."""
+    allowed = set()
+    for source in pods.values():
+        for destination in pods.values():
+            for port in destination["ports"]:
+                if allows(policies, source, "Egress", destination, port, destination["ports"]) and \
+                        allows(policies, destination, "Ingress", source, port, destination["ports"]):
+                    allowed.add((source["name"], destination["name"], port))
+    return allowed
+
+
 def allows(policies, pod, direction: str, peer, port: int, named: dict) -> bool:
     """Whether the policies selecting `pod` let traffic go to (Egress) or come from
     (Ingress) `peer` on `port`; peer None means a peer outside the namespace."""
@@ -384,13 +397,7 @@ def test_network_policies_allow_exactly_the_architecture(prod):
         pods[workload["metadata"]["name"]] = {"name": workload["metadata"]["name"],
                                               "labels": workload["spec"]["template"]["metadata"]["labels"],
                                               "ports": named}
-    allowed = set()
-    for source in pods.values():
-        for destination in pods.values():
-            for port in destination["ports"]:
-                if allows(policies, source, "Egress", destination, port, destination["ports"]) and \
-                        allows(policies, destination, "Ingress", source, port, destination["ports"]):
-                    allowed.add((source["name"], destination["name"], port))
+    allowed = allowed_edges(policies, pods)
     assert allowed == EXPECTED_EDGES
     # The gateway takes connections from anywhere, on 5000 only.
     gateway = pods["gateway"]
