@@ -2,6 +2,7 @@
 at most 1,000 pending rows, batches of 100, and a 1.5 s flush delay."""
 
 import math
+import time
 
 import pytest
 import requests
@@ -96,3 +97,33 @@ def test_status_reports_the_oldest_pending_age(tuned):
     assert status["pending"] == 1 and 0 <= status["oldest_pending_age_s"] < 1.5
     cache_metrics = requests.get(f"http://127.0.0.1:{stack.metrics_ports['CACHE']}/metrics", timeout=10).text
     assert "chinook_pending_rows 1.0" in cache_metrics
+
+
+def restart_cache_svc(stack, api, **env):
+    """cache-svc started again with `env`, once the gateway reaches it again."""
+    stack.configure("cache-svc", **env)
+    stack.stop("cache-svc")
+    stack.start("cache-svc")
+    deadline = time.monotonic() + 30
+    while api.get("/write-back/status").status_code != 200:
+        assert time.monotonic() < deadline, "the gateway does not reach the restarted cache-svc"
+        time.sleep(0.1)
+
+
+def test_an_update_no_replica_confirmed_is_refused_with_503_and_not_reported_accepted(tuned):
+    # This Redis has no replica: with WRITEBACK_MIN_REPLICAS=1 no update can be confirmed.
+    stack, api = tuned
+    restart_cache_svc(stack, api, WRITEBACK_MIN_REPLICAS="1", WRITEBACK_REPLICA_TIMEOUT_MS="50")
+    try:
+        before = metric(stack, "CACHE", "chinook_writes_accepted_total", entity="album")
+        refused = api.patch("/albums/7", json={"title": "held by no replica"})
+        assert refused.status_code == 503 and "Retry-After" in refused.headers, refused.text
+        assert "WRITEBACK_MIN_REPLICAS" in refused.json()["error"]["message"]
+        bulk = api.post("/albums/bulk", json={"updates": [{"album_id": 8, "title": "held by no replica"}]})
+        assert bulk.status_code == 503 and "Retry-After" in bulk.headers, bulk.text
+        # Redis may have applied them (a retry is harmless); cache-svc reported neither accepted.
+        assert metric(stack, "CACHE", "chinook_writes_accepted_total", entity="album") == before
+    finally:
+        restart_cache_svc(stack, api, WRITEBACK_MIN_REPLICAS="0")
+    accepted = api.patch("/albums/7", json={"title": "confirmed by nobody, as before"})
+    assert accepted.status_code == 202, accepted.text
