@@ -158,6 +158,15 @@ def cut_off(cluster, master: ClusterNodeInfo, replica: ClusterNodeInfo):
         os.kill(pid, signal.SIGCONT)
 
 
+def first_bulk_under_hot_writers(gateways, album_ids, label: str) -> Workload:
+    """The workload every scenario starts with: hot writers racing, and a first bulk of
+    every album acknowledged, all spread over the gateways."""
+    workload = Workload(gateways[0], label, gateways[1:])
+    workload.start_hot_writers()
+    workload.bulk(album_ids, "first")
+    return workload
+
+
 def bulks_then_master_kill(cluster, store, gateways, album_ids, label: str) -> tuple[Workload, MasterKill, Outcome]:
     """Two bulks under racing hot writers. After the first, the master holding the most
     pending rows is chosen and its replica is cut off from it; the second bulk is sent, and once it is acknowledged (or MAX_LAG_S passed: with
@@ -165,9 +174,7 @@ def bulks_then_master_kill(cluster, store, gateways, album_ids, label: str) -> t
     until one holds it), the master is SIGKILLed mid-flush and the replica resumes and is
     promoted without what it did not receive. The killed node is then started again,
     as a StatefulSet would: it rejoins as the new master's replica."""
-    workload = Workload(gateways[0], label, gateways[1:])
-    workload.start_hot_writers()
-    workload.bulk(album_ids, "first")
+    workload = first_bulk_under_hot_writers(gateways, album_ids, label)
     shards = shard_map(cluster, store)
     target = busiest_master(store, shards)
     assert target.pending > 0, "the chosen master held no pending row: not mid-flush"
@@ -270,9 +277,7 @@ def wait_until_accepting(api, accepted_before: int, rows: int, timeout_s: float 
 @pytest.mark.slow
 def test_sigkill_of_a_cache_svc_and_a_gateway_mid_bulk_loses_nothing(
         cluster, cluster_stack, cluster_store, gateways, album_ids, report):
-    workload = Workload(gateways[0], "service-kill", gateways[1:])
-    workload.start_hot_writers()
-    workload.bulk(album_ids, "first")
+    workload = first_bulk_under_hot_writers(gateways, album_ids, "service-kill")
     accepted_before = gateways[1].get("/write-back/status").json()["accepted_total"]
     with ThreadPoolExecutor(1) as pool:
         second = pool.submit(workload.bulk, album_ids, "second")
@@ -296,9 +301,7 @@ def test_sigkill_of_a_cache_svc_and_a_gateway_mid_bulk_loses_nothing(
 @pytest.mark.slow
 def test_a_master_restart_and_a_rolling_restart_of_every_process_lose_nothing(
         cluster, cluster_stack, cluster_store, gateways, album_ids, report):
-    workload = Workload(gateways[0], "restarts", gateways[1:])
-    workload.start_hot_writers()
-    workload.bulk(album_ids, "first")
+    workload = first_bulk_under_hot_writers(gateways, album_ids, "restarts")
     workload.bulk(album_ids, "second")
     target = busiest_master(cluster_store, shard_map(cluster, cluster_store))
     assert target.pending > 0, "the master to restart held no pending row: not mid-flush"

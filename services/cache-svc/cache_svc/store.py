@@ -814,7 +814,7 @@ class RowStore:
             raise
         results = [None] * len(updates)
         width = 2 if reply else 1
-        for (script, keys, args), chunk, out in zip(calls, chunks, replies):
+        for chunk, out in zip(chunks, replies):
             *out, shard_pending = out
             self._shard_pending[self.shard_of(updates[chunk[0]][0])] = shard_pending
             for n, i in enumerate(chunk):
