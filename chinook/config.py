@@ -89,6 +89,8 @@ class Settings:
     # Port of the process' own /metrics endpoint; 0 means the service's default.
     metrics_port: int = 0
     log_level: str = "INFO"
+    # text: one line of text per record; json: one JSON object per line.
+    log_format: str = "text"
 
 
 _POSITIVE = {
@@ -98,7 +100,8 @@ _POSITIVE = {
 }
 _CHOICES = {"redis_appendfsync": ("", "always", "everysec", "no"),
             "anonymous_role": ("", "none", "reader", "writer", "admin"),
-            "broker_queue_type": ("quorum", "classic")}
+            "broker_queue_type": ("quorum", "classic"),
+            "log_format": ("text", "json")}
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 

@@ -7,6 +7,7 @@ import grpc
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chinook import tracing
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
 from chinook.config import tls_server_name
 from chinook.entities import get_entity
@@ -47,11 +48,11 @@ def make_channel(address: str, service_names: list[str], credentials: grpc.Chann
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ]
     if credentials is None:
-        return grpc.insecure_channel(address, options=options)
+        return tracing.intercept_channel(grpc.insecure_channel(address, options=options))
     server_name = server_name or tls_server_name(address)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
-    return grpc.secure_channel(address, credentials, options=options)
+    return tracing.intercept_channel(grpc.secure_channel(address, credentials, options=options))
 
 
 def to_struct(values: dict) -> struct_pb2.Struct:

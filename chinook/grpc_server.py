@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from chinook import metrics
+from chinook import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class GrpcService:
         self.grace_s = grace_s
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[ObservingInterceptor()],
+            # The tracing interceptor (when on) outermost, so the call's log lines carry its span.
+            interceptors=[*tracing.grpc_server_interceptors(), ObservingInterceptor()],
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024),
                      # Clients reconnect every few minutes, and so resolve again and find
@@ -131,7 +132,8 @@ class GrpcService:
         healthy, last_warning = None, 0.0
         while not self._stopping.wait(0 if healthy is None else interval_s):
             try:
-                self.probe()
+                with tracing.untraced():
+                    self.probe()
                 problem = None
             except Exception as exc:  # any failure of the store means not ready
                 problem = exc

@@ -46,7 +46,7 @@ class FakePublisher:
     def holds_back_writes(self):
         return self.holding_back
 
-    def apply_writes(self, entity, rows):
+    def apply_writes(self, entity, rows, links=(), links_dropped=0):
         if self.fail_after is not None and len(self.tasks) >= self.fail_after:
             raise ConnectionError("broker down")
         self.tasks.append((entity, rows))

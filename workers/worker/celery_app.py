@@ -20,9 +20,10 @@ from celery.signals import (  # noqa: E402
 )
 from kombu.transport.native_delayed_delivery import bind_queue_to_native_delayed_delivery_exchange  # noqa: E402
 
-from chinook import metrics  # noqa: E402
+from chinook import metrics, tracing  # noqa: E402
 from chinook.celery_setup import (  # noqa: E402
-    APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, QueueTypeWatch, delay_in_whole_seconds, make_celery,
+    APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, WRITE_BACK_QUEUE, QueueTypeWatch, delay_in_whole_seconds,
+    make_celery,
 )
 from chinook.config import settings_or_exit  # noqa: E402
 from chinook.grpc_client import CacheClient, PersistenceClient  # noqa: E402
@@ -95,9 +96,23 @@ def recheck_refused_queues(sender, **_):
     HeldBack.watch.start()
 
 
+def service_name() -> str:
+    """What this worker is, after the queues it serves (-Q): write-back-worker,
+    duplication-worker, or worker when it serves both or neither."""
+    queues = set(app.amqp.queues.consume_from or ()) | set(HeldBack.consumed)
+    if queues == {WRITE_BACK_QUEUE}:
+        return "write-back-worker"
+    if queues == {DUPLICATE_QUEUE}:
+        return "duplication-worker"
+    return "worker"
+
+
 @worker_process_init.connect
 def open_clients(**_):
-    configure_logging("worker", settings.log_level)
+    # In each prefork child, after the fork: its own exporter thread and channels.
+    name = service_name()
+    configure_logging(name, settings.log_level, settings.log_format)
+    tracing.setup(name, "celery")
     credentials = channel_credentials(settings)
     Clients.persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s, credentials)
     Clients.cache = CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s, credentials)
@@ -108,12 +123,14 @@ def close_clients(**_):
     for client in (Clients.persistence, Clients.cache):
         if client is not None:
             client.close()
+    tracing.shutdown()
     metrics.mark_process_dead(os.getpid())
 
 
 @task_retry.connect
-def count_retry(sender=None, **_):
+def count_retry(sender=None, reason=None, **_):
     metrics.TASK_RETRIES.labels(sender.name).inc()
+    tracing.add_event("retry", reason=str(reason))
 
 
 @task_postrun.connect
@@ -129,17 +146,28 @@ RETRY = dict(autoretry_for=(jobs.TransientError,), max_retries=8, retry_backoff=
 
 
 @app.task(name=APPLY_WRITES_TASK, bind=True, ignore_result=True, **RETRY)
-def apply_writes(self, entity: str, rows: list, refusals: int = 0):
-    outcome = jobs.apply_writes(Clients.persistence, Clients.cache, entity, rows)
-    if outcome.refused:
-        refusals += 1
-        if refusals < settings.writeback_max_attempts:
-            # Only the refused rows are tried again, later; the rest of the batch is durable.
-            backoff_s = random.uniform(0, settings.writeback_retry_backoff_ms * 2**refusals) / 1000
-            countdown = delay_in_whole_seconds(backoff_s)
-            raise self.retry(args=[entity, [row for row, _ in outcome.refused]], kwargs={"refusals": refusals},
-                             countdown=countdown, max_retries=None)
-        jobs.dead_letter(Clients.cache, entity, outcome.refused)
+def apply_writes(self, entity: str, rows: list, refusals: int = 0, links: list = (), links_dropped: int = 0):
+    """links: the span contexts of the writes' accepting spans, which the flush span links
+    to while tracing is on (chinook.tracing), and how many were left out."""
+    countdown = None
+    with tracing.flush_span(entity, len(rows), links, links_dropped) as span:
+        outcome = jobs.apply_writes(Clients.persistence, Clients.cache, entity, rows)
+        if outcome.refused:
+            refusals += 1
+            if refusals < settings.writeback_max_attempts:
+                # Only the refused rows are tried again, later; the rest of the batch is durable.
+                backoff_s = random.uniform(0, settings.writeback_retry_backoff_ms * 2**refusals) / 1000
+                countdown = delay_in_whole_seconds(backoff_s)
+                span.add_event("retry refused rows", {"chinook.rows": len(outcome.refused),
+                                                      "chinook.attempt": refusals, "chinook.countdown_s": countdown})
+            else:
+                span.add_event("dead-letter", {"chinook.rows": len(outcome.refused),
+                                               "chinook.first_error": outcome.refused[0][1]})
+                jobs.dead_letter(Clients.cache, entity, outcome.refused)
+    if countdown is not None:
+        # Outside the flush span: the retry's message carries the task's trace context.
+        raise self.retry(args=[entity, [row for row, _ in outcome.refused]], kwargs={"refusals": refusals},
+                         countdown=countdown, max_retries=None)
     return {"written": outcome.written, "stale": outcome.stale, "refused": len(outcome.refused)}
 
 

@@ -118,14 +118,23 @@ class GetRowsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[RowResult, _Mapping]]] = ...) -> None: ...
 
 class RowPatch(_message.Message):
-    __slots__ = ("entity", "id", "fields_json")
+    __slots__ = ("entity", "id", "fields_json", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     FIELDS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     entity: str
     id: int
     fields_json: str
-    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., fields_json: _Optional[str] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., fields_json: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UpdateRowsRequest(_message.Message):
     __slots__ = ("patches",)

@@ -5,7 +5,7 @@ import logging
 import redis
 from prometheus_client import REGISTRY
 
-from chinook import metrics
+from chinook import metrics, tracing
 from chinook.cache.v1 import cache_pb2_grpc
 from chinook.config import redact_url, settings_or_exit
 from chinook.entities import ENTITIES
@@ -80,7 +80,9 @@ def check_replicas(client: redis.Redis, min_replicas: int, node: str):
 
 def main():
     settings = settings_or_exit()
-    configure_logging("cache-svc", settings.log_level)
+    configure_logging("cache-svc", settings.log_level, settings.log_format)
+    # Before the clients are made: their channels and calls get traced from the start.
+    tracing.setup("cache-svc", "redis", "celery")
     try:
         client = redis_clients.connect(settings.redis_url, settings.redis_cluster)
     except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
@@ -130,6 +132,7 @@ def main():
     service.on_stop(flusher.stop)
     service.on_stop(publisher.close)
     service.on_stop(persistence.close)
+    service.on_stop(tracing.shutdown)
     service.serve_forever()
 
 

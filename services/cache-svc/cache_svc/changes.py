@@ -17,6 +17,8 @@ import time
 
 import redis
 
+from chinook import tracing
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.2
@@ -90,7 +92,7 @@ class ChangeRelay:
         self._lock = threading.Lock()
         self._linked = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="change-relay", daemon=True)
+        self._thread = threading.Thread(target=self._run_untraced, name="change-relay", daemon=True)
 
     def start(self):
         self._thread.start()
@@ -130,6 +132,11 @@ class ChangeRelay:
             self._linked = False
         for subscription in subscribers:
             subscription.end(reason)
+
+    def _run_untraced(self):
+        # Its reads and pings go on for ever: spans of them would drown the requests'.
+        with tracing.untraced():
+            self._run()
 
     def _run(self):
         backoff = 0.1

@@ -7,7 +7,7 @@ claimed from several shards travel in the same tasks."""
 import logging
 import threading
 
-from chinook import metrics
+from chinook import metrics, tracing
 from chinook.celery_setup import APPLY_WRITES_TASK
 from chinook.entities import get_entity
 
@@ -40,14 +40,17 @@ class Flusher:
             # Unclaimed, the rows stay pending in Redis until the queue is migrated.
             return published
         while True:
-            claims = self.store.claim(self.delay_ms, self.batch_size, self.lease_ms)
+            # Polls, most of them finding nothing: no trace of their own each.
+            with tracing.untraced():
+                claims = self.store.claim(self.delay_ms, self.batch_size, self.lease_ms)
             if not any(claim.rows for claim in claims):
                 return published
             # A flush is under way: the ready rows of the other shards go along at once
             # rather than in tasks of their own a poll later.
             waiting = [shard for shard, claim in enumerate(claims) if claim.ready and not claim.rows]
             if waiting:
-                claims += self.store.claim(0, self.batch_size, self.lease_ms, waiting)
+                with tracing.untraced():
+                    claims += self.store.claim(0, self.batch_size, self.lease_ms, waiting)
             by_entity: dict[str, list] = {}
             for claim in claims:
                 for name, rows in claim.rows.items():
@@ -65,8 +68,12 @@ class Flusher:
             # A partial row writes only the columns it holds.
             payload = [[r.id, r.version, entity.columns_from_store(r.fields) if r.partial
                         else entity.row_from_store(r.fields)] for r in rows]
+            links, links_dropped = [], 0
+            if tracing.enabled():
+                # The task's flush span links back to the spans that accepted these writes.
+                links, links_dropped = tracing.bounded_links(link for r in rows for link in tracing.split_links(r.links))
             try:
-                self.publisher.apply_writes(name, payload)
+                self.publisher.apply_writes(name, payload, links, links_dropped)
             except Exception:
                 # The rows stay dirty; releasing them lets the next round try again.
                 for unpublished_name, unpublished in batches[position:]:

@@ -35,9 +35,12 @@ class TaskPublisher:
         leaves the rows pending in Redis."""
         return self.queues.refuses(WRITE_BACK_QUEUE)
 
-    def apply_writes(self, entity: str, rows: list):
+    def apply_writes(self, entity: str, rows: list, links: list[str] = (), links_dropped: int = 0):
+        """links: the span contexts the task's flush span links to (chinook.tracing), and
+        how many more were left out; sent only when there are some."""
         self._check_queue(WRITE_BACK_QUEUE)
-        self.celery.send_task(APPLY_WRITES_TASK, args=[entity, rows])
+        kwargs = {"links": list(links), "links_dropped": links_dropped} if links else None
+        self.celery.send_task(APPLY_WRITES_TASK, args=[entity, rows], kwargs=kwargs)
 
     def duplicate_rows(self, entity: str, multiplier: int) -> str:
         self._check_queue(DUPLICATE_QUEUE)

@@ -7,6 +7,7 @@ import grpc
 import kombu.exceptions
 import redis
 
+from chinook import tracing
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
 from chinook.celery_setup import QueueTypeMismatch
 from chinook.entities import ValidationError, get_entity
@@ -126,7 +127,13 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     def UpdateRows(self, request, context):
         with status_codes(context):
-            outcomes = self.write_back.update_each([(p.entity, p.id, p.fields_json) for p in request.patches])
+            patches = [(p.entity, p.id, p.fields_json) for p in request.patches]
+            if tracing.enabled():
+                with tracing.accept_spans([p.entity for p in request.patches], [p.id for p in request.patches],
+                                          [dict(p.trace_context) for p in request.patches]) as links:
+                    outcomes = self.write_back.update_each(patches, links)
+            else:
+                outcomes = self.write_back.update_each(patches)
             return cache_pb2.UpdateRowsResponse(results=[
                 _row_result(p.id, p.entity, o.row, o.error) for p, o in zip(request.patches, outcomes)
             ])

@@ -23,6 +23,9 @@ Layout, with `p` the configured key prefix and `s` a shard's prefix,
 - `s fill:{entity}:{id}`: a token set before a cache miss is loaded from Postgres. Only
   the loader holding the current token may cache what it read, so a slow load can
   never cache a value older than one written and flushed meanwhile.
+- `_links` in a dirty row's hash, only while tracing is on: the span contexts of its
+  latest accepted writes since it was last claimed (chinook.tracing.LINKS_PER_ROW of
+  them, LINK_WIDTH characters each), which its flush links back to.
 - `s wb:stats`, a hash of counters; the shards' counters add up.
 - `s wb:retired`: set while, and once, the shard's layout is replaced by another number
   of shards (see adopt_layout); a write into a retired shard is refused.
@@ -40,6 +43,8 @@ import time
 from dataclasses import dataclass
 
 import redis
+
+from chinook.tracing import LINK_WIDTH, LINKS_PER_ROW
 
 META_PREFIX = "_"
 
@@ -61,7 +66,10 @@ end
 # -2 and is not applied: those of every entity of this shard (KEYS[6...]), counted here,
 # and those of the other shards, ARGV[6], as the caller last saw them. The last element
 # of the reply is this shard's pending rows. A retired shard (KEYS[5]) refuses the
-# call with a RETIRED error. With ARGV[5] = 1 each
+# call with a RETIRED error. ARGV[7] is empty, or, while tracing is on, the characters of
+# span contexts a row keeps in `_links`: then each update carries one more argument after
+# its base, the context of the span that accepted it (empty when not sampled), appended
+# to the row's `_links`, of which the last ARGV[7] characters are kept. With ARGV[5] = 1 each
 # version is followed by the whole row as it is now (empty where not applied), and the
 # published change carries each whole row's values (kind "v"), so near caches holding
 # the row can take the new value instead of dropping it. The
@@ -79,12 +87,15 @@ local changed, valued, NULL = {}, {}, '\\0'
 local shard_pending = 0
 for k = 6, #KEYS do shard_pending = shard_pending + redis.call('ZCARD', KEYS[k]) end
 local total_pending = shard_pending + tonumber(ARGV[6])
+local links_kept = tonumber(ARGV[7])
+-- Arguments of an update before its column pairs: id, base, [link,] column count.
+local head = links_kept and 4 or 3
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = string.format('%d', math.floor(now_us / 1000))
-local out, due_args, pending_args, i = {}, {'ZADD', due, 'LT'}, {'ZADD', pending}, 7
+local out, due_args, pending_args, i = {}, {'ZADD', due, 'LT'}, {'ZADD', pending}, 8
 while i <= #ARGV do
-  local id, base, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local id, base, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + head - 1])
   local key = prefix .. id
   local meta = redis.call('HMGET', key, '_ver', '_dirty', '_dead', '_writes', '_since', '_partial')
   -- A dirty row is pending unless it was dead-lettered.
@@ -104,7 +115,12 @@ while i <= #ARGV do
       command[#command + 1] = '_partial'
       command[#command + 1] = '1'
     end
-    for j = i + 3, i + 1 + 2 * n, 2 do
+    if links_kept and ARGV[i + 2] ~= '' then
+      local links = (redis.call('HGET', key, '_links') or '') .. ARGV[i + 2]
+      command[#command + 1] = '_links'
+      command[#command + 1] = string.sub(links, -links_kept)
+    end
+    for j = i + head, i + head - 2 + 2 * n, 2 do
       -- NULL arrives as NUL, which no stored value can be. A whole row leaves a NULL
       -- column out; a partial one keeps the NUL, since there absent means unknown.
       if ARGV[j + 1] == NULL and not partial then
@@ -145,7 +161,7 @@ while i <= #ARGV do
     end
     if change then changed[#changed + 1] = change .. ']' end
   end
-  i = i + 3 + 2 * n
+  i = i + head + 2 * n
 end
 publish(channel, entity, 'w', now_ms, changed)
 publish(channel, entity, 'v', now_ms, valued)
@@ -250,7 +266,7 @@ for k = 1, #KEYS, 2 do
       gone[#gone + 1] = '[' .. id .. ']'
     else
       redis.call('ZADD', due, 'XX', now + lease, id)
-      redis.call('HDEL', key, '_since', '_writes')
+      redis.call('HDEL', key, '_since', '_writes', '_links')
       rows[#rows + 1] = id
       rows[#rows + 1] = row
     end
@@ -437,6 +453,8 @@ class ClaimedRow:
     version: int
     writes: int = 1  # accepted writes this flush covers
     partial: bool = False
+    # The span contexts kept of the writes it covers (chinook.tracing.split_links).
+    links: str = ""
 
 
 @dataclass(frozen=True)
@@ -783,27 +801,36 @@ class RowStore:
 
     # Writes
 
-    def _accept_calls(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict):
+    def _accept_calls(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict,
+                      links: list | None):
         known = sum(self._shard_pending)
+        links = links if links and any(links) else None
+        links_kept = LINKS_PER_ROW * LINK_WIDTH if links else ""
 
         def call(shard, chunk):
             keys = [self.due_key(shard, entity), self.pending_key(shard, entity), self.stats_key(shard),
                     self.dead_key(shard, entity), self._retired(shard)]
             keys += [self.pending_key(shard, name) for name in self.entities]
             args = [self._row_prefix(shard, entity), self.max_pending, self.changes_channel, entity, int(reply),
-                    max(0, known - self._shard_pending[shard])]
+                    max(0, known - self._shard_pending[shard]), links_kept]
             for i in chunk:
                 row_id, fields = updates[i]
                 flat = _encode_patch(fields)
-                args += [row_id, bases.get(row_id, -1), len(flat) // 2, *flat]
+                if links:
+                    args += [row_id, bases.get(row_id, -1), links[i] or "", len(flat) // 2, *flat]
+                else:
+                    args += [row_id, bases.get(row_id, -1), len(flat) // 2, *flat]
             return self._accept, keys, args
 
         return self._chunked_calls([row_id for row_id, _ in updates], CHUNK, call)
 
-    def _run_accept(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict) -> list:
-        """Each update's reply: its version, and with reply the row as it is now."""
+    def _run_accept(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict,
+                    links: list | None = None) -> list:
+        """Each update's reply: its version, and with reply the row as it is now. links,
+        while tracing is on: for each update the context of the span that accepted it
+        (chinook.tracing.current_link), or None."""
         self.ensure_layout()
-        calls, chunks = self._accept_calls(entity, updates, reply, bases)
+        calls, chunks = self._accept_calls(entity, updates, reply, bases, links)
         try:
             replies = self._eval_many(calls, wait=True)
         except redis.ResponseError as exc:
@@ -821,19 +848,21 @@ class RowStore:
                 results[i] = out[n * width:(n + 1) * width]
         return results
 
-    def accept_each(self, entity: str, updates: list[tuple[int, dict]]) -> list[tuple[int, CachedRow | None]]:
+    def accept_each(self, entity: str, updates: list[tuple[int, dict]],
+                    links: list | None = None) -> list[tuple[int, CachedRow | None]]:
         """Applies (id, fields) updates in order, each on its own: returns (version, the
         whole row now) for each, or (-1, None) where the row is not cached and (-2, None)
-        where it would exceed the pending limit."""
+        where it would exceed the pending limit. links as in _run_accept."""
         return [(version, _parse_hash(row_id, _pairs_to_dict(raw)) if version > 0 else None)
-                for (row_id, _), (version, raw) in zip(updates, self._run_accept(entity, updates, True, {}))]
+                for (row_id, _), (version, raw) in zip(updates, self._run_accept(entity, updates, True, {}, links))]
 
-    def accept(self, entity: str, updates: list[tuple[int, dict]], bases: dict | None = None) -> list[int]:
+    def accept(self, entity: str, updates: list[tuple[int, dict]], bases: dict | None = None,
+               links: list | None = None) -> list[int]:
         """Applies (id, fields) updates in order; returns each new version, -1 where
         the row is not cached. A row not cached whose id is in `bases` (id to the version
         Postgres holds) is cached as a partial row instead. Raises Backpressure, after
         applying the others, if a row would exceed the pending limit."""
-        versions = [version for version, in self._run_accept(entity, updates, False, bases or {})]
+        versions = [version for version, in self._run_accept(entity, updates, False, bases or {}, links)]
         if -2 in versions:
             raise Backpressure(
                 f"{self.pending_total()} rows are waiting to be written to Postgres, the limit is "
@@ -861,7 +890,7 @@ class RowStore:
                     values = _pairs_to_dict(raw)
                     row = _parse_hash(int(row_id), values)
                     rows[name].append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1)),
-                                                 row.partial))
+                                                 row.partial, values.get("_links", "")))
             claims.append(ShardClaim(pending, ready, rows))
         return claims
 

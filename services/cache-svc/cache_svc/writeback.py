@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from chinook import metrics
+from chinook import metrics, tracing
 from chinook.entities import ENTITIES, Entity, ValidationError, get_entity, parse_id, parse_json, parse_version
 
 from .store import Backpressure, CachedRow, DeadLetter, RowStore
@@ -183,12 +183,14 @@ class WriteBack:
         fields = entity.validate_patch(patch)
         self._check_references(entity, [fields], lambda _: "")
         # Most updates hit a cached row: try at once, load from Postgres only on a miss.
-        return self._accept(entity, [(row_id, fields)])[0]
+        link = tracing.current_link()
+        return self._accept(entity, [(row_id, fields)], links=[link] if link else None)[0]
 
-    def update_each(self, patches: list[tuple[str, int, str]]) -> list[UpdateOutcome]:
+    def update_each(self, patches: list[tuple[str, int, str]], links: list | None = None) -> list[UpdateOutcome]:
         """Independent single updates, (entity, id, JSON object of columns) each, as the
         gateway gathers them from concurrent requests: each is validated, checked and
-        accepted on its own, so one that fails fails alone."""
+        accepted on its own, so one that fails fails alone. links, while tracing is on:
+        the context of each update's accepting span (or None), kept with its row."""
         outcomes = [UpdateOutcome()] * len(patches)
         valid: dict[str, list[tuple[int, int, dict]]] = {}
         for index, (entity_name, row_id, fields_json) in enumerate(patches):
@@ -204,17 +206,20 @@ class WriteBack:
             for position, message in refused.items():
                 outcomes[items[position][0]] = UpdateOutcome(error=ValidationError(message))
             items = [item for position, item in enumerate(items) if position not in refused]
-            accepted = self._accept_each(entity, [(row_id, fields) for _, row_id, fields in items])
+            accepted = self._accept_each(entity, [(row_id, fields) for _, row_id, fields in items],
+                                         [links[index] for index, _, _ in items] if links else None)
             for (index, _, _), outcome in zip(items, accepted):
                 outcomes[index] = outcome
         return outcomes
 
-    def _accept_each(self, entity: Entity, updates: list[tuple[int, dict]]) -> list[UpdateOutcome]:
+    def _accept_each(self, entity: Entity, updates: list[tuple[int, dict]],
+                     links: list | None = None) -> list[UpdateOutcome]:
         outcomes = [UpdateOutcome()] * len(updates)
         todo = list(range(len(updates)))
         # Rows not cached are loaded and tried again, as in _accept.
         for attempt in range(3):
-            results = self.store.accept_each(entity.name, [updates[i] for i in todo])
+            results = self.store.accept_each(entity.name, [updates[i] for i in todo],
+                                             [links[i] for i in todo] if links else None)
             uncached = []
             for i, (version, row) in zip(todo, results):
                 if version > 0:
@@ -271,7 +276,9 @@ class WriteBack:
                 + (f" ({len(missing)} unknown ids in all)" if len(missing) > 1 else "")
             )
         self._check_references(entity, [fields for _, fields in checked], lambda i: f"updates[{i}].")
-        return self._accept(entity, checked, bases)
+        # Every row of the bulk keeps the context of the one span that accepted it.
+        link = tracing.current_link()
+        return self._accept(entity, checked, bases, [link] * len(checked) if link else None)
 
     def randomize_album_titles(self) -> tuple[list[int], list[int]]:
         """The demo workload: a random title for every album. Returns ids and versions."""
@@ -301,8 +308,9 @@ class WriteBack:
         if refused:
             raise ValidationError(refused[min(refused)])
 
-    def _accept(self, entity: Entity, updates: list[tuple[int, dict]], bases: dict | None = None) -> list[int]:
-        versions = self.store.accept(entity.name, updates, bases)
+    def _accept(self, entity: Entity, updates: list[tuple[int, dict]], bases: dict | None = None,
+                links: list | None = None) -> list[int]:
+        versions = self.store.accept(entity.name, updates, bases, links)
         # Rows not cached (never loaded, or a clean row that expired meanwhile) are
         # loaded and tried again.
         for _ in range(3):
@@ -313,7 +321,8 @@ class WriteBack:
             missing = self._ensure_cached(entity, [updates[i][0] for i in retry])
             if missing:
                 raise NotFound(f"{entity.name} {missing[0]} not found")
-            for i, version in zip(retry, self.store.accept(entity.name, [updates[i] for i in retry])):
+            retry_links = [links[i] for i in retry] if links else None
+            for i, version in zip(retry, self.store.accept(entity.name, [updates[i] for i in retry], links=retry_links)):
                 versions[i] = version
         raise RuntimeError(f"{entity.name} rows keep vanishing from the cache while being updated")
 

@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from werkzeug.routing import BaseConverter
 
-from chinook import metrics
+from chinook import metrics, tracing
 from chinook.cache.v1 import cache_pb2
 from chinook.config import Settings
 from chinook.entities import ValidationError, get_entity, parse_id
@@ -129,7 +129,10 @@ def update_row(entity_name: str, row_id: int):
     fields_json = json.dumps(json_body())
     key = (entity.name, row_id)
     reservation = near_cache().reserve(key)
-    result = updates().submit(cache_pb2.RowPatch(entity=entity.name, id=row_id, fields_json=fields_json))
+    patch = cache_pb2.RowPatch(entity=entity.name, id=row_id, fields_json=fields_json)
+    # Several requests' updates may travel in one call: each carries its own trace context.
+    tracing.inject(patch.trace_context)
+    result = updates().submit(patch)
     if result.code:
         raise CallFailed(STATUS_BY_NUMBER[result.code], result.message)
     # Before the response: a client reading through this process sees its own write
@@ -445,4 +448,5 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     if settings.legacy_routes:
         app.register_blueprint(legacy)
     errors.register(app)
+    tracing.instrument_flask(app)
     return app

@@ -27,6 +27,20 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
 
 
+def post_fork(server, worker):
+    # In the worker, before it loads the app: an exporter's channel and the batch
+    # processor's thread would not survive a fork, so the master never sets them up.
+    from chinook import tracing
+
+    tracing.setup("gateway")
+
+
+def worker_exit(server, worker):
+    from chinook import tracing
+
+    tracing.shutdown()
+
+
 def child_exit(server, worker):
     from chinook.metrics import mark_process_dead
 

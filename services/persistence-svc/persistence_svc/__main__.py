@@ -1,6 +1,6 @@
 """Starts the persistence service: `python -m persistence_svc`."""
 
-from chinook import metrics
+from chinook import metrics, tracing
 from chinook.config import settings_or_exit
 from chinook.grpc_client import PERSISTENCE_SERVICE
 from chinook.grpc_server import GrpcService
@@ -17,7 +17,9 @@ DEFAULT_METRICS_PORT = 9102
 
 def main():
     settings = settings_or_exit()
-    configure_logging("persistence-svc", settings.log_level)
+    configure_logging("persistence-svc", settings.log_level, settings.log_format)
+    # Before the pool opens a connection: the instrumentation wraps psycopg2.connect.
+    tracing.setup("persistence-svc", "psycopg2")
     # Two spare connections for the health probe and a stream that outlives its call.
     db = Database(settings.database_url, max_connections=MAX_WORKERS + 2)
     metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT)
@@ -25,6 +27,7 @@ def main():
                           max_workers=MAX_WORKERS, credentials=server_credentials(settings))
     persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(PersistenceServicer(db), service.server)
     service.on_stop(db.close)
+    service.on_stop(tracing.shutdown)
     service.serve_forever()
 
 

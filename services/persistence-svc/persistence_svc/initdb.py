@@ -82,7 +82,7 @@ def main(argv=None):
     parser.add_argument("--drop", action="store_true", help="drop and recreate the database")
     args = parser.parse_args(argv)
     settings = settings_or_exit()
-    configure_logging("initdb", settings.log_level)
+    configure_logging("initdb", settings.log_level, settings.log_format)
     try:
         created = init_database(settings.database_url, drop=args.drop)
     except psycopg2.OperationalError as exc:

@@ -1,0 +1,257 @@
+"""OpenTelemetry traces for every process, set up from the standard OTEL_* variables
+(docs/tracing.md).
+
+Tracing is on only when an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT or
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). Without one, setup() installs nothing: no tracer
+provider, no exporter or its thread, no instrumentation, and every helper here returns
+what it was given or a no-op at once, so the request path costs what it did before.
+
+The SDK reads its own variables (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
+OTEL_TRACES_SAMPLER[_ARG], OTEL_BSP_*, OTEL_EXPORTER_OTLP_* headers, timeout,
+certificates, OTEL_PROPAGATORS); only the protocol is read here, to pick the exporter.
+A forking server must call setup() in each child, after the fork: an exporter's gRPC
+channel and the batch processor's thread do not survive one.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+
+from opentelemetry import propagate, trace
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+PROTOCOLS = ("grpc", "http/protobuf")
+# The OpenTelemetry specification's default.
+DEFAULT_PROTOCOL = "http/protobuf"
+# A kept span context: trace id (32 hex digits) then span id (16), always sampled.
+LINK_WIDTH = 48
+# Span contexts kept per pending row: its latest accepted writes since the last claim.
+LINKS_PER_ROW = 4
+# Links of one flush span; the rest are counted in chinook.links_dropped.
+MAX_FLUSH_LINKS = 32
+
+# The provider this process set up; None while tracing is off.
+_provider = None
+
+
+def wanted(environ=None) -> bool:
+    """True when the variables ask for traces: an OTLP endpoint is set and the SDK is not
+    disabled (OTEL_SDK_DISABLED=true)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES)
+
+
+def enabled() -> bool:
+    """True once setup() turned tracing on in this process."""
+    return _provider is not None
+
+
+def protocol(environ=None) -> str:
+    """The OTLP protocol the variables choose; raises ValueError naming a bad one."""
+    environ = os.environ if environ is None else environ
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = environ.get(name, "").strip()
+        if value:
+            if value not in PROTOCOLS:
+                raise ValueError(f"{name}={value!r} must be one of {', '.join(PROTOCOLS)}")
+            return value
+    return DEFAULT_PROTOCOL
+
+
+def _exporter(chosen: str):
+    # Each exporter reads the endpoint, headers, timeout, compression and certificates
+    # from the OTEL_EXPORTER_OTLP_* variables itself.
+    if chosen == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter()
+
+
+def _instrument_celery():
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    CeleryInstrumentor().instrument()
+
+
+def _instrument_psycopg2():
+    from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
+    # Before any connection is opened: it wraps psycopg2.connect.
+    Psycopg2Instrumentor().instrument(enable_commenter=False)
+
+
+def _instrument_redis():
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    RedisInstrumentor().instrument()
+
+
+INSTRUMENTATIONS = {"celery": _instrument_celery, "psycopg2": _instrument_psycopg2, "redis": _instrument_redis}
+
+
+def setup(service: str, *instrumentations: str) -> bool:
+    """Turns tracing on in this process if the variables ask for it: a tracer provider
+    named `service` (unless OTEL_SERVICE_NAME or service.name in OTEL_RESOURCE_ATTRIBUTES
+    names it), an OTLP exporter behind a batch processor, and the instrumentations named
+    (celery, psycopg2, redis; Flask and gRPC go through the helpers below). Returns whether
+    tracing is on. A bad protocol stops the process with a message naming the variable."""
+    global _provider
+    if _provider is not None or not wanted():
+        return _provider is not None
+    try:
+        chosen = protocol()
+    except ValueError as exc:
+        sys.exit(f"configuration error: {exc}")
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: service}))
+    # The sampler comes from OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, the batch
+    # processor's limits from OTEL_BSP_*.
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(_exporter(chosen)))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    for name in instrumentations:
+        INSTRUMENTATIONS[name]()
+    log.info("tracing on: %s spans over OTLP %s", resource.attributes[SERVICE_NAME], chosen)
+    return True
+
+
+def shutdown():
+    """Exports the spans still buffered and stops the exporter; a no-op when off."""
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def instrument_flask(app):
+    """Spans for the app's requests, continuing a caller's W3C trace context."""
+    if _provider is not None:
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+        # Probes and scrapes would bury the requests that matter.
+        FlaskInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+
+
+def _traced_calls():
+    from opentelemetry.instrumentation.grpc import filters
+    # Health checks and reflection come every few seconds; the change stream lasts as long
+    # as the gateway, a span no one would ever see ended.
+    return filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"),
+                                         filters.method_name("WatchChanges")))
+
+
+def grpc_server_interceptors() -> list:
+    """The interceptors that make a span of each call a server takes; none when off."""
+    if _provider is None:
+        return []
+    from opentelemetry.instrumentation.grpc import server_interceptor
+    return [server_interceptor(filter_=_traced_calls())]
+
+
+def intercept_channel(channel):
+    """The channel, making a span of each call and sending the trace context along when on."""
+    if _provider is None:
+        return channel
+    import grpc
+    from opentelemetry.instrumentation.grpc import client_interceptor
+    return grpc.intercept_channel(channel, client_interceptor(filter_=_traced_calls()))
+
+
+def untraced():
+    """A context in which the instrumentations make no span: for background loops (polls,
+    probes, scrapes) whose calls would each start a trace of their own."""
+    if _provider is None:
+        return contextlib.nullcontext()
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+    return suppress_instrumentation()
+
+
+def inject(carrier: dict):
+    """Writes the current trace context (traceparent, tracestate) into carrier when on."""
+    if _provider is not None:
+        propagate.inject(carrier)
+
+
+# Span links from a flush back to the writes it made durable.
+
+def link_of(span_context) -> str | None:
+    """A span context as kept with a pending row, or None when it is not worth keeping
+    (invalid, or not sampled: a link to a span never exported leads nowhere)."""
+    if not span_context.is_valid or not span_context.trace_flags.sampled:
+        return None
+    return f"{span_context.trace_id:032x}{span_context.span_id:016x}"
+
+
+def current_link() -> str | None:
+    """The current span's context, to keep with the rows it writes; None when off."""
+    if _provider is None:
+        return None
+    return link_of(trace.get_current_span().get_span_context())
+
+
+def split_links(kept: str) -> list[str]:
+    """The span contexts a row kept, in the order they were accepted."""
+    return [kept[i:i + LINK_WIDTH] for i in range(0, len(kept) - LINK_WIDTH + 1, LINK_WIDTH)]
+
+
+def bounded_links(links, limit: int = MAX_FLUSH_LINKS) -> tuple[list[str], int]:
+    """The distinct links, the first `limit` of them, and how many distinct ones are left out."""
+    distinct = list(dict.fromkeys(link for link in links if link))
+    return distinct[:limit], max(0, len(distinct) - limit)
+
+
+def span_context_of(link: str) -> trace.SpanContext:
+    return trace.SpanContext(int(link[:32], 16), int(link[32:LINK_WIDTH], 16), is_remote=True,
+                             trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+
+
+def flush_span(entity: str, rows: int, links, links_dropped: int):
+    """The span of one flush of `rows` rows, linked to the spans that accepted them (at
+    most MAX_FLUSH_LINKS; links_dropped counts the others). Yields the span, a no-op one
+    when tracing is off."""
+    if _provider is None:
+        return contextlib.nullcontext(trace.INVALID_SPAN)
+    links = list(links)[:MAX_FLUSH_LINKS]
+    dropped = links_dropped + max(0, len(links) - MAX_FLUSH_LINKS)
+    return trace.get_tracer(__name__).start_as_current_span(
+        f"write-back flush {entity}", kind=trace.SpanKind.INTERNAL,
+        links=[trace.Link(span_context_of(link)) for link in links],
+        attributes={"chinook.entity": entity, "chinook.rows": rows, "chinook.links_dropped": dropped},
+    )
+
+
+@contextlib.contextmanager
+def accept_spans(entities: list[str], ids: list[int], carriers: list):
+    """For a batch of updates from several requests (the gateway gathers them into one
+    call), one span per update, a child of the request it came from (its W3C context in
+    carriers; the current span where it carries none or the same trace), linked to the
+    batch's call. Yields the link to keep for each update (None where not sampled)."""
+    tracer = trace.get_tracer(__name__)
+    batch = trace.get_current_span().get_span_context()
+    spans = []
+    try:
+        for entity, row_id, carrier in zip(entities, ids, carriers):
+            parent = propagate.extract(carrier) if carrier else None
+            request = trace.get_current_span(parent).get_span_context() if parent is not None else None
+            own_trace = request is not None and request.is_valid and request.trace_id != batch.trace_id
+            spans.append(tracer.start_span(
+                f"write-back accept {entity}", context=parent if own_trace else None,
+                links=[trace.Link(batch)] if own_trace and batch.is_valid else None,
+                attributes={"chinook.entity": entity, "chinook.id": row_id}))
+        yield [link_of(span.get_span_context()) for span in spans]
+    finally:
+        for span in spans:
+            span.end()
+
+
+def add_event(name: str, **attributes):
+    """An event on the current span (a retry, a dead letter); a no-op when off."""
+    if _provider is not None:
+        trace.get_current_span().add_event(name, attributes)
+
