@@ -22,6 +22,7 @@ def test_variables_override_defaults_with_their_types():
     ({"WRITEBACK_BATCH_SIZE": "0"}, "WRITEBACK_BATCH_SIZE='0' must be positive"),
     ({"WRITEBACK_DELAY_MS": "-5"}, "WRITEBACK_DELAY_MS='-5' must be zero or more"),
     ({"BROKER_QUEUE_TYPE": "stream"}, "BROKER_QUEUE_TYPE='stream' must be one of quorum, classic"),
+    ({"LOG_FORMAT": "yaml"}, "LOG_FORMAT='yaml' must be one of text, json"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):

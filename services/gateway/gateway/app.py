@@ -429,6 +429,8 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     """Builds the app; the cache client, the near cache and the thread that keeps it
     subscribed are created here, in the serving process."""
     app = Flask(__name__)
+    # First: its span then covers the access check, refusals and audit lines included.
+    tracing.instrument_flask(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     client = cache_client or CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s,
@@ -448,5 +450,4 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     if settings.legacy_routes:
         app.register_blueprint(legacy)
     errors.register(app)
-    tracing.instrument_flask(app)
     return app
