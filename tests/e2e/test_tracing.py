@@ -3,11 +3,13 @@ runs: over gRPC from every process but persistence-svc, which sends over HTTP
 (http/protobuf). One PATCH is one trace up to cache-svc's accepting span; the flush that
 made it durable links back to that span and has the SQL statement below it."""
 
+import json
 import secrets
 
 import pytest
 import requests
 
+from tests.support.api import Api
 from tests.support.otlp import OtlpReceiver
 from tests.support.stack import own_stack
 
@@ -20,6 +22,7 @@ def traced(tmp_path_factory):
         def prepare(stack):
             stack.configure("persistence-svc", OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
                             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint)
+            stack.configure("gateway", LOG_FORMAT="json")
 
         with own_stack("tracing", tmp_path_factory.mktemp("tracing"), {
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
@@ -28,6 +31,9 @@ def traced(tmp_path_factory):
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             # Only the forced flush writes back: the test knows which flush to look for.
             "WRITEBACK_DELAY_MS": "600000",
+            # A refused write is dead-lettered after one retry, at once.
+            "WRITEBACK_MAX_ATTEMPTS": "2",
+            "WRITEBACK_RETRY_BACKOFF_MS": "50",
         }, prepare=prepare) as stack:
             yield stack, receiver
 
@@ -102,10 +108,10 @@ def test_a_patch_and_its_flush_are_traced_across_every_process(traced):
     assert {s.protocol for s in receiver.spans if s.service == "persistence-svc"} == {"http/protobuf"}
     assert {s.protocol for s in receiver.spans if s.service != "persistence-svc"} == {"grpc"}
 
-    # Log lines written inside a span carry it: the gateway audits the flush.
-    audit = next(line for line in stack.log_path("gateway").read_text().splitlines()
+    # Log lines written inside a span carry it: the gateway (logging JSON) audits the flush.
+    audit = next(json.loads(line) for line in stack.log_path("gateway").read_text().splitlines()
                  if "POST /write-back/flush by" in line)
-    assert f"trace_id={flush_request_trace}" in audit
+    assert (audit["service"], audit["logger"], audit["trace_id"]) == ("gateway", "gateway.audit", flush_request_trace)
 
 
 def test_every_update_of_a_batched_call_reaches_its_own_accepting_span(traced):
@@ -129,3 +135,29 @@ def test_every_update_of_a_batched_call_reaches_its_own_accepting_span(traced):
         return all((trace_id, 20 + i) in accepts for i, (_, trace_id) in enumerate(headers))
 
     receiver.wait_for(all_accepted)
+
+
+def test_a_refused_write_retries_and_dead_letters_as_events_of_its_flush(traced):
+    stack, receiver = traced
+    api = Api(stack)
+    api.sql("ALTER TABLE album ADD CONSTRAINT album_no_poison CHECK (title NOT LIKE 'POISON%%') NOT VALID")
+    try:
+        header, patch_trace = traceparent()
+        assert api.patch("/albums/40", json={"title": "POISON"}, headers={"traceparent": header}).status_code == 202
+        # Pending ends when the row is dead-lettered.
+        api.flush()
+    finally:
+        api.sql("ALTER TABLE album DROP CONSTRAINT album_no_poison")
+    assert api.get("/albums/40").headers["X-Write-Back"] == "dead-letter"
+
+    def retried_then_dead_lettered(spans):
+        accept = next((s for s in spans if s.trace_id == patch_trace and s.name == "write-back accept album"), None)
+        first = accept and next((s for s in spans if s.name == "write-back flush album"
+                                 and (patch_trace, accept.span_id) in s.links), None)
+        if first is None or "retry refused rows" not in first.events:
+            return None
+        # The retry runs in the first flush's trace.
+        return next((s for s in spans if s.trace_id == first.trace_id and s.name == "write-back flush album"
+                     and "dead-letter" in s.events), None)
+
+    receiver.wait_for(retried_then_dead_lettered)
