@@ -1,6 +1,7 @@
 """Starts the cache service: `python -m cache_svc`."""
 
 import logging
+import sys
 
 import redis
 from prometheus_client import REGISTRY
