@@ -487,6 +487,7 @@ def fuzzer(fuzz_stack):
 EXPLICIT = {
     # A status message quoting a long input was beyond what a client takes in a header.
     CACHE + "GetRow": [cache_pb2.GetRowRequest(entity="🎸" * 10_000, id=1)],
+    CACHE + "InspectRow": [cache_pb2.RowKey(entity="🎸" * 10_000, id=1), cache_pb2.RowKey(entity="album", id=WARM_ID)],
     # JSON nested deeper than Python's parser recurses went unhandled (UNKNOWN).
     CACHE + "UpdateRows": [cache_pb2.UpdateRowsRequest(patches=[
         cache_pb2.RowPatch(entity="album", id=1, fields_json="[" * 100_000)])],

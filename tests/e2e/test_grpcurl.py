@@ -121,3 +121,15 @@ def test_get_rows_answers_each_key_on_its_own(stack, flags):
     assert json.loads(found["row_json"])["artist_id"] == 127
     assert missing["code"] == 5 and "album 999999 not found" in missing["message"]
     assert unknown["code"] == 3 and "unknown entity 'track'" in unknown["message"]
+
+
+def test_inspect_row_shows_the_cache_and_postgres(stack, flags):
+    reply = json.loads(grpcurl(flags, "-d", '{"entity": "artist", "id": 127}', stack.cache_addr,
+                               "chinook.cache.v1.CacheService/InspectRow"))
+    assert reply["entity"] == "artist" and reply["id"] == "127"
+    assert reply["postgres"]["present"] is True
+    assert json.loads(reply["postgres"]["row_json"])["artist_id"] == 127
+    assert reply["cache"]["state"].startswith("CACHED_ROW_STATE_")
+    missing = subprocess.run([GRPCURL, *flags, "-d", '{"entity": "album", "id": 999999}', stack.cache_addr,
+                              "chinook.cache.v1.CacheService/InspectRow"], capture_output=True, text=True, timeout=30)
+    assert missing.returncode != 0 and "NotFound" in missing.stderr and "album 999999 not found" in missing.stderr

@@ -110,6 +110,8 @@ def test_write_back_and_duplication_work_through_the_least_privileged_accounts(a
     assert api.patch("/albums/5", json={"title": "least privilege"}).status_code == 202
     assert api.patch("/artists/3", json={"name": "least privilege"}).status_code == 202
     assert api.get("/albums/5").json()["title"] == "least privilege"
+    inspected = api.get("/write-back/rows/album/5").json()
+    assert (inspected["cache"]["value"]["title"], inspected["postgres"]["present"]) == ("least privilege", True)
     api.flush()
     assert api.sql("SELECT title, wb_version > 0 FROM album WHERE album_id = 5") == [("least privilege", True)]
     assert api.sql("SELECT name FROM artist WHERE artist_id = 3") == [("least privilege",)]
