@@ -109,4 +109,5 @@ def test_the_traces_endpoint_and_the_sampler_come_from_the_standard_variables(re
 def test_an_unknown_protocol_stops_the_process_naming_the_variable(receiver):
     done = run(ONE_SPAN, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/json")
     assert done.returncode == 1
-    assert "configuration error: OTEL_EXPORTER_OTLP_PROTOCOL='http/json' must be one of grpc, http/protobuf" in done.stderr
+    assert ("configuration error: OTEL_EXPORTER_OTLP_PROTOCOL='http/json' must be one of grpc, http/protobuf"
+            in done.stderr)

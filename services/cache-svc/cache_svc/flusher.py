@@ -71,7 +71,8 @@ class Flusher:
             links, links_dropped = [], 0
             if tracing.enabled():
                 # The task's flush span links back to the spans that accepted these writes.
-                links, links_dropped = tracing.bounded_links(link for r in rows for link in tracing.split_links(r.links))
+                links, links_dropped = tracing.bounded_links(
+                    link for r in rows for link in tracing.split_links(r.links))
             try:
                 self.publisher.apply_writes(name, payload, links, links_dropped)
             except Exception:

@@ -366,7 +366,8 @@ class WriteBack:
             if missing:
                 raise NotFound(f"{entity.name} {missing[0]} not found")
             retry_links = [links[i] for i in retry] if links else None
-            for i, version in zip(retry, self.store.accept(entity.name, [updates[i] for i in retry], links=retry_links)):
+            retried = self.store.accept(entity.name, [updates[i] for i in retry], links=retry_links)
+            for i, version in zip(retry, retried):
                 versions[i] = version
         raise RuntimeError(f"{entity.name} rows keep vanishing from the cache while being updated")
 
