@@ -226,6 +226,20 @@ def flush_span(entity: str, rows: int, links, links_dropped: int):
     )
 
 
+def mark_flushed(flush, entity: str, links, written: int, refused: int):
+    """Puts into each linked write's own trace a span, a child of its accepting span,
+    linked to the flush span: links go from the flush back to the writes, and these lead
+    from a write's trace forward to the flush. A no-op when off."""
+    if _provider is None or not flush.is_recording():
+        return
+    tracer = trace.get_tracer(__name__)
+    for link in list(links)[:MAX_FLUSH_LINKS]:
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(span_context_of(link)))
+        tracer.start_span(f"write-back flushed {entity}", context=parent, links=[trace.Link(flush.get_span_context())],
+                          attributes={"chinook.entity": entity, "chinook.rows_written": written,
+                                      "chinook.rows_refused": refused}).end()
+
+
 @contextlib.contextmanager
 def accept_spans(entities: list[str], ids: list[int], carriers: list):
     """For a batch of updates from several requests (the gateway gathers them into one

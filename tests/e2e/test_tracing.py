@@ -98,6 +98,10 @@ def test_a_patch_and_its_flush_are_traced_across_every_process(traced):
         return (flush, statements) if statements else None
 
     flush, statements = receiver.wait_for(flushed)
+    # And forward: the PATCH's trace holds a span below the accepting one, linked to the flush.
+    receiver.wait_for(lambda spans: any(
+        s.trace_id == patch_trace and s.name == "write-back flushed album" and s.parent_span_id == accept.span_id
+        and (flush.trace_id, flush.span_id) in s.links and s.attributes["chinook.rows_written"] == 1 for s in spans))
     assert flush.trace_id != patch_trace, "a flush is a trace of its own, linked to the writes it made durable"
     assert flush.attributes["chinook.rows"] == 1 and flush.attributes["chinook.links_dropped"] == 0
     assert any("UPDATE" in str(s.attributes.get("db.statement", s.attributes.get("db.query.text", s.name)))
@@ -161,3 +165,22 @@ def test_a_refused_write_retries_and_dead_letters_as_events_of_its_flush(traced)
                      and "dead-letter" in s.events), None)
 
     receiver.wait_for(retried_then_dead_lettered)
+
+
+def test_the_flush_of_a_bulk_links_to_the_one_span_that_accepted_it(traced):
+    stack, receiver = traced
+    api = Api(stack)
+    header, bulk_trace = traceparent()
+    response = api.post("/albums/bulk-random", headers={"traceparent": header})
+    assert response.status_code == 202, response.text
+    api.flush()
+
+    def flushed(spans):
+        accept = next((s for s in spans if s.trace_id == bulk_trace and s.service == "cache-svc" and s.kind == SERVER
+                       and s.name.endswith("/RandomizeAlbumTitles")), None)
+        return accept and [s for s in spans if s.name == "write-back flush album"
+                           and (bulk_trace, accept.span_id) in s.links]
+
+    flushes = receiver.wait_for(flushed)
+    # Every album was written by this bulk: its one context, kept with each row, is one link.
+    assert all(s.links == [(bulk_trace, flushes[0].links[0][1])] for s in flushes)

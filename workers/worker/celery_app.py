@@ -152,6 +152,7 @@ def apply_writes(self, entity: str, rows: list, refusals: int = 0, links: list =
     countdown = None
     with tracing.flush_span(entity, len(rows), links, links_dropped) as span:
         outcome = jobs.apply_writes(Clients.persistence, Clients.cache, entity, rows)
+        tracing.mark_flushed(span, entity, links, outcome.written, len(outcome.refused))
         if outcome.refused:
             refusals += 1
             if refusals < settings.writeback_max_attempts:
