@@ -7,6 +7,8 @@ from prometheus_client import REGISTRY
 
 from cache_svc.flusher import Flusher
 from cache_svc.store import ClaimedRow, ShardClaim
+from chinook import tracing
+from chinook.tracing import LINK_WIDTH, MAX_FLUSH_LINKS
 
 SETTINGS = SimpleNamespace(writeback_batch_size=2, writeback_delay_ms=100, writeback_lease_ms=30_000)
 
@@ -42,6 +44,7 @@ class FakeStore:
 class FakePublisher:
     def __init__(self, fail_after=None, holding_back=False):
         self.tasks, self.fail_after, self.holding_back = [], fail_after, holding_back
+        self.links = []
 
     def holds_back_writes(self):
         return self.holding_back
@@ -50,6 +53,7 @@ class FakePublisher:
         if self.fail_after is not None and len(self.tasks) >= self.fail_after:
             raise ConnectionError("broker down")
         self.tasks.append((entity, rows))
+        self.links.append((list(links), links_dropped))
 
 
 def rows(first, last):
@@ -113,3 +117,28 @@ def test_nothing_is_claimed_while_the_write_back_queue_is_to_migrate():
     assert Flusher(store, publisher, SETTINGS).flush_once() == 0
     # Unclaimed rows carry no lease: they are due as soon as the queue can take them.
     assert store.shards == [rows(1, 3)] and store.rounds == [] and publisher.tasks == [] and store.released == []
+
+
+def linked_rows(count):
+    """Rows each kept two span contexts: one of its own, and one every row shares (a bulk's)."""
+    shared = "b" * LINK_WIDTH
+    return [ClaimedRow(i, {"title": "t", "artist_id": "1"}, 100 + i, links=f"{i:0{LINK_WIDTH}x}{shared}")
+            for i in range(1, count + 1)]
+
+
+def test_a_task_carries_its_rows_distinct_links_up_to_the_bound_while_tracing_is_on(monkeypatch):
+    monkeypatch.setattr(tracing, "enabled", lambda: True)
+    publisher = FakePublisher()
+    settings = SimpleNamespace(writeback_batch_size=40, writeback_delay_ms=100, writeback_lease_ms=30_000)
+    Flusher(FakeStore([linked_rows(40)], due={0}), publisher, settings).flush_once()
+    [(links, dropped)] = publisher.links
+    own = [f"{i:0{LINK_WIDTH}x}" for i in range(1, 41)]
+    # In the rows' order, each once: the shared one after the first row's own.
+    assert links == [own[0], "b" * LINK_WIDTH, *own[1:MAX_FLUSH_LINKS - 1]]
+    assert dropped == 41 - MAX_FLUSH_LINKS
+
+
+def test_a_task_carries_no_links_while_tracing_is_off():
+    publisher = FakePublisher()
+    Flusher(FakeStore([linked_rows(3)], due={0}), publisher, SETTINGS).flush_once()
+    assert publisher.links == [([], 0), ([], 0)]
