@@ -205,6 +205,9 @@ class CacheClient(_Client):
     def discard_dead_letter(self, entity: str, row_id: int) -> cache_pb2.DeadLetterEntry:
         return self.stub.DiscardDeadLetter(cache_pb2.DeadLetterKey(entity=entity, id=row_id), timeout=self.timeout_s)
 
+    def inspect_row(self, entity: str, row_id: int) -> cache_pb2.RowInspection:
+        return self.stub.InspectRow(cache_pb2.RowKey(entity=entity, id=row_id), timeout=self.timeout_s)
+
     def start_duplication(self, multiplier: int) -> str:
         request = cache_pb2.StartDuplicationRequest(multiplier=multiplier)
         return self.stub.StartDuplication(request, timeout=self.timeout_s).task_id

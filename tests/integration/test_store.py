@@ -321,3 +321,75 @@ def test_the_keys_of_a_shard_share_one_hash_slot(store):
     assert all(key.startswith(f"{store.prefix}{{1/{SHARDS}}}:") for key in keys)
     assert len({key_slot(key.encode()) for key in keys}) == 1
     assert key_slot(store.row_key("album", 2).encode()) != key_slot(keys[0].encode())
+
+
+def redis_now_s(store):
+    return store.now_ms() / 1000
+
+
+def inspected_during(store, action, row_id=1, entity="album", lease_ms=30_000):
+    """Runs action, then inspects the row: its RowState, and the Redis time (s) before the
+    action and after the inspection, which its `since` must lie between (to the ms)."""
+    before = redis_now_s(store) - 0.001
+    action()
+    state = store.inspect(entity, row_id, lease_ms)
+    return state, before, redis_now_s(store) + 0.001
+
+
+def test_inspect_tells_where_a_write_is_and_since_when(store):
+    assert store.inspect("album", 1, 30_000) is None
+
+    state, before, after = inspected_during(store, lambda: cache_row(store))
+    assert (state.state, state.row.version, state.row.fields["title"]) == ("clean", 7, "Old")
+    assert before <= state.since <= after, "a loaded row is clean since it was loaded"
+
+    versions = []
+    state, before, after = inspected_during(store, lambda: versions.extend(store.accept("album", [(1, {"title": "x"})])))
+    assert (state.state, state.row.version, state.row.fields["title"]) == ("pending", versions[0], "x")
+    accepted_at = state.since
+    assert before <= accepted_at <= after
+    store.accept("album", [(1, {"title": "y"})])
+    assert store.inspect("album", 1, 30_000).since == accepted_at, "pending since the oldest write not claimed"
+
+    state, before, after = inspected_during(
+        store, lambda: claim(store, delay_ms=0, batch_size=10, lease_ms=30_000))
+    assert state.state == "in_flight" and before <= state.since <= after, "in flight since the claim"
+
+    state, before, after = inspected_during(store, lambda: versions.extend(store.accept("album", [(1, {"title": "z"})])))
+    assert state.state == "pending" and before <= state.since <= after, "a write during a flush waits for the next"
+    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    assert store.inspect("album", 1, 30_000).state == "in_flight"
+
+    state, before, after = inspected_during(store, lambda: store.ack("album", [(1, claimed.version)], written=1))
+    assert (state.state, state.row.version) == ("clean", versions[-1])
+    assert before <= state.since <= after, "clean since the flush"
+
+
+def test_inspect_a_released_claim_and_a_lease_that_ended(store):
+    cache_row(store)
+    store.accept("album", [(1, {"title": "x"})])
+    accepted_at = store.inspect("album", 1, 30_000).since
+    claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    store.release("album", [1])
+    state = store.inspect("album", 1, 30_000)
+    assert (state.state, state.since) == ("pending", accepted_at), "a released row waits for a claim again"
+
+    state, before, after = inspected_during(store, lambda: claim(store, delay_ms=0, batch_size=10, lease_ms=1))
+    time.sleep(0.01)
+    state = store.inspect("album", 1, 1)
+    assert state.state == "in_flight" and before <= state.since <= after, "claimed, not acknowledged: in flight"
+
+
+def test_inspect_a_dead_letter_and_a_partial_row(store):
+    cache_row(store)
+    [version] = store.accept("album", [(1, {"title": "poison"})])
+    store.dead_letter("album", [(1, version, "refused")])
+    [entry] = store.dead_letters("album")
+    state = store.inspect("album", 1, 30_000)
+    assert (state.state, state.since, state.row.fields["title"]) == ("dead_letter", entry.failed_at, "poison")
+    store.resolve_dead_letter("album", 1, "retry")
+    assert store.inspect("album", 1, 30_000).state == "pending"
+
+    store.accept("album", [(SHARDS + 1, {"title": "Bulk"})], bases={SHARDS + 1: 3})
+    state = store.inspect("album", SHARDS + 1, 30_000)
+    assert state.state == "pending" and state.row.partial and state.row.fields == {"title": "Bulk"}

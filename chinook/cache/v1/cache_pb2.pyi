@@ -14,10 +14,25 @@ class WriteBackState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WRITE_BACK_STATE_CLEAN: _ClassVar[WriteBackState]
     WRITE_BACK_STATE_PENDING: _ClassVar[WriteBackState]
     WRITE_BACK_STATE_DEAD_LETTERED: _ClassVar[WriteBackState]
+
+class CachedRowState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHED_ROW_STATE_UNSPECIFIED: _ClassVar[CachedRowState]
+    CACHED_ROW_STATE_ABSENT: _ClassVar[CachedRowState]
+    CACHED_ROW_STATE_CLEAN: _ClassVar[CachedRowState]
+    CACHED_ROW_STATE_PENDING: _ClassVar[CachedRowState]
+    CACHED_ROW_STATE_IN_FLIGHT: _ClassVar[CachedRowState]
+    CACHED_ROW_STATE_DEAD_LETTER: _ClassVar[CachedRowState]
 WRITE_BACK_STATE_UNSPECIFIED: WriteBackState
 WRITE_BACK_STATE_CLEAN: WriteBackState
 WRITE_BACK_STATE_PENDING: WriteBackState
 WRITE_BACK_STATE_DEAD_LETTERED: WriteBackState
+CACHED_ROW_STATE_UNSPECIFIED: CachedRowState
+CACHED_ROW_STATE_ABSENT: CachedRowState
+CACHED_ROW_STATE_CLEAN: CachedRowState
+CACHED_ROW_STATE_PENDING: CachedRowState
+CACHED_ROW_STATE_IN_FLIGHT: CachedRowState
+CACHED_ROW_STATE_DEAD_LETTER: CachedRowState
 
 class Row(_message.Message):
     __slots__ = ("entity", "id", "fields", "version")
@@ -272,6 +287,44 @@ class ListDeadLettersResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[DeadLetterEntry]
     total: int
     def __init__(self, entries: _Optional[_Iterable[_Union[DeadLetterEntry, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class CachedSide(_message.Message):
+    __slots__ = ("state", "row_json", "version", "since", "partial")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROW_JSON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    state: CachedRowState
+    row_json: str
+    version: int
+    since: float
+    partial: bool
+    def __init__(self, state: _Optional[_Union[CachedRowState, str]] = ..., row_json: _Optional[str] = ..., version: _Optional[int] = ..., since: _Optional[float] = ..., partial: _Optional[bool] = ...) -> None: ...
+
+class PostgresSide(_message.Message):
+    __slots__ = ("present", "row_json", "wb_version")
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    ROW_JSON_FIELD_NUMBER: _ClassVar[int]
+    WB_VERSION_FIELD_NUMBER: _ClassVar[int]
+    present: bool
+    row_json: str
+    wb_version: int
+    def __init__(self, present: _Optional[bool] = ..., row_json: _Optional[str] = ..., wb_version: _Optional[int] = ...) -> None: ...
+
+class RowInspection(_message.Message):
+    __slots__ = ("entity", "id", "cache", "postgres", "agree")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    POSTGRES_FIELD_NUMBER: _ClassVar[int]
+    AGREE_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    id: int
+    cache: CachedSide
+    postgres: PostgresSide
+    agree: bool
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., cache: _Optional[_Union[CachedSide, _Mapping]] = ..., postgres: _Optional[_Union[PostgresSide, _Mapping]] = ..., agree: _Optional[bool] = ...) -> None: ...
 
 class StartDuplicationRequest(_message.Message):
     __slots__ = ("multiplier",)

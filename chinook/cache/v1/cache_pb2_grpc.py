@@ -101,6 +101,11 @@ class CacheServiceStub:
                 request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterKey.SerializeToString,
                 response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterEntry.FromString,
                 _registered_method=True)
+        self.InspectRow = channel.unary_unary(
+                '/chinook.cache.v1.CacheService/InspectRow',
+                request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.RowKey.SerializeToString,
+                response_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.RowInspection.FromString,
+                _registered_method=True)
         self.StartDuplication = channel.unary_unary(
                 '/chinook.cache.v1.CacheService/StartDuplication',
                 request_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.StartDuplicationRequest.SerializeToString,
@@ -255,6 +260,18 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InspectRow(self, request, context):
+        """Where a row's write is: the row as the cache holds it, with the state of its write and
+        since when, as Postgres holds it, and whether they agree. Reads only: a row the cache
+        lacks is not loaded into it.
+        Errors: INVALID_ARGUMENT (unknown entity, id not in 1..2^31-1), NOT_FOUND (neither the cache
+        nor Postgres holds the row), UNAVAILABLE (Redis or the persistence service unreachable),
+        DEADLINE_EXCEEDED (the persistence service did not answer within GRPC_TIMEOUT_S).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartDuplication(self, request, context):
         """Multiplies the album table in a Celery task; GetTask follows it.
         Errors: INVALID_ARGUMENT (multiplier not in 2..64), UNAVAILABLE (RabbitMQ unreachable).
@@ -350,6 +367,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.DiscardDeadLetter,
                     request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterKey.FromString,
                     response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterEntry.SerializeToString,
+            ),
+            'InspectRow': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectRow,
+                    request_deserializer=chinook_dot_cache_dot_v1_dot_cache__pb2.RowKey.FromString,
+                    response_serializer=chinook_dot_cache_dot_v1_dot_cache__pb2.RowInspection.SerializeToString,
             ),
             'StartDuplication': grpc.unary_unary_rpc_method_handler(
                     servicer.StartDuplication,
@@ -720,6 +742,33 @@ class CacheService:
             '/chinook.cache.v1.CacheService/DiscardDeadLetter',
             chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterKey.SerializeToString,
             chinook_dot_cache_dot_v1_dot_cache__pb2.DeadLetterEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectRow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chinook.cache.v1.CacheService/InspectRow',
+            chinook_dot_cache_dot_v1_dot_cache__pb2.RowKey.SerializeToString,
+            chinook_dot_cache_dot_v1_dot_cache__pb2.RowInspection.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,7 +94,7 @@ def main():
                                     channel_credentials(settings))
     publisher = TaskPublisher(settings)
     publisher.declare_queues()
-    write_back = WriteBack(store, persistence)
+    write_back = WriteBack(store, persistence, settings.writeback_lease_ms)
     flusher = Flusher(store, publisher, settings)
     relay = ChangeRelay(redis_clients.subscriber_factory(settings.redis_url, client), store.changes_channel,
                         settings.near_cache_max_lag_ms / 1000)

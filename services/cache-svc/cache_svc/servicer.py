@@ -1,6 +1,7 @@
 """gRPC entry points of the cache service: requests in, WriteBack calls, status codes out."""
 
 import contextlib
+import json
 import math
 
 import grpc
@@ -15,11 +16,17 @@ from chinook.grpc_server import abort
 
 from .changes import ChangeRelay, Unavailable
 from .store import Backpressure, LayoutError, NotReplicated, ShardRetired
-from .writeback import NotFound, WriteBack, updates_from_json
+from .writeback import Inspection, NotFound, WriteBack, updates_from_json
 
 CLEAN = cache_pb2.WRITE_BACK_STATE_CLEAN
 PENDING = cache_pb2.WRITE_BACK_STATE_PENDING
 DEAD_LETTERED = cache_pb2.WRITE_BACK_STATE_DEAD_LETTERED
+CACHED_ROW_STATES = {
+    "clean": cache_pb2.CACHED_ROW_STATE_CLEAN,
+    "pending": cache_pb2.CACHED_ROW_STATE_PENDING,
+    "in_flight": cache_pb2.CACHED_ROW_STATE_IN_FLIGHT,
+    "dead_letter": cache_pb2.CACHED_ROW_STATE_DEAD_LETTER,
+}
 MAX_DEAD_LETTERS_LISTED = 1000
 MAX_MULTIPLIER = 64
 
@@ -89,6 +96,28 @@ def _dead_letter_message(entry, row) -> cache_pb2.DeadLetterEntry:
     if row is not None:
         entity = get_entity(entry.entity)
         message.fields.update(entity.columns_from_store(row.fields) if row.partial else entity.row_from_store(row.fields))
+    return message
+
+
+def _inspection_message(inspection: Inspection) -> cache_pb2.RowInspection:
+    entity = inspection.entity
+    message = cache_pb2.RowInspection(entity=entity.name, id=inspection.id, agree=inspection.agree)
+    if inspection.cached is None:
+        message.cache.state = cache_pb2.CACHED_ROW_STATE_ABSENT
+    else:
+        cached = inspection.cached
+        message.cache.state = CACHED_ROW_STATES[cached.state]
+        message.cache.row_json = json.dumps({entity.primary_key: inspection.id, **inspection.cached_values})
+        message.cache.version = cached.row.version
+        message.cache.partial = cached.row.partial
+        if cached.since is not None:
+            message.cache.since = cached.since
+    if inspection.stored is not None:
+        version, values = inspection.stored
+        message.postgres.present = True
+        message.postgres.row_json = json.dumps(
+            {entity.primary_key: inspection.id, **{name: values.get(name) for name in entity.column_names}})
+        message.postgres.wb_version = version
     return message
 
 
@@ -213,6 +242,10 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     def DiscardDeadLetter(self, request, context):
         with status_codes(context):
             return _dead_letter_message(self.write_back.resolve_dead_letter(request.entity, request.id, "discard"), None)
+
+    def InspectRow(self, request, context):
+        with status_codes(context):
+            return _inspection_message(self.write_back.inspect(request.entity, request.id))
 
     def StartDuplication(self, request, context):
         with status_codes(context):

@@ -391,6 +391,19 @@ end
 return out
 """
 
+# What the cache knows of one row (KEYS: its hash, then its shard's due and pending sets
+# and dead letters of the entity; ARGV[1] its id), read in one atomic step: Redis' time
+# in ms, the hash, the row's due score, its pending score, its dead letter and its TTL in
+# ms. Reads only.
+INSPECT = """
+local row, id = KEYS[1], ARGV[1]
+local t = redis.call('TIME')
+local now_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+return {now_ms, redis.call('HGETALL', row), redis.call('ZSCORE', KEYS[2], id) or false,
+        redis.call('ZSCORE', KEYS[3], id) or false, redis.call('HGET', KEYS[4], id) or false,
+        redis.call('PTTL', row)}
+"""
+
 # Rows per script call: long enough to amortise the round trip, short enough not to
 # stall other clients of Redis.
 CHUNK = 1000
@@ -428,6 +441,17 @@ class CachedRow:
     dead_lettered: bool = False
     # Only the columns written since it was cached; absent ones are unknown here.
     partial: bool = False
+
+
+@dataclass(frozen=True)
+class RowState:
+    """A cached row and where its write is: clean, pending (accepted, not claimed by a
+    flush yet), in_flight (claimed, not acknowledged yet) or dead_letter, and since when
+    (Unix seconds; None where the cache does not know)."""
+
+    row: CachedRow
+    state: str
+    since: float | None
 
 
 @dataclass(frozen=True)
@@ -523,6 +547,7 @@ class RowStore:
         self._dead_letter = client.register_script(DEAD_LETTER)
         self._resolve_dead_letter = client.register_script(RESOLVE_DEAD_LETTER)
         self._status = client.register_script(STATUS)
+        self._inspect = client.register_script(INSPECT)
 
     # Keys
 
@@ -706,6 +731,35 @@ class RowStore:
     def get(self, entity: str, row_id: int) -> CachedRow | None:
         raw = self.redis.hgetall(self.row_key(entity, row_id))
         return _parse_hash(row_id, raw) if raw else None
+
+    def inspect(self, entity: str, row_id: int, lease_ms: int) -> RowState | None:
+        """The row as cached and the state of its write, None if it is not cached.
+        lease_ms is the flushes' lease (WRITEBACK_LEASE_MS), which tells when a claimed
+        row was claimed."""
+        shard = self.shard_of(row_id)
+        keys = [self.row_key(entity, row_id), self.due_key(shard, entity), self.pending_key(shard, entity),
+                self.dead_key(shard, entity)]
+        [(now_ms, flat, due, pending, dead, ttl_ms)] = self._eval_many([(self._inspect, keys, [row_id])])
+        if not flat:
+            return None
+        raw = _pairs_to_dict(flat)
+        row = _parse_hash(row_id, raw)
+        now_ms = int(now_ms)
+        if row.dead_lettered:
+            return RowState(row, "dead_letter", _parse_dead_letter(entity, row_id, dead).failed_at if dead else None)
+        if not row.dirty:
+            # A row becomes clean (loaded, or flushed) with the whole TTL.
+            known = 0 < ttl_ms <= self.ttl_s * 1000
+            return RowState(row, "clean", (now_ms - self.ttl_s * 1000 + ttl_ms) / 1000 if known else None)
+        if "_since" in raw:
+            # A write accepted after the last claim, if any, waits for the next one.
+            return RowState(row, "pending", int(raw["_since"]) / 1000)
+        if due is not None and float(due) > 0:
+            # Claimed: due at the end of its lease (past, if no acknowledgement came in
+            # time and it waits to be claimed again).
+            return RowState(row, "in_flight", (float(due) - lease_ms) / 1000)
+        # Claimed once, then scheduled again: released, or a dead letter retried.
+        return RowState(row, "pending", float(pending) / 1000 if pending is not None else None)
 
     def get_many(self, keys: list[tuple[str, int]]) -> list[CachedRow | None]:
         """(entity, id) rows in one round trip (one per node on a cluster)."""

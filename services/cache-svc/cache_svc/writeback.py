@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from chinook import metrics
 from chinook.entities import ENTITIES, Entity, ValidationError, get_entity, parse_id, parse_json, parse_version
 
-from .store import Backpressure, CachedRow, DeadLetter, RowStore
+from .store import Backpressure, CachedRow, DeadLetter, RowState, RowStore
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,34 @@ class Status:
     failed: int
 
 
+@dataclass(frozen=True)
+class Inspection:
+    """A row as the cache holds it (None if it does not) and as Postgres holds it
+    ((version, column values), None if it does not), and whether they agree."""
+
+    entity: Entity
+    id: int
+    cached: RowState | None
+    stored: tuple[int, dict] | None
+
+    @property
+    def cached_values(self) -> dict:
+        """The cached columns by name, typed; only those written since for a partial row."""
+        row = self.cached.row
+        return self.entity.columns_from_store(row.fields) if row.partial else self.entity.row_from_store(row.fields)
+
+    @property
+    def agree(self) -> bool:
+        """The cache does not hold the row, or holds what Postgres does, at its version."""
+        if self.cached is None:
+            return True
+        if self.stored is None:
+            return False
+        version, values = self.stored
+        return self.cached.row.version == version and all(
+            values.get(name) == value for name, value in self.cached_values.items())
+
+
 def _check_versions(versions: list[tuple[int, int]]):
     """Checks the (id, version) pairs of a worker's report."""
     for i, (row_id, version) in enumerate(versions):
@@ -86,9 +114,11 @@ def _check_versions(versions: list[tuple[int, int]]):
 
 
 class WriteBack:
-    def __init__(self, store: RowStore, persistence):
+    def __init__(self, store: RowStore, persistence, lease_ms: int):
         self.store = store
         self.persistence = persistence
+        # The flushes' lease (WRITEBACK_LEASE_MS): tells when a claimed row was claimed.
+        self.lease_ms = lease_ms
 
     # Reads
 
@@ -114,6 +144,20 @@ class WriteBack:
             except NotFound as exc:
                 outcomes[index] = ReadOutcome(error=exc)
         return outcomes
+
+    def inspect(self, entity_name: str, row_id: int) -> Inspection:
+        """The row in the cache and in Postgres, changing neither: a row the cache lacks
+        is not loaded into it."""
+        entity = get_entity(entity_name)
+        row_id = parse_id(row_id)
+        # The cache first: a flush ending between the two reads then shows Postgres ahead
+        # of a pending row, never a clean row ahead of Postgres.
+        cached = self.store.inspect(entity.name, row_id, self.lease_ms)
+        stored = {found_id: (version, fields) for found_id, version, fields in
+                  self.persistence.get_rows(entity.name, [row_id])}.get(row_id)
+        if cached is None and stored is None:
+            raise NotFound(f"{entity.name} {row_id} not found")
+        return Inspection(entity, row_id, cached, stored)
 
     def _read(self, entity: Entity, row_id: int, cached: CachedRow | None) -> ReadResult:
         """The row as cached, or loaded from Postgres on a miss."""

@@ -262,6 +262,48 @@ def write_back_flush():
     return jsonify(status_body(cache().flush(wait))), 202 if wait == 0 else 200
 
 
+CACHED_ROW_STATE = {
+    cache_pb2.CACHED_ROW_STATE_ABSENT: "absent",
+    cache_pb2.CACHED_ROW_STATE_CLEAN: "clean",
+    cache_pb2.CACHED_ROW_STATE_PENDING: "pending",
+    cache_pb2.CACHED_ROW_STATE_IN_FLIGHT: "in_flight",
+    cache_pb2.CACHED_ROW_STATE_DEAD_LETTER: "dead_letter",
+}
+
+
+def row_inspection_body(inspection) -> dict:
+    cached, stored = inspection.cache, inspection.postgres
+    present = cached.state != cache_pb2.CACHED_ROW_STATE_ABSENT
+    return {
+        "entity": inspection.entity,
+        "id": inspection.id,
+        "cache": {
+            "present": present,
+            "value": json.loads(cached.row_json) if present else None,
+            "version": cached.version if present else None,
+            "state": CACHED_ROW_STATE[cached.state],
+            "since": cached.since if cached.HasField("since") else None,
+            "partial": cached.partial,
+        },
+        "postgres": {
+            "present": stored.present,
+            "value": json.loads(stored.row_json) if stored.present else None,
+            "wb_version": stored.wb_version if stored.present else None,
+        },
+        "agree": inspection.agree,
+    }
+
+
+@api.get("/write-back/rows/<entity>/<row_id>")
+@requires("reader")
+def inspect_row(entity, row_id):
+    try:
+        entity = get_entity(entity)
+    except ValidationError as exc:
+        raise bad_request(str(exc)) from None
+    return jsonify(row_inspection_body(cache().inspect_row(entity.name, path_id(row_id, entity.primary_key))))
+
+
 def dead_letter_body(entry) -> dict:
     return {
         "key": f"{entry.entity}:{entry.id}",
