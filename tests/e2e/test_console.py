@@ -179,6 +179,51 @@ def test_a_bulk_update_shows_pending_rise_then_drain(console, system):
     assert api.get("/write-back/status").json()["pending"] == 0
 
 
+def look_up(console, entity, row_id):
+    Select(console.driver.find_element(By.ID, "lookup-entity")).select_by_value(entity)
+    field = console.driver.find_element(By.ID, "lookup-id")
+    field.clear()
+    field.send_keys(str(row_id))
+    before = console.text("lookup-time")
+    console.driver.find_element(By.CSS_SELECTOR, "#lookup-form button").click()
+    console.wait(lambda: console.text("lookup-error") or console.text("lookup-time") != before,
+                 f"the lookup of {entity} {row_id} showed nothing")
+
+
+def side(console, prefix):
+    return {name: console.text(f"{prefix}-{name}") for name in
+            (("state", "since", "version", "value") if prefix == "cache" else ("present", "version", "value"))}
+
+
+def test_a_row_lookup_shows_cache_and_postgres_side_by_side(console, system):
+    stack, api = system
+    assert api.get("/albums/193").status_code == 200  # the cache holds the whole row, not only the fields written
+    stack.stop("write-back-worker")  # the write stays on its way to Postgres while the page looks
+    try:
+        accepted = api.patch("/albums/193", json={"title": "Looked up in the console"}).json()
+        look_up(console, "album", 193)
+        cache, postgres = side(console, "cache"), side(console, "pg")
+        assert cache["state"] in ("pending", "in flight"), cache
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z \([\d.]+ s ago\)", cache["since"]), cache
+        assert int(cache["version"]) == accepted["version"] > int(postgres["version"])
+        assert '"title": "Looked up in the console"' in cache["value"]
+        assert postgres["present"] == "yes" and "Looked up in the console" not in postgres["value"]
+        assert console.text("agree") == "differ" and console.text("lookup-error") == ""
+    finally:
+        stack.start("write-back-worker")
+    api.flush()
+    look_up(console, "album", 193)
+    cache, postgres = side(console, "cache"), side(console, "pg")
+    assert cache["state"] == "clean" and cache["version"] == postgres["version"] == str(accepted["version"])
+    assert '"title": "Looked up in the console"' in postgres["value"] and console.text("agree") == "agree"
+
+    look_up(console, "artist", 10**9)
+    assert re.fullmatch(r"artist 1000000000: 404: .+", console.text("lookup-error")), console.text("lookup-error")
+    assert not console.driver.find_element(By.ID, "lookup-result").is_displayed()
+    look_up(console, "artist", 0)
+    assert console.text("lookup-error").startswith("artist 0: 400: artist_id"), console.text("lookup-error")
+
+
 def test_when_polling_fails_the_page_says_so_and_recovers(console, system):
     stack, _ = system
     stack.stop("cache-svc")
@@ -241,8 +286,8 @@ def test_screenshot_of_the_page_mid_drain(console):
 def test_the_browser_logged_no_script_error(console):
     """Over the whole session (the tests above): no script error and no load the policy
     refused; the only errors logged are the API's answers the tests provoked on purpose
-    (401 and 403 for missing roles, 503 while cache-svc was down)."""
+    (400 and 404 for lookups, 401 and 403 for missing roles, 503 while cache-svc was down)."""
     problems = [entry for entry in console.browser_log() if entry["level"] in ("SEVERE", "WARNING")
                 and not (entry.get("source") == "network"
-                         and re.search(r"status of (401|403|503) ", entry["message"]))]
+                         and re.search(r"status of (400|401|403|404|503) ", entry["message"]))]
     assert problems == [], problems

@@ -279,7 +279,8 @@ $("lookup-form").addEventListener("submit", async (event) => {
     const row = await call(
       "GET", `write-back/rows/${encodeURIComponent(entity)}/${encodeURIComponent(id)}`, ROLE.rows);
     showSide("cache", row.cache, {
-      state: row.cache.state.replace("_", " "),
+      // A partial row holds only the fields written; reads fill it from Postgres.
+      state: row.cache.state.replace("_", " ") + (row.cache.partial ? ", partial row" : ""),
       since: row.cache.state === "absent" ? "" : formatSince(row.cache.since),
       version: row.cache.version === null ? "" : String(row.cache.version),
     });
