@@ -163,7 +163,7 @@ function drawChart() {
     context.moveTo(gridX, margin.top);
     context.lineTo(gridX, margin.top + plotHeight);
     context.stroke();
-    context.textAlign = minute === 0 ? "right" : "center";
+    context.textAlign = minute === 0 ? "right" : minute === CHART_WINDOW_S / 60 ? "left" : "center";
     context.fillText(minute === 0 ? "now" : `-${minute} min`, gridX, height - 4);
   }
   context.beginPath();
@@ -231,9 +231,9 @@ function showDeadLetters(body) {
 async function deadLetterAction(method, path, role, done) {
   try {
     await call(method, path, role);
-    show($("dead-letter-message"), done, "ok");
+    show($("dead-letter-message"), `${clock(new Date())} ${done}`, "ok");
   } catch (error) {
-    show($("dead-letter-message"), error.message, "error");
+    show($("dead-letter-message"), `${clock(new Date())} ${error.message}`, "error");
   }
   poll();
 }
@@ -244,9 +244,10 @@ async function action(button, method, path, role, describe) {
   button.disabled = true;
   show($("action-message"), `${method} ${path}…`, "");
   try {
-    show($("action-message"), describe(await call(method, path, role)), "ok");
+    const body = await call(method, path, role);
+    show($("action-message"), `${clock(new Date())} ${describe(body)}`, "ok");
   } catch (error) {
-    show($("action-message"), error.message, "error");
+    show($("action-message"), `${clock(new Date())} ${error.message}`, "error");
   } finally {
     button.disabled = false;
   }
