@@ -5,6 +5,7 @@
 
 const POLL_INTERVAL_MS = 1000;
 const CHART_WINDOW_S = 300;
+const RATE_SPAN_S = 1;
 const TOKEN_KEY = "chinook-console-token";
 // What each call needs, to say so when the gateway refuses it (README "Access").
 const ROLE = {status: "reader", deadLetters: "reader", rows: "reader", bulkRandom: "admin", flush: "admin",
@@ -105,7 +106,9 @@ const rates = [];    // {t, accepted, flushed}: rows/s between two polls
 
 function addSample(status) {
   const sample = {t: performance.now() / 1000, accepted: status.accepted_total, flushed: status.flushed_total};
-  const previous = samples[samples.length - 1];
+  // The rate over at least RATE_SPAN_S: a poll right after an action comes early, and a
+  // bulk update over a fraction of a second would read as a huge rate.
+  const previous = samples.findLast((earlier) => earlier.t <= sample.t - RATE_SPAN_S) || samples[0];
   samples.push(sample);
   if (previous) {
     const elapsed = sample.t - previous.t;
@@ -117,7 +120,7 @@ function addSample(status) {
     }
   }
   const oldest = sample.t - CHART_WINDOW_S;
-  while (samples.length > 1 && samples[0].t < oldest) samples.shift();
+  while (samples.length > 2 && samples[1].t < oldest) samples.shift();
   while (rates.length && rates[0].t < oldest) rates.shift();
 }
 
