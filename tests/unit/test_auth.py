@@ -76,7 +76,7 @@ def test_every_route_declares_its_role():
             assert hasattr(app.view_functions[rule.endpoint], "required_role"), rule.rule
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/readyz", "/openapi.json", "/docs"])
+@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/readyz", "/openapi.json", "/docs", "/console"])
 def test_health_and_metrics_are_open(path):
     assert client().get(path).status_code != 401
 

@@ -1,5 +1,5 @@
 """The HTTP API's contract against the Flask app: the same routes, methods and roles, a
-valid OpenAPI 3.1 document, and a /docs page whose every asset the gateway serves."""
+valid OpenAPI 3.1 document, and /docs and /console pages whose every asset the gateway serves."""
 
 import re
 from html.parser import HTMLParser
@@ -105,13 +105,37 @@ def test_docs_are_served_by_the_gateway_alone_and_need_no_token():
     assert missing.status_code == 404 and "swagger-ui.css" in missing.json["error"]["message"]
 
 
+def test_the_console_is_served_by_the_gateway_alone_with_a_strict_policy():
+    client = make_app().test_client()
+    page = client.get("/console")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self';" in policy and "connect-src 'self';" in policy
+    assert "unsafe" not in policy and page.headers["Cache-Control"] == "no-cache"
+    html = page.get_data(as_text=True)
+    assert re.findall(r"https?://", html) == [], "the page must not load anything from another host"
+    assert "<script>" not in html and " style=" not in html, "the policy allows no inline script or style"
+    parser = Links()
+    parser.feed(html)
+    assert sorted(parser.links) == ["console/console.css", "console/console.js", "console/icon.svg"]
+    for link in parser.links:
+        asset = client.get(urljoin("/console", link))
+        assert asset.status_code == 200 and len(asset.data) > 100, link
+        assert "max-age=" in asset.headers["Cache-Control"] and asset.headers["ETag"], link
+        assert client.get(urljoin("/console", link), headers={"If-None-Match": asset.headers["ETag"]}) \
+            .status_code == 304, link
+    assert "https://" not in client.get("/console/console.js").get_data(as_text=True)
+    missing = client.get("/console/index.html")
+    assert missing.status_code == 404 and "console.js" in missing.json["error"]["message"]
+
+
 def test_a_method_the_document_does_not_list_answers_405_with_allow():
     app = make_app()
     client = app.test_client()
     admin = {"Authorization": "Bearer admin-secret"}
     for path, item in served_document(app)["paths"].items():
         url = path.replace("{album_id}", "1").replace("{artist_id}", "1").replace("{task_id}", "t") \
-            .replace("{key}", "album:1").replace("{asset}", "swagger-ui.css")
+            .replace("{key}", "album:1").replace("{asset}", "console.js")
         documented = {method.upper() for method in item if method.upper() in ("GET", "POST", "PATCH", "DELETE")}
         for method in {"GET", "POST", "PUT", "PATCH", "DELETE"} - documented:
             response = client.open(url, method=method, headers=admin)
