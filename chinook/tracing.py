@@ -134,8 +134,8 @@ def instrument_flask(app):
     """Spans for the app's requests, continuing a caller's W3C trace context."""
     if _provider is not None:
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
-        # Probes and scrapes would bury the requests that matter.
-        FlaskInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+        # Probes, scrapes and the console's static files would bury the requests that matter.
+        FlaskInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics,console")
 
 
 def _traced_calls():
