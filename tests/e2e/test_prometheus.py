@@ -13,6 +13,7 @@ import pytest
 import requests
 import yaml
 
+from chinook.config import load_settings
 from tests.support.stack import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.e2e
@@ -141,6 +142,9 @@ def test_alert_and_dashboard_expressions_answer_after_writes(prometheus, api, st
         query(prometheus, expr)
     for rule in alert_rules():
         query(prometheus, rule["expr"])
+    # The limit the 80 % alert compares pending rows with is cache-svc's setting.
+    (limit,) = query(prometheus, "chinook_writeback_max_pending")
+    assert float(limit["value"][1]) == load_settings(stack.env).writeback_max_pending
     # Everything is up: no process is reported down.
     (down,) = [rule for rule in alert_rules() if rule["alert"] == "ChinookProcessDown"]
     assert query(prometheus, down["expr"]) == []
