@@ -108,7 +108,7 @@ def has_values(series: list) -> bool:
     return bool(series) and all(math.isfinite(float(s["value"][1])) for s in series)
 
 
-def test_every_process_is_scraped(prometheus, stack):
+def wait_until_every_target_is_up(prometheus: str, stack):
     def all_up():
         targets = requests.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
         return {t["labels"]["job"]: t["health"] for t in targets} == {job: "up" for job in scrape_targets(stack)}
@@ -116,8 +116,12 @@ def test_every_process_is_scraped(prometheus, stack):
              lambda: json.dumps(requests.get(f"{prometheus}/api/v1/targets", timeout=10).json(), indent=1))
 
 
+def test_every_process_is_scraped(prometheus, stack):
+    wait_until_every_target_is_up(prometheus, stack)
+
+
 def test_alert_and_dashboard_expressions_answer_after_writes(prometheus, api, stack):
-    test_every_process_is_scraped(prometheus, stack)
+    wait_until_every_target_is_up(prometheus, stack)
     # Writes the rates and the accept-to-durable histogram see, over several scrapes.
     for round_ in range(3):
         for album_id in range(90, 100):
