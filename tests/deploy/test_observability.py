@@ -132,7 +132,8 @@ def test_grafana_provisioning_finds_the_dashboard():
     compose = load_yaml(REPO / "docker-compose.yml")["services"]["grafana"]
     mounts = dict(volume.split(":")[:2] for volume in compose["volumes"])
     assert mounts["./deploy/observability/grafana/dashboards"] == provider["options"]["path"]
-    assert mounts["./deploy/observability/grafana/provisioning"] == "/etc/grafana/provisioning"
+    for kind in ("datasources", "dashboards"):
+        assert mounts[f"./deploy/observability/grafana/provisioning/{kind}"] == f"/etc/grafana/provisioning/{kind}"
     datasource = load_yaml(OBSERVABILITY / "grafana/provisioning/datasources/prometheus.yml")["datasources"][0]
     assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
 
