@@ -74,10 +74,12 @@ def serve(port: int, registry=None):
 
 class PendingCollector:
     """Pending rows and the age of the oldest pending write, read from the cache at
-    scrape time, so every cache-svc replica reports the same truth."""
+    scrape time, so every cache-svc replica reports the same truth; and the limit on
+    pending rows (WRITEBACK_MAX_PENDING), so an alert can compare against it."""
 
-    def __init__(self, status):
+    def __init__(self, status, max_pending: int):
         self.status = status
+        self.max_pending = max_pending
 
     def collect(self):
         try:
@@ -92,4 +94,7 @@ class PendingCollector:
         age.add_metric([], status.oldest_pending_age_s)
         dead = GaugeMetricFamily("chinook_dead_letter_rows", "Rows waiting in the dead letters")
         dead.add_metric([], status.failed)
-        return [pending, age, dead]
+        limit = GaugeMetricFamily("chinook_writeback_max_pending",
+                                  "Most rows that may be pending before updates are refused (WRITEBACK_MAX_PENDING)")
+        limit.add_metric([], self.max_pending)
+        return [pending, age, dead, limit]

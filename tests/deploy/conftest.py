@@ -55,6 +55,8 @@ K8S_VERSION = "1.37.0"
 # Custom resources checked against their CRD's schema (each file names its source).
 CRD_SCHEMAS = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): Path(__file__).parent / "data/rabbitmqcluster-v1beta1.schema.yaml",
+    ("monitoring.coreos.com/v1", "PodMonitor"): Path(__file__).parent / "data/podmonitor-v1.schema.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): Path(__file__).parent / "data/prometheusrule-v1.schema.yaml",
 }
 PERSISTENCE_ROLE_SQL = REPO / "sql/04-persistence-role.sql"
 

@@ -13,12 +13,16 @@ from .test_dockerfiles import image_command
 COMPOSE_FILES = ["docker-compose.yml", "deploy/gitlab-runner/docker-compose.yml"]
 EXPECTED = {
     "postgres", "redis", "rabbitmq", "persistence-svc", "cache-svc", "gateway", "db-write-back-worker",
-    "db-duplication-worker", "adminer", "redis-commander", "flower",
+    "db-duplication-worker", "adminer", "redis-commander", "flower", "jaeger", "prometheus", "grafana",
 }
 # Variables of the third-party images, not of this project's settings.
 THIRD_PARTY_VARIABLES = {"ADMINER_DEFAULT_SERVER", "REDIS_HOSTS", "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
                          "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "RABBITMQ_DEFAULT_USER",
-                         "RABBITMQ_DEFAULT_PASS", "CELERY_BROKER_URL"}
+                         "RABBITMQ_DEFAULT_PASS", "CELERY_BROKER_URL", "GF_SECURITY_ADMIN_PASSWORD",
+                         "GF_AUTH_ANONYMOUS_ENABLED", "GF_AUTH_ANONYMOUS_ORG_ROLE",
+                         "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH",
+                         # OpenTelemetry's own variables, read by its SDK (docs/tracing.md).
+                         "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,7 @@ def test_images_are_pinned_and_ours_are_built_here(compose):
             assert service["pull_policy"] == "build" and service["build"]["context"] == "."
             assert (REPO / service["build"]["dockerfile"]).is_file()
         else:
-            assert re.search(r":\d+\.\d+(\.\d+)?(-[a-z]+)?$", image), f"{name}: {image} is not an exact tag"
+            assert re.search(r":v?\d+\.\d+(\.\d+)?(-[a-z]+)?$", image), f"{name}: {image} is not an exact tag"
 
 
 def test_credentials_come_from_env_files_not_inline(compose):
@@ -86,11 +90,15 @@ def test_ports_grpc_on_loopback_only(compose):
     assert services["redis-commander"]["ports"] == ["127.0.0.1:8082:8081"]
     assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
     assert services["rabbitmq"]["ports"] == ["127.0.0.1:15672:15672"]
+    assert services["jaeger"]["ports"] == ["127.0.0.1:16686:16686"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
     assert "ports" not in services["postgres"] and "ports" not in services["redis"]
 
 
 def test_named_volumes_and_the_sql_init(compose):
-    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "rabbitmq-data"}
+    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "rabbitmq-data", "prometheus-data",
+                                       "grafana-data"}
     assert "./sql:/docker-entrypoint-initdb.d:ro" in compose["services"]["postgres"]["volumes"]
     assert compose["services"]["rabbitmq"]["hostname"] == "rabbitmq"
 

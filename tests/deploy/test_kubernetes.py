@@ -136,7 +136,7 @@ def test_data_stores_are_statefulsets_with_volumes(prod, dev):
         for name in ("cache-svc", "persistence-svc"):
             assert one(resources, "Service", name)["spec"]["clusterIP"] == "None", name
     tools = {r["metadata"]["name"] for r in find(dev, "Deployment")} - {s[0] for s in SERVICES.values()}
-    assert tools == {"adminer", "redis-commander", "flower"}
+    assert tools == {"adminer", "redis-commander", "flower", "jaeger", "prometheus", "grafana"}
     assert not find(prod, "Deployment", "adminer")
 
 

@@ -31,6 +31,9 @@ COMPOSE_ENV_FILES = {
     "adminer": set(),
     "redis-commander": {"redis-commander.env"},
     "flower": {"rabbitmq.env"},
+    "jaeger": set(),
+    "prometheus": set(),
+    "grafana": {"grafana.env"},
 }
 SECRET_KEYS = {
     "postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "PERSISTENCE_DB_PASSWORD"},
@@ -44,6 +47,9 @@ SECRET_KEYS = {
     "adminer": set(),
     "redis-commander": {"REDIS_ADMIN_PASSWORD"},
     "flower": {"BROKER_URL"},
+    "jaeger": set(),
+    "prometheus": set(),
+    "grafana": {"GF_SECURITY_ADMIN_PASSWORD"},
 }
 
 

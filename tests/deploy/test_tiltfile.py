@@ -8,7 +8,7 @@ import starlark as sl
 
 from .conftest import K8S, REPO, SERVICES, containers, kustomize, procfile, workloads_of
 
-LABELS = {"frontend", "services", "workers", "data", "tools"}
+LABELS = {"frontend", "services", "workers", "data", "tools", "observability"}
 
 
 class Tilt:
@@ -158,7 +158,8 @@ def test_cluster_mode_resources_labels_dependencies_and_forwards():
             forwards[forward["args"][0]] = (name, forward["args"][1])
     assert forwards == {5000: ("gateway", 5000), 50051: ("cache-svc", 50051), 50052: ("persistence-svc", 50052),
                         8080: ("adminer", 8080), 8082: ("redis-commander", 8081), 5555: ("flower", 5555),
-                        15672: ("rabbitmq", 15672)}
+                        15672: ("rabbitmq", 15672), 16686: ("jaeger", 16686), 9090: ("prometheus", 9090),
+                        3000: ("grafana", 3000)}
     for name, (_, port) in forwards.items():
         workload = next(w for w in workloads_of(dev) if w["metadata"]["name"] == forwards[name][0])
         assert port in {p["containerPort"] for c in containers(workload) for p in c.get("ports", [])}

@@ -122,7 +122,7 @@ def main():
         # Not ready while a task queue has the other type: an operator has to migrate it.
         publisher.check_queue_types()
 
-    REGISTRY.register(metrics.PendingCollector(write_back.status))
+    REGISTRY.register(metrics.PendingCollector(write_back.status, settings.writeback_max_pending))
     metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT)
     service = GrpcService(settings.cache_grpc_port, [CACHE_SERVICE], probe=probe,
                           max_workers=UNARY_WORKERS + MAX_SUBSCRIBERS, credentials=server_credentials(settings))
