@@ -148,6 +148,7 @@ NOT_JSON = st.one_of(
 GARBAGE_ENTITIES = st.one_of(st.sampled_from(["", "track", "Album", "album ", "albums", "ALBUM"]),
                              st.text(UNICODE, max_size=10), LONG_TEXTS)
 # 3000 different characters: too long to index, even compressed.
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 CJK_TEXT = "".join(map(chr, range(0x4E00, 0x4E00 + 3000)))
 # Few distinct ids, since an operation runs once per id: the tables grow a bounded number of times.
 OPERATION_IDS = st.sampled_from(["fuzz-1", "fuzz-1", "fuzz-2", "", "é" * 201, CJK_TEXT])
@@ -206,6 +207,10 @@ class Strategies:
         return st.one_of(one_form, one_form, one_form, every, some).map(lambda values: cls(**values))
 
     def field(self, field, entity: Entity) -> st.SearchStrategy:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            # A string map (trace context): well-formed headers, broken ones, any text.
+            return st.dictionaries(st.one_of(st.sampled_from(["traceparent", "tracestate"]), TEXTS),
+                                   st.one_of(st.just(TRACEPARENT), TEXTS), max_size=3)
         element = self.scalar_or_message(field, entity)
         if field.is_repeated:
             return repeated(element, st.just(self.all_ids) if field.name == "ids" else None)
