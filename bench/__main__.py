@@ -1,11 +1,13 @@
-"""`python -m bench [--scale full|quick|smoke] [--only B1-B5|B6] [--results DIR] [--plot PATH]
-[--profile-dir DIR]`
+"""`python -m bench [--scale full|quick|smoke] [--only B1-B5|B6] [--tracing] [--results DIR]
+[--plot PATH] [--profile-dir DIR]`
 
 Starts the system and the anchors, runs B1-B5 and a read-mostly mix, then B6 on stacks of
 its own (or only one of the two, with --only), prints the table, and writes
 `<results>/<timestamp>.json` and `<results>/<timestamp>.png` (and the plot to --plot too,
 if given). Process logs go to `<results>/<timestamp>-logs/`. With --profile-dir, py-spy
-records the services during B1, B2, B3 and the mix (see bench/profile.py).
+records the services during B1, B2, B3 and the mix (see bench/profile.py). With --tracing,
+B1-B5's system runs with tracing on, sending every span over OTLP/HTTP to a sink that drops
+them (bench/trace_sink.py); the anchors and B6 run as always.
 """
 
 import argparse
@@ -20,10 +22,10 @@ from .run import BENCH_DIR, PROFILES, SCENARIOS, Bench, log
 
 
 def run(scale: str, results_dir: Path, plot_copy: Path | None = None, profile_dir: Path | None = None,
-        scenarios: tuple[str, ...] = SCENARIOS) -> tuple[dict, Path, Path]:
+        scenarios: tuple[str, ...] = SCENARIOS, tracing: bool = False) -> tuple[dict, Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = Bench(PROFILES[scale], results_dir / f"{stamp}-logs", profile_dir, scenarios).run()
+    results = Bench(PROFILES[scale], results_dir / f"{stamp}-logs", profile_dir, scenarios, tracing).run()
     results["table"] = report.table(results)
     results["headline"] = report.headline(results)
     results["b6_ratios"] = report.b6_ratios(results)
@@ -47,15 +49,20 @@ def main(argv=None):
     parser.add_argument("--only", choices=SCENARIOS,
                         help="B1-B5: the system against its anchors, with the mix; B6: only the stacks over a "
                              "single Redis and a Redis Cluster, with one and two cache-svc")
+    parser.add_argument("--tracing", action="store_true",
+                        help="B1-B5's system with tracing on, its spans sent over OTLP/HTTP to a sink that drops them")
     args = parser.parse_args(argv)
     results, json_path, png_path = run(args.scale, args.results, args.plot, args.profile_dir,
-                                       (args.only,) if args.only else SCENARIOS)
+                                       (args.only,) if args.only else SCENARIOS, args.tracing)
     print()
     print(results["table"])
     print()
     if results["b6"]:
         print(report.b6_cpu_tables(results))
         print()
+    if "tracing" in results:
+        log(f"tracing on: the sink took {results['tracing']['exports']:,} exports of spans, "
+            f"{results['tracing']['bytes'] / 2**20:,.1f} MiB")
     log(f"done in {results['elapsed_s']:.0f} s; results {json_path}, plot {png_path}")
     missed = [r for r in report.rows(results) if r.met is False]
     if missed:

@@ -39,6 +39,7 @@ from .anchors import floor
 from .load import percentile, request_bytes, run_load, run_sweep, uniform_chooser, zipf_chooser
 from .profile import Profiler
 from .staleness import StaleReadProbe
+from .trace_sink import TraceSink
 
 BASE_ALBUMS = 347
 FLOOR_TRIES = 3
@@ -211,13 +212,16 @@ class System:
 
 class Bench:
     def __init__(self, profile: Profile, workdir: Path, profile_dir: Path | None = None,
-                 scenarios: tuple[str, ...] = SCENARIOS):
+                 scenarios: tuple[str, ...] = SCENARIOS, tracing: bool = False):
         unknown = set(scenarios) - set(SCENARIOS)
         if unknown or not scenarios:
             raise ValueError(f"scenarios {sorted(unknown) or '(none)'}: choose among {', '.join(SCENARIOS)}")
         self.profile = profile
         self.profile_dir = profile_dir
         self.scenarios = scenarios
+        # With tracing, B1-B5's system sends every span to a sink that drops them.
+        self.tracing = tracing
+        self.trace_sink = None
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.results = {"profile": asdict(profile), "b1": [], "b2": {}, "b3": {}, "mix": {}, "b4": None,
@@ -264,7 +268,12 @@ class Bench:
         log("creating the system's database, key prefix and vhost, and the anchors' database")
         self.isolation = Isolation.create("bench")
         self.anchor = Isolation.create("anchor")
-        self.stack = Stack(self.isolation, self.workdir)
+        extra_env = {}
+        if self.tracing:
+            self.trace_sink = TraceSink(self.workdir).start()
+            extra_env = self.trace_sink.env()
+            log(f"tracing on: the system sends its spans over OTLP/HTTP to {self.trace_sink.endpoint}, which drops them")
+        self.stack = Stack(self.isolation, self.workdir, extra_env)
         log("starting the five processes of the Procfile and the monolith anchor")
         self.stack.start()
         # Started for the mix only.
@@ -289,6 +298,10 @@ class Bench:
             self.monolith.stop()
         if self.stack:
             self.stack.stop()
+        if self.trace_sink:
+            # After the processes stopped, having sent what they still held.
+            self.results["tracing"] = self.trace_sink.stats()
+            self.trace_sink.stop()
         for isolation in (self.anchor, self.isolation):
             if isolation:
                 isolation.destroy()
