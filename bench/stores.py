@@ -232,6 +232,24 @@ def gateway_gunicorn_options() -> list[str]:
     return options + [flag for flag in ("--reuse-port",) if flag in words]
 
 
+def wait_answering(name: str, process: subprocess.Popen, log_path: Path, timeout_s: float, answers):
+    """Polls `answers()` until it returns true; a process that exits first, or does not answer
+    in time, fails naming `name` (with the end of its log)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n"
+                               + Path(log_path).read_text(errors="replace")[-3000:])
+        try:
+            if answers():
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready after {timeout_s} s")
+        time.sleep(0.1)
+
+
 class MonolithApp:
     """bench.anchors.monolith under gunicorn, with the gateway's workers and threads,
     on the anchors' own database and key prefix (an Isolation of their own)."""
@@ -261,19 +279,9 @@ class MonolithApp:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"monolith anchor exited with {self.process.returncode}:\n"
-                                   + self.log_path.read_text(errors="replace")[-3000:])
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/albums/1", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"monolith anchor not ready after {timeout_s} s")
-            time.sleep(0.2)
+        wait_answering("monolith anchor", self.process, self.log_path, timeout_s,
+                       lambda: requests.get(f"http://127.0.0.1:{self.port}/albums/1", timeout=2).status_code == 200)
+        return self
 
     def stop(self):
         if self.process is None or self.process.poll() is not None:

@@ -14,12 +14,12 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
 
+from bench.stores import wait_answering
 from tests.support.stack import REPO_ROOT, free_port
 
 
@@ -79,18 +79,8 @@ class TraceSink:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "bench.trace_sink", "--port", str(self.port)],
                                             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"trace sink exited with {self.process.returncode}: "
-                                   + self.log_path.read_text(errors="replace")[-2000:])
-            try:
-                self.stats()
-                return self
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"trace sink not answering on {self.endpoint} after {timeout_s} s") from None
-                time.sleep(0.1)
+        wait_answering("trace sink", self.process, self.log_path, timeout_s, self.stats)
+        return self
 
     def stats(self) -> dict:
         return requests.get(f"{self.endpoint}/stats", timeout=5).json()

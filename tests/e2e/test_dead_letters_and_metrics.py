@@ -12,9 +12,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def poison_constraint(api):
     """A constraint added after writes were accepted: Postgres refuses titles starting with POISON."""
-    api.sql("ALTER TABLE album ADD CONSTRAINT album_no_poison CHECK (title NOT LIKE 'POISON%%') NOT VALID")
+    api.refuse_poison_titles()
     yield
-    api.sql("ALTER TABLE album DROP CONSTRAINT IF EXISTS album_no_poison")
+    api.accept_poison_titles()
 
 
 def wait_for_dead_letters(api, count, timeout_s=30):
@@ -40,7 +40,7 @@ def test_poison_write_is_dead_lettered_retried_and_discarded(api, poison_constra
     read = api.get("/albums/70")
     assert read.json()["title"] == "POISON one" and read.headers["X-Write-Back"] == "dead-letter"
 
-    api.sql("ALTER TABLE album DROP CONSTRAINT album_no_poison")
+    api.accept_poison_titles()
     retried = api.post("/write-back/dead-letters/album:70/retry")
     assert retried.status_code == 202 and retried.json()["write_back"] == "pending"
     api.flush()
@@ -48,7 +48,7 @@ def test_poison_write_is_dead_lettered_retried_and_discarded(api, poison_constra
     assert api.get("/albums/70").headers["X-Write-Back"] == "clean"
     assert api.get("/write-back/status").json()["failed"] == before
 
-    api.sql("ALTER TABLE album ADD CONSTRAINT album_no_poison CHECK (title NOT LIKE 'POISON%%') NOT VALID")
+    api.refuse_poison_titles()
     api.patch("/albums/72", json={"title": "POISON two"})
     wait_for_dead_letters(api, before + 1)
     assert api.delete("/write-back/dead-letters/album:72").json()["discarded"] is True

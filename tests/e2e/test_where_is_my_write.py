@@ -108,9 +108,9 @@ def test_a_claimed_write_is_in_flight_until_a_worker_writes_it(held):
 def poison_constraint(held):
     """A constraint added after writes were accepted: Postgres refuses titles starting with POISON."""
     _, api, _ = held
-    api.sql("ALTER TABLE album ADD CONSTRAINT album_no_poison CHECK (title NOT LIKE 'POISON%%') NOT VALID")
+    api.refuse_poison_titles()
     yield
-    api.sql("ALTER TABLE album DROP CONSTRAINT IF EXISTS album_no_poison")
+    api.accept_poison_titles()
 
 
 def test_a_refused_write_is_a_dead_letter_since_postgres_refused_it(held, poison_constraint):
