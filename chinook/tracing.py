@@ -217,9 +217,10 @@ def flush_span(entity: str, rows: int, links, links_dropped: int):
     when tracing is off."""
     if _provider is None:
         return contextlib.nullcontext(trace.INVALID_SPAN)
-    links = list(links)[:MAX_FLUSH_LINKS]
+    links = list(links)
     dropped = links_dropped + max(0, len(links) - MAX_FLUSH_LINKS)
-    return trace.get_tracer(__name__).start_as_current_span(
+    links = links[:MAX_FLUSH_LINKS]
+    return _provider.get_tracer(__name__).start_as_current_span(
         f"write-back flush {entity}", kind=trace.SpanKind.INTERNAL,
         links=[trace.Link(span_context_of(link)) for link in links],
         attributes={"chinook.entity": entity, "chinook.rows": rows, "chinook.links_dropped": dropped},

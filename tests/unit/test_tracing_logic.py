@@ -86,6 +86,24 @@ def test_helpers_pass_through_while_tracing_is_off():
         assert span is trace.INVALID_SPAN
 
 
+def test_a_flush_span_keeps_the_bound_and_counts_links_left_out_on_either_side(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_provider", provider)
+    links = [f"{TRACE_ID:032x}{n + 1:016x}" for n in range(tracing.MAX_FLUSH_LINKS + 3)]
+    with tracing.flush_span("album", 40, links, 2):
+        pass
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "write-back flush album"
+    assert [link.context.span_id for link in span.links] == list(range(1, tracing.MAX_FLUSH_LINKS + 1))
+    assert span.attributes["chinook.links_dropped"] == 2 + 3
+
+
 def log_line(log_format: str, span=None) -> str:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
