@@ -22,12 +22,6 @@ from .writeback import Inspection, NotFound, WriteBack, updates_from_json
 CLEAN = cache_pb2.WRITE_BACK_STATE_CLEAN
 PENDING = cache_pb2.WRITE_BACK_STATE_PENDING
 DEAD_LETTERED = cache_pb2.WRITE_BACK_STATE_DEAD_LETTERED
-CACHED_ROW_STATES = {
-    "clean": cache_pb2.CACHED_ROW_STATE_CLEAN,
-    "pending": cache_pb2.CACHED_ROW_STATE_PENDING,
-    "in_flight": cache_pb2.CACHED_ROW_STATE_IN_FLIGHT,
-    "dead_letter": cache_pb2.CACHED_ROW_STATE_DEAD_LETTER,
-}
 MAX_DEAD_LETTERS_LISTED = 1000
 MAX_MULTIPLIER = 64
 
@@ -107,7 +101,7 @@ def _inspection_message(inspection: Inspection) -> cache_pb2.RowInspection:
         message.cache.state = cache_pb2.CACHED_ROW_STATE_ABSENT
     else:
         cached = inspection.cached
-        message.cache.state = CACHED_ROW_STATES[cached.state]
+        message.cache.state = cache_pb2.CachedRowState.Value(f"CACHED_ROW_STATE_{cached.state.upper()}")
         message.cache.row_json = json.dumps({entity.primary_key: inspection.id, **inspection.cached_values})
         message.cache.version = cached.row.version
         message.cache.partial = cached.row.partial

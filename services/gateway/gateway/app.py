@@ -265,15 +265,6 @@ def write_back_flush():
     return jsonify(status_body(cache().flush(wait))), 202 if wait == 0 else 200
 
 
-CACHED_ROW_STATE = {
-    cache_pb2.CACHED_ROW_STATE_ABSENT: "absent",
-    cache_pb2.CACHED_ROW_STATE_CLEAN: "clean",
-    cache_pb2.CACHED_ROW_STATE_PENDING: "pending",
-    cache_pb2.CACHED_ROW_STATE_IN_FLIGHT: "in_flight",
-    cache_pb2.CACHED_ROW_STATE_DEAD_LETTER: "dead_letter",
-}
-
-
 def row_inspection_body(inspection) -> dict:
     cached, stored = inspection.cache, inspection.postgres
     present = cached.state != cache_pb2.CACHED_ROW_STATE_ABSENT
@@ -284,7 +275,8 @@ def row_inspection_body(inspection) -> dict:
             "present": present,
             "value": json.loads(cached.row_json) if present else None,
             "version": cached.version if present else None,
-            "state": CACHED_ROW_STATE[cached.state],
+            # The enum's names, lower-cased, are the API's states (cache-svc maps them back).
+            "state": cache_pb2.CachedRowState.Name(cached.state).removeprefix("CACHED_ROW_STATE_").lower(),
             "since": cached.since if cached.HasField("since") else None,
             "partial": cached.partial,
         },
