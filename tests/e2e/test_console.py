@@ -115,9 +115,8 @@ def console(system, browser):
 def poison_constraint(system):
     """Postgres refuses titles starting with POISON, as a constraint added after the writes were accepted."""
     _, api = system
-    api.refuse_poison_titles()
-    yield
-    api.accept_poison_titles()
+    with api.poison_titles_refused():
+        yield
 
 
 def test_without_a_token_the_page_says_which_role_it_needs(console):

@@ -12,9 +12,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def poison_constraint(api):
     """A constraint added after writes were accepted: Postgres refuses titles starting with POISON."""
-    api.refuse_poison_titles()
-    yield
-    api.accept_poison_titles()
+    with api.poison_titles_refused():
+        yield
 
 
 def wait_for_dead_letters(api, count, timeout_s=30):

@@ -133,9 +133,8 @@ def test_bulk_and_single_updates_through_two_gateways_are_each_written_once(stac
 def poison_constraint(gateways):
     """Postgres refuses titles starting with POISON, as if a constraint came after the writes."""
     api_a, _ = gateways
-    api_a.refuse_poison_titles()
-    yield
-    api_a.accept_poison_titles()
+    with api_a.poison_titles_refused():
+        yield
 
 
 def dead_letter_keys(api):

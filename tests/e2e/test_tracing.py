@@ -144,14 +144,11 @@ def test_every_update_of_a_batched_call_reaches_its_own_accepting_span(traced):
 def test_a_refused_write_retries_and_dead_letters_as_events_of_its_flush(traced):
     stack, receiver = traced
     api = Api(stack)
-    api.refuse_poison_titles()
-    try:
+    with api.poison_titles_refused():
         header, patch_trace = traceparent()
         assert api.patch("/albums/40", json={"title": "POISON"}, headers={"traceparent": header}).status_code == 202
         # Pending ends when the row is dead-lettered.
         api.flush()
-    finally:
-        api.accept_poison_titles()
     assert api.get("/albums/40").headers["X-Write-Back"] == "dead-letter"
 
     def retried_then_dead_lettered(spans):

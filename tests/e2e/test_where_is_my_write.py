@@ -108,9 +108,8 @@ def test_a_claimed_write_is_in_flight_until_a_worker_writes_it(held):
 def poison_constraint(held):
     """A constraint added after writes were accepted: Postgres refuses titles starting with POISON."""
     _, api, _ = held
-    api.refuse_poison_titles()
-    yield
-    api.accept_poison_titles()
+    with api.poison_titles_refused():
+        yield
 
 
 def test_a_refused_write_is_a_dead_letter_since_postgres_refused_it(held, poison_constraint):

@@ -1,6 +1,7 @@
 """The gateway's HTTP API as tests and benchmarks use it, and Postgres to check what
 reached it."""
 
+import contextlib
 import time
 
 import psycopg2
@@ -49,6 +50,14 @@ class Api:
 
     def accept_poison_titles(self):
         self.sql("ALTER TABLE album DROP CONSTRAINT IF EXISTS album_no_poison")
+
+    @contextlib.contextmanager
+    def poison_titles_refused(self):
+        self.refuse_poison_titles()
+        try:
+            yield
+        finally:
+            self.accept_poison_titles()
 
     def wait_for_task(self, task_id, timeout_s=60):
         deadline = time.monotonic() + timeout_s
