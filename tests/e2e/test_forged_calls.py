@@ -139,7 +139,7 @@ def test_a_malformed_task_sent_straight_to_the_queue_is_refused_and_changes_noth
                              failed_tasks(stack, "DUPLICATION_WORKER", DUPLICATE_ROWS_TASK)) == expected)
     refusals = stack.log_path("write-back-worker").read_text()
     for reason in ("claim: missing", "claim: must be the claim id", "entity: must be one of album, artist",
-                   f"rows: must be a list of 1-{MAX_WRITEBACK_BATCH_SIZE} rows, got {MAX_WRITEBACK_BATCH_SIZE + 1}",
+                   f"rows: must be a list of at most {MAX_WRITEBACK_BATCH_SIZE} rows, got {MAX_WRITEBACK_BATCH_SIZE + 1}",
                    "rows[0][2]: must hold only columns of album"):
         assert reason in refusals, reason
     assert "multiplier: must be 2-64, got 100" in stack.log_path("duplication-worker").read_text()

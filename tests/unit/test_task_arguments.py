@@ -24,13 +24,14 @@ def test_a_task_as_the_flusher_publishes_it_is_taken():
     check()
     check(rows=[[1, 0, {"title": "only the columns a partial row holds"}]] * MAX_WRITEBACK_BATCH_SIZE)
     check(entity="artist", rows=[[1, MAX_VERSION, {"name": None}]], links=(), refusals=MAX_ATTEMPTS - 1)
+    check(rows=[])  # writes nothing
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"entity": "track"}, "entity: must be one of album, artist"),
     ({"entity": ["album"]}, "entity: must be one of"),
-    ({"rows": []}, f"rows: must be a list of 1-{MAX_WRITEBACK_BATCH_SIZE} rows, got 0"),
-    ({"rows": [ROW] * (MAX_WRITEBACK_BATCH_SIZE + 1)}, f"got {MAX_WRITEBACK_BATCH_SIZE + 1}"),
+    ({"rows": [ROW] * (MAX_WRITEBACK_BATCH_SIZE + 1)},
+     f"rows: must be a list of at most {MAX_WRITEBACK_BATCH_SIZE} rows, got {MAX_WRITEBACK_BATCH_SIZE + 1}"),
     ({"rows": {"7": ROW}}, "rows: must be a list"),
     ({"rows": [ROW, [7, 1]]}, r"rows\[1\]: must be \[id, version, \{columns\}\]"),
     ({"rows": [[7, 1, ["title"]]]}, r"rows\[0\]: must be \[id, version"),

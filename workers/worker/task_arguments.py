@@ -44,14 +44,14 @@ def _check_row(entity, row, where: str):
 
 def check_apply_writes(entity, rows, claim, refusals, links, links_dropped, max_attempts: int):
     """An apply_writes task as the flusher publishes it (and as a retry republishes it):
-    a known entity, 1..MAX_WRITEBACK_BATCH_SIZE rows, the claim id they were claimed
+    a known entity, at most MAX_WRITEBACK_BATCH_SIZE rows, the claim id they were claimed
     under, fewer refusals than max_attempts (WRITEBACK_MAX_ATTEMPTS), links within
     tracing's bounds. Raises MalformedTask."""
     try:
         entity = _entity(entity)
-        if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_WRITEBACK_BATCH_SIZE:
+        if not isinstance(rows, list) or len(rows) > MAX_WRITEBACK_BATCH_SIZE:
             got = f", got {len(rows)}" if isinstance(rows, list) else ""
-            raise ValidationError(f"rows: must be a list of 1-{MAX_WRITEBACK_BATCH_SIZE} rows{got}")
+            raise ValidationError(f"rows: must be a list of at most {MAX_WRITEBACK_BATCH_SIZE} rows{got}")
         for i, row in enumerate(rows):
             _check_row(entity, row, f"rows[{i}]")
         if claim is None:
