@@ -23,8 +23,9 @@ Layout, with `p` the configured key prefix and `s` a shard's prefix,
 - `s fill:{entity}:{id}`: a token set before a cache miss is loaded from Postgres. Only
   the loader holding the current token may cache what it read, so a slow load can
   never cache a value older than one written and flushed meanwhile.
-- `_claim` in a claimed row's hash: the claim id of the flush that took it and the version
-  it took (`id:version`); only an acknowledgement naming both changes the row (see ACK).
+- `_claim` in a claimed row's hash: `<claim id>:<version>`, the random id of the flush
+  round that took it and the version it took; only an acknowledgement naming both changes
+  the row (see ACK).
 - `_links` in a dirty row's hash, only while tracing is on: the span contexts of its
   latest accepted writes since it was last claimed (chinook.tracing.LINKS_PER_ROW of
   them, LINK_WIDTH characters each), which its flush links back to.
