@@ -12,6 +12,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 
+# The most rows one write-back task may carry: a worker refuses a task of more, whatever
+# WRITEBACK_BATCH_SIZE it was given itself, so the two need not be set alike.
+MAX_WRITEBACK_BATCH_SIZE = 10_000
+
+
 class ConfigError(Exception):
     """A variable is set to something unusable; the message names it."""
 
@@ -130,6 +135,9 @@ def load_settings(environ=None) -> Settings:
             raise ConfigError(f"{name}={raw!r} must be one of {', '.join(c for c in _CHOICES[field.name] if c)}")
         values[field.name] = value
     settings = Settings(**values)
+    if settings.writeback_batch_size > MAX_WRITEBACK_BATCH_SIZE:
+        raise ConfigError(f"WRITEBACK_BATCH_SIZE={settings.writeback_batch_size} must be at most "
+                          f"{MAX_WRITEBACK_BATCH_SIZE}: workers refuse a task of more rows")
     if "{" in settings.redis_key_prefix or "}" in settings.redis_key_prefix:
         raise ConfigError(f"REDIS_KEY_PREFIX={settings.redis_key_prefix!r} must not hold {{ or }}: cache-svc "
                           "puts each shard's keys in one Redis Cluster hash slot with a {...} tag of its own")

@@ -6,6 +6,8 @@ registry, so a new table needs an entry here (and its `wb_version` column in
 """
 
 import json
+import re
+import secrets
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -14,6 +16,12 @@ INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 # Write-back versions are counted in the cache's Lua scripts, whose numbers are doubles,
 # exact only up to 2^53; the bound leaves 2^32 increments of room above any stored version.
 MAX_VERSION = 2**53 - 2**32
+# How many times a duplication may multiply a table: each copy is a full copy, so the bound
+# keeps one request from filling the disk. Every service checks it, whoever calls.
+MIN_MULTIPLIER, MAX_MULTIPLIER = 2, 64
+# A flush's claim id: random, so no caller can name a claim it was not handed (in a task).
+CLAIM_ID_BYTES = 16
+_CLAIM_ID = re.compile(f"[0-9a-f]{{{2 * CLAIM_ID_BYTES}}}")
 
 
 class ValidationError(ValueError):
@@ -214,4 +222,24 @@ def parse_version(raw, where: str = "version") -> int:
     """A write-back version: an integer in 0..MAX_VERSION."""
     if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_VERSION:
         raise ValidationError(f"{where}: must be an integer in 0..2^53-2^32")
+    return raw
+
+
+def parse_multiplier(raw, where: str = "multiplier") -> int:
+    """How many times a duplication multiplies a table: MIN_MULTIPLIER..MAX_MULTIPLIER."""
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ValidationError(f"{where}: must be an integer")
+    if not MIN_MULTIPLIER <= raw <= MAX_MULTIPLIER:
+        raise ValidationError(f"{where}: must be {MIN_MULTIPLIER}-{MAX_MULTIPLIER}, got {raw}")
+    return raw
+
+
+def new_claim_id() -> str:
+    return secrets.token_hex(CLAIM_ID_BYTES)
+
+
+def parse_claim(raw, where: str = "claim") -> str:
+    """A flush's claim id, as new_claim_id makes them."""
+    if not isinstance(raw, str) or not _CLAIM_ID.fullmatch(raw):
+        raise ValidationError(f"{where}: must be the claim id of a flush task, {2 * CLAIM_ID_BYTES} hex digits")
     return raw

@@ -183,17 +183,20 @@ class CacheClient(_Client):
     def flush(self, wait_s: float) -> cache_pb2.WriteBackStatus:
         return self.stub.Flush(cache_pb2.FlushRequest(wait_seconds=wait_s), timeout=self.timeout_s + wait_s)
 
-    def ack_flushed(self, entity: str, versions: list[tuple[int, int]], written: int) -> cache_pb2.AckFlushedResponse:
+    def ack_flushed(self, entity: str, versions: list[tuple[int, int]], claim: str) -> cache_pb2.AckFlushedResponse:
+        """claim: the claim id the flush task carries."""
         request = cache_pb2.AckFlushedRequest(
             entity=entity,
             rows=[cache_pb2.RowVersion(id=row_id, version=version) for row_id, version in versions],
-            written=written,
+            claim=claim,
         )
         return self.stub.AckFlushed(request, timeout=self.timeout_s)
 
-    def dead_letter(self, entity: str, failures: list[tuple[int, int, str]]) -> cache_pb2.DeadLetterResponse:
+    def dead_letter(self, entity: str, failures: list[tuple[int, int, str]],
+                    claim: str) -> cache_pb2.DeadLetterResponse:
         request = cache_pb2.DeadLetterRequest(
-            entity=entity, rows=[cache_pb2.FailedWrite(id=i, version=v, error=e) for i, v, e in failures]
+            entity=entity, rows=[cache_pb2.FailedWrite(id=i, version=v, error=e) for i, v, e in failures],
+            claim=claim,
         )
         return self.stub.DeadLetter(request, timeout=self.timeout_s)
 

@@ -45,7 +45,9 @@ def formatter(service: str, log_format: str = "text") -> logging.Formatter:
 
 
 def configure_logging(service: str, level: str = "INFO", log_format: str = "text") -> logging.Logger:
-    handler = logging.StreamHandler(sys.stderr)
+    # The process' own stderr: a Celery worker's children have sys.stderr replaced by a
+    # proxy that logs what is written to it, which drops these records as a loop.
+    handler = logging.StreamHandler(sys.__stderr__)
     handler.setFormatter(formatter(service, log_format))
     handler.addFilter(TraceContextFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

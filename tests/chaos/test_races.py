@@ -6,6 +6,7 @@ import time
 import pytest
 from chinook.celery_setup import APPLY_WRITES_TASK, make_celery
 from chinook.config import load_settings
+from chinook.entities import new_claim_id
 from tests.chaos.workload import Workload
 from tests.support.metrics import counter
 
@@ -36,10 +37,12 @@ def test_stale_and_duplicated_deliveries_change_nothing(stores, chaos_stack, cha
     worker_metrics = f"http://127.0.0.1:{chaos_stack.metrics_ports['WRITE_BACK_WORKER']}/metrics"
     handled = counter(worker_metrics, "chinook_tasks_handled_total", task=APPLY_WRITES_TASK, state="SUCCESS")
     batches = [old[i:i + 500] for i in range(0, len(old), 500)]
-    for batch in batches * 2:
+    # Each old batch under a claim of its own, long spent: its rows were cleaned since.
+    claims = [new_claim_id() for _ in batches]
+    for batch, claim in zip(batches * 2, claims * 2):
         rows = [[album_id, version, {"title": title, "artist_id": artist_id}]
                 for album_id, version, title, artist_id in batch]
-        celery.send_task(APPLY_WRITES_TASK, args=["album", rows])
+        celery.send_task(APPLY_WRITES_TASK, args=["album", rows], kwargs={"claim": claim})
     deadline = time.monotonic() + 60
     while counter(worker_metrics, "chinook_tasks_handled_total", task=APPLY_WRITES_TASK,
                   state="SUCCESS") < handled + len(batches) * 2:

@@ -415,6 +415,8 @@ class Fuzzer:
                     columns.pop("title", None)
         elif rpc.on_cache and rpc.name == "StartDuplication":
             self.task_ids.append(response.task_id)
+        elif rpc.on_cache and rpc.name == "AckFlushed":
+            assert response.cleaned == 0, f"AckFlushed cleaned {response.cleaned} rows under a claim it guessed: {request}"
         elif rpc.on_cache and rpc.name == "DeadLetter":
             assert response.dead_lettered == 0, \
                 f"DeadLetter took {response.dead_lettered} rows at versions no flush was writing: {request}"
@@ -497,8 +499,9 @@ EXPLICIT = {
     CACHE + "UpdateRows": [cache_pb2.UpdateRowsRequest(patches=[
         cache_pb2.RowPatch(entity="album", id=1, fields_json="[" * 100_000)])],
     CACHE + "BulkUpdate": [cache_pb2.BulkUpdateRequest(entity="album", updates_json="[" * 100_000)],
-    # A negative count of written rows broke the counter metric (UNKNOWN).
-    CACHE + "AckFlushed": [cache_pb2.AckFlushedRequest(entity="album", rows=[], written=-1)],
+    # A well-formed claim id that no flush handed out, for a row the cache holds.
+    CACHE + "AckFlushed": [cache_pb2.AckFlushedRequest(
+        entity="artist", rows=[cache_pb2.RowVersion(id=WARM_ID, version=0)], claim="0" * 32)],
     # A clean row (nothing pending) at the given version was dead-lettered.
     CACHE + "DeadLetter": [cache_pb2.DeadLetterRequest(
         entity="artist", rows=[cache_pb2.FailedWrite(id=WARM_ID, version=0, error="refused")])],

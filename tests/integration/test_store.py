@@ -8,8 +8,8 @@ import pytest
 from redis.crc import key_slot
 
 from cache_svc import redis_clients
-from cache_svc.store import Backpressure, LayoutError, RowStore, ShardRetired
-from chinook.entities import ENTITIES
+from cache_svc.store import Acknowledged, Backpressure, LayoutError, RowStore, ShardRetired
+from chinook.entities import ENTITIES, new_claim_id
 
 
 SHARDS = 4
@@ -32,11 +32,36 @@ def store(client):
 
 def claim(store, entity="album", **options):
     """The rows of `entity` one claim of every shard takes."""
-    return [row for shard in store.claim(**options) for row in shard.rows.get(entity, [])]
+    return claim_with_id(store, entity, **options)[0]
+
+
+def claim_with_id(store, entity="album", **options):
+    """The rows of `entity` one claim of every shard takes, and the claim id their task carries."""
+    shards = store.claim(**options)
+    return [row for shard in shards for row in shard.rows.get(entity, [])], shards[0].claim
+
+
+def claim_and_dead_letter(store, row_id=1, error="refused"):
+    """Claims the row and dead-letters the version claimed, as a worker does; returns the
+    version and how many rows were dead-lettered."""
+    [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    assert claimed.id == row_id
+    return claimed.version, store.dead_letter("album", [(row_id, claimed.version, error)], claim_id)
 
 
 def pending(store, entity="album"):
     return store.summary()[0][entity]
+
+
+def bookkeeping(store, row_id=1, entity="album"):
+    """Everything the cache keeps of a row and its shard: the row's hash and TTL, the due and
+    pending sets with their scores, the dead letters and the counters."""
+    shard, client = store.shard_of(row_id), store.redis
+    key = store.row_key(entity, row_id)
+    return (client.hgetall(key), client.ttl(key),
+            client.zrange(store.due_key(shard, entity), 0, -1, withscores=True),
+            client.zrange(store.pending_key(shard, entity), 0, -1, withscores=True),
+            client.hgetall(store.dead_key(shard, entity)), client.hgetall(store.stats_key(shard)))
 
 
 def cache_row(store, row_id=1, title="Old", version=7):
@@ -111,27 +136,89 @@ def test_claimed_rows_are_leased_and_claimed_again_when_the_lease_ends(store):
 def test_ack_of_the_current_version_makes_the_row_clean(store):
     cache_row(store)
     store.accept("album", [(1, {"title": "x"})])
-    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
-    cleaned, lags = store.ack("album", [(1, claimed.version)], written=1)
-    assert cleaned == 1 and len(lags) == 1 and lags[0] >= 0
+    [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    acknowledged = store.ack("album", [(1, claimed.version)], claim_id)
+    assert acknowledged.cleaned == 1 and len(acknowledged.lags_ms) == 1 and acknowledged.lags_ms[0] >= 0
     row = store.get("album", 1)
     assert not row.dirty and row.fields["title"] == "x"
+    assert "_claim" not in store.redis.hgetall(store.row_key("album", 1))
     assert store.redis.ttl(store.row_key("album", 1)) > 0
     assert pending(store) == (0, None)
+    assert store.counters() == {"accepted": 1, "flushed": 1}
+    # A redelivered task acknowledges again: the row is no longer in flight, nothing changes.
+    assert store.ack("album", [(1, claimed.version)], claim_id) == Acknowledged(0, [], 0, [])
     assert store.counters() == {"accepted": 1, "flushed": 1}
 
 
 def test_ack_of_an_older_version_keeps_a_newer_write_dirty_and_due(store):
     cache_row(store)
     store.accept("album", [(1, {"title": "first"})])
-    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.accept("album", [(1, {"title": "second"})])
-    cleaned, _ = store.ack("album", [(1, claimed.version)], written=1)
-    assert cleaned == 0
+    second_accepted_ms = int(store.redis.hget(store.row_key("album", 1), "_since"))
+    acknowledged = store.ack("album", [(1, claimed.version)], claim_id)
+    assert (acknowledged.cleaned, acknowledged.flushed) == (0, 1), "the first write is durable, counted once"
     row = store.get("album", 1)
     assert row.dirty and row.fields["title"] == "second"
+    assert pending(store) == (1, second_accepted_ms), "pending since the write the flush did not cover"
     [again] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     assert again.fields["title"] == "second", "a write during a flush is flushed without waiting for the lease"
+
+
+def test_an_ack_of_no_claim_another_claim_or_another_version_changes_nothing(store):
+    subscriber = store.redis.pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(store.changes_channel)
+    cache_row(store)
+    store.accept("album", [(1, {"title": "x"})])
+    [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    before = bookkeeping(store)
+    forged = [("", claimed.version), (new_claim_id(), claimed.version), (claim_id, claimed.version - 1),
+              (claim_id, claimed.version + 1)]
+    for claim_named, version in forged:
+        assert store.ack("album", [(1, version)], claim_named) == Acknowledged(0, [], 0, []), (claim_named, version)
+        assert store.dead_letter("album", [(1, version, "refused")], claim_named) == 0, (claim_named, version)
+        assert bookkeeping(store) == before, (claim_named, version)
+    assert store.ack("album", [(1, claimed.version)], claim_id).cleaned == 1
+    messages, deadline = [], time.monotonic() + 10
+    while len(messages) < 4 and time.monotonic() < deadline:
+        message = subscriber.get_message(timeout=1)
+        if message is not None:
+            messages.append(json.loads(message["data"])["k"])
+    subscriber.close()
+    # Loaded, written, cleaned: the forged calls published nothing in between.
+    assert messages == ["f", "w", "c"]
+
+
+def test_a_pending_row_not_claimed_yet_is_not_acknowledged(store):
+    cache_row(store)
+    [version] = store.accept("album", [(1, {"title": "x"})])
+    _, claim_id = claim_with_id(store, delay_ms=60_000, batch_size=10, lease_ms=30_000)
+    before = bookkeeping(store)
+    assert store.ack("album", [(1, version)], claim_id) == Acknowledged(0, [], 0, [])
+    assert bookkeeping(store) == before and store.get("album", 1).dirty
+
+
+def test_a_row_claimed_again_after_its_lease_is_cleaned_by_the_new_claim_only(store):
+    cache_row(store)
+    store.accept("album", [(1, {"title": "x"})])
+    [first], first_claim = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=0)
+    [again], second_claim = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    assert (again.id, again.version) == (first.id, first.version) and second_claim != first_claim
+    assert store.ack("album", [(1, first.version)], first_claim).cleaned == 0, "the old task's ack is fenced off"
+    assert store.get("album", 1).dirty
+    assert store.ack("album", [(1, again.version)], second_claim).cleaned == 1
+    assert store.counters()["flushed"] == 1
+
+
+def test_a_row_in_flight_without_a_claim_id_is_claimed_again_when_its_lease_ends(store):
+    """As a row claimed before claims were kept: no acknowledgement matches it."""
+    cache_row(store)
+    store.accept("album", [(1, {"title": "x"})])
+    [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=0)
+    store.redis.hdel(store.row_key("album", 1), "_claim")
+    assert store.ack("album", [(1, claimed.version)], claim_id).cleaned == 0
+    [again], new_claim = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    assert store.ack("album", [(1, again.version)], new_claim).cleaned == 1
 
 
 def test_release_makes_claimed_rows_claimable_again(store):
@@ -150,10 +237,16 @@ def test_expedite_skips_the_delay(store):
     assert len(claim(store, delay_ms=60_000, batch_size=10, lease_ms=30_000)) == 1
 
 
-def test_ack_newer_than_a_clean_cached_row_drops_it(store):
+def test_an_ack_newer_than_a_clean_row_reports_it_and_postgres_decides_whether_it_is_dropped(store):
     cache_row(store, version=7)
-    store.ack("album", [(1, 9)], written=0)
+    before = bookkeeping(store)
+    acknowledged = store.ack("album", [(1, 9)], new_claim_id())
+    assert acknowledged == Acknowledged(0, [], 0, [1]) and bookkeeping(store) == before, "an ack alone drops nothing"
+    assert store.drop_outdated("album", {1: 7}) == 0 and bookkeeping(store) == before
+    assert store.drop_outdated("album", {1: 9}) == 1
     assert store.get("album", 1) is None, "a stale clean entry must be reloaded, not served"
+    store.accept("album", [(1, {"title": "pending"})], bases={1: 9})
+    assert store.drop_outdated("album", {1: 2**52}) == 0, "a dirty row is never dropped"
 
 
 def test_values_are_stored_verbatim(store):
@@ -167,8 +260,8 @@ def test_a_load_overtaken_by_another_fill_does_not_cache_its_stale_value(store):
     slow_token = store.begin_fill("album", [1])  # a reader starts loading version 7
     cache_row(store, version=7)  # another loader caches it first...
     [version] = store.accept("album", [(1, {"title": "New"})])
-    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
-    store.ack("album", [(1, claimed.version)], written=1)  # ...it is written, flushed...
+    [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    store.ack("album", [(1, claimed.version)], claim_id)  # ...it is written, flushed...
     store.redis.delete(store.row_key("album", 1))  # ...and evicted
     [reply] = store.fill("album", slow_token, [(1, {"title": "Old", "artist_id": 1}, 7)], reply=True)
     assert reply is None and store.get("album", 1) is None, "the slow reader must not cache version 7"
@@ -194,8 +287,9 @@ def test_claim_reports_how_many_writes_a_flush_covers(store):
 
 def test_dead_letter_takes_the_row_out_of_the_schedule_but_keeps_its_value(store):
     cache_row(store)
-    [version] = store.accept("album", [(1, {"title": "poison"})])
-    assert store.dead_letter("album", [(1, version, "violates a constraint")]) == 1
+    store.accept("album", [(1, {"title": "poison"})])
+    version, dead_lettered = claim_and_dead_letter(store, error="violates a constraint")
+    assert dead_lettered == 1
     row = store.get("album", 1)
     assert row.dead_lettered and row.fields["title"] == "poison"
     assert store.redis.ttl(store.row_key("album", 1)) == -1
@@ -208,15 +302,16 @@ def test_dead_letter_takes_the_row_out_of_the_schedule_but_keeps_its_value(store
 def test_a_newer_write_is_not_dead_lettered_for_an_older_failure(store):
     cache_row(store)
     [old] = store.accept("album", [(1, {"title": "poison"})])
+    _, claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.accept("album", [(1, {"title": "fixed"})])
-    assert store.dead_letter("album", [(1, old, "refused")]) == 0
+    assert store.dead_letter("album", [(1, old, "refused")], claim_id) == 0
     assert len(claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)) == 1
 
 
 def test_a_new_write_supersedes_a_dead_letter(store):
     cache_row(store)
-    [version] = store.accept("album", [(1, {"title": "poison"})])
-    store.dead_letter("album", [(1, version, "refused")])
+    store.accept("album", [(1, {"title": "poison"})])
+    claim_and_dead_letter(store)
     store.accept("album", [(1, {"title": "fixed"})])
     assert store.summary()[1] == 0 and not store.get("album", 1).dead_lettered
     assert [r.fields["title"] for r in claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)] == ["fixed"]
@@ -224,8 +319,8 @@ def test_a_new_write_supersedes_a_dead_letter(store):
 
 def test_retry_schedules_a_dead_letter_again(store):
     cache_row(store)
-    [version] = store.accept("album", [(1, {"title": "poison"})])
-    store.dead_letter("album", [(1, version, "refused")])
+    store.accept("album", [(1, {"title": "poison"})])
+    version, _ = claim_and_dead_letter(store)
     assert store.resolve_dead_letter("album", 1, "retry").version == version
     assert [r.version for r in claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)] == [version]
     assert store.resolve_dead_letter("album", 1, "retry") is None
@@ -233,8 +328,8 @@ def test_retry_schedules_a_dead_letter_again(store):
 
 def test_discard_drops_the_cached_row(store):
     cache_row(store)
-    [version] = store.accept("album", [(1, {"title": "poison"})])
-    store.dead_letter("album", [(1, version, "refused")])
+    store.accept("album", [(1, {"title": "poison"})])
+    claim_and_dead_letter(store)
     store.resolve_dead_letter("album", 1, "discard")
     assert store.get("album", 1) is None and store.pending_total() == 0 and store.summary()[1] == 0
 
@@ -307,8 +402,8 @@ def test_changing_the_number_of_shards_is_refused_while_rows_are_pending(store):
         resharded.adopt_layout()
     # Refused: the first layout keeps taking writes.
     assert store.accept("album", [(3, {"title": "still accepted"})])[0] > 0
-    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
-    store.ack("album", [(3, claimed.version)], written=1)
+    [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    store.ack("album", [(3, claimed.version)], claim_id)
     resharded.adopt_layout()
     with pytest.raises(ShardRetired, match="restart this cache-svc"):
         store.accept("album", [(3, {"title": "into a retired layout"})])
@@ -357,10 +452,10 @@ def test_inspect_tells_where_a_write_is_and_since_when(store):
 
     state, before, after = inspected_during(store, lambda: versions.extend(store.accept("album", [(1, {"title": "z"})])))
     assert state.state == "pending" and before <= state.since <= after, "a write during a flush waits for the next"
-    [claimed] = claim(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     assert store.inspect("album", 1, 30_000).state == "in_flight"
 
-    state, before, after = inspected_during(store, lambda: store.ack("album", [(1, claimed.version)], written=1))
+    state, before, after = inspected_during(store, lambda: store.ack("album", [(1, claimed.version)], claim_id))
     assert (state.state, state.row.version) == ("clean", versions[-1])
     assert before <= state.since <= after, "clean since the flush"
 
@@ -382,8 +477,8 @@ def test_inspect_a_released_claim_and_a_lease_that_ended(store):
 
 def test_inspect_a_dead_letter_and_a_partial_row(store):
     cache_row(store)
-    [version] = store.accept("album", [(1, {"title": "poison"})])
-    store.dead_letter("album", [(1, version, "refused")])
+    store.accept("album", [(1, {"title": "poison"})])
+    claim_and_dead_letter(store)
     [entry] = store.dead_letters("album")
     state = store.inspect("album", 1, 30_000)
     assert (state.state, state.since, state.row.fields["title"]) == ("dead_letter", entry.failed_at, "poison")

@@ -59,7 +59,7 @@ class Run:
         self.store, self.db = store, db
         self.expected = {}  # row -> last title accepted since the last cache loss
         self.expected_artist = {}  # row -> last artist_id accepted since the last cache loss
-        self.tasks = []  # claimed batches, delivered any number of times in any order
+        self.tasks = []  # (claim id, batch) claimed, delivered any number of times in any order
         self.writes = 0
 
     def ensure_cached(self, row):
@@ -92,11 +92,11 @@ class Run:
         self.expected_artist[row] = artist_id
 
     def claim(self, lease_ms):
-        claimed = [row for shard in self.store.claim(delay_ms=0, batch_size=2, lease_ms=lease_ms)
-                   for row in shard.rows.get("album", [])]
+        shards = self.store.claim(delay_ms=0, batch_size=2, lease_ms=lease_ms)
+        claimed = [row for shard in shards for row in shard.rows.get("album", [])]
         if claimed:
-            self.tasks.append([(r.id, r.version, ALBUM.columns_from_store(r.fields) if r.partial
-                                else ALBUM.row_from_store(r.fields)) for r in claimed])
+            self.tasks.append((shards[0].claim, [(r.id, r.version, ALBUM.columns_from_store(r.fields) if r.partial
+                                                  else ALBUM.row_from_store(r.fields)) for r in claimed]))
 
     def accept_and_claim(self, row):
         self.accept(row)
@@ -105,10 +105,13 @@ class Run:
     def deliver(self, index):
         if not self.tasks:
             return
-        task = self.tasks[index % len(self.tasks)]
+        claim, task = self.tasks[index % len(self.tasks)]
         result = repository.apply_writes(self.db, ALBUM, [StoredRow(i, f, v) for i, v, f in task])
         durable = set(result.applied_ids) | set(result.stale_ids)
-        self.store.ack("album", [(i, v) for i, v, _ in task if i in durable], len(result.applied_ids))
+        acknowledged = self.store.ack("album", [(i, v) for i, v, _ in task if i in durable], claim)
+        if acknowledged.outdated:
+            # As cache-svc does: Postgres says which clean rows are stale.
+            self.store.drop_outdated("album", repository.get_versions(self.db, ALBUM, acknowledged.outdated))
 
     def deliver_newest_first(self, _):
         """Every claimed batch again, newest first: the worst order for a redelivery."""

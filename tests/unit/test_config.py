@@ -20,6 +20,7 @@ def test_variables_override_defaults_with_their_types():
 @pytest.mark.parametrize("env, message", [
     ({"WRITEBACK_BATCH_SIZE": "many"}, "WRITEBACK_BATCH_SIZE='many' is not a valid int"),
     ({"WRITEBACK_BATCH_SIZE": "0"}, "WRITEBACK_BATCH_SIZE='0' must be positive"),
+    ({"WRITEBACK_BATCH_SIZE": "10001"}, "WRITEBACK_BATCH_SIZE=10001 must be at most 10000: workers refuse"),
     ({"WRITEBACK_DELAY_MS": "-5"}, "WRITEBACK_DELAY_MS='-5' must be zero or more"),
     ({"BROKER_QUEUE_TYPE": "stream"}, "BROKER_QUEUE_TYPE='stream' must be one of quorum, classic"),
     ({"LOG_FORMAT": "yaml"}, "LOG_FORMAT='yaml' must be one of text, json"),

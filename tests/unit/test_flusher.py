@@ -22,19 +22,23 @@ class FakeStore:
         self.due = set(due)
         self.released = []
         self.rounds = []
+        # The claim id of each call, in order: a fresh one unless the caller names one.
+        self.claim_ids = []
 
-    def claim(self, delay_ms, batch_size, lease_ms, shards=None):
+    def claim(self, delay_ms, batch_size, lease_ms, shards=None, claim=None):
         shards = range(len(self.shards)) if shards is None else shards
         self.rounds.append((delay_ms, list(shards)))
+        claim = claim or f"claim-{len(self.claim_ids)}"
+        self.claim_ids.append(claim)
         claims = []
         for shard in shards:
             rows = self.shards[shard]
             ready = len(rows)
             if rows and (len(rows) >= batch_size or shard in self.due or delay_ms == 0):
                 batch, self.shards[shard] = rows[:batch_size], rows[batch_size:]
-                claims.append(ShardClaim(ready, ready, {"album": batch}))
+                claims.append(ShardClaim(ready, ready, {"album": batch}, claim))
             else:
-                claims.append(ShardClaim(ready, ready, {}))
+                claims.append(ShardClaim(ready, ready, {}, claim))
         return claims
 
     def release(self, entity, ids):
@@ -45,14 +49,16 @@ class FakePublisher:
     def __init__(self, fail_after=None, holding_back=False):
         self.tasks, self.fail_after, self.holding_back = [], fail_after, holding_back
         self.links = []
+        self.claims = []
 
     def holds_back_writes(self):
         return self.holding_back
 
-    def apply_writes(self, entity, rows, links=(), links_dropped=0):
+    def apply_writes(self, entity, rows, claim, links=(), links_dropped=0):
         if self.fail_after is not None and len(self.tasks) >= self.fail_after:
             raise ConnectionError("broker down")
         self.tasks.append((entity, rows))
+        self.claims.append(claim)
         self.links.append((list(links), links_dropped))
 
 
@@ -88,6 +94,18 @@ def test_ready_rows_of_other_shards_go_along_with_a_flush():
     assert Flusher(store, publisher, SETTINGS).flush_once() == 2
     assert published_ids(publisher) == [[1, 2]]
     assert store.rounds[1] == (0, [1])
+
+
+def test_each_task_carries_the_claim_id_its_rows_were_claimed_under():
+    # Round one: a full batch of shard 0, and shard 1's row, claimed in a second call of the
+    # same round; round two: the rest of shard 0.
+    store = FakeStore([rows(1, 3), rows(4, 4)], due={0})
+    publisher = FakePublisher()
+    Flusher(store, publisher, SETTINGS).flush_once()
+    assert published_ids(publisher) == [[1, 2], [4], [3]]
+    first, second = store.claim_ids[0], store.claim_ids[2]
+    assert store.claim_ids == [first, first, second] and first != second, "one claim id a round, a fresh one each"
+    assert publisher.claims == [first, first, second]
 
 
 def test_nothing_due_publishes_nothing():

@@ -31,6 +31,7 @@ from chinook.logs import configure_logging  # noqa: E402
 from chinook.tls import channel_credentials  # noqa: E402
 
 from . import jobs  # noqa: E402
+from .task_arguments import MalformedTask, check_apply_writes, check_duplicate_rows  # noqa: E402
 
 settings = settings_or_exit()
 app = make_celery("worker", settings)
@@ -140,18 +141,33 @@ def count_handled(sender=None, state=None, **_):
 
 # An exception would still ack the message: transient failures are retried with
 # exponential backoff and jitter. After the last retry the task gives up safely: its
-# rows are still dirty in the cache, and their lease brings them back.
+# rows are still dirty in the cache, and their lease brings them back. A malformed task
+# fails at once, an expected failure (logged without a traceback): retrying it would
+# change nothing.
 RETRY = dict(autoretry_for=(jobs.TransientError,), max_retries=8, retry_backoff=1, retry_backoff_max=30,
-             retry_jitter=True)
+             retry_jitter=True, throws=(MalformedTask,))
+
+
+def refuse_malformed(task, check, *arguments):
+    """Runs check(*arguments); a malformed task is logged with what is wrong, and fails."""
+    try:
+        check(*arguments)
+    except MalformedTask as exc:
+        log.warning("refused malformed task %s[%s]: %s; nothing done", task.name, task.request.id, exc)
+        raise
 
 
 @app.task(name=APPLY_WRITES_TASK, bind=True, ignore_result=True, **RETRY)
-def apply_writes(self, entity: str, rows: list, refusals: int = 0, links: list = (), links_dropped: int = 0):
-    """links: the span contexts of the writes' accepting spans, which the flush span links
+def apply_writes(self, entity: str, rows: list, refusals: int = 0, links: list = (), links_dropped: int = 0,
+                 claim: str | None = None):
+    """claim: the claim id the rows were claimed under, which the acknowledgement names.
+    links: the span contexts of the writes' accepting spans, which the flush span links
     to while tracing is on (chinook.tracing), and how many were left out."""
+    refuse_malformed(self, check_apply_writes, entity, rows, claim, refusals, links, links_dropped,
+                     settings.writeback_max_attempts)
     countdown = None
     with tracing.flush_span(entity, len(rows), links, links_dropped) as span:
-        outcome = jobs.apply_writes(Clients.persistence, Clients.cache, entity, rows)
+        outcome = jobs.apply_writes(Clients.persistence, Clients.cache, entity, rows, claim)
         tracing.mark_flushed(span, entity, links, outcome.written, len(outcome.refused))
         if outcome.refused:
             refusals += 1
@@ -164,16 +180,20 @@ def apply_writes(self, entity: str, rows: list, refusals: int = 0, links: list =
             else:
                 span.add_event("dead-letter", {"chinook.rows": len(outcome.refused),
                                                "chinook.first_error": outcome.refused[0][1]})
-                jobs.dead_letter(Clients.cache, entity, outcome.refused)
+                jobs.dead_letter(Clients.cache, entity, outcome.refused, claim)
     if countdown is not None:
-        # Outside the flush span: the retry's message carries the task's trace context.
-        raise self.retry(args=[entity, [row for row, _ in outcome.refused]], kwargs={"refusals": refusals},
-                         countdown=countdown, max_retries=None)
+        # Outside the flush span: the retry's message carries the task's trace context. It
+        # keeps the claim: if the lease ended meanwhile and the rows were claimed again,
+        # its acknowledgement changes nothing and the newer claim's flush cleans them.
+        raise self.retry(args=[entity, [row for row, _ in outcome.refused]],
+                         kwargs={"refusals": refusals, "claim": claim}, countdown=countdown, max_retries=None)
     return {"written": outcome.written, "stale": outcome.stale, "refused": len(outcome.refused)}
 
 
 @app.task(name=DUPLICATE_ROWS_TASK, bind=True, **RETRY)
 def duplicate_rows(self, entity: str, multiplier: int):
+    refuse_malformed(self, check_duplicate_rows, entity, multiplier)
+
     def report(done, total):
         self.update_state(state="PROGRESS", meta={"done": done, "total": total})
 

@@ -32,15 +32,16 @@ class BatchOutcome:
     refused: list = field(default_factory=list)
 
 
-def apply_writes(persistence, cache, entity: str, rows: list) -> BatchOutcome:
+def apply_writes(persistence, cache, entity: str, rows: list, claim: str) -> BatchOutcome:
     """Writes a batch of [id, version, fields] in one statement, then tells the cache
-    which versions are durable so it can mark those rows clean. Rows Postgres refuses
-    are returned, not raised: the others must not wait for them."""
+    which versions are durable, under the claim the rows were claimed with, so it can
+    mark those rows clean. Rows Postgres refuses are returned, not raised: the others
+    must not wait for them."""
     try:
         result = persistence.apply_writes(entity, rows)
         durable = set(result.applied_ids) | set(result.stale_ids)
         if durable:
-            cache.ack_flushed(entity, [(i, v) for i, v, _ in rows if i in durable], written=len(result.applied_ids))
+            cache.ack_flushed(entity, [(i, v) for i, v, _ in rows if i in durable], claim)
     except grpc.RpcError as exc:
         raise classify(exc) from None
     errors = {f.id: f.error for f in result.failed}
@@ -49,10 +50,10 @@ def apply_writes(persistence, cache, entity: str, rows: list) -> BatchOutcome:
                         [(row, errors[row[0]]) for row in rows if row[0] in errors])
 
 
-def dead_letter(cache, entity: str, refused: list) -> int:
+def dead_letter(cache, entity: str, refused: list, claim: str) -> int:
     """Hands rows Postgres kept refusing to the cache's dead letters."""
     try:
-        return cache.dead_letter(entity, [(row[0], row[1], error) for row, error in refused]).dead_lettered
+        return cache.dead_letter(entity, [(row[0], row[1], error) for row, error in refused], claim).dead_lettered
     except grpc.RpcError as exc:
         raise classify(exc) from None
 

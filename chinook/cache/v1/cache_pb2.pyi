@@ -220,14 +220,14 @@ class FlushRequest(_message.Message):
     def __init__(self, wait_seconds: _Optional[float] = ...) -> None: ...
 
 class AckFlushedRequest(_message.Message):
-    __slots__ = ("entity", "rows", "written")
+    __slots__ = ("entity", "rows", "claim")
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
-    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
     entity: str
     rows: _containers.RepeatedCompositeFieldContainer[RowVersion]
-    written: int
-    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[RowVersion, _Mapping]]] = ..., written: _Optional[int] = ...) -> None: ...
+    claim: str
+    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[RowVersion, _Mapping]]] = ..., claim: _Optional[str] = ...) -> None: ...
 
 class AckFlushedResponse(_message.Message):
     __slots__ = ("cleaned",)
@@ -246,12 +246,14 @@ class FailedWrite(_message.Message):
     def __init__(self, id: _Optional[int] = ..., version: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DeadLetterRequest(_message.Message):
-    __slots__ = ("entity", "rows")
+    __slots__ = ("entity", "rows", "claim")
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
     entity: str
     rows: _containers.RepeatedCompositeFieldContainer[FailedWrite]
-    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[FailedWrite, _Mapping]]] = ...) -> None: ...
+    claim: str
+    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[FailedWrite, _Mapping]]] = ..., claim: _Optional[str] = ...) -> None: ...
 
 class DeadLetterResponse(_message.Message):
     __slots__ = ("dead_lettered",)

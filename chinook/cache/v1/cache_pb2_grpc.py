@@ -216,10 +216,13 @@ class CacheServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AckFlushed(self, request, context):
-        """Called by workers once a batch is durable: rows whose cached version is the
-        flushed one become clean and get the cache TTL.
-        Errors: INVALID_ARGUMENT (unknown entity, an id not in 1..2^31-1, a version or written out of
-        range), UNAVAILABLE (Redis unreachable).
+        """Called by workers once a batch is durable: rows in flight under the task's claim at
+        the flushed version become clean and get the cache TTL. Any other row, version or
+        claim changes nothing. A clean cached row older than its acknowledged version is
+        dropped if Postgres holds a newer one (asked here).
+        Errors: INVALID_ARGUMENT (unknown entity, an id not in 1..2^31-1, a version out of range, claim
+        not a claim id), UNAVAILABLE (Redis or the persistence service unreachable),
+        DEADLINE_EXCEEDED (the persistence service did not answer in time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -227,9 +230,10 @@ class CacheServiceServicer:
 
     def DeadLetter(self, request, context):
         """Called by workers for rows Postgres kept refusing: they stop being retried and
-        wait, still dirty, for an operator to retry or discard them.
-        Errors: INVALID_ARGUMENT (unknown entity, an id not in 1..2^31-1, a version out of range),
-        UNAVAILABLE (Redis unreachable).
+        wait, still dirty, for an operator to retry or discard them. Only rows in flight under
+        the task's claim at the refused version are taken.
+        Errors: INVALID_ARGUMENT (unknown entity, an id not in 1..2^31-1, a version out of range,
+        claim not a claim id), UNAVAILABLE (Redis unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

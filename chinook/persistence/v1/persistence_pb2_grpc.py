@@ -91,9 +91,12 @@ class PersistenceServiceServicer:
         newer than the stored one, so stale or redelivered batches change nothing.
         Rows Postgres refuses are isolated (by halving the batch under savepoints)
         and reported in `failed`; the others are written.
+        Versions are Redis' clock in microseconds: a version more than 10 minutes ahead of
+        persistence-svc's clock refuses the whole call, since it would make every later write
+        of its row look stale.
         Errors: INVALID_ARGUMENT (unknown entity, both forms set, rows_json not of the form below, a
-        row's id not in 1..2^31-1, its version not in 0..2^53-2^32, a value Postgres would refuse),
-        UNAVAILABLE (Postgres unreachable, or deadlocks kept recurring).
+        row's id not in 1..2^31-1, its version not in 0..2^53-2^32 or more than 10 minutes ahead, a
+        value Postgres would refuse), UNAVAILABLE (Postgres unreachable, or deadlocks kept recurring).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,9 +113,9 @@ class PersistenceServiceServicer:
     def DuplicateRows(self, request, context):
         """Multiplies an entity's table with new ids, set-based, streaming progress.
         Idempotent per operation_id: a repeated operation reports the first result.
-        Errors: INVALID_ARGUMENT (unknown entity, no operation_id, or one longer than 200
-        characters), FAILED_PRECONDITION (multiplier below 2, or the copies' ids would leave
-        Postgres' int range), UNAVAILABLE (Postgres unreachable).
+        Errors: INVALID_ARGUMENT (unknown entity, multiplier not in 2..64, no operation_id, or one
+        longer than 200 characters), FAILED_PRECONDITION (the copies' ids would leave Postgres' int
+        range), UNAVAILABLE (Postgres unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,19 +48,22 @@ class Flusher:
             # A flush is under way: the ready rows of the other shards go along at once
             # rather than in tasks of their own a poll later.
             waiting = [shard for shard, claim in enumerate(claims) if claim.ready and not claim.rows]
+            # Under the same claim id: their rows may travel in the same tasks.
+            claim_id = claims[0].claim
             if waiting:
                 with tracing.untraced():
-                    claims += self.store.claim(0, self.batch_size, self.lease_ms, waiting)
+                    claims += self.store.claim(0, self.batch_size, self.lease_ms, waiting, claim_id)
             by_entity: dict[str, list] = {}
             for claim in claims:
                 for name, rows in claim.rows.items():
                     by_entity.setdefault(name, []).extend(rows)
-            published += self._publish(by_entity)
+            published += self._publish(by_entity, claim_id)
             if not any(len(rows) == self.batch_size for claim in claims for rows in claim.rows.values()):
                 return published
 
-    def _publish(self, by_entity: dict[str, list]) -> int:
-        """Publishes claimed rows in tasks of up to a batch; returns how many rows."""
+    def _publish(self, by_entity: dict[str, list], claim_id: str) -> int:
+        """Publishes rows claimed under claim_id in tasks of up to a batch, each carrying
+        the claim id its acknowledgement must name; returns how many rows."""
         batches = [(name, rows[start:start + self.batch_size]) for name, rows in by_entity.items()
                    for start in range(0, len(rows), self.batch_size)]
         for position, (name, rows) in enumerate(batches):
@@ -74,7 +77,7 @@ class Flusher:
                 links, links_dropped = tracing.bounded_links(
                     link for r in rows for link in tracing.split_links(r.links))
             try:
-                self.publisher.apply_writes(name, payload, links, links_dropped)
+                self.publisher.apply_writes(name, payload, claim_id, links, links_dropped)
             except Exception:
                 # The rows stay dirty; releasing them lets the next round try again.
                 for unpublished_name, unpublished in batches[position:]:

@@ -35,11 +35,14 @@ class TaskPublisher:
         leaves the rows pending in Redis."""
         return self.queues.refuses(WRITE_BACK_QUEUE)
 
-    def apply_writes(self, entity: str, rows: list, links: list[str] = (), links_dropped: int = 0):
-        """links: the span contexts the task's flush span links to (chinook.tracing), and
-        how many more were left out; sent only when there are some."""
+    def apply_writes(self, entity: str, rows: list, claim: str, links: list[str] = (), links_dropped: int = 0):
+        """claim: the claim id the rows were claimed under, which the worker's
+        acknowledgement names. links: the span contexts the task's flush span links to
+        (chinook.tracing), and how many more were left out; sent only when there are some."""
         self._check_queue(WRITE_BACK_QUEUE)
-        kwargs = {"links": list(links), "links_dropped": links_dropped} if links else None
+        kwargs = {"claim": claim}
+        if links:
+            kwargs.update(links=list(links), links_dropped=links_dropped)
         self.celery.send_task(APPLY_WRITES_TASK, args=[entity, rows], kwargs=kwargs)
 
     def duplicate_rows(self, entity: str, multiplier: int) -> str:

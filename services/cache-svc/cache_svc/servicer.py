@@ -11,7 +11,7 @@ import redis
 from chinook import tracing
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
 from chinook.celery_setup import QueueTypeMismatch
-from chinook.entities import ValidationError, get_entity
+from chinook.entities import ValidationError, get_entity, parse_multiplier
 from chinook.grpc_client import from_struct
 from chinook.grpc_server import abort
 
@@ -23,7 +23,6 @@ CLEAN = cache_pb2.WRITE_BACK_STATE_CLEAN
 PENDING = cache_pb2.WRITE_BACK_STATE_PENDING
 DEAD_LETTERED = cache_pb2.WRITE_BACK_STATE_DEAD_LETTERED
 MAX_DEAD_LETTERS_LISTED = 1000
-MAX_MULTIPLIER = 64
 
 
 def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
@@ -218,13 +217,14 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         with status_codes(context):
             versions = [(r.id, r.version) for r in request.rows]
             return cache_pb2.AckFlushedResponse(
-                cleaned=self.write_back.ack_flushed(request.entity, versions, request.written)
+                cleaned=self.write_back.ack_flushed(request.entity, versions, request.claim)
             )
 
     def DeadLetter(self, request, context):
         with status_codes(context):
             failures = [(r.id, r.version, r.error) for r in request.rows]
-            return cache_pb2.DeadLetterResponse(dead_lettered=self.write_back.dead_letter(request.entity, failures))
+            return cache_pb2.DeadLetterResponse(
+                dead_lettered=self.write_back.dead_letter(request.entity, failures, request.claim))
 
     def ListDeadLetters(self, request, context):
         with status_codes(context):
@@ -250,9 +250,8 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     def StartDuplication(self, request, context):
         with status_codes(context):
-            if not 2 <= request.multiplier <= MAX_MULTIPLIER:
-                raise ValidationError(f"multiplier: must be 2-{MAX_MULTIPLIER}, got {request.multiplier}")
-            return cache_pb2.TaskRef(task_id=self.publisher.duplicate_rows("album", request.multiplier))
+            multiplier = parse_multiplier(request.multiplier)
+            return cache_pb2.TaskRef(task_id=self.publisher.duplicate_rows("album", multiplier))
 
     def GetTask(self, request, context):
         with status_codes(context):

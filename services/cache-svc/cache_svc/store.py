@@ -23,6 +23,9 @@ Layout, with `p` the configured key prefix and `s` a shard's prefix,
 - `s fill:{entity}:{id}`: a token set before a cache miss is loaded from Postgres. Only
   the loader holding the current token may cache what it read, so a slow load can
   never cache a value older than one written and flushed meanwhile.
+- `_claim` in a claimed row's hash: `<claim id>:<version>`, the random id of the flush
+  round that took it and the version it took; only an acknowledgement naming both changes
+  the row (see ACK).
 - `_links` in a dirty row's hash, only while tracing is on: the span contexts of its
   latest accepted writes since it was last claimed (chinook.tracing.LINKS_PER_ROW of
   them, LINK_WIDTH characters each), which its flush links back to.
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 
 import redis
 
+from chinook.entities import new_claim_id
 from chinook.tracing import LINK_WIDTH, LINKS_PER_ROW
 
 META_PREFIX = "_"
@@ -233,13 +237,14 @@ return out
 
 # Claims dirty rows of one shard for a flush, up to a batch of each entity: when a whole
 # batch is ready in the shard, or when its oldest ready row has waited the delay
-# (ARGV[2]). KEYS are each entity's due and pending sets, ARGV[6...] the entities' names.
+# (ARGV[2]). KEYS are each entity's due and pending sets, ARGV[7...] the entities' names.
 # Claimed rows are leased: if no worker acknowledges them before the lease ends, they are
-# claimed again. Returns the shard's pending rows, its ready rows, then each entity with
-# claimed rows followed by their ids and hashes.
+# claimed again. Each keeps the claim id (ARGV[6]) and the version claimed in `_claim`,
+# which its task carries. Returns the shard's pending rows, its ready rows, then each
+# entity with claimed rows followed by their ids and hashes.
 CLAIM = PUBLISH + """
 local shard_prefix, delay, batch, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local channel = ARGV[5]
+local channel, claim = ARGV[5], ARGV[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pending_rows, ready, oldest = 0, 0, now
@@ -254,7 +259,7 @@ end
 local out = {pending_rows, ready}
 if ready == 0 or (ready < batch and oldest > now - delay) then return out end
 for k = 1, #KEYS, 2 do
-  local due, pending, entity = KEYS[k], KEYS[k + 1], ARGV[5 + (k + 1) / 2]
+  local due, pending, entity = KEYS[k], KEYS[k + 1], ARGV[6 + (k + 1) / 2]
   local prefix, rows, gone = shard_prefix .. entity .. ':', {}, {}
   for _, id in ipairs(redis.call('ZRANGE', due, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)) do
     local key = prefix .. id
@@ -267,6 +272,7 @@ for k = 1, #KEYS, 2 do
     else
       redis.call('ZADD', due, 'XX', now + lease, id)
       redis.call('HDEL', key, '_since', '_writes', '_links')
+      redis.call('HSET', key, '_claim', claim .. ':' .. redis.call('HGET', key, '_ver'))
       rows[#rows + 1] = id
       rows[#rows + 1] = row
     end
@@ -280,47 +286,68 @@ end
 return out
 """
 
-# Marks flushed rows clean, but only where the cached version is the flushed one:
-# a row updated since stays dirty. Returns the number cleaned, then the
-# accept-to-durable lag in ms of each cleaned row.
+# Marks flushed rows clean: only rows in flight under the claim named (ARGV[5]), that is,
+# whose `_claim` holds that claim id and the flushed version, and that are still dirty.
+# An acknowledgement of no claim, another claim or another version changes nothing, so no
+# caller can make a write clean that no flush made durable. A row written since its claim
+# stays dirty, pending since its first write after the claim. Each row so confirmed has
+# its `_claim` cleared and counts once as flushed. A row claimed before claims were kept
+# has no `_claim`: no acknowledgement matches it, and it is claimed again when its lease
+# ends (the writes are idempotent). Returns the number cleaned, the accept-to-durable lag
+# in ms of each, how many were confirmed, and the ids of clean rows cached at an older
+# version than acknowledged, which the caller checks against Postgres (DROP_OUTDATED).
 ACK = PUBLISH + """
 local due, pending, stats = KEYS[1], KEYS[2], KEYS[3]
-local prefix, ttl, written, channel, entity = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local prefix, ttl, channel, entity, claim = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cleaned, lags, clean, dropped = 0, {}, {}, {}
+local cleaned, confirmed, lags, clean, outdated = 0, 0, {}, {}, {}
 for i = 6, #ARGV, 2 do
   local id, flushed = ARGV[i], tonumber(ARGV[i + 1])
   local key = prefix .. id
-  local current = redis.call('HGET', key, '_ver')
-  if not current then
-    redis.call('ZREM', due, id)
-    redis.call('ZREM', pending, id)
-  else
-    current = tonumber(current)
+  local meta = redis.call('HMGET', key, '_ver', '_dirty', '_claim', '_since')
+  local current = tonumber(meta[1])
+  if meta[2] and meta[3] == claim .. ':' .. ARGV[i + 1] then
+    confirmed = confirmed + 1
     if current == flushed then
       local since = redis.call('ZSCORE', pending, id)
       if since then lags[#lags + 1] = now - tonumber(since) end
-      redis.call('HDEL', key, '_dirty', '_since')
+      redis.call('HDEL', key, '_dirty', '_since', '_claim')
       redis.call('EXPIRE', key, ttl)
       redis.call('ZREM', due, id)
       redis.call('ZREM', pending, id)
       cleaned = cleaned + 1
       clean[#clean + 1] = '[' .. id .. ',' .. ARGV[i + 1] .. ']'
-    elseif current > flushed then
-      local since = redis.call('HGET', key, '_since')
-      if since then redis.call('ZADD', pending, 'XX', since, id) end
-    elseif redis.call('HEXISTS', key, '_dirty') == 0 then
-      -- Postgres holds a newer version than this clean entry: drop it, a read reloads it.
-      redis.call('DEL', key)
-      dropped[#dropped + 1] = '[' .. id .. ']'
+    else
+      redis.call('HDEL', key, '_claim')
+      if meta[4] then redis.call('ZADD', pending, 'XX', meta[4], id) end
     end
+  elseif current and not meta[2] and current < flushed then
+    outdated[#outdated + 1] = id
   end
 end
 publish(channel, entity, 'c', string.format('%d', now), clean)
-publish(channel, entity, 'd', string.format('%d', now), dropped)
-if written > 0 then redis.call('HINCRBY', stats, 'flushed', written) end
-return {cleaned, lags}
+if confirmed > 0 then redis.call('HINCRBY', stats, 'flushed', confirmed) end
+return {cleaned, lags, confirmed, outdated}
+"""
+
+# Drops clean rows cached at an older version than the one Postgres holds (ARGV[4...]: id
+# and Postgres' version): a read reloads them. An acknowledgement reports such rows (after
+# Redis lost data, a row reloaded before an earlier flush landed), Postgres confirms them.
+# Returns how many were dropped.
+DROP_OUTDATED = PUBLISH + """
+local prefix, channel, entity, dropped = ARGV[1], ARGV[2], ARGV[3], {}
+for i = 4, #ARGV, 2 do
+  local key = prefix .. ARGV[i]
+  local meta = redis.call('HMGET', key, '_ver', '_dirty')
+  if meta[1] and not meta[2] and tonumber(meta[1]) < tonumber(ARGV[i + 1]) then
+    redis.call('DEL', key)
+    dropped[#dropped + 1] = '[' .. ARGV[i] .. ']'
+  end
+end
+local t = redis.call('TIME')
+publish(channel, entity, 'd', string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), dropped)
+return #dropped
 """
 
 # Makes every waiting dirty row claimable now; rows already claimed keep their lease.
@@ -332,20 +359,23 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', 0, id) end
 return #ids
 """
 
-# Takes rows out of the flush schedule when Postgres kept refusing their version; a
-# row written again since keeps flowing, and a clean one (nothing of it was pending) is
-# left alone. Returns how many were dead-lettered.
+# Takes rows out of the flush schedule when Postgres kept refusing their version: only
+# rows in flight under the claim named (ARGV[4]) at that version, as ACK. A row written
+# again since keeps flowing, and a clean one (nothing of it was pending) is left alone.
+# Returns how many were dead-lettered.
 DEAD_LETTER = PUBLISH + """
 local due, pending, dead, prefix, channel, entity = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3]
+local claim = ARGV[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local count, changed = 0, {}
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local id, version, error = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = prefix .. id
-  local meta = redis.call('HMGET', key, '_ver', '_dirty')
-  if meta[1] == version and meta[2] then
+  local meta = redis.call('HMGET', key, '_ver', '_dirty', '_claim')
+  if meta[1] == version and meta[2] and meta[3] == claim .. ':' .. version then
     redis.call('HSET', key, '_dead', '1')
+    redis.call('HDEL', key, '_claim')
     redis.call('HSET', dead, id, cjson.encode({version = version, error = error, failed_at = now}))
     redis.call('ZREM', due, id)
     redis.call('ZREM', pending, id)
@@ -527,11 +557,25 @@ def _encode_patch(fields: dict) -> list:
 
 @dataclass(frozen=True)
 class ShardClaim:
-    """What one CLAIM of a shard found: its pending and ready rows, and the rows claimed."""
+    """What one CLAIM of a shard found: its pending and ready rows, and the rows claimed
+    under the claim id `claim`, which their task carries."""
 
     pending: int
     ready: int
     rows: dict  # entity name to its claimed rows
+    claim: str = ""
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """What an acknowledgement changed: rows made clean, with the accept-to-durable lag of
+    each, rows confirmed durable under their claim (counted as flushed), and the ids of
+    clean rows cached at an older version than acknowledged."""
+
+    cleaned: int
+    lags_ms: list
+    flushed: int
+    outdated: list
 
 
 class RowStore:
@@ -561,6 +605,7 @@ class RowStore:
         self._uncached = client.register_script(UNCACHED)
         self._claim = client.register_script(CLAIM)
         self._ack = client.register_script(ACK)
+        self._drop_outdated = client.register_script(DROP_OUTDATED)
         self._expedite = client.register_script(EXPEDITE)
         self._dead_letter = client.register_script(DEAD_LETTER)
         self._resolve_dead_letter = client.register_script(RESOLVE_DEAD_LETTER)
@@ -926,13 +971,17 @@ class RowStore:
 
     # Flushing
 
-    def claim(self, delay_ms: int, batch_size: int, lease_ms: int, shards=None) -> list[ShardClaim]:
-        """Claims what is due in each of `shards` (all by default), as CLAIM does."""
+    def claim(self, delay_ms: int, batch_size: int, lease_ms: int, shards=None,
+              claim: str | None = None) -> list[ShardClaim]:
+        """Claims what is due in each of `shards` (all by default), as CLAIM does, under
+        `claim`, or a fresh claim id."""
         self.ensure_layout()
         shards = range(self.shards) if shards is None else shards
+        claim = claim or new_claim_id()
         calls = [(self._claim, [key for name in self.entities for key in (self.due_key(shard, name),
                                                                            self.pending_key(shard, name))],
-                  [self.shard_prefix(shard), delay_ms, batch_size, lease_ms, self.changes_channel, *self.entities])
+                  [self.shard_prefix(shard), delay_ms, batch_size, lease_ms, self.changes_channel, claim,
+                   *self.entities])
                  for shard in shards]
         claims = []
         for shard, (pending, ready, *claimed) in zip(shards, self._eval_many(calls)):
@@ -945,7 +994,7 @@ class RowStore:
                     row = _parse_hash(int(row_id), values)
                     rows[name].append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1)),
                                                  row.partial, values.get("_links", "")))
-            claims.append(ShardClaim(pending, ready, rows))
+            claims.append(ShardClaim(pending, ready, rows, claim))
         return claims
 
     def release(self, entity: str, ids: list[int]):
@@ -955,23 +1004,32 @@ class RowStore:
                 pipe.zadd(self.due_key(shard, entity), {str(ids[i]): 0 for i in positions}, xx=True)
             pipe.execute()
 
-    def ack(self, entity: str, versions: list[tuple[int, int]], written: int) -> tuple[int, list[int]]:
+    def ack(self, entity: str, versions: list[tuple[int, int]], claim: str) -> Acknowledged:
+        """Marks the (id, version) rows flushed under `claim` clean, as ACK does."""
         calls = []
         for shard, positions in self._by_shard([row_id for row_id, _ in versions]).items():
-            # The counter of flushed rows goes up once, in the first shard's call.
-            args = [self._row_prefix(shard, entity), self.ttl_s, written if not calls else 0, self.changes_channel,
-                    entity]
+            args = [self._row_prefix(shard, entity), self.ttl_s, self.changes_channel, entity, claim]
             for i in positions:
                 args += list(versions[i])
             calls.append((self._ack, [self.due_key(shard, entity), self.pending_key(shard, entity), self.stats_key(shard)],
                           args))
-        if not calls:
-            return 0, []
-        cleaned, lags = 0, []
-        for shard_cleaned, shard_lags in self._eval_many(calls):
+        cleaned, lags, flushed, outdated = 0, [], 0, []
+        for shard_cleaned, shard_lags, shard_flushed, shard_outdated in (self._eval_many(calls) if calls else []):
             cleaned += shard_cleaned
             lags += shard_lags
-        return cleaned, lags
+            flushed += shard_flushed
+            outdated += [int(row_id) for row_id in shard_outdated]
+        return Acknowledged(cleaned, lags, flushed, outdated)
+
+    def drop_outdated(self, entity: str, stored: dict[int, int]) -> int:
+        """Drops the clean rows cached at an older version than `stored` (id to the version
+        Postgres holds) gives; returns how many."""
+        ids = list(stored)
+        calls = [(self._drop_outdated, [self.stats_key(shard)],
+                  [self._row_prefix(shard, entity), self.changes_channel, entity,
+                   *(value for i in positions for value in (ids[i], stored[ids[i]]))])
+                 for shard, positions in self._by_shard(ids).items()]
+        return sum(self._eval_many(calls)) if calls else 0
 
     def expedite(self) -> int:
         """Makes every waiting dirty row claimable now; returns how many."""
@@ -1018,11 +1076,11 @@ class RowStore:
                     totals[name] = totals.get(name, 0) + int(value)
         return totals
 
-    def dead_letter(self, entity: str, failures: list[tuple[int, int, str]]) -> int:
-        """Dead-letters (id, version, error) rows whose cached version is still that one."""
+    def dead_letter(self, entity: str, failures: list[tuple[int, int, str]], claim: str) -> int:
+        """Dead-letters (id, version, error) rows in flight under `claim` at that version."""
         calls = []
         for shard, positions in self._by_shard([row_id for row_id, _, _ in failures]).items():
-            args = [self._row_prefix(shard, entity), self.changes_channel, entity]
+            args = [self._row_prefix(shard, entity), self.changes_channel, entity, claim]
             for i in positions:
                 args += list(failures[i])
             calls.append((self._dead_letter, [self.due_key(shard, entity), self.pending_key(shard, entity),

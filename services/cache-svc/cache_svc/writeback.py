@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass
 
 from chinook import metrics, tracing
-from chinook.entities import ENTITIES, Entity, ValidationError, get_entity, parse_id, parse_json, parse_version
+from chinook.entities import (
+    ENTITIES, Entity, ValidationError, get_entity, parse_claim, parse_id, parse_json, parse_version,
+)
 
 from .store import Backpressure, CachedRow, DeadLetter, RowState, RowStore
 
@@ -373,21 +375,27 @@ class WriteBack:
 
     # Flushing
 
-    def ack_flushed(self, entity_name: str, versions: list[tuple[int, int]], written: int) -> int:
+    def ack_flushed(self, entity_name: str, versions: list[tuple[int, int]], claim: str) -> int:
+        """Marks the rows a flush task made durable clean, where they are in flight under
+        the task's claim; returns how many."""
         entity = get_entity(entity_name)
         _check_versions(versions)
-        if not 0 <= written <= len(versions):
-            raise ValidationError(f"written: must be 0-{len(versions)}, the rows acknowledged; got {written}")
-        cleaned, lags_ms = self.store.ack(entity.name, versions, written)
-        metrics.ROWS_FLUSHED.labels(entity.name).inc(written)
-        for lag_ms in lags_ms:
+        claim = parse_claim(claim)
+        acknowledged = self.store.ack(entity.name, versions, claim)
+        metrics.ROWS_FLUSHED.labels(entity.name).inc(acknowledged.flushed)
+        for lag_ms in acknowledged.lags_ms:
             metrics.ACCEPT_TO_DURABLE.labels(entity.name).observe(lag_ms / 1000)
-        return cleaned
+        if acknowledged.outdated:
+            # Clean rows older than the version acknowledged: after Redis lost data, a row
+            # reloaded before an earlier flush landed. Postgres, not the caller, says which
+            # are stale.
+            self.store.drop_outdated(entity.name, self.persistence.get_versions(entity.name, acknowledged.outdated))
+        return acknowledged.cleaned
 
-    def dead_letter(self, entity_name: str, failures: list[tuple[int, int, str]]) -> int:
+    def dead_letter(self, entity_name: str, failures: list[tuple[int, int, str]], claim: str) -> int:
         entity = get_entity(entity_name)
         _check_versions([(row_id, version) for row_id, version, _ in failures])
-        count = self.store.dead_letter(entity.name, failures)
+        count = self.store.dead_letter(entity.name, failures, parse_claim(claim))
         if count:
             metrics.ROWS_DEAD_LETTERED.labels(entity.name).inc(count)
             log.warning("dead-lettered %d %s rows, first %s: %s", count, entity.name, failures[0][0], failures[0][2])

@@ -16,7 +16,7 @@ from werkzeug.routing import BaseConverter
 from chinook import metrics, tracing
 from chinook.cache.v1 import cache_pb2
 from chinook.config import Settings
-from chinook.entities import ValidationError, get_entity, parse_id
+from chinook.entities import MIN_MULTIPLIER, ValidationError, get_entity, parse_id, parse_multiplier
 from chinook.grpc_client import CacheClient, from_struct
 from chinook.tls import channel_credentials
 
@@ -211,11 +211,10 @@ def start_duplication():
     extra = sorted(set(body) - {"multiplier"})
     if extra:
         raise bad_request(f"{extra[0]}: unknown field; expected only 'multiplier'")
-    multiplier = body.get("multiplier", 2)
-    if isinstance(multiplier, bool) or not isinstance(multiplier, int):
-        raise bad_request("multiplier: must be an integer")
-    if not 2 <= multiplier <= 64:
-        raise bad_request(f"multiplier: must be 2-64, got {multiplier}")
+    try:
+        multiplier = parse_multiplier(body.get("multiplier", MIN_MULTIPLIER))
+    except ValidationError as exc:
+        raise bad_request(str(exc)) from None
     return jsonify({"task_id": cache().start_duplication(multiplier)}), 202
 
 

@@ -1,12 +1,13 @@
 """gRPC entry points: turn requests into repository calls and errors into status codes."""
 
 import contextlib
+import time
 
 import grpc
 import psycopg2
 
 from chinook import metrics
-from chinook.entities import ValidationError, get_entity, parse_id, parse_version
+from chinook.entities import ValidationError, get_entity, parse_id, parse_multiplier, parse_version
 from chinook.grpc_client import from_struct, to_struct
 from chinook.grpc_server import abort
 from chinook.persistence.v1 import persistence_pb2, persistence_pb2_grpc
@@ -17,6 +18,12 @@ ID_CHUNK = 10_000
 # Celery's task ids have 36 characters; an id of a few thousand bytes would not fit
 # Postgres' index of them, and fail only after the copy.
 MAX_OPERATION_ID = 200
+# Versions are Redis' clock in microseconds (cache_svc.store, ACCEPT), so a flushed one is
+# ahead of this process' clock only by the skew between the two hosts' clocks: well under a
+# second with NTP. Ten minutes leaves room for a badly kept clock, and bounds what a
+# version from further ahead would do: every later write of its row would be "stale", and
+# dropped as durable, until the clock caught up.
+MAX_VERSION_AHEAD_S = 600
 
 
 @contextlib.contextmanager
@@ -35,6 +42,17 @@ def status_codes(context):
         abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Postgres refused the data: {str(exc).strip()}")
     except psycopg2.IntegrityError as exc:
         abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"Postgres refused the write: {str(exc).strip()}")
+
+
+def _check_not_ahead(rows: list, now_s: float):
+    """Refuses every row when one's version is more than MAX_VERSION_AHEAD_S ahead of now."""
+    for i, row in enumerate(rows):
+        ahead_s = row.version / 1_000_000 - now_s
+        if ahead_s > MAX_VERSION_AHEAD_S:
+            raise ValidationError(
+                f"rows[{i}].version: {row.version} (id {row.id}) is {ahead_s:.0f} s ahead of persistence-svc's "
+                f"clock, beyond the {MAX_VERSION_AHEAD_S} s of clock skew allowed (a version is Redis' clock in "
+                "microseconds); nothing was written")
 
 
 def _validate_row(entity, fields: dict, where: str) -> dict:
@@ -81,6 +99,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                 )
                 for i, (row_id, version, fields) in enumerate(received)
             ]
+            _check_not_ahead(rows, time.time())
             result = repository.apply_writes(self.db, entity, rows)
             metrics.FLUSH_STATEMENTS.labels(entity.name).inc(result.statements)
             return persistence_pb2.ApplyWritesResponse(
@@ -102,5 +121,6 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                 raise ValidationError(f"operation_id: at most {MAX_OPERATION_ID} characters, got "
                                       f"{len(request.operation_id)}")
             entity = get_entity(request.entity)
-            for done, total in repository.duplicate_rows(self.db, entity, request.multiplier, request.operation_id):
+            multiplier = parse_multiplier(request.multiplier)
+            for done, total in repository.duplicate_rows(self.db, entity, multiplier, request.operation_id):
                 yield persistence_pb2.DuplicateProgress(done=done, total=total)

@@ -1,0 +1,68 @@
+"""What a worker takes from a task before acting on it."""
+
+import pytest
+
+from chinook.config import MAX_WRITEBACK_BATCH_SIZE
+from chinook.entities import MAX_VERSION, new_claim_id
+from chinook.tracing import LINK_WIDTH, MAX_FLUSH_LINKS
+from worker.task_arguments import MalformedTask, check_apply_writes, check_duplicate_rows
+
+CLAIM = new_claim_id()
+ROW = [7, 1_700_000_000_000_000, {"title": "t", "artist_id": 1}]
+LINK = "a" * LINK_WIDTH
+# What the flusher publishes: entity, rows, claim, refusals, links, links_dropped.
+VALID = ("album", [ROW], CLAIM, 0, [LINK], 0)
+MAX_ATTEMPTS = 5
+
+
+def check(**changes):
+    arguments = dict(zip(("entity", "rows", "claim", "refusals", "links", "links_dropped"), VALID))
+    check_apply_writes(**{**arguments, **changes}, max_attempts=MAX_ATTEMPTS)
+
+
+def test_a_task_as_the_flusher_publishes_it_is_taken():
+    check()
+    check(rows=[[1, 0, {"title": "only the columns a partial row holds"}]] * MAX_WRITEBACK_BATCH_SIZE)
+    check(entity="artist", rows=[[1, MAX_VERSION, {"name": None}]], links=(), refusals=MAX_ATTEMPTS - 1)
+    check(rows=[])  # writes nothing
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"entity": "track"}, "entity: must be one of album, artist"),
+    ({"entity": ["album"]}, "entity: must be one of"),
+    ({"rows": [ROW] * (MAX_WRITEBACK_BATCH_SIZE + 1)},
+     f"rows: must be a list of at most {MAX_WRITEBACK_BATCH_SIZE} rows, got {MAX_WRITEBACK_BATCH_SIZE + 1}"),
+    ({"rows": {"7": ROW}}, "rows: must be a list"),
+    ({"rows": [ROW, [7, 1]]}, r"rows\[1\]: must be \[id, version, \{columns\}\]"),
+    ({"rows": [[7, 1, ["title"]]]}, r"rows\[0\]: must be \[id, version"),
+    ({"rows": [["7", 1, {"title": "t"}]]}, r"rows\[0\]\[0\]: the id must be an integer"),
+    ({"rows": [[0, 1, {"title": "t"}]]}, r"rows\[0\]\[0\]: 0 is out of range"),
+    ({"rows": [[True, 1, {"title": "t"}]]}, r"rows\[0\]\[0\]: must be a positive integer"),
+    ({"rows": [[7, MAX_VERSION + 1, {"title": "t"}]]}, r"rows\[0\]\[1\]: must be an integer in 0..2\^53-2\^32"),
+    ({"rows": [[7, 1.5, {"title": "t"}]]}, r"rows\[0\]\[1\]"),
+    ({"rows": [[7, 1, {}]]}, r"rows\[0\]\[2\]: must hold only columns of album"),
+    ({"rows": [[7, 1, {"title": "t", "wb_version": 0}]]}, r"rows\[0\]\[2\]: must hold only columns of album"),
+    ({"claim": None}, "claim: missing, as in a task published before"),
+    ({"claim": "guess"}, "claim: must be the claim id of a flush task, 32 hex digits"),
+    ({"claim": CLAIM.upper()}, "claim: must be the claim id"),
+    ({"refusals": -1}, "refusals: must be an integer in 0..4"),
+    ({"refusals": MAX_ATTEMPTS}, "refusals: must be an integer in 0..4"),
+    ({"links": [LINK] * (MAX_FLUSH_LINKS + 1)}, f"links: must be a list of at most {MAX_FLUSH_LINKS}"),
+    ({"links": "a" * LINK_WIDTH}, "links: must be a list"),
+    ({"links": ["z" * LINK_WIDTH]}, f"links: each must be a span context of {LINK_WIDTH} hex digits"),
+    ({"links_dropped": -1}, "links_dropped: must be an integer in 0.."),
+])
+def test_a_malformed_apply_writes_task_is_refused_saying_what_is_wrong(changes, message):
+    with pytest.raises(MalformedTask, match=message):
+        check(**changes)
+
+
+def test_a_duplication_takes_a_known_entity_and_a_multiplier_of_2_to_64():
+    check_duplicate_rows("album", 2)
+    check_duplicate_rows("album", 64)
+    for entity, multiplier, message in [("album", 100, "multiplier: must be 2-64, got 100"),
+                                        ("album", 1, "multiplier: must be 2-64, got 1"),
+                                        ("album", "2", "multiplier: must be an integer"),
+                                        ("invoice", 2, "entity: must be one of album, artist")]:
+        with pytest.raises(MalformedTask, match=message):
+            check_duplicate_rows(entity, multiplier)
