@@ -195,12 +195,17 @@ def test_the_create_job_names_every_node(clustered):
 def test_cache_svc_runs_on_the_cluster_with_a_replica_per_write(clustered):
     cache_svc = one(clustered, "Deployment", "cache-svc")
     assert cache_svc["spec"]["replicas"] == 2
-    env = env_of(containers(cache_svc)[0])
+    env = env_of(containers(cache_svc, init=False)[0])
     assert env["REDIS_CLUSTER"]["value"] == "true" and env["WRITEBACK_MIN_REPLICAS"]["value"] == "1"
     assert int(env["WRITEBACK_SHARDS"]["value"]) > 0 and int(env["WRITEBACK_REPLICA_TIMEOUT_MS"]["value"]) > 0
     assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "REDIS_CLUSTER_URL"
     # Celery's results stay on the single Redis, which stays for them.
     assert env["CELERY_RESULT_BACKEND"]["valueFrom"]["secretKeyRef"]["key"] == "CELERY_RESULT_BACKEND"
+    # The functions library is loaded on every primary of the cluster, as its administrator.
+    (loader,) = pod_spec(cache_svc)["initContainers"]
+    loader_env = env_of(loader)
+    assert loader_env["REDIS_CLUSTER"]["value"] == "true"
+    assert loader_env["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "REDIS_CLUSTER_ADMIN_URL"
     # The gateway's replicas belong to its autoscaler, which keeps two or more.
     assert "replicas" not in one(clustered, "Deployment", "gateway")["spec"]
     assert one(clustered, "HorizontalPodAutoscaler", "gateway")["spec"]["minReplicas"] >= 2
@@ -210,6 +215,9 @@ def test_cache_svc_runs_on_the_cluster_with_a_replica_per_write(clustered):
         url = urlsplit(values["REDIS_CLUSTER_URL"])
         assert (url.username, url.password) == ("cache-svc", values[users["cache-svc"]["password_variable"]]), path
         assert (url.hostname, url.port) == ("redis-cluster", 6379), path
+        admin = urlsplit(values["REDIS_CLUSTER_ADMIN_URL"])
+        assert (admin.username, admin.password, admin.hostname) == (
+            "default", values[users["default"]["password_variable"]], "redis-cluster"), path
         assert urlsplit(values["CELERY_RESULT_BACKEND"]).hostname == "redis", path
 
 

@@ -12,7 +12,7 @@ from .test_dockerfiles import image_command
 
 COMPOSE_FILES = ["docker-compose.yml", "deploy/gitlab-runner/docker-compose.yml"]
 EXPECTED = {
-    "postgres", "redis", "rabbitmq", "persistence-svc", "cache-svc", "gateway", "db-write-back-worker",
+    "postgres", "redis", "redis-functions", "rabbitmq", "persistence-svc", "cache-svc", "gateway", "db-write-back-worker",
     "db-duplication-worker", "adminer", "redis-commander", "flower", "jaeger", "prometheus", "grafana",
 }
 # Variables of the third-party images, not of this project's settings.
@@ -44,17 +44,22 @@ def test_the_schema_check_can_fail(tmp_path):
 def test_every_service_is_there_with_health_checks_and_restart_policies(compose):
     services = compose["services"]
     assert set(services) == EXPECTED
+    one_shot = {name for name, service in services.items() if service["restart"] == "no"}
+    assert one_shot == {"redis-functions"}
     for name, service in services.items():
-        assert service["healthcheck"]["test"], name
-        assert service["restart"] == "unless-stopped", name
+        if name not in one_shot:
+            assert service["healthcheck"]["test"], name
+            assert service["restart"] == "unless-stopped", name
         for dependency, condition in service.get("depends_on", {}).items():
-            assert condition == {"condition": "service_healthy"}, f"{name} -> {dependency}"
+            expected = "service_completed_successfully" if dependency in one_shot else "service_healthy"
+            assert condition == {"condition": expected}, f"{name} -> {dependency}"
 
 
 def test_dependencies_follow_the_architecture(compose):
     depends = {name: set(s.get("depends_on", {})) for name, s in compose["services"].items()}
     assert depends["gateway"] == {"cache-svc"}
-    assert depends["cache-svc"] == {"redis", "rabbitmq", "persistence-svc"}
+    assert depends["cache-svc"] == {"redis", "redis-functions", "rabbitmq", "persistence-svc"}
+    assert depends["redis-functions"] == {"redis"}
     assert depends["persistence-svc"] == {"postgres"}
     for worker in ("db-write-back-worker", "db-duplication-worker"):
         assert depends[worker] == {"rabbitmq", "redis", "cache-svc", "persistence-svc"}
@@ -64,8 +69,11 @@ def test_images_are_pinned_and_ours_are_built_here(compose):
     for name, service in compose["services"].items():
         image = service["image"]
         if image.startswith("chinook/"):
-            assert service["pull_policy"] == "build" and service["build"]["context"] == "."
-            assert (REPO / service["build"]["dockerfile"]).is_file()
+            # Built here, by this service or by the one it shares the image with.
+            builder = service if "build" in service else next(
+                other for other in compose["services"].values() if other["image"] == image and "build" in other)
+            assert service["pull_policy"] == "build" and builder["build"]["context"] == "."
+            assert (REPO / builder["build"]["dockerfile"]).is_file()
         else:
             assert re.search(r":v?\d+\.\d+(\.\d+)?(-[a-z]+)?$", image), f"{name}: {image} is not an exact tag"
 

@@ -170,8 +170,9 @@ def test_every_pod_is_locked_down_with_requests_and_limits(renders):
                 context = container["securityContext"]
                 assert context["allowPrivilegeEscalation"] is False, where
                 assert context["capabilities"]["drop"] == ["ALL"], where
+                # Tilt syncs code into the app containers only, not into init containers.
                 live_update = name.startswith("dev") and container["image"].startswith("chinook/") and \
-                    workload["metadata"]["name"] != "postgres"
+                    workload["metadata"]["name"] != "postgres" and container in spec["containers"]
                 assert context["readOnlyRootFilesystem"] is not live_update, where
                 resources_ = container["resources"]
                 assert {"cpu", "memory"} <= set(resources_["requests"]) & set(resources_["limits"]), where
@@ -188,12 +189,12 @@ def test_every_service_account_is_used_by_one_workload(prod, dev):
 def test_probes(prod, dev):
     for name, port in GRPC_PORTS.items():
         # Plaintext (dev): Kubernetes' native grpc probe.
-        container = containers(one(dev, "Deployment", name))[0]
+        container = containers(one(dev, "Deployment", name), init=False)[0]
         assert container["readinessProbe"]["grpc"] == {"port": port, "service": GRPC_SERVICES[name]}
         assert container["livenessProbe"]["grpc"]["port"] == port
         # Mutual TLS (prod): the health check with the pod's certificate, naming the server
         # as its certificate does.
-        container = containers(one(prod, "Deployment", name))[0]
+        container = containers(one(prod, "Deployment", name), init=False)[0]
         check = ["python", "-m", "chinook.health_check", f"127.0.0.1:{port}"]
         assert "grpc" not in container["readinessProbe"] and "grpc" not in container["livenessProbe"]
         assert container["readinessProbe"]["exec"]["command"] == [*check, GRPC_SERVICES[name], "--server-name", name]
@@ -216,7 +217,7 @@ def test_workloads_run_the_procfile_commands(prod, dev, process):
     name, image, _ = SERVICES[process]
     entrypoint, cmd, _ = image_command(image)
     argv = procfile()[process]["argv"]
-    container = containers(one(prod, "Deployment", name))[0]
+    container = containers(one(prod, "Deployment", name), init=False)[0]
     assert container["image"] == f"chinook/{image}"
     assert "command" not in container
     assert entrypoint + container.get("args", cmd) == argv
@@ -225,7 +226,7 @@ def test_workloads_run_the_procfile_commands(prod, dev, process):
         assert env["METRICS_PORT"] == str(METRICS_PORTS[process])
         assert {"name": "metrics", "containerPort": METRICS_PORTS[process]} in container["ports"]
     # In dev, watchfiles restarts the same command (the gateway reloads itself).
-    live = containers(one(dev, "Deployment", name))[0]
+    live = containers(one(dev, "Deployment", name), init=False)[0]
     if process == "gateway":
         assert {"name": "GUNICORN_CMD_ARGS", "value": "--reload"} in live["env"] and "command" not in live
     else:
@@ -240,7 +241,7 @@ def test_ports_and_addresses_agree(prod):
     for name, port in GRPC_PORTS.items():
         service = one(prod, "Service", name)
         assert service["spec"]["ports"] == [{"name": "grpc", "port": port, "targetPort": "grpc", "appProtocol": "grpc"}]
-        assert {"name": "grpc", "containerPort": port} in containers(one(prod, "Deployment", name))[0]["ports"]
+        assert {"name": "grpc", "containerPort": port} in containers(one(prod, "Deployment", name), init=False)[0]["ports"]
     assert config["CACHE_SVC_ADDR"] == "cache-svc:50051" and config["CACHE_GRPC_PORT"] == "50051"
     assert config["PERSISTENCE_SVC_ADDR"] == "persistence-svc:50052" and config["PERSISTENCE_GRPC_PORT"] == "50052"
     assert config["GATEWAY_PORT"] == "5000"
@@ -280,7 +281,7 @@ def test_mutual_tls_with_cert_manager(prod, dev):
     config = next(r for r in find(prod, "ConfigMap") if r["metadata"]["name"].startswith("chinook-config"))["data"]
     for process, (name, leaf, _) in SERVICES.items():
         workload = one(prod, "Deployment", name)
-        container = containers(workload)[0]
+        container = containers(workload, init=False)[0]
         env = {e["name"]: e.get("value") for e in container["env"]}
         (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/chinook/tls"]
         assert mount["readOnly"] is True, name
@@ -296,7 +297,7 @@ def test_mutual_tls_with_cert_manager(prod, dev):
         assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"]), name
         assert certificate["metadata"]["labels"]["deploy-unit"] == workload["metadata"]["labels"]["deploy-unit"]
         # Plaintext in dev: no mount, no variables.
-        live = containers(one(dev, "Deployment", name))[0]
+        live = containers(one(dev, "Deployment", name), init=False)[0]
         assert not set(TLS_VARIABLES) & {e["name"] for e in live.get("env", [])}, name
     for variable, server in [("CACHE_SVC_ADDR", "cache-svc-tls"), ("PERSISTENCE_SVC_ADDR", "persistence-svc-tls")]:
         assert config[variable].rsplit(":", 1)[0] in certificates[server]["spec"]["dnsNames"], variable
@@ -316,7 +317,7 @@ def test_autoscaling(prod):
         assert trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == queue
         assert trigger["metadata"]["mode"] == "QueueLength" and trigger["metadata"]["protocol"] == "http"
         assert trigger["authenticationRef"] == {"name": "rabbitmq-management"}
-        assert f"--queues {queue}" in " ".join(containers(one(prod, "Deployment", name))[0]["args"])
+        assert f"--queues {queue}" in " ".join(containers(one(prod, "Deployment", name), init=False)[0]["args"])
     # The autoscalers own the replica counts.
     for name in ("gateway", *(SERVICES[p][0] for p in QUEUES)):
         assert "replicas" not in one(prod, "Deployment", name)["spec"], name

@@ -186,7 +186,7 @@ def test_pod_monitors_name_each_job_after_its_process():
         workload = one(prod, "Deployment", name)
         assert monitor["spec"]["selector"]["matchLabels"] == workload["spec"]["selector"]["matchLabels"]
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-        ports = {port["name"]: port["containerPort"] for port in containers(workload)[0]["ports"]}
+        ports = {port["name"]: port["containerPort"] for port in containers(workload, init=False)[0]["ports"]}
         assert ports[endpoint["port"]] == METRICS_PORTS.get(process, 5000), process
         assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": process}]
         assert monitor["metadata"]["labels"]["deploy-unit"] == workload["metadata"]["labels"]["deploy-unit"]
@@ -201,7 +201,7 @@ def test_dev_prometheus_keeps_every_process():
     for process, (name, _, _) in SERVICES.items():
         workload = one(dev, "Deployment", name)
         app = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
-        kept = [port["name"] for port in containers(workload)[0]["ports"]
+        kept = [port["name"] for port in containers(workload, init=False)[0]["ports"]
                 if re.fullmatch(keep["regex"], f"{app};{port['name']}")]
         assert len(kept) == 1, process
         assert re.fullmatch(job["regex"], app).group(1) == process

@@ -25,6 +25,7 @@ COMPOSE_ENV_FILES = {
     "rabbitmq": {"rabbitmq.env"},
     "persistence-svc": {"persistence-svc.env"},
     "cache-svc": {"rabbitmq.env", "cache-svc.env", "celery-results.env"},
+    "redis-functions": {"redis-functions.env"},
     "gateway": {"gateway.env"},
     "db-write-back-worker": {"rabbitmq.env", "celery-results.env"},
     "db-duplication-worker": {"rabbitmq.env", "celery-results.env"},
@@ -40,7 +41,8 @@ SECRET_KEYS = {
     "redis": {"REDIS_ADMIN_PASSWORD", "REDIS_CACHE_SVC_PASSWORD", "REDIS_CELERY_RESULTS_PASSWORD"},
     "rabbitmq": {"RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS"},
     "persistence-svc": {"DATABASE_URL"},
-    "cache-svc": {"BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND"},
+    # Its init container loads the Redis functions library as the administrator.
+    "cache-svc": {"BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND", "REDIS_ADMIN_URL"},
     "gateway": {"API_TOKENS"},
     "db-write-back-worker": {"BROKER_URL", "CELERY_RESULT_BACKEND"},
     "db-duplication-worker": {"BROKER_URL", "CELERY_RESULT_BACKEND"},
@@ -69,7 +71,8 @@ def assert_accounts_agree(values: dict, where: str):
     assert database.username == persistence_role() != values["POSTGRES_USER"], where
     assert database.password == values["PERSISTENCE_DB_PASSWORD"], where
     users = redis_acl_users()
-    for variable, user in (("REDIS_URL", "cache-svc"), ("CELERY_RESULT_BACKEND", "celery-results")):
+    for variable, user in (("REDIS_URL", "cache-svc"), ("CELERY_RESULT_BACKEND", "celery-results"),
+                           ("REDIS_ADMIN_URL", "default")):
         url = urlsplit(values[variable])
         assert (url.username, url.password) == (user, values[users[user]["password_variable"]]), f"{where}: {variable}"
 
@@ -99,6 +102,9 @@ def test_compose_passwords_agree():
     values = {}
     for path in COMPOSE_ENV.glob("*.env"):
         values.update(env_file(path))
+    # The one-shot step that loads cache-svc's functions library, as the administrator.
+    values["REDIS_URL"] = env_file(COMPOSE_ENV / "cache-svc.env")["REDIS_URL"]
+    values["REDIS_ADMIN_URL"] = env_file(COMPOSE_ENV / "redis-functions.env")["REDIS_URL"]
     assert_accounts_agree(values, "deploy/compose")
     admin_password = values[redis_acl_users()["default"]["password_variable"]]
     hosts = [host.split(":") for host in values["REDIS_HOSTS"].split(",")]

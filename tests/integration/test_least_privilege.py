@@ -12,6 +12,7 @@ on a Postgres of its own (passwords are global to a cluster, and checked there).
 import os
 import secrets
 import subprocess
+import sys
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ import pytest
 import redis
 
 from cache_svc.__main__ import check_durability
+from cache_svc.store import LIBRARY
 from chinook.config import Settings
 from tests.support.api import Api
 from tests.support.stack import REPO_ROOT, Isolation, Stack
@@ -84,9 +86,18 @@ def stores(tmp_path_factory):
         shared.destroy()
 
 
+def load_functions(redis_url: str) -> subprocess.CompletedProcess:
+    """The administrator's step compose and Kubernetes run before cache-svc starts."""
+    return subprocess.run([sys.executable, "-m", "cache_svc.load_functions"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "REDIS_URL": redis_url})
+
+
 @pytest.fixture(scope="module")
 def stack(stores, tmp_path_factory):
     stack = Stack(stores, tmp_path_factory.mktemp("least-privilege-stack"))
+    done = load_functions(stores.redis.url)
+    assert done.returncode == 0, done.stderr
+    assert f"library {LIBRARY.name} loaded on 1 node" in done.stdout
     try:
         stack.start()  # a service that an account's refusal keeps from starting is stopped too
         yield stack
@@ -207,12 +218,36 @@ def test_the_cache_user_stays_under_its_prefix(stores, admin):
                             lambda: cache.config_get("appendonly"), lambda: cache.config_set("appendonly", "no"),
                             cache.acl_list, lambda: cache.client_kill_filter(skipme=True)):
             refused(server_wide)
-        # Its scripts are held to the same keys.
-        with pytest.raises(redis.ResponseError):
-            cache.register_script("return redis.call('SET', ARGV[1], 'overwritten')")(args=["outside"])
         assert admin.get("outside") == "theirs"
     finally:
         cache.close()
+
+
+def test_the_cache_user_runs_only_the_loaded_functions(stack, stores, admin):
+    """No Lua of its own choosing: a `while true do end` would stall Redis for everyone."""
+    cache = stores.client(stores.cache_url())
+    stall = "while true do end"
+    try:
+        for own_lua in (lambda: cache.eval(stall, 0), lambda: cache.script_load(stall),
+                        lambda: cache.evalsha("0" * 40, 0), lambda: cache.script_flush(),
+                        lambda: cache.function_load(f"#!lua name=intruder\nredis.register_function('stall', "
+                                                    f"function() {stall} end)"),
+                        lambda: cache.function_delete(LIBRARY.name), lambda: cache.function_flush()):
+            refused(own_lua)
+        assert [entry[1] for entry in admin.function_list()] == [LIBRARY.name]
+        # The library's functions it may call, held to its keys like any command.
+        status = LIBRARY.function("status")
+        assert cache.fcall(status, 2, f"{KEY_PREFIX}{{0/16}}:wb:pending:album", f"{KEY_PREFIX}{{0/16}}:wb:dead:album") \
+            == [0, None, 0]
+        refused(lambda: cache.fcall(status, 2, "outside:pending", "outside:dead"))
+    finally:
+        cache.close()
+
+
+def test_loading_the_functions_needs_an_administrator(stores):
+    done = load_functions(stores.cache_url())
+    assert done.returncode != 0
+    assert "may not load it: run `python -m cache_svc.load_functions` with an administrator's REDIS_URL" in done.stderr
 
 
 def test_the_result_backend_user_cannot_touch_the_cache(stores, admin):

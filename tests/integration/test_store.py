@@ -8,7 +8,8 @@ import pytest
 from redis.crc import key_slot
 
 from cache_svc import redis_clients
-from cache_svc.store import Acknowledged, Backpressure, LayoutError, RowStore, ShardRetired
+from cache_svc.functions import ensure_loaded, primaries
+from cache_svc.store import LIBRARY, Acknowledged, Backpressure, LayoutError, RowStore, ShardRetired
 from chinook.entities import ENTITIES, new_claim_id
 
 
@@ -488,3 +489,18 @@ def test_inspect_a_dead_letter_and_a_partial_row(store):
     store.accept("album", [(SHARDS + 1, {"title": "Bulk"})], bases={SHARDS + 1: 3})
     state = store.inspect("album", SHARDS + 1, 30_000)
     assert state.state == "pending" and state.row.partial and state.row.fields == {"title": "Bulk"}
+
+
+def test_a_redis_that_lost_the_functions_library_gets_it_again(store, client):
+    """A Redis restarted without its data has no library: the next call loads it once
+    (where this account may; elsewhere the administrator's step does) and goes on."""
+    cache_row(store)
+    ensure_loaded(LIBRARY, client)
+    for _, node in primaries(client):
+        node.function_delete(LIBRARY.name)
+    assert store.accept("album", [(1, {"title": "New"})])[0] > 7
+    # Loaded again on the node that holds the row, the one the call went to.
+    owner = client.get_redis_connection(client.get_node_from_key(store.row_key("album", 1))) \
+        if store.cluster else client
+    assert LIBRARY.is_loaded(owner)
+    assert store.get("album", 1).fields["title"] == "New"

@@ -18,9 +18,10 @@ from chinook.tls import channel_credentials, server_credentials
 from . import redis_clients
 from .changes import MAX_SUBSCRIBERS, ChangeRelay
 from .flusher import Flusher
+from .functions import ensure_loaded
 from .publisher import TaskPublisher
 from .servicer import CacheServicer
-from .store import LayoutError, RowStore
+from .store import LIBRARY, LayoutError, RowStore
 from .writeback import WriteBack
 
 
@@ -113,6 +114,8 @@ def main():
                                   "Start Redis (`redis-server`) or set REDIS_URL") from exc
         # Not ready, and writing nothing, while rows wait under another WRITEBACK_SHARDS.
         store.ensure_layout()
+        # Not ready while the scripts' library is missing and this account may not load it.
+        ensure_loaded(LIBRARY, client)
         if not durability_checked:
             for node, node_client in redis_clients.node_clients(client):
                 check_durability(node_client, settings.redis_appendfsync, node if settings.redis_cluster else "")

@@ -16,6 +16,7 @@ from chinook.grpc_client import from_struct
 from chinook.grpc_server import abort
 
 from .changes import ChangeRelay, Unavailable
+from .functions import FunctionsMissing
 from .store import Backpressure, LayoutError, NotReplicated, ShardRetired
 from .writeback import Inspection, NotFound, WriteBack, updates_from_json
 
@@ -33,7 +34,7 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, Backpressure):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, (NotReplicated, LayoutError, ShardRetired)):
+    if isinstance(exc, (NotReplicated, LayoutError, ShardRetired, FunctionsMissing)):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
                         redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException)):
@@ -58,9 +59,9 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
 def status_codes(context):
     try:
         yield
-    except (ValidationError, NotFound, Backpressure, NotReplicated, LayoutError, ShardRetired, redis.RedisError,
-            redis.exceptions.RedisClusterException, kombu.exceptions.OperationalError, QueueTypeMismatch,
-            grpc.RpcError) as exc:
+    except (ValidationError, NotFound, Backpressure, NotReplicated, LayoutError, ShardRetired, FunctionsMissing,
+            redis.RedisError, redis.exceptions.RedisClusterException, kombu.exceptions.OperationalError,
+            QueueTypeMismatch, grpc.RpcError) as exc:
         status = status_of(exc)
         if status is None:
             raise

@@ -37,7 +37,8 @@ Layout, with `p` the configured key prefix and `s` a shard's prefix,
   it changed (see CacheService.WatchChanges), in the same atomic step, so subscribers
   see changes in the order Redis applied them.
 
-Each step that changes a row and its bookkeeping is one Lua script, so it is atomic.
+Each step that changes a row and its bookkeeping is one Lua script, so it is atomic. The
+scripts run as the functions of one Redis Functions library (functions.py).
 """
 
 import json
@@ -49,6 +50,8 @@ import redis
 
 from chinook.entities import new_claim_id
 from chinook.tracing import LINK_WIDTH, LINKS_PER_ROW
+
+from .functions import NOT_FOUND, Library, ensure_loaded
 
 META_PREFIX = "_"
 
@@ -450,6 +453,13 @@ return {now_ms, redis.call('HGETALL', row), redis.call('ZSCORE', KEYS[2], id) or
         redis.call('PTTL', row)}
 """
 
+# Every script, by the name of its function in the Redis functions library (functions.py).
+SCRIPTS = {"accept": ACCEPT, "begin_fill": BEGIN_FILL, "fill": FILL, "merge": MERGE, "uncached": UNCACHED,
+           "claim": CLAIM, "ack": ACK, "drop_outdated": DROP_OUTDATED, "expedite": EXPEDITE,
+           "dead_letter": DEAD_LETTER, "resolve_dead_letter": RESOLVE_DEAD_LETTER, "status": STATUS,
+           "inspect": INSPECT}
+LIBRARY = Library(SCRIPTS, read_only={"uncached", "status", "inspect"})
+
 # Rows per script call: long enough to amortise the round trip, short enough not to
 # stall other clients of Redis.
 CHUNK = 1000
@@ -598,19 +608,19 @@ class RowStore:
         # report them): the other shards' part of the WRITEBACK_MAX_PENDING check.
         self._shard_pending = [0] * shards
         self.layout_adopted = False
-        self._accept = client.register_script(ACCEPT)
-        self._begin_fill = client.register_script(BEGIN_FILL)
-        self._fill = client.register_script(FILL)
-        self._merge = client.register_script(MERGE)
-        self._uncached = client.register_script(UNCACHED)
-        self._claim = client.register_script(CLAIM)
-        self._ack = client.register_script(ACK)
-        self._drop_outdated = client.register_script(DROP_OUTDATED)
-        self._expedite = client.register_script(EXPEDITE)
-        self._dead_letter = client.register_script(DEAD_LETTER)
-        self._resolve_dead_letter = client.register_script(RESOLVE_DEAD_LETTER)
-        self._status = client.register_script(STATUS)
-        self._inspect = client.register_script(INSPECT)
+        self._accept = LIBRARY.function("accept")
+        self._begin_fill = LIBRARY.function("begin_fill")
+        self._fill = LIBRARY.function("fill")
+        self._merge = LIBRARY.function("merge")
+        self._uncached = LIBRARY.function("uncached")
+        self._claim = LIBRARY.function("claim")
+        self._ack = LIBRARY.function("ack")
+        self._drop_outdated = LIBRARY.function("drop_outdated")
+        self._expedite = LIBRARY.function("expedite")
+        self._dead_letter = LIBRARY.function("dead_letter")
+        self._resolve_dead_letter = LIBRARY.function("resolve_dead_letter")
+        self._status = LIBRARY.function("status")
+        self._inspect = LIBRARY.function("inspect")
 
     # Keys
 
@@ -668,8 +678,14 @@ class RowStore:
         fewer replicas confirmed in time raise NotReplicated. Returns the replies in order."""
         wait = wait and self.min_replicas > 0
         if len(calls) == 1 and not wait and not self.cluster:
-            script, keys, args = calls[0]
-            return [script(keys=keys, args=args)]
+            function, keys, args = calls[0]
+            try:
+                return [self.redis.fcall(function, len(keys), *keys, *args)]
+            except redis.ResponseError as exc:
+                if not str(exc).startswith(NOT_FOUND):
+                    raise
+                ensure_loaded(LIBRARY, self.redis)
+                return [self.redis.fcall(function, len(keys), *keys, *args)]
         replies = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(CLUSTER_ATTEMPTS):
@@ -714,16 +730,16 @@ class RowStore:
         return list(groups.values())
 
     def _pipeline(self, client: redis.Redis, calls: list, wait: bool) -> list:
-        """The calls on one node in one round trip, plus one for the calls of scripts the
-        node lacks (new, restarted or just promoted), once they are loaded."""
+        """The calls on one node in one round trip, plus one for the calls of functions the
+        node lacks (new, or restarted without its data), once the library is loaded."""
         replies = [None] * len(calls)
         todo = range(len(calls))
         confirmed = None
         for _ in range(2):
             with client.pipeline(transaction=False) as pipe:
                 for i in todo:
-                    script, keys, args = calls[i]
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    function, keys, args = calls[i]
+                    pipe.fcall(function, len(keys), *keys, *args)
                 if wait:
                     pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
                 round_replies = pipe.execute(raise_on_error=False)
@@ -736,11 +752,11 @@ class RowStore:
                 confirmed = replicas if confirmed is None else min(confirmed, replicas)
             for i, reply in zip(todo, round_replies):
                 replies[i] = reply
-            todo = [i for i in todo if isinstance(replies[i], redis.exceptions.NoScriptError)]
+            todo = [i for i in todo if isinstance(replies[i], redis.ResponseError)
+                    and str(replies[i]).startswith(NOT_FOUND)]
             if not todo:
                 break
-            for script in {calls[i][0] for i in todo}:
-                client.script_load(script.script)
+            ensure_loaded(LIBRARY, client)
         if wait and confirmed < self.min_replicas:
             raise NotReplicated(
                 f"only {confirmed} of the {self.min_replicas} Redis replicas WRITEBACK_MIN_REPLICAS asks for "
@@ -1098,9 +1114,10 @@ class RowStore:
     def resolve_dead_letter(self, entity: str, row_id: int, action: str) -> DeadLetter | None:
         """action 'retry' schedules the write again, 'discard' drops the cached row."""
         shard = self.shard_of(row_id)
-        raw = self._resolve_dead_letter(
-            keys=[self.due_key(shard, entity), self.pending_key(shard, entity), self.dead_key(shard, entity)],
-            args=[self._row_prefix(shard, entity), row_id, action, self.changes_channel, entity])
+        [raw] = self._eval_many([(
+            self._resolve_dead_letter,
+            [self.due_key(shard, entity), self.pending_key(shard, entity), self.dead_key(shard, entity)],
+            [self._row_prefix(shard, entity), row_id, action, self.changes_channel, entity])])
         return _parse_dead_letter(entity, row_id, raw) if raw else None
 
     def now_ms(self) -> float:
