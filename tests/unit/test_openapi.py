@@ -132,7 +132,7 @@ def test_the_console_is_served_by_the_gateway_alone_with_a_strict_policy():
 def test_a_method_the_document_does_not_list_answers_405_with_allow():
     app = make_app()
     client = app.test_client()
-    admin = {"Authorization": "Bearer admin-secret"}
+    admin = {"Authorization": "Bearer admin-secret-of-tests"}
     for path, item in served_document(app)["paths"].items():
         url = path.replace("{album_id}", "1").replace("{artist_id}", "1").replace("{task_id}", "t") \
             .replace("{key}", "album:1").replace("{asset}", "console.js")
