@@ -6,7 +6,7 @@ import threading
 import time
 
 # Keys remembered at once; past it, keys whose window is over are forgotten, and while
-# none is, further keys share one (a flood from many addresses still logs a line a window).
+# none is, further keys share one more (a flood from many addresses logs a line a window).
 MAX_KEYS = 10_000
 OVERFLOW_KEY = ("other keys",)
 
@@ -26,7 +26,7 @@ class RateLimitedLog:
         now = self.clock()
         with self._lock:
             if key not in self._seen and len(self._seen) >= MAX_KEYS:
-                self._forget_before(now - self.window_s)
+                self._forget_since(now - self.window_s)
                 if len(self._seen) >= MAX_KEYS:
                     key = OVERFLOW_KEY
             seen = self._seen.get(key)
@@ -40,6 +40,7 @@ class RateLimitedLog:
             args = (*args, left_out)
         self.logger.log(level, message, *args)
 
-    def _forget_before(self, moment: float):
-        for key in [key for key, (when, _) in self._seen.items() if when < moment]:
+    def _forget_since(self, moment: float):
+        """Forgets the keys last logged at or before the moment, with their counts."""
+        for key in [key for key, (when, _) in self._seen.items() if when <= moment]:
             del self._seen[key]
