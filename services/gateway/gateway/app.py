@@ -45,7 +45,8 @@ CONSOLE_ASSET_MAX_AGE_S = 300
 # The methods of HTTP the metrics name; any other is counted as "other", so that made-up
 # ones add no series.
 METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# 401s, 403s and readiness failures: a line per client address (or problem) and window.
+# Refusals (401, 403, a Host not allowed) and readiness failures: a log line per client
+# address and status (or per problem) and window.
 REFUSAL_LOG_WINDOW_S = 10
 
 audit = logging.getLogger("gateway.audit")
