@@ -14,7 +14,8 @@ from tests.support.stack import free_port, tokens_env
 pytestmark = pytest.mark.e2e
 
 TOKENS = {"reader": "browser-test-reader-token", "admin": "browser-test-admin-token"}
-ALBUMS = (70, 71, 72)
+# Rows no other test of the session's system writes.
+ALBUMS = (150, 151, 152)
 # Each gunicorn worker of the Procfile's two keeps its own log window.
 GATEWAY_WORKERS = 2
 
@@ -66,7 +67,7 @@ def test_a_bulk_sent_as_text_or_a_form_is_415_and_changes_nothing(api, unchanged
 
 
 @pytest.mark.parametrize("method, path, body", [
-    ("PATCH", "/albums/70", {"title": "Changed by another site"}),
+    ("PATCH", "/albums/150", {"title": "Changed by another site"}),
     ("POST", "/albums/bulk", BULK),
     ("GET", "/update-album", None),
 ])
@@ -81,39 +82,39 @@ def test_a_change_sent_from_another_site_is_403_and_changes_nothing(api, unchang
 
 def test_the_gateways_own_pages_may_change_data(api):
     own = {"Origin": api.base, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
-    assert api.patch("/albums/71", json={"title": "From the console"}, headers=own).status_code == 202
+    assert api.patch("/albums/151", json={"title": "From the console"}, headers=own).status_code == 202
     api.flush()
-    assert api.sql("SELECT title FROM album WHERE album_id = 71") == [("From the console",)]
+    assert api.sql("SELECT title FROM album WHERE album_id = 151") == [("From the console",)]
 
 
 def test_reads_stay_open_to_other_sites(api):
-    response = api.get("/albums/72", headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"})
+    response = api.get("/albums/152", headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"})
     assert response.status_code == 200
 
 
 def test_an_open_gateway_answers_to_loopback_names_only(api, unchanged):
     # DNS rebinding: the attacker's name, resolving to 127.0.0.1, is the Host.
-    refused = api.patch("/albums/70", json={"title": "Rebound"}, headers={"Host": "evil.example"})
+    refused = api.patch("/albums/150", json={"title": "Rebound"}, headers={"Host": "evil.example"})
     assert "ALLOWED_HOSTS" in error_of(refused, 400)
-    assert "ALLOWED_HOSTS" in error_of(api.get("/albums/70", headers={"Host": "evil.example:5000"}), 400)
-    assert api.get("/albums/70", headers={"Host": "localhost"}).status_code == 200
+    assert "ALLOWED_HOSTS" in error_of(api.get("/albums/150", headers={"Host": "evil.example:5000"}), 400)
+    assert api.get("/albums/150", headers={"Host": "localhost"}).status_code == 200
 
 
 def test_with_tokens_any_host_is_answered(guarded):
     # A rebinding page holds no token: a gateway that needs one may answer any name, a pod IP included.
-    response = requests.get(f"{guarded}/albums/70", headers={"Host": "evil.example", **bearer("reader")}, timeout=30)
+    response = requests.get(f"{guarded}/albums/150", headers={"Host": "evil.example", **bearer("reader")}, timeout=30)
     assert response.status_code == 200
     assert requests.get(f"{guarded}/healthz", headers={"Host": "10.1.2.3:5000"}, timeout=30).status_code == 200
 
 
 @pytest.mark.parametrize("path, body", [
-    ("/albums/70", b"[" * 100_000),
+    ("/albums/150", b"[" * 100_000),
     ("/albums/bulk", b"[" * 100_000),
-    ("/albums/70", b'{"title": ' + b"[" * 990 + b"]" * 990 + b"}"),
-    ("/albums/bulk", b'{"updates": [{"album_id": 70, "title": ' + b"[" * 990 + b"]" * 990 + b"}]}"),
+    ("/albums/150", b'{"title": ' + b"[" * 990 + b"]" * 990 + b"}"),
+    ("/albums/bulk", b'{"updates": [{"album_id": 150, "title": ' + b"[" * 990 + b"]" * 990 + b"}]}"),
 ])
 def test_deeply_nested_json_is_400_and_changes_nothing(api, unchanged, path, body):
-    method = "PATCH" if path == "/albums/70" else "POST"
+    method = "PATCH" if path == "/albums/150" else "POST"
     response = api.request(method, path, data=body, headers={"Content-Type": "application/json"})
     assert "nested deeper than 8 levels" in error_of(response, 400)
 
@@ -121,7 +122,7 @@ def test_deeply_nested_json_is_400_and_changes_nothing(api, unchanged, path, bod
 @pytest.mark.parametrize("digits", [25, 5000])
 def test_over_long_integers_are_400_and_change_nothing(api, unchanged, digits):
     number = b"9" * digits
-    for method, path, body in (("PATCH", "/albums/70", b'{"artist_id": ' + number + b"}"),
+    for method, path, body in (("PATCH", "/albums/150", b'{"artist_id": ' + number + b"}"),
                                ("POST", "/albums/bulk", b'{"updates": [{"album_id": ' + number + b', "title": "x"}]}'),
                                ("POST", "/tasks/duplicate", b'{"multiplier": ' + number + b"}")):
         response = api.request(method, path, data=body, headers={"Content-Type": "application/json"})
@@ -135,10 +136,10 @@ def metric_series(api) -> list[str]:
 
 def test_made_up_methods_add_no_metric_series(api):
     metric_series(api)
-    assert api.request("FOO", "/albums/70").status_code == 405
+    assert api.request("FOO", "/albums/150").status_code == 405
     first = metric_series(api)
     for method in ("BAR", "BAZ", "PURGE"):
-        assert api.request(method, "/albums/70").status_code == 405
+        assert api.request(method, "/albums/150").status_code == 405
     after = metric_series(api)
     assert len(after) == len(first)
     assert [line for line in after if 'method="other"' in line]
@@ -191,13 +192,13 @@ def test_a_token_in_api_tokens_and_in_the_file_stops_the_start(stack, tmp_path):
 
 def test_refusals_are_logged_a_line_per_window_without_the_token(guarded, stack):
     for _ in range(20):
-        refused = requests.get(f"{guarded}/albums/70", headers={"Authorization": "Bearer guessed-browser-token"},
+        refused = requests.get(f"{guarded}/albums/150", headers={"Authorization": "Bearer guessed-browser-token"},
                                timeout=30)
         assert refused.status_code == 401
     forbidden = requests.post(f"{guarded}/write-back/flush", headers=bearer("reader"), timeout=30)
     assert forbidden.status_code == 403
     log = stack.logs("gateway-browsers", tail=400)
-    lines = [line for line in log.splitlines() if "401 to GET '/albums/70' from 127.0.0.1" in line]
+    lines = [line for line in log.splitlines() if "401 to GET '/albums/150' from 127.0.0.1" in line]
     assert 1 <= len(lines) <= GATEWAY_WORKERS, lines
     assert "403 to POST '/write-back/flush' from 127.0.0.1: POST /write-back/flush needs role admin" in log
     assert "guessed-browser-token" not in log and not any(token in log for token in TOKENS.values())
