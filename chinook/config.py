@@ -83,6 +83,10 @@ class Settings:
     anonymous_role: str = ""
     # An open gateway (no token configured) refuses to listen beyond loopback without it.
     allow_anonymous: bool = False
+    # Host names the gateway answers to, comma-separated, each optionally with :port; *
+    # for any. Empty means the loopback names while a request without a token has a role,
+    # any host otherwise (services/gateway/gateway/browsers.py says why).
+    allowed_hosts: str = ""
     # The original demo's routes (GET /album, /update-album, ...); false removes them.
     legacy_routes: bool = True
     # Mutual TLS of every gRPC server and client (docs/security.md): the CA that signs the

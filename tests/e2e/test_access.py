@@ -11,7 +11,7 @@ pytestmark = pytest.mark.e2e
 
 # NEAR_CACHE_MAX_LAG_MS (1 s) and a heartbeat interval: how long another process may serve the old value.
 NEAR_CACHE_BOUND_S = 1.5
-TOKENS = {"reader": "e2e-reader-token", "writer": "e2e-writer-token", "admin": "e2e-admin-token"}
+TOKENS = {"reader": "e2e-access-reader-token", "writer": "e2e-access-writer-token", "admin": "e2e-access-admin-token"}
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,9 @@ def test_admin_actions_are_logged_with_the_token_name_never_the_token(guarded, s
     assert call("POST", f"{guarded}/write-back/flush?wait=30", "admin").status_code == 200
     assert call("DELETE", f"{guarded}/write-back/dead-letters/album:41", "writer").status_code == 403
     log = stack.logs("gateway-guarded", tail=400)
-    assert "POST /write-back/flush by API_TOKENS entry 3 (admin)" in log
+    assert "POST '/write-back/flush' by API_TOKENS entry 3 (admin)" in log
     # Refused requests and reads are not audit lines; no token appears anywhere.
-    assert "DELETE /write-back/dead-letters/album:41 by" not in log
+    assert "DELETE '/write-back/dead-letters/album:41' by" not in log
     assert not any(token in log for token in TOKENS.values())
 
 

@@ -14,12 +14,13 @@ TABLE_DIGESTS = " UNION ALL ".join(
 
 
 class DataState:
-    def __init__(self, stack, admin_token: str):
+    def __init__(self, stack, admin_token: str | None = None):
         self.gateway_url = stack.gateway_url
         self.database_url = stack.isolation.database_url
         self.store = stack.row_store()
         self.redis = self.store.redis
-        self.admin = {"Authorization": f"Bearer {admin_token}"}
+        # An open gateway (no token configured) flushes for anyone.
+        self.admin = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
 
     def settle_and_snapshot(self) -> dict:
         """Writes every pending row to Postgres first, so that no flush runs while a

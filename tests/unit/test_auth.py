@@ -9,8 +9,8 @@ from gateway.app import create_app
 from gateway.auth import Access, digest, parse_api_tokens, parse_tokens_file
 from gateway.errors import CallFailed
 
-TOKENS = "reader:read-secret,writer:write-secret,admin:admin-secret"
-BEARER = {role: {"Authorization": f"Bearer {role}-secret"} for role in ("read", "write", "admin")}
+TOKENS = "reader:read-secret-of-tests,writer:write-secret-of-tests,admin:admin-secret-of-tests"
+BEARER = {role: {"Authorization": f"Bearer {role}-secret-of-tests"} for role in ("read", "write", "admin")}
 PASSED = 503  # the stand-in cache's answer: the request got past the check
 
 ROUTES = [
@@ -83,7 +83,7 @@ def test_health_and_metrics_are_open(path):
 
 def test_bad_tokens_are_refused_without_naming_them():
     api = client()
-    for header in ("Bearer wrong-secret", "Basic read-secret", "Bearer ", "read-secret"):
+    for header in ("Bearer wrong-secret-of-tests", "Basic read-secret-of-tests", "Bearer ", "read-secret-of-tests"):
         response = api.get("/albums/1", headers={"Authorization": header})
         assert response.status_code == 401 and "secret" not in response.get_data(as_text=True)
 
@@ -121,7 +121,7 @@ def test_a_tokens_file_holds_digests_only(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("reader", "entry 1 must be role:token"),
-    ("reader:SECRET-1,owner:SECRET-2", "entry 2 must be role:token"),
+    ("reader:SECRET-1-of-16-characters,owner:SECRET-2-of-16-characters", "entry 2 must be role:token"),
     ("none:SECRET-3", "entry 1 must be role:token"),
 ])
 def test_bad_api_tokens_name_the_entry_not_the_token(text, message):

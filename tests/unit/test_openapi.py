@@ -10,6 +10,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from chinook.config import Settings
 from gateway.app import create_app, route_label
+from gateway.browsers import STATE_CHANGING_METHODS, is_state_change
 from gateway.openapi import operations
 from tests.unit.test_auth import TOKENS, UnavailableCache
 
@@ -69,6 +70,21 @@ def test_each_operation_declares_its_security_as_its_role_says():
             assert operation["security"] == [{"bearer": []}], (method, path)
             assert "401" in operation["responses"], (method, path)
             assert ("403" in operation["responses"]) is (operation["x-required-role"] != "reader"), (method, path)
+
+
+def test_the_document_lists_the_refusals_of_bad_hosts_other_sites_and_other_media_types():
+    app = make_app()
+    documented = {(path, method): operation["responses"] for path, method, operation in operations(served_document(app))}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = route_label(rule.rule).replace("<", "{").replace(">", "}")
+        for method in rule.methods - IGNORED_METHODS:
+            responses = documented[(path, method.lower())]
+            assert "400" in responses, (method, path)
+            assert ("415" in responses) is (method in STATE_CHANGING_METHODS), (method, path)
+            if is_state_change(method, app.view_functions[rule.endpoint]):
+                assert "403" in responses, (method, path)
 
 
 def test_a_token_is_optional_where_the_anonymous_role_suffices():
@@ -132,7 +148,7 @@ def test_the_console_is_served_by_the_gateway_alone_with_a_strict_policy():
 def test_a_method_the_document_does_not_list_answers_405_with_allow():
     app = make_app()
     client = app.test_client()
-    admin = {"Authorization": "Bearer admin-secret"}
+    admin = {"Authorization": "Bearer admin-secret-of-tests"}
     for path, item in served_document(app)["paths"].items():
         url = path.replace("{album_id}", "1").replace("{artist_id}", "1").replace("{task_id}", "t") \
             .replace("{key}", "album:1").replace("{asset}", "console.js")

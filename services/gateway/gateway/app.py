@@ -20,11 +20,14 @@ from chinook.entities import MIN_MULTIPLIER, ValidationError, get_entity, parse_
 from chinook.grpc_client import CacheClient, from_struct
 from chinook.tls import channel_credentials
 
-from . import errors, openapi
+from . import browsers, errors, openapi
 from .auth import RANK, Access
 from .batching import CallBatcher
+from .browsers import AllowedHosts, changes_state
 from .errors import STATUS_BY_NUMBER, ApiError, CallFailed
+from .json_input import json_body
 from .near_cache import PENDING, ChangeWatcher, NearCache
+from .rate_limited_log import RateLimitedLog
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_FLUSH_WAIT_S = 300
@@ -39,7 +42,15 @@ CONSOLE_HEADERS = {"Content-Security-Policy": CONSOLE_POLICY, "X-Content-Type-Op
                    "Referrer-Policy": "no-referrer"}
 CONSOLE_ASSET_MAX_AGE_S = 300
 
+# The methods of HTTP the metrics name; any other is counted as "other", so that made-up
+# ones add no series.
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Refusals (401, 403, a Host not allowed) and readiness failures: a log line per client
+# address and status (or per problem) and window.
+REFUSAL_LOG_WINDOW_S = 10
+
 audit = logging.getLogger("gateway.audit")
+log = logging.getLogger(__name__)
 
 api = Blueprint("api", __name__)
 # The original demo's routes, with their original shapes; LEGACY_ROUTES=false leaves them out.
@@ -83,25 +94,6 @@ def reads() -> CallBatcher:
 
 def bad_request(message: str):
     return ApiError(400, "invalid_argument", message)
-
-
-def _refuse_constant(name: str):
-    # Python's json takes NaN and Infinity; JSON does not.
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def json_body() -> dict:
-    # get_data, not request.data: that would first try to parse the body as a form.
-    data = request.get_data()
-    if not data:
-        raise bad_request("request body: expected a JSON object")
-    try:
-        body = json.loads(data, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request("request body: expected a JSON object")
-    return body
 
 
 def path_id(raw: str, name: str) -> int:
@@ -387,6 +379,26 @@ def console_asset(asset):
     return response
 
 
+def limited_log() -> RateLimitedLog:
+    return current_app.extensions["limited_log"]
+
+
+def refused(status: int, code: str, message: str, headers=None):
+    """The error response of a refused request, logged (the message never holds a token;
+    the path is quoted, so that a %0A in the URL cannot start a line of its own)."""
+    limited_log().log(logging.WARNING, (request.remote_addr, status), "%d to %s %r from %s: %s",
+                      status, request.method, request.path, request.remote_addr, message)
+    return errors.error_response(status, code, message, headers)
+
+
+def check_browsers():
+    """Answers 400 to a Host that ALLOWED_HOSTS does not list, and 403 to a change of
+    state sent by another site's page (browsers.py)."""
+    refusal = browsers.refusal(request, current_app.view_functions.get(request.endpoint),
+                               current_app.extensions["allowed_hosts"])
+    return refused(*refusal) if refusal else None
+
+
 def check_access():
     """Answers 401 or 403 before the route runs, unless the caller's role suffices."""
     view = current_app.view_functions.get(request.endpoint)
@@ -398,20 +410,25 @@ def check_access():
     caller = current_app.extensions["access"].caller_of(authorization)
     challenge = {"WWW-Authenticate": "Bearer"}
     if caller is None:
-        return errors.error_response(401, "unauthenticated", "the bearer token is not valid", challenge)
+        return refused(401, "unauthenticated", "the bearer token is not valid", challenge)
     role = caller.role
     if RANK[role] >= RANK[required]:
         if required == "admin":
             # Admin actions flush, duplicate and discard accepted writes: who did it must be findable.
-            audit.info("%s %s by %s (%s)", request.method, request.path, caller.name, role)
+            audit.info("%s %r by %s (%s)", request.method, request.path, caller.name, role)
         return None
     if not authorization:
-        return errors.error_response(401, "unauthenticated",
-                                     f"{request.method} {route_label(request.url_rule.rule)} needs a bearer token "
-                                     f"(Authorization: Bearer <token>) of role {required}", challenge)
-    return errors.error_response(403, "permission_denied",
-                                 f"{request.method} {route_label(request.url_rule.rule)} needs role {required}; "
-                                 f"the token's role is {role}")
+        return refused(401, "unauthenticated", f"{request.method} {route_label(request.url_rule.rule)} needs a "
+                       f"bearer token (Authorization: Bearer <token>) of role {required}", challenge)
+    return refused(403, "permission_denied",
+                   f"{request.method} {route_label(request.url_rule.rule)} needs role {required}; "
+                   f"the token's role is {role}")
+
+
+def check_media_type():
+    """Answers 415 to a change whose body is not JSON, before anything reads it."""
+    message = browsers.media_type_refusal(request, current_app.view_functions.get(request.endpoint))
+    return errors.error_response(415, "unsupported_media_type", message) if message else None
 
 
 @api.before_app_request
@@ -422,7 +439,8 @@ def start_timer():
 @api.after_app_request
 def observe(response):
     route = route_label(request.url_rule.rule) if request.url_rule else "unmatched"
-    metrics.HTTP_SECONDS.labels(request.method, route, response.status_code).observe(
+    method = request.method if request.method in METRIC_METHODS else "other"
+    metrics.HTTP_SECONDS.labels(method, route, response.status_code).observe(
         time.perf_counter() - g.get("started", time.perf_counter())
     )
     return response
@@ -444,12 +462,16 @@ def healthz():
 @requires("none")
 def readyz():
     try:
-        serving = cache().is_serving()
+        problem = None if cache().is_serving() else "cache service is not serving"
     except grpc.RpcError as exc:
-        return errors.error_response(503, "unavailable", f"cache service unreachable: {exc.details()}")
-    if not serving:
-        return errors.error_response(503, "unavailable", "cache service is not serving")
-    return jsonify({"status": "ready"})
+        problem = f"cache service unreachable: {exc.details()}"
+    if problem is None:
+        return jsonify({"status": "ready"})
+    limited_log().log(logging.WARNING, ("readyz", problem), "not ready: %s", problem)
+    # The details name internal addresses and TLS failures: for callers who may read data only.
+    caller = current_app.extensions["access"].caller_of(request.headers.get("Authorization"))
+    may_read = caller is not None and RANK[caller.role] >= RANK["reader"]
+    return errors.error_response(503, "unavailable", problem if may_read else "not ready")
 
 
 @legacy.get("/album")
@@ -464,6 +486,7 @@ def legacy_get_album():
 
 @legacy.get("/update-album")
 @requires("admin")
+@changes_state
 def legacy_update_all_albums():
     response = cache().randomize_album_titles(include_rows=True)
     return jsonify([{"album_id": r.id, "version": r.version} for r in response.rows])
@@ -471,6 +494,7 @@ def legacy_update_all_albums():
 
 @legacy.get("/duplicate_database")
 @requires("admin")
+@changes_state
 def legacy_duplicate():
     task_id = cache().start_duplication(2)
     return Response(f"Duplication task started (id.: {task_id})", mimetype="text/plain")
@@ -508,8 +532,13 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     app.extensions["update_batcher"] = CallBatcher(client.update_rows, linger_s)
     app.extensions["read_batcher"] = CallBatcher(client.get_rows, linger_s)
     access = app.extensions["access"] = Access.from_settings(settings)
+    app.extensions["allowed_hosts"] = AllowedHosts.from_settings(settings, access.anonymous_role)
+    app.extensions["limited_log"] = RateLimitedLog(log, REFUSAL_LOG_WINDOW_S)
     app.extensions["openapi"] = openapi.document(settings.legacy_routes, access.anonymous_role)
+    # In this order: where a request comes from, who sends it, then what it carries.
+    app.before_request(check_browsers)
     app.before_request(check_access)
+    app.before_request(check_media_type)
     app.url_map.converters["segment"] = SegmentConverter
     app.register_blueprint(api)
     if settings.legacy_routes:

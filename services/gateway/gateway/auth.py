@@ -3,7 +3,9 @@
 Roles grow: a reader reads data and state; a writer also changes rows; an admin also
 starts table-wide work (random titles, duplication, flushes) and retries or discards
 dead letters, the writes that exist nowhere else yet. Tokens are kept as SHA-256 digests
-and compared in constant time; no token is ever logged or put into a message.
+and compared in constant time; no token is ever logged or put into a message. A token
+shorter than MIN_TOKEN_LENGTH, or one given twice (which role would it have?), stops the
+gateway at start.
 """
 
 import hashlib
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 # In ascending order: each role may do what the ones before it may.
 ROLES = ("none", "reader", "writer", "admin")
 RANK = {role: rank for rank, role in enumerate(ROLES)}
+# Short enough to guess is too short; secrets.token_urlsafe(32) gives 43 characters.
+MIN_TOKEN_LENGTH = 16
 
 
 def digest(token: str) -> str:
@@ -31,6 +35,8 @@ class Token:
     role: str
     sha256: str
     name: str
+    # Where it is configured, for messages: "API_TOKENS entry 2", "API_TOKENS_FILE tokens.txt line 3".
+    source: str
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,11 @@ def parse_api_tokens(text: str) -> list[Token]:
         if not separator or not token or role not in RANK or role == "none":
             raise ConfigError(f"API_TOKENS: entry {index + 1} must be role:token with a role of "
                               f"reader, writer or admin")
-        tokens.append(Token(role, digest(token), f"API_TOKENS entry {index + 1}"))
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ConfigError(f"API_TOKENS: the token of entry {index + 1} is shorter than {MIN_TOKEN_LENGTH} "
+                              "characters; make one with python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        where = f"API_TOKENS entry {index + 1}"
+        tokens.append(Token(role, digest(token), where, where))
     return tokens
 
 
@@ -70,8 +80,20 @@ def parse_tokens_file(path: str) -> list[Token]:
                 or any(c not in "0123456789abcdef" for c in hex_digest):
             raise ConfigError(f"API_TOKENS_FILE {path} line {number}: expected 'role sha256-hex [name]' "
                               "with a role of reader, writer or admin and 64 hex digits")
-        tokens.append(Token(role, hex_digest, " ".join(words[2:]) or f"{path} line {number}"))
+        name = " ".join(words[2:]) or f"{path} line {number}"
+        tokens.append(Token(role, hex_digest, name, f"API_TOKENS_FILE {path} line {number}"))
     return tokens
+
+
+def check_distinct(tokens: list[Token]):
+    """Refuses a token configured twice, in API_TOKENS, API_TOKENS_FILE or both: compared
+    as digests, so a file line and an API_TOKENS entry of the same token meet too."""
+    first_of = {}
+    for token in tokens:
+        first = first_of.setdefault(token.sha256, token)
+        if first is not token:
+            raise ConfigError(f"{first.source} and {token.source} hold the same token: give each token once, "
+                              "with one role")
 
 
 class Access:
@@ -86,6 +108,7 @@ class Access:
         tokens = parse_api_tokens(settings.api_tokens)
         if settings.api_tokens_file:
             tokens += parse_tokens_file(settings.api_tokens_file)
+        check_distinct(tokens)
         anonymous = settings.anonymous_role or ("none" if tokens else "admin")
         if not tokens:
             if not _is_loopback(settings.gateway_host) and not settings.allow_anonymous:

@@ -3,7 +3,8 @@
 The address comes from GATEWAY_HOST (loopback unless set: compose and Kubernetes set
 0.0.0.0) and GATEWAY_PORT, so the same command serves `make run`, compose and
 Kubernetes. The access settings are checked here, in the master, so that a gateway
-that would be open beyond loopback, or has unusable tokens, does not start at all.
+that would be open beyond loopback, or has unusable tokens or allowed hosts, does not
+start at all.
 Each worker process counts its own requests; prometheus_client's multiprocess mode lets
 any of them serve the sum. The folder must be set before the app is imported.
 """
@@ -14,10 +15,11 @@ import tempfile
 
 from chinook.config import ConfigError, settings_or_exit
 from gateway.auth import Access
+from gateway.browsers import AllowedHosts
 
 settings = settings_or_exit()
 try:
-    Access.from_settings(settings)
+    AllowedHosts.from_settings(settings, Access.from_settings(settings).anonymous_role)
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
 
