@@ -75,7 +75,7 @@ def test_files_that_hold_the_wrong_thing(certs, tmp_path):
     encrypted = tmp_path / "encrypted-key.pem"
     encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                             serialization.BestAvailableEncryption(b"secret")))
-    with pytest.raises(ConfigError, match="GRPC_TLS_KEY_FILE: the key is encrypted"):
+    with pytest.raises(ConfigError, match="GRPC_TLS_KEY_FILE='.*encrypted-key.pem': the key is encrypted"):
         load_settings(env_of(certs, GRPC_TLS_KEY_FILE=str(encrypted)))
 
 
@@ -171,8 +171,10 @@ def test_make_certs_writes_the_ca_the_local_leaf_and_one_per_service(tmp_path):
     usages = dev.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     dev.verify_directly_issued_by(ca)
-    assert names_of(load(folder / "cache-svc/tls.crt"))[0] == [
-        "cache-svc", "cache-svc.chinook", "cache-svc.chinook.svc", "cache-svc.chinook.svc.cluster.local"]
+    # Each service's names, and the local ones, for `make run` on loopback.
+    assert names_of(load(folder / "cache-svc/tls.crt")) == (
+        ["cache-svc", "cache-svc.chinook", "cache-svc.chinook.svc", "cache-svc.chinook.svc.cluster.local",
+         "localhost"], [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")])
     assert "db-duplication-worker" in names_of(load(folder / "workers/tls.crt"))[0]
     for service in dev_certs.SERVICE_HOSTS:
         load(folder / service / "tls.crt").verify_directly_issued_by(ca)
