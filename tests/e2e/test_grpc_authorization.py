@@ -241,7 +241,8 @@ def test_the_real_callers_are_let_through(authz_stack, api):
 # --- where the servers listen ------------------------------------------------------
 
 def listening_addresses(port: int) -> set:
-    """The local addresses of this machine's listening TCP sockets on port."""
+    """The local addresses of this machine's listening TCP sockets on port; an IPv4 address
+    an IPv6 socket listens on (gRPC's sockets are) as itself."""
     found = set()
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(path).read_text().splitlines()[1:]:
@@ -251,7 +252,8 @@ def listening_addresses(port: int) -> set:
                 continue
             # Each 32-bit word in the kernel's byte order (little-endian here).
             raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
-            found.add(ipaddress.ip_address(raw))
+            address = ipaddress.ip_address(raw)
+            found.add(getattr(address, "ipv4_mapped", None) or address)
     return found
 
 
@@ -303,7 +305,9 @@ def test_allow_plaintext_lets_a_server_listen_beyond_loopback(stack):
                 pass
             assert time.monotonic() < deadline, "persistence-svc did not start"
             time.sleep(0.2)
-        assert listening_addresses(int(ports["PERSISTENCE_GRPC_PORT"])) == {ipaddress.ip_address("0.0.0.0")}
+        # Every address: gRPC listens on :: (IPv6 and IPv4) for 0.0.0.0.
+        addresses = listening_addresses(int(ports["PERSISTENCE_GRPC_PORT"]))
+        assert addresses and all(address.is_unspecified for address in addresses), addresses
         # Metrics stay on loopback: METRICS_HOST is a setting of its own.
         assert listening_addresses(int(ports["PERSISTENCE_METRICS_PORT"])) == LOOPBACK
     finally:

@@ -242,3 +242,16 @@ def test_plaintext_is_refused_beyond_loopback_only(env, tls, refused):
     if refused:
         assert refusal.startswith(f"GRPC_HOST={env['GRPC_HOST']} is reachable from other machines")
         assert "GRPC_TLS_DIR" in refusal and "ALLOW_PLAINTEXT=true" in refusal
+
+
+def test_the_documented_table_is_the_module():
+    text = (REPO_ROOT / "docs/security.md").read_text()
+    section = text[text.index("## Who may call what"):text.index("## What the network policies add")]
+    services = {"CacheService": CACHE_SERVICE, "PersistenceService": PERSISTENCE_SERVICE}
+    documented = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in services:
+            for method in cells[1].split(", "):
+                documented[f"/{services[cells[0]]}/{method.strip('`')}"] = frozenset(cells[2].split(", "))
+    assert documented == ALLOWED_CALLERS
