@@ -13,11 +13,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
-from chinook.callers import (ALLOWED_CALLERS, CACHE_SERVICE, PERSISTENCE_SERVICE, SERVICE_HOSTS, describe, dns_names,
-                             identity_of)
+from chinook.callers import (ALLOWED_CALLERS, CACHE_SERVICE, OPEN_SERVICES, PERSISTENCE_SERVICE, SERVICE_HOSTS,
+                             describe, dns_names, identity_of)
 from chinook.config import load_settings
 from chinook.grpc_client import make_channel
 from chinook.grpc_server import DenialLog, GrpcService, plaintext_refusal
@@ -31,6 +32,10 @@ DESCRIPTORS = [cache_pb2.DESCRIPTOR.services_by_name["CacheService"],
 
 
 # --- the table ---------------------------------------------------------------------
+
+def test_health_and_reflection_are_the_open_services():
+    assert OPEN_SERVICES == {health.SERVICE_NAME, reflection.SERVICE_NAME}
+
 
 def test_the_table_names_every_method_of_both_services_and_nothing_else():
     methods = {f"/{service.full_name}/{method.name}" for service in DESCRIPTORS for method in service.methods}
