@@ -97,20 +97,18 @@ class DenialLog:
         # (caller, method) -> [when the last line was written, refusals left out since]
         self._last: dict[tuple[str, str], list] = {}
 
-    def refused(self, caller: str, method: str, who: str) -> bool:
-        """Logs the refusal unless a line for caller and method was written within
-        interval_s; True when it wrote one."""
+    def refused(self, caller: str, method: str, who: str):
+        """Logs the refusal unless a line for caller and method was written within interval_s."""
         now = self.clock()
         with self._lock:
             last = self._last.get((caller, method))
             if last is not None and now - last[0] < self.interval_s:
                 last[1] += 1
-                return False
+                return
             left_out = last[1] if last is not None else 0
             self._last[(caller, method)] = [now, 0]
         log.warning("PERMISSION_DENIED: %s called %s, which chinook/callers.py does not allow it%s", who, method,
                     f" ({left_out} more refused since the last line)" if left_out else "")
-        return True
 
 
 class CallerCheck(grpc.ServerInterceptor):
@@ -120,9 +118,8 @@ class CallerCheck(grpc.ServerInterceptor):
     the handshake, is in the call's auth context, which a ServerInterceptor does not see,
     so the check runs inside the handler it wraps."""
 
-    def __init__(self, allowed: dict[str, frozenset[str]] = ALLOWED_CALLERS, denials: DenialLog | None = None):
-        self.allowed = allowed
-        self.denials = denials or DenialLog()
+    def __init__(self):
+        self.denials = DenialLog()
         # The checked handler of each method, built once: an allowed call pays a look-up
         # of its certificate's names and a set check.
         self._handlers = {}
@@ -143,7 +140,7 @@ class CallerCheck(grpc.ServerInterceptor):
 
     def _checked(self, method: str, inner):
         # A method the table lacks is allowed to nobody.
-        callers = self.allowed.get(method, frozenset())
+        callers = ALLOWED_CALLERS.get(method, frozenset())
 
         def checked(request, context):
             names = _certificate_names(context)

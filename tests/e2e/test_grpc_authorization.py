@@ -124,7 +124,8 @@ def test_the_gateways_certificate_cannot_forge_a_flush(authz_stack, api):
         response = api.patch("/albums/30", json={"title": "Not lost"})
         assert response.status_code == 202, response.text
         version = response.json()["version"]
-        ack = cache_pb2.AckFlushedRequest(entity="album", rows=[cache_pb2.RowVersion(id=30, version=version)], written=1)
+        ack = cache_pb2.AckFlushedRequest(entity="album", rows=[cache_pb2.RowVersion(id=30, version=version)],
+                                          written=1)
         code, details = call(cache, CACHE + "AckFlushed", ack)
         assert code == grpc.StatusCode.PERMISSION_DENIED, details
         assert details == f"caller 'gateway' may not call {CACHE}AckFlushed"
