@@ -73,7 +73,8 @@ db: venv
 	$(BIN)/python -m persistence_svc.initdb
 
 # A development CA (kept if .certs/ holds one; RENEW_CA=1 makes a new one) and new leaves:
-# .certs/dev.pem for `make run` and the tests, .certs/<service>/ for docker compose.
+# .certs/<service>/ for docker compose, and for `make run` and the tests with
+# GRPC_TLS_DIR=.certs; .certs/dev.pem, of no service, for grpcurl list.
 certs: venv
 	$(BIN)/python -m deploy.dev_certs $(if $(RENEW_CA),--renew-ca)
 

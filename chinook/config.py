@@ -35,6 +35,11 @@ class Settings:
     # The address the gateway listens on: loopback for a laptop; 0.0.0.0 in containers.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 5000
+    # The address the gRPC servers listen on: loopback for a laptop; 0.0.0.0 in containers.
+    grpc_host: str = "127.0.0.1"
+    # Plaintext gRPC (no certificates) beyond loopback is refused without it: anyone who
+    # reaches the port could call every method.
+    allow_plaintext: bool = False
     cache_grpc_port: int = 50051
     persistence_grpc_port: int = 50052
     # gRPC targets: host:port, a name resolving to every replica (dns:///name:port), or
@@ -95,7 +100,11 @@ class Settings:
     grpc_tls_ca_file: str = ""
     grpc_tls_cert_file: str = ""
     grpc_tls_key_file: str = ""
-    # Port of the process' own /metrics endpoint; 0 means the service's default.
+    # Or a folder of one folder per service (`make certs`' .certs): each process reads
+    # <folder>/<its service>/ca.crt, tls.crt and tls.key. GRPC_TLS_*_FILE, when set, win.
+    grpc_tls_dir: str = ""
+    # Address and port of the process' own /metrics endpoint; port 0 means the service's default.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
     log_level: str = "INFO"
     # text: one line of text per record; json: one JSON object per line.
@@ -145,7 +154,7 @@ def load_settings(environ=None) -> Settings:
     if "{" in settings.redis_key_prefix or "}" in settings.redis_key_prefix:
         raise ConfigError(f"REDIS_KEY_PREFIX={settings.redis_key_prefix!r} must not hold {{ or }}: cache-svc "
                           "puts each shard's keys in one Redis Cluster hash slot with a {...} tag of its own")
-    tls = read_tls_files(settings) is not None
+    tls = _tls_configured(settings)
     for name in ("CACHE_SVC_ADDR", "PERSISTENCE_SVC_ADDR"):
         _check_target(name, getattr(settings, name.lower()), tls)
     return settings
@@ -218,50 +227,113 @@ class TlsFiles:
     key: bytes
 
 
-def _tls_paths(settings: Settings) -> dict[str, str]:
+def _tls_variables(settings: Settings) -> dict[str, str]:
     return {"GRPC_TLS_CA_FILE": settings.grpc_tls_ca_file, "GRPC_TLS_CERT_FILE": settings.grpc_tls_cert_file,
             "GRPC_TLS_KEY_FILE": settings.grpc_tls_key_file}
 
 
+# The files of a service's folder under GRPC_TLS_DIR, named as cert-manager's Secrets name them.
+TLS_DIR_FILES = ("ca.crt", "tls.crt", "tls.key")
+
+
+@dataclass(frozen=True)
+class TlsPaths:
+    """Where the CA, certificate and key are, and how a message names each: by the
+    variable that set it, or by its place under GRPC_TLS_DIR."""
+
+    ca: str
+    cert: str
+    key: str
+    labels: tuple[str, str, str]
+
+    @property
+    def files(self) -> tuple[str, str, str]:
+        return self.ca, self.cert, self.key
+
+
+def tls_paths(settings: Settings, identity: str | None = None) -> TlsPaths | None:
+    """The files of this process' mutual TLS: GRPC_TLS_*_FILE when any is set (all three
+    or an error), else identity's folder under GRPC_TLS_DIR; None for plaintext. identity
+    is the service the process is (chinook.callers.SERVICE_HOSTS)."""
+    variables = _tls_variables(settings)
+    given = [name for name, path in variables.items() if path]
+    if given:
+        if len(given) < len(variables):
+            missing = [name for name in variables if name not in given]
+            raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but "
+                              f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: set all "
+                              "three GRPC_TLS_* variables for mutual TLS between the services, or none for "
+                              "plaintext")
+        return TlsPaths(*variables.values(), labels=tuple(f"{name}={path!r}" for name, path in variables.items()))
+    if not settings.grpc_tls_dir:
+        return None
+    if identity is None:
+        raise ConfigError(f"GRPC_TLS_DIR={settings.grpc_tls_dir!r} holds a folder per service, and this program "
+                          "is none of them: say whose certificate it presents (--identity), or set the three "
+                          "GRPC_TLS_*_FILE variables")
+    paths = [str(Path(settings.grpc_tls_dir) / identity / name) for name in TLS_DIR_FILES]
+    return TlsPaths(*paths, labels=tuple(f"{path!r} (GRPC_TLS_DIR's {identity}/{name})"
+                                         for path, name in zip(paths, TLS_DIR_FILES)))
+
+
+def _tls_configured(settings: Settings) -> bool:
+    """Whether the processes speak mutual TLS; checks what can be checked before knowing
+    which service reads the settings."""
+    if any(_tls_variables(settings).values()):
+        return read_tls_files(settings) is not None
+    if settings.grpc_tls_dir and not Path(settings.grpc_tls_dir).is_dir():
+        raise ConfigError(f"GRPC_TLS_DIR={settings.grpc_tls_dir!r} is not a folder: run `make certs` "
+                          "(it writes .certs/<service>/), or point it at such a folder")
+    return bool(settings.grpc_tls_dir)
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
 def _no_password():
     # An encrypted key would otherwise make OpenSSL prompt on the terminal.
-    raise ConfigError("GRPC_TLS_KEY_FILE: the key is encrypted; give the services an unencrypted key file")
+    raise _EncryptedKey
 
 
-def read_tls_files(settings: Settings) -> TlsFiles | None:
-    """The CA, certificate and key the GRPC_TLS_* variables name, read and checked; None
-    when none of the three is set (plaintext)."""
-    paths = _tls_paths(settings)
-    given = [name for name, path in paths.items() if path]
-    if not given:
+def read_tls_files(settings: Settings, identity: str | None = None) -> TlsFiles | None:
+    """The CA, certificate and key of tls_paths(), read and checked; None for plaintext."""
+    paths = tls_paths(settings, identity)
+    if paths is None:
         return None
-    if len(given) < len(paths):
-        missing = [name for name in paths if name not in given]
-        raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but "
-                          f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: set all "
-                          "three GRPC_TLS_* variables for mutual TLS between the services, or none for plaintext")
-    texts = {}
-    for name, path in paths.items():
+    ca_label, cert_label, key_label = paths.labels
+    texts = []
+    for path, label, marker, kind in zip(paths.files, paths.labels,
+                                         (b"-----BEGIN CERTIFICATE-----",) * 2 + (b"PRIVATE KEY-----",),
+                                         ("certificate", "certificate", "private key")):
         try:
-            texts[name] = Path(path).read_bytes()
+            texts.append(Path(path).read_bytes())
         except OSError as exc:
-            raise ConfigError(f"{name}={path!r} cannot be read: {exc.strerror or exc}") from None
-        marker = b"PRIVATE KEY-----" if name == "GRPC_TLS_KEY_FILE" else b"-----BEGIN CERTIFICATE-----"
-        if marker not in texts[name]:
-            kind = "private key" if name == "GRPC_TLS_KEY_FILE" else "certificate"
-            raise ConfigError(f"{name}={path!r} holds no PEM {kind}")
+            raise ConfigError(f"{label} cannot be read: {exc.strerror or exc}") from None
+        if marker not in texts[-1]:
+            raise ConfigError(f"{label} holds no PEM {kind}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context.load_verify_locations(cadata=texts["GRPC_TLS_CA_FILE"].decode("ascii", "replace"))
+        context.load_verify_locations(cadata=texts[0].decode("ascii", "replace"))
     except (ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"GRPC_TLS_CA_FILE={paths['GRPC_TLS_CA_FILE']!r} is not a usable CA certificate: "
-                          f"{exc}") from None
+        raise ConfigError(f"{ca_label} is not a usable CA certificate: {exc}") from None
     try:
-        context.load_cert_chain(paths["GRPC_TLS_CERT_FILE"], paths["GRPC_TLS_KEY_FILE"], password=_no_password)
+        context.load_cert_chain(paths.cert, paths.key, password=_no_password)
+    except _EncryptedKey:
+        raise ConfigError(f"{key_label}: the key is encrypted; give the services an unencrypted key file") from None
     except ssl.SSLError as exc:
-        raise ConfigError(f"GRPC_TLS_KEY_FILE={paths['GRPC_TLS_KEY_FILE']!r} is not the key of "
-                          f"GRPC_TLS_CERT_FILE={paths['GRPC_TLS_CERT_FILE']!r}: {exc.reason or exc}") from None
-    return TlsFiles(texts["GRPC_TLS_CA_FILE"], texts["GRPC_TLS_CERT_FILE"], texts["GRPC_TLS_KEY_FILE"])
+        raise ConfigError(f"{key_label} is not the key of {cert_label}: {exc.reason or exc}") from None
+    return TlsFiles(*texts)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to listen on is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def redact_url(url: str) -> str:

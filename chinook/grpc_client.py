@@ -9,12 +9,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chinook import tracing
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
+from chinook.callers import CACHE_SERVICE, PERSISTENCE_SERVICE
 from chinook.config import tls_server_name
 from chinook.entities import get_entity
 from chinook.persistence.v1 import persistence_pb2, persistence_pb2_grpc
-
-CACHE_SERVICE = "chinook.cache.v1.CacheService"
-PERSISTENCE_SERVICE = "chinook.persistence.v1.PersistenceService"
 
 
 def _service_config(service_names: list[str]) -> str:

@@ -1,9 +1,11 @@
 """A gRPC server with what every service here needs: the standard health service
 (liveness on "", readiness that follows the backing store on each service name),
-server reflection, request metrics and logging, and a graceful stop on SIGTERM."""
+server reflection, with mutual TLS the check of who may call what (chinook.callers),
+request metrics and logging, and a graceful stop on SIGTERM."""
 
 import logging
 import signal
+import sys
 import threading
 import time
 from concurrent import futures
@@ -13,6 +15,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chinook import metrics, tracing
+from chinook.callers import ALLOWED_CALLERS, OPEN_SERVICES, UNKNOWN, describe, identity_of, service_of
+from chinook.config import ConfigError, Settings, is_loopback
+from chinook.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,11 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         wrapped = self._handlers.get(method)
         if wrapped is None:
-            wrapped = self._handlers[method] = self._wrap(method, continuation(handler_call_details))
+            handler = continuation(handler_call_details)
+            if handler is None:
+                # No such method (UNIMPLEMENTED): nothing kept, whatever names callers send.
+                return None
+            wrapped = self._handlers[method] = self._wrap(method, handler)
         return wrapped
 
     @staticmethod
@@ -76,18 +85,147 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         )
 
 
+class DenialLog:
+    """Logs refused calls: at most one line per caller and method every interval_s, with
+    how many it left out meanwhile, so a flood of refused calls cannot fill the disk.
+    Callers and methods are few (chinook.callers), so is what it keeps."""
+
+    def __init__(self, interval_s: float = 10.0, clock=time.monotonic):
+        self.interval_s = interval_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        # (caller, method) -> [when the last line was written, refusals left out since]
+        self._last: dict[tuple[str, str], list] = {}
+
+    def refused(self, caller: str, method: str, who: str):
+        """Logs the refusal unless a line for caller and method was written within interval_s."""
+        now = self.clock()
+        with self._lock:
+            last = self._last.get((caller, method))
+            if last is not None and now - last[0] < self.interval_s:
+                last[1] += 1
+                return
+            left_out = last[1] if last is not None else 0
+            self._last[(caller, method)] = [now, 0]
+        log.warning("PERMISSION_DENIED: %s called %s, which chinook/callers.py does not allow it%s", who, method,
+                    f" ({left_out} more refused since the last line)" if left_out else "")
+
+
+class CallerCheck(grpc.ServerInterceptor):
+    """Lets a call through only when the service its client certificate names may call the
+    method (chinook.callers.ALLOWED_CALLERS); health and reflection are open to any
+    certificate of the CA. Only for servers with mutual TLS: the certificate, verified in
+    the handshake, is in the call's auth context, which a ServerInterceptor does not see,
+    so the check runs inside the handler it wraps."""
+
+    def __init__(self):
+        self.denials = DenialLog()
+        # The checked handler of each method, built once: an allowed call pays a look-up
+        # of its certificate's names and a set check.
+        self._handlers = {}
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
+            handler = continuation(handler_call_details)
+            if handler is None:
+                return None
+            if service_of(method) in OPEN_SERVICES:
+                wrapped = handler
+            else:
+                wrapped = _rebuilt(handler, lambda inner: self._checked(method, inner))
+            self._handlers[method] = wrapped
+        return wrapped
+
+    def _checked(self, method: str, inner):
+        # A method the table lacks is allowed to nobody.
+        callers = ALLOWED_CALLERS.get(method, frozenset())
+
+        def checked(request, context):
+            names = _certificate_names(context)
+            identity = identity_of(names)
+            if identity not in callers:
+                self._deny(method, identity, names, context)
+            return inner(request, context)
+
+        return checked
+
+    def _deny(self, method: str, identity: str | None, names: tuple[bytes, ...], context):
+        who = f"caller {identity!r}" if identity else f"a certificate of no single service {describe(names)}"
+        metrics.GRPC_CALLS_DENIED.labels(method, identity or UNKNOWN).inc()
+        self.denials.refused(identity or UNKNOWN, method, who)
+        abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}")
+
+
+def _certificate_names(context) -> tuple[bytes, ...]:
+    """The subject alternative names of the verified client certificate; none when the
+    peer's identity is anything else (gRPC falls back to the common name)."""
+    if context.peer_identity_key() != "x509_subject_alternative_name":
+        return ()
+    return tuple(context.peer_identities() or ())
+
+
+def _rebuilt(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
+    """The handler with its behaviour (unary or streaming, either way) replaced by wrap(behaviour)."""
+    serialization = dict(request_deserializer=handler.request_deserializer,
+                         response_serializer=handler.response_serializer)
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **serialization)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **serialization)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **serialization)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **serialization)
+
+
+def plaintext_refusal(settings: Settings, tls: bool) -> str | None:
+    """Why a gRPC server may not listen on GRPC_HOST, or None: plaintext only on loopback,
+    unless ALLOW_PLAINTEXT=true says something else keeps strangers out."""
+    if tls or is_loopback(settings.grpc_host) or settings.allow_plaintext:
+        return None
+    return (f"GRPC_HOST={settings.grpc_host} is reachable from other machines and gRPC would be plaintext, so "
+            "anyone who reaches the port could call every method (acknowledge writes that never reached "
+            "Postgres, write any row): set GRPC_TLS_DIR (or the three GRPC_TLS_*_FILE variables) for mutual "
+            "TLS, or GRPC_HOST=127.0.0.1, or ALLOW_PLAINTEXT=true if something else, such as a network "
+            "policy, keeps others out")
+
+
+def listening_credentials(settings: Settings, identity: str) -> grpc.ServerCredentials | None:
+    """The credentials of identity's server (None: plaintext), once it is clear it may
+    listen on GRPC_HOST with them. For entry points: a refusal stops the process with the
+    reason and the fix."""
+    try:
+        credentials = server_credentials(settings, identity)
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+    refusal = plaintext_refusal(settings, credentials is not None)
+    if refusal:
+        sys.exit(f"configuration error: {refusal}")
+    return credentials
+
+
+def listen_address(host: str, port: int) -> str:
+    """host:port as gRPC takes it to listen on; an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class GrpcService:
     """Owns one grpc.Server; `probe` tells whether the backing store answers."""
 
     def __init__(self, port: int, service_names: list[str], probe=None, max_workers: int = 16,
-                 grace_s: float = 10.0, credentials: grpc.ServerCredentials | None = None):
+                 grace_s: float = 10.0, credentials: grpc.ServerCredentials | None = None,
+                 host: str = "127.0.0.1"):
         self.service_names = service_names
         self.probe = probe
         self.grace_s = grace_s
+        # With mutual TLS, the check of who may call what before everything but tracing,
+        # whose interceptor (when on) is outermost, so the call's log lines carry its span.
+        # A refused call is logged by the check alone, at its own pace.
+        caller_check = [CallerCheck()] if credentials is not None else []
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            # The tracing interceptor (when on) outermost, so the call's log lines carry its span.
-            interceptors=[*tracing.grpc_server_interceptors(), ObservingInterceptor()],
+            interceptors=[*tracing.grpc_server_interceptors(), *caller_check, ObservingInterceptor()],
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024),
                      # Clients reconnect every few minutes, and so resolve again and find
@@ -104,13 +242,16 @@ class GrpcService:
         )
         # With credentials (chinook.tls) every call, health and reflection included, needs a
         # client certificate; without, the port is plaintext.
+        address = listen_address(host, port)
         if credentials is None:
-            self.port = self.server.add_insecure_port(f"[::]:{port}")
+            self.port = self.server.add_insecure_port(address)
         else:
-            self.port = self.server.add_secure_port(f"[::]:{port}", credentials)
+            self.port = self.server.add_secure_port(address, credentials)
         self.tls = credentials is not None
         if self.port == 0:
-            raise OSError(f"cannot listen on gRPC port {port}: is another process using it?")
+            raise OSError(f"cannot listen on {address} for gRPC: is another process using the port, "
+                          "or is GRPC_HOST not an address of this machine?")
+        self.address = listen_address(host, self.port)
         self._stopping = threading.Event()
         self._on_stopping = []
         self._on_stop = []
@@ -148,7 +289,7 @@ class GrpcService:
 
     def serve_forever(self):
         self.server.start()
-        log.info("gRPC listening on port %d (%s): %s", self.port,
+        log.info("gRPC listening on %s (%s): %s", self.address,
                  "mutual TLS" if self.tls else "plaintext", ", ".join(self.service_names))
         # "" is liveness: the process serves. Each service name is readiness: its backing
         # store answers. An outage of the store makes the service unready, not dead.

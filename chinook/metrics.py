@@ -34,6 +34,10 @@ ACCEPT_TO_DURABLE = Histogram("chinook_accept_to_durable_seconds",
 CACHE_READS = Counter("chinook_cache_reads_total", "Row reads by cache result", ["entity", "result"])
 GRPC_SERVER_SECONDS = Histogram("chinook_grpc_server_handling_seconds", "gRPC calls handled",
                                 ["method", "code"], buckets=LATENCY_BUCKETS)
+# caller: a service of chinook.callers, or unknown; method: one the server has.
+GRPC_CALLS_DENIED = Counter("chinook_grpc_calls_denied_total",
+                            "gRPC calls refused (PERMISSION_DENIED): the caller's certificate names no service "
+                            "that may call the method", ["method", "caller"])
 NEAR_CACHE_COUNTERS = {
     name: Counter(f"chinook_near_cache_{name}_total", help_text)
     for name, help_text in (
@@ -64,12 +68,13 @@ def mark_process_dead(pid: int):
         multiprocess.mark_process_dead(pid)
 
 
-def serve(port: int, registry=None):
-    """Serves /metrics on its own port (for the gRPC services and the workers)."""
+def serve(port: int, host: str, registry=None):
+    """Serves /metrics on its own port (for the gRPC services and the workers), on
+    METRICS_HOST: loopback unless a container sets 0.0.0.0 for Prometheus to scrape."""
     if registry is None:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     else:
-        start_http_server(port, registry=registry)
+        start_http_server(port, addr=host, registry=registry)
 
 
 class PendingCollector:

@@ -1,5 +1,7 @@
-"""gRPC credentials for mutual TLS, built from the GRPC_TLS_* settings (docs/security.md).
-With none of them set there are none, and servers and clients speak plaintext."""
+"""gRPC credentials for mutual TLS, built from the GRPC_TLS_* settings (docs/security.md):
+each process presents the certificate of the service it is (its identity, as
+chinook.callers names them). With none of the settings there are none, and servers and
+clients speak plaintext."""
 
 import logging
 import os
@@ -7,29 +9,30 @@ import threading
 
 import grpc
 
-from chinook.config import ConfigError, Settings, TlsFiles, read_tls_files
+from chinook.config import ConfigError, Settings, TlsFiles, read_tls_files, tls_paths
 
 log = logging.getLogger(__name__)
 
 
-def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+def channel_credentials(settings: Settings, identity: str | None = None) -> grpc.ChannelCredentials | None:
     """The client's side: trusts servers the CA signed, whose certificate names the host
-    dialled, and presents this process' certificate. Read once: a client takes renewed
-    files at its next start."""
-    files = read_tls_files(settings)
+    dialled, and presents identity's certificate. Read once: a client takes renewed files
+    at its next start."""
+    files = read_tls_files(settings, identity)
     if files is None:
         return None
     return grpc.ssl_channel_credentials(root_certificates=files.ca, private_key=files.key,
                                         certificate_chain=files.cert)
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """The server's side: refuses a client without a certificate the CA signed. Renewed
-    files are taken on the next handshake, without a restart."""
-    files = read_tls_files(settings)
+def server_credentials(settings: Settings, identity: str | None = None) -> grpc.ServerCredentials | None:
+    """The server's side: presents identity's certificate and refuses a client without a
+    certificate the CA signed. Renewed files are taken on the next handshake, without a
+    restart."""
+    files = read_tls_files(settings, identity)
     if files is None:
         return None
-    reloader = CertificateReloader(settings)
+    reloader = CertificateReloader(settings, identity)
     return grpc.dynamic_ssl_server_credentials(_configuration(files), reloader.fetch,
                                                require_client_authentication=True)
 
@@ -42,9 +45,10 @@ class CertificateReloader:
     """grpc calls fetch() before every handshake: it answers a new configuration when the
     files changed since the last look (a renewal), else None (keep the current one)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, identity: str | None = None):
         self.settings = settings
-        self.paths = (settings.grpc_tls_ca_file, settings.grpc_tls_cert_file, settings.grpc_tls_key_file)
+        self.identity = identity
+        self.paths = tls_paths(settings, identity).files
         self._lock = threading.Lock()
         self._seen = self._signature()
 
@@ -69,7 +73,7 @@ class CertificateReloader:
             # changes once more when the writer is done.
             self._seen = seen
             try:
-                files = read_tls_files(self.settings)
+                files = read_tls_files(self.settings, self.identity)
             except ConfigError as exc:
                 log.warning("changed certificate files are not usable, serving the previous ones: %s", exc)
                 return None

@@ -4,12 +4,14 @@
 Writes into the folder (.certs/ by default, ignored by git and by image builds):
 
     ca.pem, ca-key.pem        the development CA; kept across runs unless --renew-ca
-    dev.pem, dev-key.pem      one leaf for every process of `make run` and of the tests:
-                              localhost, 127.0.0.1 and ::1, good as server and as client
     <service>/ca.crt, tls.crt, tls.key
                               a leaf per service (gateway, cache-svc, persistence-svc,
                               workers), named as docker-compose.yml and Kubernetes
-                              (namespace chinook) name it; compose mounts these folders
+                              (namespace chinook) name it, and localhost, 127.0.0.1 and ::1;
+                              compose mounts these folders, and `make run` and the tests
+                              read them with GRPC_TLS_DIR=.certs
+    dev.pem, dev-key.pem      a leaf naming no service (localhost, 127.0.0.1, ::1): it may
+                              call health and reflection only (grpcurl list and describe)
 
 Every run issues new leaves: running it again renews them, and the gRPC servers pick the
 new files up on their next handshake (docs/security.md).
@@ -27,15 +29,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-NAMESPACE = "chinook"
-# The hosts each service's certificate names: compose service names, which are also the
-# Kubernetes Service and Deployment names (k8s/components/mtls has the same lists).
-SERVICE_HOSTS = {
-    "gateway": ["gateway"],
-    "cache-svc": ["cache-svc"],
-    "persistence-svc": ["persistence-svc"],
-    "workers": ["db-write-back-worker", "db-duplication-worker"],
-}
+from chinook.callers import SERVICE_HOSTS, dns_names
+
+# Every leaf also names this machine, so each process of `make run` serves on loopback
+# with its own certificate.
 LOCAL_NAMES = ["localhost"]
 LOCAL_ADDRESSES = ["127.0.0.1", "::1"]
 CA_DAYS = 3650
@@ -46,14 +43,6 @@ CLOCK_SKEW = datetime.timedelta(minutes=5)
 
 class CertificateError(Exception):
     """The folder holds something unusable; the message names the file."""
-
-
-def dns_names(hosts: list[str]) -> list[str]:
-    """Each host as compose resolves it and as Kubernetes' DNS does, in every form."""
-    names = []
-    for host in hosts:
-        names += [host, f"{host}.{NAMESPACE}", f"{host}.{NAMESPACE}.svc", f"{host}.{NAMESPACE}.svc.cluster.local"]
-    return names
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -158,6 +147,7 @@ def make_certs(folder: Path, renew_ca: bool = False, days: int = LEAF_DAYS) -> l
         written += [folder / "ca.pem", folder / "ca-key.pem"]
     else:
         ca_cert, ca_key = existing
+    # Names no service, so the servers let it call health and reflection only.
     cert, key = issue(ca_cert, ca_key, "chinook-writeback development", LOCAL_NAMES, LOCAL_ADDRESSES, days)
     write(folder / "dev-key.pem", key_pem(key), 0o600)
     write(folder / "dev.pem", cert_pem(cert), 0o644)
@@ -165,7 +155,7 @@ def make_certs(folder: Path, renew_ca: bool = False, days: int = LEAF_DAYS) -> l
     for service, hosts in SERVICE_HOSTS.items():
         service_folder = folder / service
         service_folder.mkdir(mode=0o755, exist_ok=True)
-        cert, key = issue(ca_cert, ca_key, service, dns_names(hosts), days=days)
+        cert, key = issue(ca_cert, ca_key, service, dns_names(hosts) + LOCAL_NAMES, LOCAL_ADDRESSES, days)
         # Readable by the containers' unprivileged user, whose uid is not this one; the
         # parent folder (0700) keeps other users of this machine out.
         write(service_folder / "tls.key", key_pem(key), 0o644)
@@ -191,11 +181,8 @@ def main(argv=None):
     print(f"wrote{kept}:")
     for path in written:
         print(f"  {path}")
-    folder = args.out.resolve()
-    print("For `make run` and the tests with mutual TLS:")
-    print(f"  export GRPC_TLS_CA_FILE={folder / 'ca.pem'}")
-    print(f"  export GRPC_TLS_CERT_FILE={folder / 'dev.pem'}")
-    print(f"  export GRPC_TLS_KEY_FILE={folder / 'dev-key.pem'}")
+    print("For `make run` and the tests with mutual TLS, each process with its own certificate:")
+    print(f"  export GRPC_TLS_DIR={args.out.resolve()}")
 
 
 if __name__ == "__main__":

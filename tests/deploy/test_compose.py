@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from deploy import dev_certs
+from chinook import callers
 
 from .conftest import (GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, SETTINGS_VARIABLES, STORE_VARIABLES, TLS_VARIABLES,
                        load_yaml, procfile, run, tool)
@@ -167,11 +167,11 @@ def test_grpc_runs_with_mutual_tls_and_a_certificate_per_service(compose):
     environment = compose["services"]["gateway"]["environment"]
     for address, server in [(environment["CACHE_SVC_ADDR"], "cache-svc"),
                             (environment["PERSISTENCE_SVC_ADDR"], "persistence-svc")]:
-        assert address.rsplit(":", 1)[0] in dev_certs.dns_names(dev_certs.SERVICE_HOSTS[server]), address
+        assert address.rsplit(":", 1)[0] in callers.dns_names(callers.SERVICE_HOSTS[server]), address
     # Health is asked with the container's own certificate, naming the server as its
     # certificate does; the plaintext probe would be refused.
     for name, port in GRPC_PORTS.items():
         test = compose["services"][name]["healthcheck"]["test"]
         assert test[:5] == ["CMD", "python", "-m", "chinook.health_check", f"127.0.0.1:{port}"], name
         server_name = test[test.index("--server-name") + 1]
-        assert server_name in dev_certs.dns_names(dev_certs.SERVICE_HOSTS[name]), name
+        assert server_name in callers.dns_names(callers.SERVICE_HOSTS[name]), name

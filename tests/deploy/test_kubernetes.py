@@ -11,7 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy import dev_certs
+from chinook import callers
+from chinook.config import load_settings
+from chinook.grpc_server import plaintext_refusal
 
 from .conftest import (CRD_SCHEMAS, GRPC_PORTS, K8S, K8S_VERSION, METRICS_PORTS, QUEUES, REPO, SERVICES,
                        SETTINGS_VARIABLES, TLS_VARIABLES, combinations, containers, crd_validator, find, kustomize, one,
@@ -254,8 +256,9 @@ def test_configuration_covers_every_setting(prod):
     assert set(config) <= SETTINGS_VARIABLES
     # Set per container (METRICS_PORT; GRPC_TLS_* by the mtls component, beside the
     # mount) or left to cache-svc's default, since Redis itself is configured for
-    # durability (REDIS_APPENDFSYNC).
-    assert SETTINGS_VARIABLES - set(config) - secret_keys == {"METRICS_PORT", "REDIS_APPENDFSYNC", *TLS_VARIABLES}
+    # durability (REDIS_APPENDFSYNC); GRPC_TLS_DIR is for `make run` and the tests.
+    assert SETTINGS_VARIABLES - set(config) - secret_keys == {"METRICS_PORT", "REDIS_APPENDFSYNC", "GRPC_TLS_DIR",
+                                                              *TLS_VARIABLES}
     for workload in workloads(prod):
         for container in containers(workload):
             for env in container.get("env", []):
@@ -292,8 +295,9 @@ def test_mutual_tls_with_cert_manager(prod, dev):
         assert secret["defaultMode"] == 0o440 and pod_spec(workload)["securityContext"]["fsGroup"] == 10001
         certificate = certificates[secret["secretName"]]
         assert certificate["spec"]["issuerRef"] == {"name": "chinook-ca", "kind": "Issuer", "group": "cert-manager.io"}
-        # The same names as the leaves of `make certs`, and each server's among them.
-        assert certificate["spec"]["dnsNames"] == dev_certs.dns_names(dev_certs.SERVICE_HOSTS[leaf]), name
+        # The names of the service's identity (those of `make certs`' leaves but the local
+        # ones), and each server's among them.
+        assert certificate["spec"]["dnsNames"] == callers.dns_names(callers.SERVICE_HOSTS[leaf]), name
         assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"]), name
         assert certificate["metadata"]["labels"]["deploy-unit"] == workload["metadata"]["labels"]["deploy-unit"]
         # Plaintext in dev: no mount, no variables.
@@ -301,6 +305,23 @@ def test_mutual_tls_with_cert_manager(prod, dev):
         assert not set(TLS_VARIABLES) & {e["name"] for e in live.get("env", [])}, name
     for variable, server in [("CACHE_SVC_ADDR", "cache-svc-tls"), ("PERSISTENCE_SVC_ADDR", "persistence-svc-tls")]:
         assert config[variable].rsplit(":", 1)[0] in certificates[server]["spec"]["dnsNames"], variable
+
+
+def test_grpc_beyond_loopback_is_mutual_tls_or_plaintext_by_intent(renders):
+    """Every server listens on the pod's address, which the processes refuse in plaintext
+    unless ALLOW_PLAINTEXT=true: only the dev overlay (a local cluster) says so."""
+    for render_name, render in renders.items():
+        config = next(r for r in find(render, "ConfigMap") if r["metadata"]["name"].startswith("chinook-config"))
+        for name in GRPC_PORTS:
+            container = containers(one(render, "Deployment", name))[0]
+            env = {**config["data"], **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
+            settings = load_settings(dict.fromkeys(TLS_VARIABLES, "") | {
+                key: value for key, value in env.items() if key not in TLS_VARIABLES and key in SETTINGS_VARIABLES})
+            assert settings.grpc_host == "0.0.0.0" and settings.metrics_host == "0.0.0.0", render_name
+            tls = set(TLS_VARIABLES) <= set(env)
+            assert tls == ("mtls" in render_name or render_name.startswith("prod")), (render_name, name)
+            assert plaintext_refusal(settings, tls) is None, (render_name, name)
+            assert settings.allow_plaintext == render_name.startswith("dev"), render_name
 
 
 def test_autoscaling(prod):

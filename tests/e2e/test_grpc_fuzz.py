@@ -6,6 +6,10 @@ INTERNAL never are), every process must stay up, and afterwards, once everything
 flushed, Postgres must hold every value the cache accepted and every row ApplyWrites
 acknowledged, with no dead letters. GRPC_FUZZ_EXAMPLES (default 40) sets the examples
 per RPC, for deeper runs.
+
+The processes run with mutual TLS, each with its own certificate: the fuzzer calls each RPC
+as a service that may call it (chinook.callers), and calls every RPC as every service and
+as a certificate of none, which must get PERMISSION_DENIED exactly where the table says no.
 """
 
 import json
@@ -25,9 +29,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from chinook.cache.v1 import cache_pb2
+from chinook.callers import ALLOWED_CALLERS, SERVICE_HOSTS
 from chinook.entities import ENTITIES, Entity
-from chinook.grpc_client import CACHE_SERVICE, PERSISTENCE_SERVICE, from_struct, to_struct
+from chinook.grpc_client import CACHE_SERVICE, PERSISTENCE_SERVICE, from_struct, make_channel, to_struct
 from chinook.persistence.v1 import persistence_pb2
+from deploy import dev_certs
 from tests.support.stack import REPO_ROOT, Stack, own_stack
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +56,9 @@ CACHE_MAX_ID = 150
 # in use; no fuzzed write of the cache reaches them.
 WARM_ID = CACHE_MAX_ID + 1
 CACHE, PERSISTENCE = f"/{CACHE_SERVICE}/", f"/{PERSISTENCE_SERVICE}/"
+# The callers: every service, and a certificate of the CA naming none (`make certs`' dev.pem).
+NOBODY = "no service"
+CALLERS = [*SERVICE_HOSTS, NOBODY]
 
 
 # The documented status codes
@@ -308,13 +317,17 @@ class Applied:
 class Fuzzer:
     """Sends requests and records what the services accepted."""
 
-    def __init__(self, stack: Stack, album_ids: list[int], artist_ids: list[int]):
+    def __init__(self, stack: Stack, album_ids: list[int], artist_ids: list[int],
+                 nobody: grpc.ChannelCredentials):
         self.stack = stack
         self.album_ids = album_ids
         self.artist_ids = artist_ids
-        # As the services' own clients make them: with mutual TLS when GRPC_TLS_* are set.
-        self.channels = {CACHE_SERVICE: stack.channel(stack.cache_addr),
-                         PERSISTENCE_SERVICE: stack.channel(stack.persistence_addr)}
+        # A channel to each service as each caller, as the services' own clients make them.
+        addresses = {CACHE_SERVICE: stack.cache_addr, PERSISTENCE_SERVICE: stack.persistence_addr}
+        self.channels = {(service, identity): stack.channel(address, identity)
+                         for service, address in addresses.items() for identity in SERVICE_HOSTS}
+        self.channels.update({(service, NOBODY): make_channel(address, [], nobody)
+                              for service, address in addresses.items()})
         # The last value the cache accepted of each column of each row it was sent.
         self.accepted: dict[tuple[str, int], dict] = {}
         # The newest write ApplyWrites acknowledged of each row.
@@ -336,18 +349,23 @@ class Fuzzer:
             ids = self.album_ids
         return Strategies(ids, self.artist_ids, [], [2, 2, 2, -(2**31), -1, 0, 1, 2**31 - 1])
 
-    def stub(self, rpc: Rpc):
-        """The callable that sends a request to the RPC."""
-        channel = self.channels[rpc.service.full_name]
+    def stub(self, rpc: Rpc, caller: str | None = None):
+        """The callable that sends a request to the RPC as caller; by default as a service
+        that may call it."""
+        channel = self.channels[(rpc.service.full_name, caller or min(ALLOWED_CALLERS[rpc.path]))]
         kind = channel.unary_stream if rpc.method.server_streaming else channel.unary_unary
         return kind(rpc.path, request_serializer=rpc.request_class.SerializeToString,
                     response_deserializer=rpc.response_class.FromString)
 
     def send(self, rpc: Rpc, documented: dict, request, reads: int | None = None):
-        """Sends the request and checks the answer. A stream is read to its end, or `reads`
-        messages of it before the call is cancelled."""
+        """Sends a generated request and checks the answer, as check() does."""
         assume(request.ByteSize() < MAX_MESSAGE_BYTES)  # the client would not send it
-        call = self.stub(rpc)
+        self.check(rpc, documented, request, reads)
+
+    def check(self, rpc: Rpc, documented: dict, request, reads: int | None = None, caller: str | None = None):
+        """Sends the request (as caller, by default one that may) and checks the answer. A
+        stream is read to its end, or `reads` messages of it before the call is cancelled."""
+        call = self.stub(rpc, caller)
         responses, code, details = [], grpc.StatusCode.OK, ""
         cancelled = False
         try:
@@ -452,8 +470,20 @@ class Fuzzer:
                 f"ApplyWrites wrote {key} at version {newest[row_id].version} over {previous.version}"
             self.applied[key] = newest[row_id]
 
-    def health(self, service: str) -> int:
-        stub = health_pb2_grpc.HealthStub(self.channels[service])
+    def refused(self, rpc: Rpc, request, caller: str) -> grpc.RpcError:
+        """Sends the request as a caller the table does not allow; the refusal."""
+        call = self.stub(rpc, caller)
+        with pytest.raises(grpc.RpcError) as refusal:
+            if rpc.method.server_streaming:
+                next(iter(call(request, timeout=UNARY_DEADLINE_S)))
+            else:
+                call(request, timeout=UNARY_DEADLINE_S)
+        self.check_processes()
+        return refusal.value
+
+    def health(self, service: str, caller: str = NOBODY) -> int:
+        """Health is open to every certificate of the CA."""
+        stub = health_pb2_grpc.HealthStub(self.channels[(service, caller)])
         return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
@@ -465,11 +495,18 @@ def documented(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fuzz_stack(tmp_path_factory):
+def certs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz-certs")
+    dev_certs.make_certs(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fuzz_stack(tmp_path_factory, certs):
     """A stack of its own: the fuzzer's writes must not meet other tests' data."""
     with own_stack("fuzz", tmp_path_factory.mktemp("fuzz-stack"),
                    {"WRITEBACK_MAX_ATTEMPTS": "3", "WRITEBACK_RETRY_BACKOFF_MS": "50",
-                    "WRITEBACK_MAX_PENDING": str(MAX_PENDING)}) as stack:
+                    "WRITEBACK_MAX_PENDING": str(MAX_PENDING), "GRPC_TLS_DIR": str(certs)}) as stack:
         yield stack
 
 
@@ -480,10 +517,12 @@ def pg(stack: Stack, query: str) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def fuzzer(fuzz_stack):
+def fuzzer(fuzz_stack, certs):
     album_ids = [r[0] for r in pg(fuzz_stack, "SELECT album_id FROM album ORDER BY 1")]
     artist_ids = [r[0] for r in pg(fuzz_stack, "SELECT artist_id FROM artist ORDER BY 1")]
-    fuzzer = Fuzzer(fuzz_stack, album_ids, artist_ids)
+    nobody = grpc.ssl_channel_credentials((certs / "ca.pem").read_bytes(), (certs / "dev-key.pem").read_bytes(),
+                                          (certs / "dev.pem").read_bytes())
+    fuzzer = Fuzzer(fuzz_stack, album_ids, artist_ids, nobody)
     fuzzer.call(CACHE + "GetRows", cache_pb2.GetRowsRequest(keys=[
         cache_pb2.RowKey(entity=name, id=WARM_ID) for name in ENTITIES]))
     yield fuzzer
@@ -545,6 +584,24 @@ def test_rpc_answers_only_documented_codes(fuzzer, documented, rpc):
     for request in EXPLICIT.get(rpc.path, []):
         send = example(request=request, reads=None)(send)
     send()
+
+
+@pytest.mark.parametrize("rpc", RPCS, ids=lambda rpc: rpc.path.rsplit(".", 1)[1])
+def test_every_caller_is_refused_exactly_where_the_table_says(fuzzer, documented, rpc):
+    """As every service and as a certificate of none: a caller the table allows gets one of
+    the RPC's documented codes (PERMISSION_DENIED is none of them), any other gets
+    PERMISSION_DENIED, for an empty request and for the ones that once broke a service."""
+    assert grpc.StatusCode.PERMISSION_DENIED not in documented[rpc.path]["errors"]
+    requests = [rpc.request_class(), *EXPLICIT.get(rpc.path, [])]
+    for caller in CALLERS:
+        if caller in ALLOWED_CALLERS[rpc.path]:
+            # The empty request only: the explicit ones run once, in the fuzzing above.
+            fuzzer.check(rpc, documented, requests[0], reads=1, caller=caller)
+            continue
+        for request in requests:
+            refusal = fuzzer.refused(rpc, request, caller)
+            assert refusal.code() == grpc.StatusCode.PERMISSION_DENIED, (caller, refusal.code(), refusal.details())
+            assert rpc.path in refusal.details(), refusal.details()
 
 
 def test_flush_waits_no_longer_than_its_caller(fuzzer, fuzz_stack):

@@ -15,8 +15,14 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def flags(stack):
-    """-plaintext, or the certificates of GRPC_TLS_* when the services run with mutual TLS."""
-    return connection_flags(load_settings(stack.env))
+    """-plaintext, or with mutual TLS the gateway's certificate: cache-svc's caller."""
+    return connection_flags(load_settings(stack.env), "gateway")
+
+
+@pytest.fixture(scope="module")
+def persistence_flags(stack):
+    """-plaintext, or with mutual TLS cache-svc's certificate: persistence-svc's reader."""
+    return connection_flags(load_settings(stack.env), "cache-svc")
 
 
 def grpcurl(flags: list[str], *args: str) -> str:
@@ -54,20 +60,20 @@ def test_call_the_cache_service(stack, flags):
     assert isinstance(status, dict)
 
 
-def test_call_the_persistence_service(stack, flags):
-    reply = json.loads(grpcurl(flags, "-d", '{"entity": "artist", "ids": [1, 2]}', stack.persistence_addr,
+def test_call_the_persistence_service(stack, persistence_flags):
+    reply = json.loads(grpcurl(persistence_flags, "-d", '{"entity": "artist", "ids": [1, 2]}', stack.persistence_addr,
                                "chinook.persistence.v1.PersistenceService/GetRows"))
     assert [row["fields"]["name"] for row in reply["rows"]] == ["AC/DC", "Accept"]
 
 
-def test_errors_carry_grpc_status_codes(stack, flags):
+def test_errors_carry_grpc_status_codes(stack, flags, persistence_flags):
     result = subprocess.run(
         [GRPCURL, *flags, "-d", '{"entity": "album", "id": 999999}', stack.cache_addr,
          "chinook.cache.v1.CacheService/GetRow"], capture_output=True, text=True, timeout=30,
     )
     assert result.returncode != 0 and "NotFound" in result.stderr and "album 999999 not found" in result.stderr
     result = subprocess.run(
-        [GRPCURL, *flags, "-d", '{"entity": "track", "ids": [1]}', stack.persistence_addr,
+        [GRPCURL, *persistence_flags, "-d", '{"entity": "track", "ids": [1]}', stack.persistence_addr,
          "chinook.persistence.v1.PersistenceService/GetRows"], capture_output=True, text=True, timeout=30,
     )
     assert "InvalidArgument" in result.stderr and "unknown entity 'track'" in result.stderr

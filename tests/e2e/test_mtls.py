@@ -1,8 +1,9 @@
-"""Mutual TLS between the services: all five processes started with GRPC_TLS_* (from
-certificates made by `make certs`' own code) and with API tokens. The demo's flows work;
-grpcurl and gRPC clients get in only with a certificate of the CA, and only when the
-server's certificate names the host they dial; a renewed certificate is served without a
-restart; a half-set trio stops every process with a message naming what is missing."""
+"""Mutual TLS between the services: all five processes started with GRPC_TLS_DIR, each
+with its own certificate (made by `make certs`' own code), and with API tokens. The demo's
+flows work; grpcurl and gRPC clients get in only with a certificate of the CA, and only when
+the server's certificate names the host they dial; a renewed certificate is served without a
+restart; a half-set GRPC_TLS_* trio stops every process with a message naming what is missing.
+Who may call which method: tests/e2e/test_grpc_authorization.py."""
 
 import json
 import os
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 TOKENS = {"reader": "mtls-reader-token", "writer": "mtls-writer-token", "admin": "mtls-admin-token"}
 TLS_VARIABLES = ("GRPC_TLS_CA_FILE", "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE")
+TLS_SETTINGS = (*TLS_VARIABLES, "GRPC_TLS_DIR")
 
 
 def tls_env(folder: Path) -> dict[str, str]:
@@ -52,7 +54,7 @@ def foreign_certs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mtls_stack(certs, tmp_path_factory):
     with own_stack("mtls", tmp_path_factory.mktemp("mtls-stack"),
-                   {**tls_env(certs), "API_TOKENS": tokens_env(TOKENS)}) as stack:
+                   {"GRPC_TLS_DIR": str(certs), "API_TOKENS": tokens_env(TOKENS)}) as stack:
         yield stack
 
 
@@ -69,7 +71,13 @@ def grpcurl(*args) -> subprocess.CompletedProcess:
 
 
 def with_certs(folder: Path, ca: Path | None = None) -> list:
+    """grpcurl's flags with dev.pem, a certificate of the CA naming no service."""
     return ["-cacert", ca or folder / "ca.pem", "-cert", folder / "dev.pem", "-key", folder / "dev-key.pem"]
+
+
+def as_service(folder: Path, identity: str) -> list:
+    """grpcurl's flags with a service's own certificate."""
+    return ["-cacert", folder / "ca.pem", "-cert", folder / identity / "tls.crt", "-key", folder / identity / "tls.key"]
 
 
 # --- the demo's flows, every gRPC hop with mutual TLS ------------------------------------
@@ -125,6 +133,7 @@ def test_roles_still_decide(mtls_stack, admin):
 
 @pytest.mark.parametrize("service, address", [(CACHE_SERVICE, "cache_addr"), (PERSISTENCE_SERVICE, "persistence_addr")])
 def test_grpcurl_with_a_client_certificate(mtls_stack, certs, service, address):
+    # Reflection and health are open to every certificate of the CA, one of no service too.
     address = getattr(mtls_stack, address)
     listed = grpcurl(*with_certs(certs), address, "list")
     assert listed.returncode == 0, listed.stderr
@@ -136,7 +145,7 @@ def test_grpcurl_with_a_client_certificate(mtls_stack, certs, service, address):
 
 
 def test_grpcurl_calls_the_cache_service(mtls_stack, certs):
-    reply = grpcurl(*with_certs(certs), "-d", '{"entity": "album", "id": 193}', mtls_stack.cache_addr,
+    reply = grpcurl(*as_service(certs, "gateway"), "-d", '{"entity": "album", "id": 193}', mtls_stack.cache_addr,
                     "chinook.cache.v1.CacheService/GetRow")
     assert reply.returncode == 0, reply.stderr
     assert json.loads(json.loads(reply.stdout)["row_json"])["album_id"] == 193
@@ -167,9 +176,10 @@ def test_grpc_clients_need_the_ca_and_the_servers_name(mtls_stack):
     with pytest.raises(grpc.RpcError) as plaintext:
         health(mtls_stack.cache_addr)
     assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
-    # dev.pem names localhost and 127.0.0.1: a client that dials cache-svc refuses it.
+    # cache-svc's certificate names cache-svc and this machine: a client that expects
+    # persistence-svc refuses it.
     with pytest.raises(grpc.RpcError) as misnamed:
-        health(mtls_stack.cache_addr, mtls_stack.grpc_credentials, server_name="cache-svc")
+        health(mtls_stack.cache_addr, mtls_stack.grpc_credentials, server_name="persistence-svc")
     assert misnamed.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -180,14 +190,19 @@ def health_check(stack, *args, env=None) -> subprocess.CompletedProcess:
 
 
 def test_the_probe_presents_the_certificate(mtls_stack):
-    ready = health_check(mtls_stack, mtls_stack.cache_addr, CACHE_SERVICE)
+    ready = health_check(mtls_stack, mtls_stack.cache_addr, CACHE_SERVICE, "--identity", "cache-svc")
     assert ready.returncode == 0 and "SERVING" in ready.stdout, ready.stderr
-    live = health_check(mtls_stack, mtls_stack.persistence_addr, "--server-name", "localhost")
+    live = health_check(mtls_stack, mtls_stack.persistence_addr, "--server-name", "localhost",
+                        "--identity", "persistence-svc")
     assert live.returncode == 0, live.stderr
-    misnamed = health_check(mtls_stack, mtls_stack.cache_addr, "--server-name", "cache-svc")
+    misnamed = health_check(mtls_stack, mtls_stack.cache_addr, "--server-name", "persistence-svc",
+                            "--identity", "cache-svc")
     assert misnamed.returncode == 1 and "UNAVAILABLE" in misnamed.stderr, misnamed.stderr
-    plaintext = health_check(mtls_stack, mtls_stack.cache_addr, env=dict.fromkeys(TLS_VARIABLES, ""))
+    plaintext = health_check(mtls_stack, mtls_stack.cache_addr, env=dict.fromkeys(TLS_SETTINGS, ""))
     assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr, plaintext.stderr
+    # With a folder per service, the probe must be told whose certificate to present.
+    unnamed = health_check(mtls_stack, mtls_stack.cache_addr)
+    assert unnamed.returncode == 1 and "--identity" in unnamed.stderr, unnamed.stderr
 
 
 # --- renewal ---------------------------------------------------------------------
@@ -209,14 +224,15 @@ def serial_of(path: Path) -> int:
 
 def test_servers_serve_renewed_certificates_without_a_restart(mtls_stack, certs, admin):
     pids = {name: process.pid for name, process in mtls_stack.processes.items()}
-    before = serial_of(certs / "dev.pem")
-    for address in (mtls_stack.cache_addr, mtls_stack.persistence_addr):
-        assert served_serial(address, certs) == before
+    servers = {"cache-svc": mtls_stack.cache_addr, "persistence-svc": mtls_stack.persistence_addr}
+    before = {name: serial_of(certs / name / "tls.crt") for name in servers}
+    for name, address in servers.items():
+        assert served_serial(address, certs) == before[name]
     dev_certs.make_certs(certs)
-    after = serial_of(certs / "dev.pem")
-    assert after != before
-    for address in (mtls_stack.cache_addr, mtls_stack.persistence_addr):
-        assert served_serial(address, certs) == after
+    after = {name: serial_of(certs / name / "tls.crt") for name in servers}
+    assert all(after[name] != before[name] for name in servers)
+    for name, address in servers.items():
+        assert served_serial(address, certs) == after[name]
     # The clients keep the certificate they started with, still valid: nothing stops.
     assert admin.patch("/albums/21", json={"title": "After the renewal"}).status_code == 202
     admin.flush()
@@ -228,7 +244,7 @@ def test_servers_serve_renewed_certificates_without_a_restart(mtls_stack, certs,
 # --- a half-set trio --------------------------------------------------------------
 
 def run_process(name: str, env: dict) -> subprocess.CompletedProcess:
-    base = {key: value for key, value in os.environ.items() if key not in TLS_VARIABLES}
+    base = {key: value for key, value in os.environ.items() if key not in TLS_SETTINGS}
     return subprocess.run(
         ["bash", "-c", f"exec {procfile_commands()[name]}"], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=120, env={**base, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env},

@@ -19,6 +19,7 @@ import grpc
 import redis
 import requests
 
+from chinook.callers import SERVICE_HOSTS
 from chinook.config import load_settings
 from chinook.grpc_client import CacheClient, PersistenceClient, make_channel
 from chinook.tls import channel_credentials
@@ -171,9 +172,11 @@ class Stack:
             **{f"{name}_METRICS_PORT": str(port) for name, port in self.metrics_ports.items()},
             **(extra_env or {}),
         }
-        # With GRPC_TLS_* set (here or in the environment) the services want mutual TLS,
-        # and every channel of the tests presents the same certificate as the processes.
-        self.grpc_credentials = channel_credentials(load_settings(self.env))
+        # With GRPC_TLS_DIR (or GRPC_TLS_*) set, here or in the environment, the services
+        # want mutual TLS, and a channel of the tests presents the certificate of the
+        # service it acts as.
+        settings = load_settings(self.env)
+        self.credentials = {identity: channel_credentials(settings, identity) for identity in SERVICE_HOSTS}
         # Worker node names must differ from those of other runs on this host.
         self.commands = {
             name: command.replace("@%h", f"-{isolation.run_id}@%h")
@@ -201,9 +204,14 @@ class Stack:
     def persistence_addr(self) -> str:
         return f"127.0.0.1:{self.persistence_port}"
 
-    def channel(self, address: str) -> grpc.Channel:
-        """A channel to one of the services, as its clients make it."""
-        return make_channel(address, [], self.grpc_credentials)
+    @property
+    def grpc_credentials(self) -> grpc.ChannelCredentials | None:
+        """The gateway's, whose calls the tests mostly make."""
+        return self.credentials["gateway"]
+
+    def channel(self, address: str, identity: str = "gateway") -> grpc.Channel:
+        """A channel to one of the services, as identity's clients make it."""
+        return make_channel(address, [], self.credentials[identity])
 
     def row_store(self):
         """A RowStore over the run's keys laid out as cache-svc lays them out, on the Redis
@@ -326,7 +334,7 @@ class Stack:
         if name in self.cache_ports:
             client = CacheClient(self.cache_addr_of(name), 1, self.grpc_credentials)
         else:
-            client = PersistenceClient(self.persistence_addr, 1, self.grpc_credentials)
+            client = PersistenceClient(self.persistence_addr, 1, self.credentials["cache-svc"])
         try:
             return client.is_serving()
         except grpc.RpcError:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from chinook.config import ConfigError, load_settings
+from chinook.config import ConfigError, load_settings, read_tls_files, tls_paths
 from chinook.grpc_client import make_channel
 from chinook.tls import CertificateReloader, channel_credentials, server_credentials
 from deploy import dev_certs
@@ -75,7 +75,7 @@ def test_files_that_hold_the_wrong_thing(certs, tmp_path):
     encrypted = tmp_path / "encrypted-key.pem"
     encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                             serialization.BestAvailableEncryption(b"secret")))
-    with pytest.raises(ConfigError, match="GRPC_TLS_KEY_FILE: the key is encrypted"):
+    with pytest.raises(ConfigError, match="GRPC_TLS_KEY_FILE='.*encrypted-key.pem': the key is encrypted"):
         load_settings(env_of(certs, GRPC_TLS_KEY_FILE=str(encrypted)))
 
 
@@ -171,8 +171,10 @@ def test_make_certs_writes_the_ca_the_local_leaf_and_one_per_service(tmp_path):
     usages = dev.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     dev.verify_directly_issued_by(ca)
-    assert names_of(load(folder / "cache-svc/tls.crt"))[0] == [
-        "cache-svc", "cache-svc.chinook", "cache-svc.chinook.svc", "cache-svc.chinook.svc.cluster.local"]
+    # Each service's names, and the local ones, for `make run` on loopback.
+    assert names_of(load(folder / "cache-svc/tls.crt")) == (
+        ["cache-svc", "cache-svc.chinook", "cache-svc.chinook.svc", "cache-svc.chinook.svc.cluster.local",
+         "localhost"], [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")])
     assert "db-duplication-worker" in names_of(load(folder / "workers/tls.crt"))[0]
     for service in dev_certs.SERVICE_HOSTS:
         load(folder / service / "tls.crt").verify_directly_issued_by(ca)
@@ -198,3 +200,27 @@ def test_make_certs_refuses_a_ca_without_its_key(tmp_path):
     (tmp_path / "ca-key.pem").unlink()
     with pytest.raises(dev_certs.CertificateError, match="ca-key.pem is missing"):
         dev_certs.make_certs(tmp_path)
+
+
+# --- GRPC_TLS_DIR: a folder per service ------------------------------------------------
+
+def test_a_folder_per_service_gives_each_process_its_own_certificate(certs):
+    settings = load_settings({"GRPC_TLS_DIR": str(certs)})
+    for identity in dev_certs.SERVICE_HOSTS:
+        paths = tls_paths(settings, identity)
+        assert paths.files == tuple(str(certs / identity / name) for name in ("ca.crt", "tls.crt", "tls.key"))
+        assert read_tls_files(settings, identity).cert == (certs / identity / "tls.crt").read_bytes()
+    # The three files, when set, win over the folder.
+    explicit = load_settings({**env_of(certs), "GRPC_TLS_DIR": str(certs)})
+    assert read_tls_files(explicit, "gateway").cert == (certs / "dev.pem").read_bytes()
+
+
+def test_a_folder_per_service_needs_a_folder_and_a_service(certs, tmp_path):
+    with pytest.raises(ConfigError, match=f"GRPC_TLS_DIR='{tmp_path / 'missing'}' is not a folder: run `make certs`"):
+        load_settings({"GRPC_TLS_DIR": str(tmp_path / "missing")})
+    settings = load_settings({"GRPC_TLS_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError, match=f"'{tmp_path / 'gateway/ca.crt'}' \\(GRPC_TLS_DIR's gateway/ca.crt\\) "
+                                          "cannot be read: No such file"):
+        channel_credentials(settings, "gateway")
+    with pytest.raises(ConfigError, match="holds a folder per service, and this program is none of them"):
+        channel_credentials(load_settings({"GRPC_TLS_DIR": str(certs)}))

@@ -7,6 +7,7 @@
 import logging
 import os
 import random
+import sys
 import tempfile
 
 # Prefork children write their metrics to files the main process serves; the folder
@@ -25,7 +26,7 @@ from chinook.celery_setup import (  # noqa: E402
     APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, WRITE_BACK_QUEUE, QueueTypeWatch, delay_in_whole_seconds,
     make_celery,
 )
-from chinook.config import settings_or_exit  # noqa: E402
+from chinook.config import ConfigError, read_tls_files, settings_or_exit  # noqa: E402
 from chinook.grpc_client import CacheClient, PersistenceClient  # noqa: E402
 from chinook.logs import configure_logging  # noqa: E402
 from chinook.tls import channel_credentials  # noqa: E402
@@ -38,6 +39,13 @@ app = make_celery("worker", settings)
 log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_PORT = 9103
+# Whose certificate both workers present under GRPC_TLS_DIR, and who they are to the servers.
+IDENTITY = "workers"
+# Checked here, in the main process: the children read the files only after the fork.
+try:
+    read_tls_files(settings, IDENTITY)
+except ConfigError as exc:
+    sys.exit(f"configuration error: {exc}")
 DUPLICATE_TIMEOUT_S = 1800
 
 
@@ -50,7 +58,7 @@ class Clients:
 
 @worker_init.connect
 def serve_metrics(**_):
-    metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT, metrics.multiprocess_registry())
+    metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT, settings.metrics_host, metrics.multiprocess_registry())
 
 
 class HeldBack:
@@ -114,7 +122,7 @@ def open_clients(**_):
     name = service_name()
     configure_logging(name, settings.log_level, settings.log_format)
     tracing.setup(name, "celery")
-    credentials = channel_credentials(settings)
+    credentials = channel_credentials(settings, IDENTITY)
     Clients.persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s, credentials)
     Clients.cache = CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s, credentials)
 

@@ -11,9 +11,9 @@ from chinook.cache.v1 import cache_pb2_grpc
 from chinook.config import redact_url, settings_or_exit
 from chinook.entities import ENTITIES
 from chinook.grpc_client import CACHE_SERVICE, PersistenceClient
-from chinook.grpc_server import GrpcService
+from chinook.grpc_server import GrpcService, listening_credentials
 from chinook.logs import configure_logging
-from chinook.tls import channel_credentials, server_credentials
+from chinook.tls import channel_credentials
 
 from . import redis_clients
 from .changes import MAX_SUBSCRIBERS, ChangeRelay
@@ -26,6 +26,8 @@ from .writeback import WriteBack
 
 
 DEFAULT_METRICS_PORT = 9101
+# Whose certificate it presents under GRPC_TLS_DIR, and who it is to the servers it calls.
+IDENTITY = "cache-svc"
 # Threads for unary calls, beside the ones change subscribers hold.
 UNARY_WORKERS = 16
 log = logging.getLogger("cache-svc")
@@ -83,6 +85,8 @@ def check_replicas(client: redis.Redis, min_replicas: int, node: str):
 def main():
     settings = settings_or_exit()
     configure_logging("cache-svc", settings.log_level, settings.log_format)
+    # Before anything connects: a server that may not listen as configured stops here.
+    credentials = listening_credentials(settings, IDENTITY)
     # Before the clients are made: their channels and calls get traced from the start.
     tracing.setup("cache-svc", "redis", "celery")
     try:
@@ -95,7 +99,7 @@ def main():
                      settings.writeback_max_pending, settings.writeback_shards, settings.writeback_min_replicas,
                      settings.writeback_replica_timeout_ms)
     persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s,
-                                    channel_credentials(settings))
+                                    channel_credentials(settings, IDENTITY))
     publisher = TaskPublisher(settings)
     publisher.declare_queues()
     write_back = WriteBack(store, persistence, settings.writeback_lease_ms)
@@ -126,9 +130,10 @@ def main():
         publisher.check_queue_types()
 
     REGISTRY.register(metrics.PendingCollector(write_back.status, settings.writeback_max_pending))
-    metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT)
+    metrics.serve(settings.metrics_port or DEFAULT_METRICS_PORT, settings.metrics_host)
     service = GrpcService(settings.cache_grpc_port, [CACHE_SERVICE], probe=probe,
-                          max_workers=UNARY_WORKERS + MAX_SUBSCRIBERS, credentials=server_credentials(settings))
+                          max_workers=UNARY_WORKERS + MAX_SUBSCRIBERS, credentials=credentials,
+                          host=settings.grpc_host)
     cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(write_back, publisher, relay), service.server)
     flusher.start()
     relay.start()

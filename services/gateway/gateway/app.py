@@ -20,7 +20,7 @@ from chinook.entities import MIN_MULTIPLIER, ValidationError, get_entity, parse_
 from chinook.grpc_client import CacheClient, from_struct
 from chinook.tls import channel_credentials
 
-from . import browsers, errors, openapi
+from . import IDENTITY, browsers, errors, openapi
 from .auth import RANK, Access
 from .batching import CallBatcher
 from .browsers import AllowedHosts, changes_state
@@ -523,7 +523,7 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     client = cache_client or CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s,
-                                         channel_credentials(settings))
+                                         channel_credentials(settings, IDENTITY))
     app.extensions["cache_client"] = client
     near = app.extensions["near_cache"] = NearCache(settings.gateway_near_cache_rows)
     if settings.gateway_near_cache_rows:

@@ -2,9 +2,9 @@
 
 The address comes from GATEWAY_HOST (loopback unless set: compose and Kubernetes set
 0.0.0.0) and GATEWAY_PORT, so the same command serves `make run`, compose and
-Kubernetes. The access settings are checked here, in the master, so that a gateway
-that would be open beyond loopback, or has unusable tokens or allowed hosts, does not
-start at all.
+Kubernetes. The access, allowed hosts and certificate settings are checked here, in the
+master, so that a gateway that would be open beyond loopback, or has unusable tokens,
+allowed hosts or certificates, does not start at all.
 Each worker process counts its own requests; prometheus_client's multiprocess mode lets
 any of them serve the sum. The folder must be set before the app is imported.
 """
@@ -13,13 +13,15 @@ import os
 import sys
 import tempfile
 
-from chinook.config import ConfigError, settings_or_exit
+from chinook.config import ConfigError, read_tls_files, settings_or_exit
+from gateway import IDENTITY
 from gateway.auth import Access
 from gateway.browsers import AllowedHosts
 
 settings = settings_or_exit()
 try:
     AllowedHosts.from_settings(settings, Access.from_settings(settings).anonymous_role)
+    read_tls_files(settings, IDENTITY)
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
 
