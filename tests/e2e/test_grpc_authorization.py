@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chinook.cache.v1 import cache_pb2
 from chinook.callers import CACHE_SERVICE, PERSISTENCE_SERVICE
+from chinook.entities import new_claim_id
 from chinook.grpc_client import PersistenceClient, make_channel, to_struct
 from chinook.persistence.v1 import persistence_pb2
 from deploy import dev_certs
@@ -125,7 +126,7 @@ def test_the_gateways_certificate_cannot_forge_a_flush(authz_stack, api):
         assert response.status_code == 202, response.text
         version = response.json()["version"]
         ack = cache_pb2.AckFlushedRequest(entity="album", rows=[cache_pb2.RowVersion(id=30, version=version)],
-                                          written=1)
+                                          claim=new_claim_id())
         code, details = call(cache, CACHE + "AckFlushed", ack)
         assert code == grpc.StatusCode.PERMISSION_DENIED, details
         assert details == f"caller 'gateway' may not call {CACHE}AckFlushed"
@@ -139,7 +140,8 @@ def test_the_gateways_certificate_cannot_forge_a_flush(authz_stack, api):
         forged = [
             (cache, CACHE + "AckFlushed", ack),
             (cache, CACHE + "DeadLetter", cache_pb2.DeadLetterRequest(
-                entity="album", rows=[cache_pb2.FailedWrite(id=30, version=version, error="forged")])),
+                entity="album", rows=[cache_pb2.FailedWrite(id=30, version=version, error="forged")],
+                claim=new_claim_id())),
             (persistence, PERSISTENCE + "ApplyWrites", persistence_pb2.ApplyWritesRequest(entity="album", rows=[
                 persistence_pb2.Row(id=30, version=2**53 - 2**32, fields=to_struct({"title": "Forged"}))])),
             (persistence, PERSISTENCE + "DuplicateRows", persistence_pb2.DuplicateRowsRequest(
