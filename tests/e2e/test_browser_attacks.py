@@ -158,6 +158,15 @@ def test_readiness_details_are_for_token_holders_and_the_log(stack):
         details = error_of(requests.get(url, headers=bearer("reader"), timeout=30), 503)
         assert details.startswith("cache service unreachable: ") and len(details) > len("cache service unreachable: ")
         assert f"not ready: {details}" in stack.logs("gateway-no-cache", tail=200)
+
+        # A request that fails behind the gateway: the internal address for administrators
+        # and the log only.
+        album = f"{stack.gateway_url_of('gateway-no-cache')}/albums/1"
+        assert error_of(requests.get(album, headers=bearer("reader"), timeout=30), 503) == \
+            "cache service unavailable; retry shortly (the gateway's log has the details)"
+        internal = error_of(requests.get(album, headers=bearer("admin"), timeout=30), 503)
+        assert internal.startswith("cache service unavailable: ") and "127.0.0.1" in internal
+        assert "503 to GET '/albums/1': cache service unavailable: " in stack.logs("gateway-no-cache", tail=200)
     finally:
         stack.stop("gateway-no-cache")
 

@@ -1,5 +1,7 @@
 """The gateway's HTTP API, end to end through all five processes."""
 
+import uuid
+
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -106,9 +108,12 @@ def test_duplication_doubles_the_album_table_with_progress(api):
     assert (copy.json()["title"], copy.json()["artist_id"]) == original
 
 
-def test_unknown_task_reads_as_pending(api):
-    body = api.get("/tasks/no-such-task").json()
+def test_unknown_task_reads_as_pending_and_a_malformed_id_is_refused(api):
+    body = api.get(f"/tasks/{uuid.uuid4()}").json()
     assert body["state"] == "PENDING" and body["progress"] == {"done": 0, "total": 0}
+    for malformed in ("no-such-task", "a" * 3000, str(uuid.uuid4()).upper()):
+        response = api.get(f"/tasks/{malformed}")
+        assert response.status_code == 400 and response.json()["error"]["message"].startswith("task_id: a task id")
 
 
 # The original demo's routes
@@ -139,7 +144,8 @@ def test_legacy_duplicate_and_task_result(api):
     api.wait_for_task(task_id)
     result = api.get(f"/get_task_result?result_id={task_id}").json()
     assert result["ready"] is True and result["successful"] is True and result["value"]["inserted"] > 0
-    assert api.get("/get_task_result?result_id=not-started-yet").json() == {"status": "Pending"}
+    assert api.get(f"/get_task_result?result_id={uuid.uuid4()}").json() == {"status": "Pending"}
+    assert api.get("/get_task_result?result_id=not-started-yet").status_code == 400
 
 
 def test_a_nullable_column_can_be_set_to_null(api):

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import math
+import re
 
 import grpc
 import kombu.exceptions
@@ -24,6 +25,8 @@ CLEAN = cache_pb2.WRITE_BACK_STATE_CLEAN
 PENDING = cache_pb2.WRITE_BACK_STATE_PENDING
 DEAD_LETTERED = cache_pb2.WRITE_BACK_STATE_DEAD_LETTERED
 MAX_DEAD_LETTERS_LISTED = 1000
+# Celery's task ids: UUIDs.
+TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
@@ -256,8 +259,9 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     def GetTask(self, request, context):
         with status_codes(context):
-            if not request.task_id:
-                raise ValidationError("task_id: required")
+            if not TASK_ID.fullmatch(request.task_id):
+                raise ValidationError("task_id: a task id as StartDuplication returns it (a UUID), "
+                                      f"got {request.task_id[:40]!r}{'...' if len(request.task_id) > 40 else ''}")
             state, info = self.publisher.task_state(request.task_id)
             status = cache_pb2.TaskStatus(task_id=request.task_id, state=state)
             if state == "PROGRESS" and isinstance(info, dict):

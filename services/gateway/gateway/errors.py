@@ -1,7 +1,9 @@
 """Every error leaves the gateway as JSON {"error": {"code", "message"}}."""
 
+import logging
+
 import grpc
-from flask import jsonify, request
+from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 # gRPC status of the cache service -> HTTP status and error code.
@@ -16,6 +18,11 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "deadline_exceeded"),
 }
 RETRY_AFTER_S = "1"
+# What a caller other than an administrator is told of a failure behind the gateway.
+SERVER_FAILURES = {
+    "unavailable": "cache service unavailable; retry shortly (the gateway's log has the details)",
+    "deadline_exceeded": "the cache service did not answer in time; retry shortly",
+}
 
 
 class CallFailed(grpc.RpcError):
@@ -49,6 +56,11 @@ def error_response(status: int, code: str, message: str, headers=None):
     return response
 
 
+def _is_admin() -> bool:
+    caller = current_app.extensions["access"].caller_of(request.headers.get("Authorization"))
+    return caller is not None and caller.role == "admin"
+
+
 def register(app):
     @app.errorhandler(ApiError)
     def api_error(exc):
@@ -61,6 +73,14 @@ def register(app):
         message = exc.details() or exc.code().name
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             message = f"cache service unavailable: {message}"
+        if status >= 500 and code != "resource_exhausted":
+            # A failure of the services or stores names internal hosts, users and TLS
+            # problems: in the log, and to administrators; others learn what to do. (Too
+            # many pending writes says nothing internal, and how many.)
+            current_app.extensions["limited_log"].log(logging.WARNING, ("failed", code), "%d to %s %r: %s",
+                                                      status, request.method, request.path, message)
+            if not _is_admin():
+                message = SERVER_FAILURES.get(code, "the request failed; retry shortly")
         return error_response(status, code, message, headers)
 
     @app.errorhandler(HTTPException)
