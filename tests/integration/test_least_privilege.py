@@ -22,6 +22,7 @@ import redis
 
 from cache_svc.__main__ import check_durability
 from chinook.config import Settings
+from chinook.entities import ENTITIES
 from tests.support.api import Api
 from tests.support.stack import REPO_ROOT, Isolation, Stack
 from tests.support.stores import AclRedisServer, PostgresServer
@@ -151,6 +152,14 @@ def test_write_back_and_duplication_work_through_the_least_privileged_accounts(a
     "INSERT INTO genre (genre_id, name) VALUES (1000, 'x')",
     "DELETE FROM invoice_line",
     "UPDATE wb_operation SET kind = 'x'",
+    "UPDATE album SET album_id = 100000 WHERE album_id = 1",
+    "SELECT * FROM customer",
+    "SELECT * FROM employee",
+    "SELECT * FROM invoice",
+    "SELECT * FROM invoice_line",
+    "SELECT * FROM track",
+    "SELECT kind FROM wb_operation",
+    "LOCK TABLE album IN SHARE ROW EXCLUSIVE MODE",
     "INSERT INTO album (album_id, title, artist_id, wb_version) VALUES (100000, 'x', 1, 99)",
     "CREATE ROLE intruder",
 ])
@@ -163,6 +172,26 @@ def test_the_persistence_role_may_not_change_the_schema_or_other_tables(stores, 
     finally:
         conn.rollback()  # had it been allowed, nothing of it stays
         conn.close()
+
+
+def test_the_persistence_role_reads_and_updates_only_what_write_back_serves(stores):
+    """Its grants, as Postgres lists them: the entities' tables, their writable columns
+    and wb_version, and the record of operations."""
+    with psycopg2.connect(stores.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT table_name, privilege_type FROM information_schema.role_table_grants "
+                    "WHERE grantee = %s", (ROLE,))
+        assert set(cur.fetchall()) == {(entity.table, "SELECT") for entity in ENTITIES.values()}
+        cur.execute("SELECT table_name, column_name, privilege_type FROM information_schema.column_privileges "
+                    "WHERE grantee = %s AND privilege_type IN ('UPDATE', 'INSERT')", (ROLE,))
+        granted = set(cur.fetchall())
+    conn.close()
+    for entity in ENTITIES.values():
+        assert {column for table, column, kind in granted if (table, kind) == (entity.table, "UPDATE")} \
+            == {*entity.column_names, "wb_version"}
+        assert {column for table, column, kind in granted if (table, kind) == (entity.table, "INSERT")} \
+            == {entity.primary_key, *entity.column_names}
+    assert {(table, kind) for table, _, kind in granted} - {(e.table, k) for e in ENTITIES.values()
+                                                           for k in ("UPDATE", "INSERT")} == {("wb_operation", "INSERT")}
 
 
 def test_the_persistence_role_is_no_superuser_and_owns_nothing(stores):
