@@ -25,7 +25,7 @@ COMPOSE_ENV_FILES = {
     "rabbitmq": {"rabbitmq.env"},
     "persistence-svc": {"persistence-svc.env"},
     "cache-svc": {"rabbitmq.env", "cache-svc.env", "celery-results.env"},
-    "gateway": {"gateway.env"},
+    "gateway": set(),
     "db-write-back-worker": {"rabbitmq.env", "celery-results.env"},
     "db-duplication-worker": {"rabbitmq.env", "celery-results.env"},
     "adminer": set(),
