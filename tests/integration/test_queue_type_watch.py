@@ -34,8 +34,8 @@ def test_every_refused_queue_is_named_and_the_watch_goes_on_once_they_are_migrat
                            connect_retries=1)
 
     assert not watch.check()
-    assert watch.mismatch.queue_names == [WRITE_BACK_QUEUE, DUPLICATE_QUEUE]
-    message = str(watch.mismatch)
+    assert watch.refusal.queue_names == [WRITE_BACK_QUEUE, DUPLICATE_QUEUE]
+    message = str(watch.refusal)
     assert f"the quorum queues '{WRITE_BACK_QUEUE}' and '{DUPLICATE_QUEUE}' in vhost '{vhost}'" in message
     for name in (WRITE_BACK_QUEUE, DUPLICATE_QUEUE):
         assert f"`rabbitmqctl delete_queue -p {vhost} {name} --if-empty`" in message
@@ -43,12 +43,12 @@ def test_every_refused_queue_is_named_and_the_watch_goes_on_once_they_are_migrat
 
     Vhosts().delete_queue(vhost, DUPLICATE_QUEUE)
     assert not watch.check()
-    assert watch.mismatch.queue_names == [WRITE_BACK_QUEUE] and not watch.refuses(DUPLICATE_QUEUE)
+    assert watch.refusal.queue_names == [WRITE_BACK_QUEUE] and not watch.refuses(DUPLICATE_QUEUE)
     assert declared == []
 
     Vhosts().delete_queue(vhost, WRITE_BACK_QUEUE)
     assert watch.check()
-    assert watch.mismatch is None and declared == [1]
+    assert watch.refusal is None and declared == [1]
     queues = Vhosts().queues(vhost)
     assert {name: queues[name]["type"] for name in (WRITE_BACK_QUEUE, DUPLICATE_QUEUE)} == {
         WRITE_BACK_QUEUE: "quorum", DUPLICATE_QUEUE: "quorum"}
