@@ -25,10 +25,12 @@ import psycopg2.errors
 import pytest
 import redis
 import requests
+from kombu.transport.native_delayed_delivery import (bind_queue_to_native_delayed_delivery_exchange,
+                                                     declare_native_delayed_delivery_exchanges_and_queues)
 
 from cache_svc.__main__ import check_durability
 from chinook.celery_setup import (APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, TASK_EXCHANGE,
-                                  WRITE_BACK_QUEUE, declare_queues, make_celery)
+                                  WRITE_BACK_QUEUE, declare_queues, make_celery, task_queues)
 from chinook.config import Settings
 from chinook.entities import ENTITIES
 from tests.support.api import Api
@@ -506,3 +508,27 @@ def test_flower_may_not_touch_the_tasks(broker, empty_task_queues):
         refused_by_the_broker(flower, call)
     flower.close()
     assert broker.queue_length(WRITE_BACK_QUEUE) == 1
+
+
+def topology(broker) -> tuple[set, set, set]:
+    """The vhost's exchanges, queues and bindings, as the node lists them."""
+    def listing(*args):
+        return {tuple(line.split("\t")) for line in broker.rabbitmqctl(*args, "--quiet", "--no-table-headers")
+                .stdout.splitlines() if line}
+    return (listing("list_exchanges", "name", "type", "durable", "auto_delete", "arguments"),
+            listing("list_queues", "name", "durable", "auto_delete", "arguments"),
+            listing("list_bindings", "source_name", "destination_name", "destination_kind", "routing_key"))
+
+
+def test_the_definitions_declare_exactly_what_celery_and_kombu_would(broker):
+    """Declared again as Celery and kombu declare them without BROKER_PREDECLARED: the
+    broker refuses nothing (same arguments) and gains nothing (nothing left out)."""
+    before = topology(broker)
+    app = make_celery("least-privilege-admin", Settings(broker_url=broker.url_for("admin")))
+    with app.connection_for_write() as connection:
+        for queue in task_queues("quorum"):
+            queue.bind(connection.default_channel).declare()
+        declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
+        for queue in task_queues("quorum"):
+            bind_queue_to_native_delayed_delivery_exchange(connection, queue)
+    assert topology(broker) == before
