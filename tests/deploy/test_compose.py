@@ -18,9 +18,8 @@ EXPECTED = {
 }
 # Variables of the third-party images, not of this project's settings.
 THIRD_PARTY_VARIABLES = {"ADMINER_DEFAULT_SERVER", "REDIS_HOSTS", "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                         "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "RABBITMQ_DEFAULT_USER",
-                         "RABBITMQ_DEFAULT_PASS", "CELERY_BROKER_URL", "GF_SECURITY_ADMIN_PASSWORD",
-                         "GF_AUTH_ANONYMOUS_ENABLED", "GF_AUTH_ANONYMOUS_ORG_ROLE",
+                         "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "CELERY_BROKER_URL",
+                         "GF_SECURITY_ADMIN_PASSWORD", "GF_AUTH_ANONYMOUS_ENABLED", "GF_AUTH_ANONYMOUS_ORG_ROLE",
                          "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH",
                          # OpenTelemetry's own variables, read by its SDK (docs/tracing.md).
                          "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL"}
