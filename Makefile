@@ -2,7 +2,8 @@
 # make test  set up everything and run the whole test suite
 # make bench the system against its anchors (bench/README.md); about 8 minutes
 # make chaos-cluster  Redis Cluster masters killed and restarted under load; about 1.5 minutes
-# make certs development certificates for mutual TLS between the services (docs/security.md)
+# make certs development certificates for mutual TLS between the services (docs/security.md),
+#            and the compose stack's API tokens
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -74,9 +75,11 @@ db: venv
 
 # A development CA (kept if .certs/ holds one; RENEW_CA=1 makes a new one) and new leaves:
 # .certs/<service>/ for docker compose, and for `make run` and the tests with
-# GRPC_TLS_DIR=.certs; .certs/dev.pem, of no service, for grpcurl list.
+# GRPC_TLS_DIR=.certs; .certs/dev.pem, of no service, for grpcurl list; and, once, the
+# compose gateway's API tokens (.certs/api-tokens.txt).
 certs: venv
 	$(BIN)/python -m deploy.dev_certs $(if $(RENEW_CA),--renew-ca)
+	$(BIN)/python -m deploy.dev_tokens
 
 clean:
 	rm -rf $(VENV) .pytest_cache

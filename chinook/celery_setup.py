@@ -9,13 +9,17 @@ The two queues are quorum queues by default (BROKER_QUEUE_TYPE): replicated, and
 durable on a single node. Quorum queues have no global QoS, which Celery detects, and
 no per-message TTL, so a countdown goes through kombu's native delayed delivery, which
 forwards the message through a topic exchange when it is due.
+
+Each process declares the queues, their exchange and delayed delivery, unless
+BROKER_PREDECLARED says the broker's definitions did (compose and Kubernetes, whose
+broker accounts may not declare them): then it only looks for the queues.
 """
 
 import logging
 import threading
 import time
 
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import NotFound, PreconditionFailed
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
@@ -38,18 +42,40 @@ QUEUE_TYPE_RECHECK_S = 15.0
 QUEUE_TYPE_LOG_EVERY_S = 60.0
 
 
-class QueueTypeMismatch(Exception):
-    """Queues exist on the broker with another type than BROKER_QUEUE_TYPE; the message
-    says how to migrate them."""
+class QueueRefused(Exception):
+    """Task queues the broker does not offer as this process needs them; the message says
+    what to do, summary says it in one line."""
 
     def __init__(self, message: str, queue_names: list[str]):
         super().__init__(message)
         self.queue_names = queue_names
 
 
-def task_queues(queue_type: str) -> list[Queue]:
-    exchange = Exchange(TASK_EXCHANGE, type="topic")
-    return [Queue(name, exchange, routing_key=name, queue_arguments={"x-queue-type": queue_type})
+class QueueTypeMismatch(QueueRefused):
+    """Queues exist on the broker with another type than BROKER_QUEUE_TYPE; the message
+    says how to migrate them."""
+
+    @property
+    def summary(self) -> str:
+        return (f"RabbitMQ holds {' and '.join(self.queue_names)} with a type other than BROKER_QUEUE_TYPE: no "
+                "task is sent there before a migration (cache-svc's log says how)")
+
+
+class QueueMissing(QueueRefused):
+    """BROKER_PREDECLARED: queues the broker's definitions should have declared are not there."""
+
+    @property
+    def summary(self) -> str:
+        return (f"RabbitMQ has no {' and '.join(self.queue_names)}, which its definitions declare "
+                "(BROKER_PREDECLARED): no task is sent there until they exist")
+
+
+def task_queues(queue_type: str, predeclared: bool = False) -> list[Queue]:
+    """predeclared: the broker's definitions declare the queues and their exchange, so
+    kombu never does (on publishing, consuming or declare_queues)."""
+    exchange = Exchange(TASK_EXCHANGE, type="topic", no_declare=predeclared)
+    return [Queue(name, exchange, routing_key=name, queue_arguments={"x-queue-type": queue_type},
+                  no_declare=predeclared)
             for name in (WRITE_BACK_QUEUE, DUPLICATE_QUEUE)]
 
 
@@ -61,7 +87,7 @@ def make_celery(name: str, settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={"confirm_publish": True},
         broker_connection_retry_on_startup=True,
-        task_queues=task_queues(settings.broker_queue_type),
+        task_queues=task_queues(settings.broker_queue_type, settings.broker_predeclared),
         # Quorum queues refuse a global prefetch limit: the worker sets it per consumer.
         worker_detect_quorum_queues=True,
         task_serializer="json",
@@ -83,23 +109,32 @@ def declare_queues(app: Celery, queue_type: str, connect_retries: int | None = N
     """Declares the task queues (those named, or all) as BROKER_QUEUE_TYPE wants them. The
     broker refuses a queue whose type differs from the existing one of that name: then
     raises QueueTypeMismatch naming every refused queue and how to migrate, rather than
-    leaving publishing or consuming to fail in a traceback. Waits for the broker up to
-    connect_retries times (None: for ever), then raises kombu's OperationalError."""
+    leaving publishing or consuming to fail in a traceback. A queue this process may not
+    declare (BROKER_PREDECLARED) is only looked for: QueueMissing names those not there,
+    whose tasks a publish would drop unrouted. Waits for the broker up to connect_retries
+    times (None: for ever), then raises kombu's OperationalError."""
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=connect_retries)
-        refusals = {}
+        refusals, missing = {}, []
         for queue in app.amqp.queues.values():
             if queue_names is not None and queue.name not in queue_names:
                 continue
             # The broker closes the channel of a declaration it refuses: one channel each.
             with connection.channel() as channel:
                 try:
-                    queue.bind(channel).declare()
+                    if queue.no_declare:
+                        channel.queue_declare(queue=queue.name, passive=True)
+                    else:
+                        queue.bind(channel).declare()
                 except PreconditionFailed as exc:
                     refusals[queue.name] = exc.reply_text
+                except NotFound:
+                    missing.append(queue.name)
         if refusals:
             raise QueueTypeMismatch(migration_message(queue_type, connection.virtual_host, refusals),
                                     list(refusals))
+        if missing:
+            raise QueueMissing(missing_message(connection.virtual_host, missing), missing)
 
 
 def migration_message(queue_type: str, vhost: str, refusals: dict[str, str]) -> str:
@@ -121,14 +156,25 @@ def migration_message(queue_type: str, vhost: str, refusals: dict[str, str]) -> 
         f"go on by themselves")
 
 
+def missing_message(vhost: str, names: list[str]) -> str:
+    """What to do about task queues the broker's definitions should have declared."""
+    listed = " and ".join(repr(name) for name in names)
+    return (f"RabbitMQ has no task queue {listed} in vhost {vhost!r}. With BROKER_PREDECLARED=true the broker's "
+            "definitions declare the task queues (k8s/backing-services/rabbitmq-definitions.json, loaded at its "
+            "start), since this process' account may not. Until they are there, this process sends no task to "
+            f"them and takes none from them, and looks again every {QUEUE_TYPE_RECHECK_S:.0f} s. Start the broker "
+            "with its definitions, or set BROKER_PREDECLARED=false where the account may declare queues")
+
+
 class QueueTypeWatch:
     """Declares task queues until the broker takes them as BROKER_QUEUE_TYPE wants them.
 
     A queue left with the other type (by an older version) must be migrated by an
-    operator; a process that stopped over it would be restarted in a loop by compose or
-    Kubernetes. Instead the process holds back what would go into or out of a refused
-    queue, and declares the queues again every QUEUE_TYPE_RECHECK_S, in a thread, until
-    the broker takes them all; then on_declared runs (in that thread).
+    operator, a missing one declared by the broker's definitions; a process that stopped
+    over it would be restarted in a loop by compose or Kubernetes. Instead the process
+    holds back what would go into or out of a refused queue, and declares the queues
+    again every QUEUE_TYPE_RECHECK_S, in a thread, until the broker takes them all; then
+    on_declared runs (in that thread).
     """
 
     def __init__(self, app: Celery, queue_type: str, queue_names: list[str], on_declared=None,
@@ -142,22 +188,22 @@ class QueueTypeWatch:
         self.connect_retries = connect_retries
         self.log_every_s = log_every_s
         # The latest refusal, while one lasts.
-        self.mismatch: QueueTypeMismatch | None = None
+        self.refusal: QueueRefused | None = None
         self._logged_at = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="queue-type-watch", daemon=True)
 
     def refuses(self, queue_name: str) -> bool:
-        mismatch = self.mismatch
-        return mismatch is not None and queue_name in mismatch.queue_names
+        refusal = self.refusal
+        return refusal is not None and queue_name in refusal.queue_names
 
     def check(self) -> bool:
         """Declares the queues once; True when the broker took them all."""
         try:
             declare_queues(self.app, self.queue_type, self.connect_retries, self.queue_names)
-        except QueueTypeMismatch as exc:
+        except QueueRefused as exc:
             self._log_refusal(exc)
-            self.mismatch = exc
+            self.refusal = exc
             return False
         except OperationalError as exc:
             log.warning("RabbitMQ at %s does not answer (%s): the type of the task queues is not checked now; "
@@ -170,9 +216,9 @@ class QueueTypeWatch:
                 log.warning("cannot go on with the task queues (%s: %s); again in %.0f s",
                             type(exc).__name__, exc, QUEUE_TYPE_RECHECK_S)
                 return False
-        if self.mismatch is not None:
+        if self.refusal is not None:
             log.info("RabbitMQ takes the %s queues %s now: going on", self.queue_type, ", ".join(self.queue_names))
-            self.mismatch = None
+            self.refusal = None
         return True
 
     def start(self):
@@ -187,13 +233,13 @@ class QueueTypeWatch:
             if self.check():
                 return
 
-    def _log_refusal(self, mismatch: QueueTypeMismatch):
+    def _log_refusal(self, refusal: QueueRefused):
         if self.log_every_s is None:
             return
         now = time.monotonic()
-        changed = self.mismatch is None or self.mismatch.queue_names != mismatch.queue_names
+        changed = self.refusal is None or self.refusal.queue_names != refusal.queue_names
         if changed or now - self._logged_at >= self.log_every_s:
-            log.warning("%s", mismatch)
+            log.warning("%s", refusal)
             self._logged_at = now
 
 

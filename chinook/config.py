@@ -32,6 +32,10 @@ class Settings:
     celery_result_backend: str = "redis://127.0.0.1:6379/1"
     # The type of the task queues: quorum (replicated), or classic for brokers without them.
     broker_queue_type: str = "quorum"
+    # True where the broker's definitions declare the task queues, their exchange and
+    # delayed delivery (compose and Kubernetes, whose broker accounts may not): processes
+    # then only look for the queues, and never declare anything of the task topology.
+    broker_predeclared: bool = False
     # The address the gateway listens on: loopback for a laptop; 0.0.0.0 in containers.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 5000

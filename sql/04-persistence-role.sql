@@ -1,5 +1,5 @@
 -- The account persistence-svc connects as in docker compose and Kubernetes: it reads the
--- Chinook tables and writes only what write-back and duplication write. It owns nothing,
+-- tables it serves and writes only what write-back and duplication write. It owns nothing,
 -- so it can neither create, alter, drop nor truncate a table. `make run` may keep using
 -- the local superuser. No password here: 05-persistence-role-password.sh sets it from
 -- the environment where the postgres image runs this folder.
@@ -35,14 +35,18 @@ END
 $$;
 GRANT USAGE ON SCHEMA public TO chinook_persistence;
 
--- Reads: every table (GetRows, GetVersions, ListIds, a duplication's earlier result).
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO chinook_persistence;
+-- Only the tables it serves (chinook/entities.py) and its own record of operations: the
+-- rest of Chinook (customer, employee, invoice: personal data) is not its to read. A
+-- database restored with earlier grants loses them here.
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM chinook_persistence;
+GRANT SELECT ON album, artist TO chinook_persistence;
+GRANT SELECT (operation_id, result) ON wb_operation TO chinook_persistence;
 
--- Write-back updates the columns of album and artist with wb_version; duplication
--- inserts copies (wb_version takes its default). UPDATE is granted on the whole table,
--- not its columns: duplication's LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE needs a
--- table-level UPDATE, DELETE or TRUNCATE privilege, and UPDATE is the one it uses anyway.
-GRANT UPDATE ON album, artist TO chinook_persistence;
+-- Write-back updates the columns a write may change, and wb_version; never a primary
+-- key. Duplication inserts copies (wb_version takes its default) and serialises itself
+-- with an advisory lock, so no table-wide UPDATE is needed for LOCK TABLE.
+GRANT UPDATE (title, artist_id, wb_version) ON album TO chinook_persistence;
+GRANT UPDATE (name, wb_version) ON artist TO chinook_persistence;
 GRANT INSERT (album_id, title, artist_id) ON album TO chinook_persistence;
 GRANT INSERT (artist_id, name) ON artist TO chinook_persistence;
 

@@ -21,6 +21,7 @@ import yaml
 from referencing import Registry, Resource
 
 from chinook.config import Settings
+from tests.support.broker import password_variables
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -82,7 +83,8 @@ def persistence_role() -> str:
 
 # Variables of the stores' own start scripts here (sql/*.sh, redis-start.sh): the
 # passwords they give the services' accounts.
-STORE_VARIABLES = {"PERSISTENCE_DB_PASSWORD"} | {u["password_variable"] for u in redis_acl_users().values()}
+STORE_VARIABLES = ({"PERSISTENCE_DB_PASSWORD"} | {u["password_variable"] for u in redis_acl_users().values()}
+                   | set(password_variables().values()))
 
 
 def env_file(path) -> dict[str, str]:

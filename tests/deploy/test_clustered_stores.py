@@ -1,8 +1,8 @@
 """k8s/components/clustered-stores: the prod overlay with the component switched on renders,
 is valid (the RabbitmqCluster against the operator's CRD schema), keeps the rules of the
 other manifests, and its network policies allow exactly the new edges; its scripts create a
-Redis Cluster from this machine's redis-server that reforms after its nodes move, and give
-the application its own account on a RabbitMQ of its own."""
+Redis Cluster from this machine's redis-server that reforms after its nodes move, and import
+the application's accounts and task topology into a RabbitMQ of its own."""
 
 import os
 import re
@@ -10,19 +10,18 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import kombu
+import amqp
 import pytest
 import redis
 import redis.cluster
 import yaml
 
-from tests.support.stores import PrivateServer, RabbitMQServer, free_ports
+from tests.support.broker import DEFINITIONS_SCRIPT, ManagementRabbitMQ, password_variables
+from tests.support.stores import PrivateServer, free_ports
 
 from .conftest import (K8S, SETTINGS_VARIABLES, containers, env_file, find, kustomization_components, kustomize,
                        one, overlay_with_components, pod_spec, redis_acl_users, run, tool)
@@ -31,6 +30,7 @@ from .test_kubernetes import EXPECTED_EDGES, allowed_edges, allows, validate
 COMPONENT = K8S / "components/clustered-stores"
 PROD = K8S / "overlays/prod"
 SECRETS_FILES = [K8S / "base/secrets.env", PROD / "secrets.env"]
+BROKER_URLS = ("CACHE_SVC_BROKER_URL", "WORKERS_BROKER_URL", "FLOWER_BROKER_URL")
 REDIS_START = K8S / "backing-services/redis-start.sh"
 SCRIPTS = {name: COMPONENT / name for name in
            ("redis-cluster-start.sh", "redis-cluster-ready.sh", "redis-cluster-create.sh")}
@@ -46,7 +46,7 @@ CLUSTER_EDGES = {
     ("cache-svc", "redis-cluster", 6379), ("redis-cluster-create", "redis-cluster", 6379),
     ("redis-cluster", "redis-cluster", 6379), ("redis-cluster", "redis-cluster", 16379),
     ("rabbitmq", "rabbitmq", 4369), ("rabbitmq", "rabbitmq", 25672), ("rabbitmq", "rabbitmq", 35672),
-    ("rabbitmq-user", "rabbitmq", 15672),
+    ("rabbitmq-definitions", "rabbitmq", 15672),
 }
 
 
@@ -114,7 +114,7 @@ def test_every_reference_resolves(clustered):
 
 
 def test_new_pods_are_locked_down_with_requests_and_limits(clustered):
-    for name in ("redis-cluster", "redis-cluster-create", "rabbitmq-user"):
+    for name in ("redis-cluster", "redis-cluster-create", "rabbitmq-definitions"):
         (pod,) = [p for p in pods_of(clustered) if p["metadata"]["name"] == name]
         spec = pod_spec(pod)
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] > 0, name
@@ -248,25 +248,31 @@ def test_the_rabbitmq_cluster_replaces_the_single_broker(clustered):
     assert spec["persistence"]["storage"]
     assert "consumer_timeout = 3600000" in spec["rabbitmq"]["additionalConfig"].splitlines()
     # The single broker is gone; the operator's client Service, named after the cluster,
-    # is what BROKER_URL and RABBITMQ_MANAGEMENT_URL name.
+    # is what the broker URLs and RABBITMQ_MANAGEMENT_URL name.
     assert not find(clustered, "StatefulSet", "rabbitmq") and not find(clustered, "Service", "rabbitmq")
     assert not find(clustered, "ServiceAccount", "rabbitmq")
     for path in SECRETS_FILES:
         values = env_file(path)
-        for variable in ("BROKER_URL", "RABBITMQ_MANAGEMENT_URL"):
-            url = urlsplit(values[variable])
-            assert url.hostname.split(".")[0] == cluster["metadata"]["name"], (path, variable)
-            assert (url.username, url.password) == (values["RABBITMQ_DEFAULT_USER"], values["RABBITMQ_DEFAULT_PASS"])
+        for variable in (*BROKER_URLS, "RABBITMQ_MANAGEMENT_URL"):
+            assert urlsplit(values[variable]).hostname.split(".")[0] == cluster["metadata"]["name"], (path, variable)
     budget = one(clustered, "PodDisruptionBudget", "rabbitmq")
     assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "rabbitmq"}}}
-    job = one(clustered, "Job", "rabbitmq-user")
+    # The definitions Job imports every account but the administrator, which is the
+    # operator's, from the single broker's own files.
+    job = one(clustered, "Job", "rabbitmq-definitions")
     (container,) = containers(job)
     assert container["image"] == single_image
+    assert container["command"][-2:] == ["/usr/local/etc/rabbitmq/rabbitmq-definitions.py", "import"]
     env = env_of(container)
     refs = {name: e["valueFrom"]["secretKeyRef"] for name, e in env.items() if "valueFrom" in e}
     assert {ref["name"] for name, ref in refs.items() if name.startswith("RABBITMQ_ADMIN_")} == {
         f"{cluster['metadata']['name']}-default-user"}
+    variables = password_variables()
+    assert {name for name, ref in refs.items() if ref["name"].startswith("chinook-secrets")} == {
+        variable for user, variable in variables.items() if user != "admin"}
     assert urlsplit(env["RABBITMQ_MANAGEMENT_API"]["value"]).hostname == cluster["metadata"]["name"]
+    config = next(r for r in find(clustered, "ConfigMap") if r["metadata"]["name"].startswith("rabbitmq-config"))
+    assert {"name": "config", "configMap": {"name": config["metadata"]["name"]}} in pod_spec(job)["volumes"]
 
 
 def test_network_policies_allow_exactly_the_clustered_architecture(clustered):
@@ -444,77 +450,49 @@ def test_the_start_script_refuses_a_password_redis_cannot_take(tmp_path, passwor
     assert not (tmp_path / "auth.conf").exists()
 
 
-class ManagementRabbitMQ(RabbitMQServer):
-    """A RabbitMQ of its own with the management plugin, its API on a free port."""
-
-    def __init__(self, folder: Path):
-        super().__init__(folder)
-        (self.api_port,) = free_ports(1)
-        (self.folder / "enabled_plugins").write_text("[rabbitmq_management].\n")
-        with open(self.folder / "rabbitmq.conf", "a") as conf:
-            conf.write(f"management.tcp.port = {self.api_port}\nmanagement.tcp.ip = 127.0.0.1\n")
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}/api"
-
-    @property
-    def ports(self) -> list[int]:
-        return [*super().ports, self.api_port]
-
-    def is_ready(self) -> bool:
-        if not super().is_ready():
-            return False
-        try:
-            urllib.request.urlopen(f"{self.api}/overview", timeout=2)
-        except urllib.error.HTTPError:
-            return True  # answering, if only to say who may ask
-        except OSError:
-            return False
-        return True
-
-
-def add_user(api: str, user: str, password: str, admin_password: str = "guest",
-             wait_s: int = 30) -> subprocess.CompletedProcess:
+def import_definitions(api: str, passwords: dict[str, str], admin_password: str = "guest",
+                       wait_s: int = 30) -> subprocess.CompletedProcess:
     env = {**os.environ, "RABBITMQ_MANAGEMENT_API": api, "RABBITMQ_WAIT_S": str(wait_s),
            "RABBITMQ_ADMIN_USERNAME": "guest", "RABBITMQ_ADMIN_PASSWORD": admin_password,
-           "RABBITMQ_DEFAULT_USER": user, "RABBITMQ_DEFAULT_PASS": password}
-    return subprocess.run([sys.executable, str(COMPONENT / "rabbitmq-user.py")], capture_output=True, text=True,
+           **{password_variables()[user]: password for user, password in passwords.items()}}
+    return subprocess.run([sys.executable, str(DEFINITIONS_SCRIPT), "import"], capture_output=True, text=True,
                           timeout=60, env=env)
 
 
 def connects(port: int, user: str, password: str) -> bool:
-    with kombu.Connection(f"amqp://{user}:{password}@127.0.0.1:{port}//", connect_timeout=5) as connection:
-        try:
-            connection.ensure_connection(max_retries=1)
-            with connection.channel() as channel:
-                kombu.Queue("rabbitmq-user-check", channel=channel, auto_delete=True).declare()
-            return True
-        except Exception as error:  # the access refusal's type depends on the transport
-            if "ACCESS_REFUSED" in str(error) or "403" in str(error):
-                return False
-            raise
+    connection = amqp.Connection(f"127.0.0.1:{port}", userid=user, password=password, connect_timeout=5)
+    try:
+        connection.connect()
+    except amqp.exceptions.AccessRefused:
+        return False
+    connection.close()
+    return True
 
 
-def test_the_user_script_gives_the_application_its_own_account(tmp_path):
+def test_the_definitions_job_imports_every_account_but_the_administrator(tmp_path):
+    users = [user for user in password_variables() if user != "admin"]
     with ManagementRabbitMQ(tmp_path / "rabbitmq") as broker:
-        first, second = secrets.token_hex(8), secrets.token_hex(8)
-        done = add_user(broker.api, "chinook", first)
+        first = {user: secrets.token_hex(8) for user in users}
+        done = import_definitions(broker.api, first)
         assert done.returncode == 0, done.stderr
-        assert connects(broker.port, "chinook", first)
-        users = broker.rabbitmqctl("list_users", "--quiet", "--no-table-headers").stdout
-        assert re.search(r"^chinook\s+\[management\]$", users, re.MULTILINE), users
-        # Again, with the Secret's password changed: the same account, the new password.
-        done = add_user(broker.api, "chinook", second)
+        assert all(connects(broker.port, user, password) for user, password in first.items())
+        listing = broker.rabbitmqctl("list_users", "--quiet", "--no-table-headers").stdout
+        assert {line.split("\t")[0] for line in listing.splitlines() if line} == {"guest", *users}
+        queues = broker.rabbitmqctl("list_queues", "--quiet", "--no-table-headers", "name").stdout.split()
+        assert {"write_back_queue", "duplicate_queue", "celery_delayed_0"} <= set(queues)
+        # Again, with the Secret's passwords changed: the same accounts, the new passwords.
+        second = {user: secrets.token_hex(8) for user in users}
+        done = import_definitions(broker.api, second)
         assert done.returncode == 0, done.stderr
-        assert connects(broker.port, "chinook", second) and not connects(broker.port, "chinook", first)
+        assert connects(broker.port, "workers", second["workers"]) and not connects(broker.port, "workers",
+                                                                                      first["workers"])
 
-        refused = add_user(broker.api, "chinook", first, admin_password="wrong")
+        refused = import_definitions(broker.api, first, admin_password="wrong")
         assert refused.returncode == 1 and "refuses the administrator (401)" in refused.stderr
-    unreachable = add_user(broker.api, "chinook", first, wait_s=1)
+    unreachable = import_definitions(broker.api, first, wait_s=1)
     assert unreachable.returncode == 1 and "did not answer within 1 s" in unreachable.stderr
-    missing = add_user(broker.api, "chinook", "")
-    assert missing.returncode == 1 and "RABBITMQ_DEFAULT_PASS is not set" in missing.stderr
+    missing = import_definitions(broker.api, {**first, "workers": ""})
+    assert missing.returncode == 1 and "RABBITMQ_WORKERS_PASSWORD is not set" in missing.stderr
 
 
 def test_the_start_script_refreshes_the_peers_addresses_only(tmp_path):

@@ -5,6 +5,8 @@ import re
 import pytest
 
 from chinook import callers
+from deploy import dev_tokens
+from gateway.auth import Access, Caller, parse_tokens_file
 
 from .conftest import (GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, SETTINGS_VARIABLES, STORE_VARIABLES, TLS_VARIABLES,
                        load_yaml, procfile, run, tool)
@@ -17,9 +19,8 @@ EXPECTED = {
 }
 # Variables of the third-party images, not of this project's settings.
 THIRD_PARTY_VARIABLES = {"ADMINER_DEFAULT_SERVER", "REDIS_HOSTS", "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                         "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "RABBITMQ_DEFAULT_USER",
-                         "RABBITMQ_DEFAULT_PASS", "CELERY_BROKER_URL", "GF_SECURITY_ADMIN_PASSWORD",
-                         "GF_AUTH_ANONYMOUS_ENABLED", "GF_AUTH_ANONYMOUS_ORG_ROLE",
+                         "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "CELERY_BROKER_URL",
+                         "GF_SECURITY_ADMIN_PASSWORD", "GF_AUTH_ANONYMOUS_ENABLED", "GF_AUTH_ANONYMOUS_ORG_ROLE",
                          "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH",
                          # OpenTelemetry's own variables, read by its SDK (docs/tracing.md).
                          "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL"}
@@ -89,9 +90,12 @@ def test_credentials_come_from_env_files_not_inline(compose):
             assert path != ".env"
 
 
-def test_ports_grpc_on_loopback_only(compose):
+def test_every_port_is_published_on_loopback_only(compose):
     services = compose["services"]
-    assert services["gateway"]["ports"] == ["5000:5000"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and port.startswith("127.0.0.1:") and port.count(":") == 2, f"{name}: {port}"
+    assert services["gateway"]["ports"] == ["127.0.0.1:5000:5000"]
     for name, port in GRPC_PORTS.items():
         assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"]
     assert services["adminer"]["ports"] == ["127.0.0.1:8080:8080"]
@@ -159,9 +163,12 @@ def test_grpc_runs_with_mutual_tls_and_a_certificate_per_service(compose):
     for process, (name, leaf, _) in SERVICES.items():
         service = compose["services"][name]
         mounts = [v for v in service.get("volumes", []) if isinstance(v, dict) and v["source"].startswith("./.certs")]
-        # The leaf of `make certs` named as the image, read-only, and never created empty.
-        assert mounts == [{"type": "bind", "source": f"./.certs/{leaf}", "target": "/etc/chinook/tls",
-                           "read_only": True, "bind": {"create_host_path": False}}], name
+        # The leaf of `make certs` named as the image, read-only, and never created empty;
+        # nothing else of .certs/ but the gateway's token digests.
+        tokens = [v for v in mounts if v["source"] == "./.certs/api-tokens" and name == "gateway"]
+        assert [v for v in mounts if v not in tokens] == [
+            {"type": "bind", "source": f"./.certs/{leaf}", "target": "/etc/chinook/tls", "read_only": True,
+             "bind": {"create_host_path": False}}], name
         for variable in TLS_VARIABLES:
             assert service["environment"][variable].startswith("/etc/chinook/tls/"), f"{name}: {variable}"
     environment = compose["services"]["gateway"]["environment"]
@@ -175,3 +182,30 @@ def test_grpc_runs_with_mutual_tls_and_a_certificate_per_service(compose):
         assert test[:5] == ["CMD", "python", "-m", "chinook.health_check", f"127.0.0.1:{port}"], name
         server_name = test[test.index("--server-name") + 1]
         assert server_name in callers.dns_names(callers.SERVICE_HOSTS[name]), name
+
+
+def test_no_api_token_is_committed_the_gateway_reads_those_make_certs_wrote(compose, tmp_path):
+    for path in (REPO / "deploy/compose").glob("*.env"):
+        assert "API_TOKENS" not in path.read_text(), path.name
+    gateway = compose["services"]["gateway"]
+    assert "env_file" not in gateway and "API_TOKENS" not in gateway["environment"]
+    mount = next(v for v in gateway["volumes"] if isinstance(v, dict) and v["source"] == "./.certs/api-tokens")
+    assert mount == {"type": "bind", "source": "./.certs/api-tokens", "target": "/etc/chinook/api-tokens",
+                     "read_only": True, "bind": {"create_host_path": False}}
+    assert gateway["environment"]["API_TOKENS_FILE"] == f"{mount['target']}/{dev_tokens.DIGESTS.name}"
+    assert f"./.certs/{dev_tokens.DIGESTS.parent}" == mount["source"]
+
+    # What `make certs` writes: a token per role for you, their digests for the gateway.
+    written = dev_tokens.make_tokens(tmp_path)
+    assert written == [tmp_path / dev_tokens.PLAIN, tmp_path / dev_tokens.DIGESTS]
+    plain = dict(line.split() for line in (tmp_path / dev_tokens.PLAIN).read_text().splitlines())
+    assert set(plain) == {"reader", "writer", "admin"} and len(set(plain.values())) == 3
+    assert all(len(token) >= 32 for token in plain.values())
+    assert (tmp_path / dev_tokens.PLAIN).stat().st_mode & 0o777 == 0o600
+    access = Access(parse_tokens_file(str(tmp_path / dev_tokens.DIGESTS)), "none")
+    for role, token in plain.items():
+        assert access.caller_of(f"Bearer {token}") == Caller(role, f"compose-{role}")
+    assert token not in (tmp_path / dev_tokens.DIGESTS).read_text()
+    # Run again, it keeps them: the tokens handed out stay good.
+    assert dev_tokens.make_tokens(tmp_path) == []
+    assert dict(line.split() for line in (tmp_path / dev_tokens.PLAIN).read_text().splitlines()) == plain

@@ -255,10 +255,11 @@ def test_configuration_covers_every_setting(prod):
     secret_keys = {line.split("=", 1)[0] for line in (REPO / "k8s/base/secrets.env").read_text().splitlines()}
     assert set(config) <= SETTINGS_VARIABLES
     # Set per container (METRICS_PORT; GRPC_TLS_* by the mtls component, beside the
-    # mount) or left to cache-svc's default, since Redis itself is configured for
-    # durability (REDIS_APPENDFSYNC); GRPC_TLS_DIR is for `make run` and the tests.
-    assert SETTINGS_VARIABLES - set(config) - secret_keys == {"METRICS_PORT", "REDIS_APPENDFSYNC", "GRPC_TLS_DIR",
-                                                              *TLS_VARIABLES}
+    # mount; BROKER_URL from the key of the container's own broker account) or left to
+    # cache-svc's default, since Redis itself is configured for durability
+    # (REDIS_APPENDFSYNC); GRPC_TLS_DIR is for `make run` and the tests.
+    assert SETTINGS_VARIABLES - set(config) - secret_keys == {"METRICS_PORT", "REDIS_APPENDFSYNC", "BROKER_URL",
+                                                              "GRPC_TLS_DIR", *TLS_VARIABLES}
     for workload in workloads(prod):
         for container in containers(workload):
             for env in container.get("env", []):

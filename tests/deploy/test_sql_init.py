@@ -31,6 +31,14 @@ def test_sql_files_load_with_psql_as_the_postgres_image_does():
         with psycopg2.connect(url) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM album WHERE wb_version = 0")
             assert cur.fetchone()[0] == 347
+            # persistence-svc's role reads the tables it serves, not the personal data.
+            cur.execute("SELECT table_name, has_table_privilege('chinook_persistence', table_name, 'SELECT') "
+                        "FROM information_schema.tables WHERE table_schema = 'public'")
+            readable = {table for table, allowed in cur.fetchall() if allowed}
+            assert readable == {"album", "artist"}
+            cur.execute("SELECT has_column_privilege('chinook_persistence', 'wb_operation', 'result', 'SELECT')")
+            assert cur.fetchone() == (True,)
+        conn.close()
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,16 +1,22 @@
 """The stores' accounts in docker compose and Kubernetes: each service holds the
 credentials of its own account only, the passwords a store gives its accounts are the
-ones in the services' URLs, the Redis ACL follows the key prefix, and the start scripts
-write no password anywhere."""
+ones in the services' URLs, the Redis ACL follows the key prefix, the broker starts with
+the same definitions everywhere, and the start scripts write no password anywhere."""
 
+import base64
 import hashlib
+import json
 import os
+import re
 import subprocess
 from urllib.parse import urlsplit
 
 import pytest
 
+from chinook.celery_setup import task_queues
 from chinook.config import Settings
+from tests.support.broker import (DEFINITIONS_CONF, DEFINITIONS_SCRIPT, DEFINITIONS_TEMPLATE, definitions_template,
+                                  password_variables)
 
 from .conftest import (K8S, REDIS_ACL_TEMPLATE, REPO, containers, env_file, find, kustomize, load_yaml,
                        persistence_role, pod_spec, redis_acl_users, run, tool, workloads_of)
@@ -24,14 +30,14 @@ COMPOSE_ENV_FILES = {
     "redis": {"redis.env"},
     "rabbitmq": {"rabbitmq.env"},
     "persistence-svc": {"persistence-svc.env"},
-    "cache-svc": {"rabbitmq.env", "cache-svc.env", "celery-results.env"},
+    "cache-svc": {"cache-svc.env", "celery-results.env"},
     "redis-functions": {"redis-functions.env"},
-    "gateway": {"gateway.env"},
-    "db-write-back-worker": {"rabbitmq.env", "celery-results.env"},
-    "db-duplication-worker": {"rabbitmq.env", "celery-results.env"},
+    "gateway": set(),
+    "db-write-back-worker": {"workers.env", "celery-results.env"},
+    "db-duplication-worker": {"workers.env", "celery-results.env"},
     "adminer": set(),
     "redis-commander": {"redis-commander.env"},
-    "flower": {"rabbitmq.env"},
+    "flower": {"flower.env"},
     "jaeger": set(),
     "prometheus": set(),
     "grafana": {"grafana.env"},
@@ -39,16 +45,16 @@ COMPOSE_ENV_FILES = {
 SECRET_KEYS = {
     "postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "PERSISTENCE_DB_PASSWORD"},
     "redis": {"REDIS_ADMIN_PASSWORD", "REDIS_CACHE_SVC_PASSWORD", "REDIS_CELERY_RESULTS_PASSWORD"},
-    "rabbitmq": {"RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS"},
+    "rabbitmq": set(password_variables().values()),
     "persistence-svc": {"DATABASE_URL"},
     # Its init container loads the Redis functions library as the administrator.
-    "cache-svc": {"BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND", "REDIS_ADMIN_URL"},
+    "cache-svc": {"CACHE_SVC_BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND", "REDIS_ADMIN_URL"},
     "gateway": {"API_TOKENS"},
-    "db-write-back-worker": {"BROKER_URL", "CELERY_RESULT_BACKEND"},
-    "db-duplication-worker": {"BROKER_URL", "CELERY_RESULT_BACKEND"},
+    "db-write-back-worker": {"WORKERS_BROKER_URL", "CELERY_RESULT_BACKEND"},
+    "db-duplication-worker": {"WORKERS_BROKER_URL", "CELERY_RESULT_BACKEND"},
     "adminer": set(),
     "redis-commander": {"REDIS_ADMIN_PASSWORD"},
-    "flower": {"BROKER_URL"},
+    "flower": {"FLOWER_BROKER_URL"},
     "jaeger": set(),
     "prometheus": set(),
     "grafana": {"GF_SECURITY_ADMIN_PASSWORD"},
@@ -75,6 +81,14 @@ def assert_accounts_agree(values: dict, where: str):
                            ("REDIS_ADMIN_URL", "default")):
         url = urlsplit(values[variable])
         assert (url.username, url.password) == (user, values[users[user]["password_variable"]]), f"{where}: {variable}"
+
+
+def assert_broker_accounts_agree(urls: dict[str, str], passwords: dict[str, str], where: str):
+    """Each {RabbitMQ user: URL} names the user with the password the broker gives it."""
+    variables = password_variables()
+    for user, url in urls.items():
+        parts = urlsplit(url)
+        assert (parts.username, parts.password) == (user, passwords[variables[user]]), f"{where}: {user}"
 
 
 def test_the_acl_follows_the_key_prefix(compose):
@@ -112,9 +126,21 @@ def test_compose_passwords_agree():
     assert set(env_file(COMPOSE_ENV / "redis.env")) == {u["password_variable"] for u in redis_acl_users().values()}
 
 
+    passwords = env_file(COMPOSE_ENV / "rabbitmq.env")
+    assert set(passwords) == set(password_variables().values())
+    assert_broker_accounts_agree({"cache-svc": env_file(COMPOSE_ENV / "cache-svc.env")["BROKER_URL"],
+                                  "workers": env_file(COMPOSE_ENV / "workers.env")["BROKER_URL"],
+                                  "flower": env_file(COMPOSE_ENV / "flower.env")["CELERY_BROKER_URL"]},
+                                 passwords, "deploy/compose")
+
+
 @pytest.mark.parametrize("path", SECRETS_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_kubernetes_passwords_agree(path):
-    assert_accounts_agree(env_file(path), str(path.relative_to(REPO)))
+    values = env_file(path)
+    assert_accounts_agree(values, str(path.relative_to(REPO)))
+    assert_broker_accounts_agree({"cache-svc": values["CACHE_SVC_BROKER_URL"], "workers": values["WORKERS_BROKER_URL"],
+                                  "flower": values["FLOWER_BROKER_URL"], "monitor": values["RABBITMQ_MANAGEMENT_URL"]},
+                                 values, str(path.relative_to(REPO)))
 
 
 def test_kubernetes_gives_each_workload_only_its_own_secrets(dev):
@@ -187,3 +213,83 @@ def test_redis_start_refuses_a_missing_password(tmp_path):
                          ids=lambda p: str(p.relative_to(REPO)))
 def test_the_start_scripts_pass_shellcheck(script):
     run(tool("shellcheck"), "--shell=sh", script)
+
+
+def test_compose_and_kubernetes_start_rabbitmq_with_the_same_definitions(compose, dev):
+    rabbitmq = compose["services"]["rabbitmq"]
+    assert rabbitmq["entrypoint"] == ["python3", f"/usr/local/etc/rabbitmq/{DEFINITIONS_SCRIPT.name}", "start"]
+    assert rabbitmq["command"] == ["docker-entrypoint.sh", "rabbitmq-server"]
+    assert rabbitmq["user"] == "rabbitmq" and "/tmp" in rabbitmq["tmpfs"]
+    conf_target = "/etc/rabbitmq/conf.d/30-chinook-definitions.conf"
+    for source, target in ((DEFINITIONS_SCRIPT, f"/usr/local/etc/rabbitmq/{DEFINITIONS_SCRIPT.name}"),
+                           (DEFINITIONS_TEMPLATE, f"/usr/local/etc/rabbitmq/{DEFINITIONS_TEMPLATE.name}"),
+                           (DEFINITIONS_CONF, conf_target)):
+        assert f"./{source.relative_to(REPO)}:{target}:ro" in rabbitmq["volumes"]
+
+    statefulset = next(w for w in workloads_of(dev) if w["metadata"]["name"] == "rabbitmq")
+    container = containers(statefulset)[0]
+    assert container["command"] == rabbitmq["entrypoint"] + rabbitmq["command"]
+    config = next(r for r in find(dev, "ConfigMap") if r["metadata"]["name"].startswith("rabbitmq-config"))
+    assert config["data"] == {path.name: path.read_text()
+                              for path in (DEFINITIONS_SCRIPT, DEFINITIONS_TEMPLATE, DEFINITIONS_CONF)}
+    assert {"name": "config", "mountPath": "/usr/local/etc/rabbitmq", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "config", "mountPath": conf_target, "subPath": DEFINITIONS_CONF.name,
+            "readOnly": True} in container["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    # RabbitMQ loads the file the script writes, where it writes it by default.
+    default = re.search(r'"RABBITMQ_DEFINITIONS_FILE", "([^"]+)"', DEFINITIONS_SCRIPT.read_text()).group(1)
+    assert f"load_definitions = {default}" in DEFINITIONS_CONF.read_text().splitlines()
+    assert not any(e["name"].startswith("RABBITMQ_DEFINITIONS") for e in container["env"])
+    assert "RABBITMQ_DEFINITIONS_FILE" not in rabbitmq.get("environment", {})
+
+
+def test_the_broker_definitions_match_the_services_configuration(compose, dev):
+    template = definitions_template()
+    assert [u["name"] for u in template["users"] if "administrator" in u["tags"]] == ["admin"]
+    assert {p["user"] for p in template["permissions"]} == {u["name"] for u in template["users"]}
+    assert {p["vhost"] for p in template["permissions"]} == {v["name"] for v in template["vhosts"]} == {"/"}
+    config = next(r for r in find(dev, "ConfigMap") if r["metadata"]["name"].startswith("chinook-config"))["data"]
+    app_env = compose["x-app-env"]
+    for settings in (config, app_env):
+        assert settings["BROKER_PREDECLARED"] == "true"
+        queue_type = settings["BROKER_QUEUE_TYPE"]
+        for queue in task_queues(queue_type):
+            declared = next(q for q in template["queues"] if q["name"] == queue.name)
+            assert declared["arguments"] == queue.queue_arguments and declared["durable"]
+
+
+def render_definitions(tmp_path, passwords: dict) -> tuple[subprocess.CompletedProcess, object]:
+    """rabbitmq-definitions.py start with `echo` for the broker: it writes the definitions,
+    then prints the command it would start."""
+    definitions = tmp_path / "definitions.json"
+    env = {"PATH": os.environ["PATH"], "RABBITMQ_DEFINITIONS_FILE": str(definitions), **passwords}
+    # -I -S: isolated from this virtual environment's packages, as in the broker's image.
+    done = subprocess.run(["python3", "-I", "-S", str(DEFINITIONS_SCRIPT), "start", "echo", "rabbitmq-server"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    return done, definitions
+
+
+def test_the_definitions_script_writes_the_password_hashes_only(tmp_path):
+    passwords = {variable: f"pw-{user}" for user, variable in password_variables().items()}
+    done, definitions = render_definitions(tmp_path, passwords)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["rabbitmq-server"]
+    assert definitions.stat().st_mode & 0o777 == 0o600
+    text = definitions.read_text()
+    assert not any(password in text for password in passwords.values()) and "${" not in text
+    rendered = json.loads(text)
+    template = definitions_template()
+    assert {k: v for k, v in rendered.items() if k != "users"} == {k: v for k, v in template.items() if k != "users"}
+    for user in rendered["users"]:
+        # RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password)).
+        raw = base64.b64decode(user["password_hash"])
+        password = passwords[password_variables()[user["name"]]]
+        assert raw[4:] == hashlib.sha256(raw[:4] + password.encode()).digest(), user["name"]
+
+
+def test_the_definitions_script_refuses_a_missing_password(tmp_path):
+    passwords = {variable: "pw" for variable in password_variables().values()}
+    missing = passwords.popitem()[0]
+    done, definitions = render_definitions(tmp_path, passwords)
+    assert done.returncode == 1 and missing in done.stderr and "rabbitmq-server" not in done.stdout
+    assert not definitions.exists()

@@ -1,5 +1,9 @@
 """The persistence service's SQL against a real, freshly loaded Postgres."""
 
+import threading
+import time
+from urllib.parse import urlsplit
+
 import pytest
 
 from chinook.entities import get_entity
@@ -137,3 +141,64 @@ def test_a_partial_row_writes_only_its_columns(db):
 def test_get_versions_leaves_out_missing_ids(db):
     repository.apply_writes(db, ALBUM, [StoredRow(3, {"title": "v", "artist_id": 1}, 12)])
     assert repository.get_versions(db, ALBUM, [3, 4, 999_999]) == {3: 12, 4: 0}
+
+
+@pytest.fixture
+def role_db(fresh_database):
+    """The same database as persistence-svc's own role, whose grants the SQL must fit. A
+    statement that waits for a lock fails after 10 s rather than hang the test."""
+    parts = urlsplit(fresh_database)
+    netloc = f"chinook_persistence@{parts.hostname}:{parts.port or 5432}"
+    database = Database(parts._replace(netloc=netloc, query="options=-c%20lock_timeout%3D10s").geturl(),
+                        max_connections=4)
+    yield database
+    database.close()
+
+
+def test_write_back_goes_on_during_a_duplication_and_each_copy_takes_its_row_as_copied(db, role_db):
+    duplication = repository.duplicate_rows(role_db, ALBUM, 3, "op-during")
+    assert next(duplication) == (0, 694)
+    assert next(duplication) == (347, 694)  # the first copy is made, uncommitted
+    original_title = query(db, "SELECT title FROM album WHERE album_id = 5")[0][0]
+    # Were the table locked, this would wait for the duplication (lock_timeout ends it).
+    result = repository.apply_writes(role_db, ALBUM, [StoredRow(5, {"title": "written meanwhile"}, 7)])
+    assert result.applied_ids == [5]
+    assert list(duplication) == [(694, 694)]
+    assert query(db, "SELECT album_id, title, wb_version FROM album WHERE album_id IN (5, 352, 699) ORDER BY 1") \
+        == [(5, "written meanwhile", 7), (352, original_title, 0), (699, "written meanwhile", 0)]
+
+
+def test_duplications_of_a_table_run_one_after_the_other(db, role_db):
+    first = repository.duplicate_rows(role_db, ALBUM, 2, "op-first")
+    assert next(first) == (0, 347)
+    assert next(first) == (347, 347)  # the copy is made, uncommitted
+    outcome = {}
+
+    def second():
+        try:
+            outcome["progress"] = list(repository.duplicate_rows(role_db, ALBUM, 2, "op-second"))
+        except Exception as exc:  # reported below, where the test can fail on it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    wait_until_waiting_for_a_lock(db)
+    assert list(first) == []  # committed
+    thread.join(timeout=60)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    # The second read the table the first left: 694 rows, copied once more.
+    assert outcome["progress"][-1] == (694, 694)
+    assert query(db, "SELECT count(*), count(DISTINCT album_id), max(album_id) FROM album") == [(1388, 1388, 1388)]
+    assert query(db, "SELECT operation_id FROM wb_operation ORDER BY finished_at") == [("op-first",), ("op-second",)]
+
+
+def wait_until_waiting_for_a_lock(db, deadline_s: float = 60):
+    """Returns once a session of the database waits for a lock; fails after deadline_s."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if query(db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND wait_event_type = 'Lock'") != [(0,)]:
+            return
+        time.sleep(0.05)
+    pytest.fail("no session came to wait for the duplication's lock")
+

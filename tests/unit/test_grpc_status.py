@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from cache_svc.servicer import status_of
-from chinook.celery_setup import QueueTypeMismatch
+from chinook.celery_setup import QueueMissing, QueueTypeMismatch
 from chinook.entities import ValidationError
 from chinook.grpc_server import MAX_STATUS_MESSAGE, abort
 
@@ -26,6 +26,8 @@ class FakeContext:
     (redis.ConnectionError("Connection refused"), grpc.StatusCode.UNAVAILABLE),
     (kombu.exceptions.OperationalError("[Errno 111] Connection refused"), grpc.StatusCode.UNAVAILABLE),
     (QueueTypeMismatch("RabbitMQ refuses the quorum queue 'duplicate_queue' ...", ["duplicate_queue"]),
+     grpc.StatusCode.UNAVAILABLE),
+    (QueueMissing("RabbitMQ has no task queue 'write_back_queue' ...", ["write_back_queue"]),
      grpc.StatusCode.UNAVAILABLE),
 ])
 def test_failures_of_the_cache_service_map_to_their_codes(error, code):

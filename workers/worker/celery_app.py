@@ -19,6 +19,7 @@ from celery.signals import (  # noqa: E402
     celeryd_after_setup, task_postrun, task_retry, worker_init, worker_process_init, worker_process_shutdown,
     worker_ready,
 )
+from celery.worker.consumer import Consumer  # noqa: E402
 from kombu.transport.native_delayed_delivery import bind_queue_to_native_delayed_delivery_exchange  # noqa: E402
 
 from chinook import metrics, tracing  # noqa: E402
@@ -47,6 +48,19 @@ try:
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
 DUPLICATE_TIMEOUT_S = 1800
+
+
+class PredeclaredConsumer(Consumer):
+    """Celery's consumer without its DelayedDelivery step, which declares delayed
+    delivery's exchanges and queues and binds the task queues to them: with
+    BROKER_PREDECLARED the broker's definitions did, and this worker's account may not."""
+
+    class Blueprint(Consumer.Blueprint):
+        default_steps = [step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
+
+
+if settings.broker_predeclared:
+    app.conf.worker_consumer = f"{__name__}:PredeclaredConsumer"
 
 
 class Clients:
@@ -80,7 +94,7 @@ def check_queues(**_):
     # It waits for the broker: False means a refusal.
     if not watch.check():
         HeldBack.watch = watch
-        HeldBack.refused = watch.mismatch.queue_names
+        HeldBack.refused = watch.refusal.queue_names
         HeldBack.consumed = [name for name in HeldBack.refused if name in app.amqp.queues.consume_from]
         app.amqp.queues.deselect(HeldBack.consumed)
 
@@ -91,7 +105,7 @@ def recheck_refused_queues(sender, **_):
         return
 
     def go_on():
-        if settings.broker_queue_type == "quorum":
+        if settings.broker_queue_type == "quorum" and not settings.broker_predeclared:
             # Celery's DelayedDelivery step bound the old queues at start; countdowns need
             # the new ones bound the same way.
             with app.connection_for_write() as connection:

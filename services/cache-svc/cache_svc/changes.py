@@ -29,6 +29,12 @@ LINGER_S = 0.01
 MAX_BATCH_BYTES = 256 * 1024
 # Batches waiting for one subscriber; beyond, it has fallen behind.
 MAX_QUEUED = 2000
+# The bytes of changes waiting for one subscriber; beyond, it has fallen behind too. Every
+# subscriber's queue holds the same batch objects, so all of them together hold little
+# more than the longest one. A bulk changes some 167,000 rows/s (docs/scaling.md), each
+# with about 100 bytes of messages: 64 MiB is seconds of changes, far past the lag
+# (NEAR_CACHE_MAX_LAG_MS) a subscriber is allowed when it reads.
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 # Each subscription holds a thread of the gRPC server for its lifetime.
 MAX_SUBSCRIBERS = 32
 
@@ -49,18 +55,25 @@ class Subscription:
     def __init__(self, relay: "ChangeRelay"):
         self._relay = relay
         self._queue = queue.SimpleQueue()
+        self._bytes_lock = threading.Lock()
+        self._queued_bytes = 0
         self.end_reason = ""
 
-    def put(self, batch: list[str]):
-        self._queue.put((time.monotonic(), time.time(), batch))
+    def put(self, batch: list[str], size: int):
+        with self._bytes_lock:
+            self._queued_bytes += size
+        self._queue.put((time.monotonic(), time.time(), batch, size))
 
     def backlog(self) -> int:
         return self._queue.qsize()
 
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
     def end(self, reason: str):
         if not self.end_reason:
             self.end_reason = reason
-            self._queue.put((0.0, 0.0, self._END))
+            self._queue.put((0.0, 0.0, self._END, 0))
 
     def close(self):
         """The subscriber went away."""
@@ -70,9 +83,11 @@ class Subscription:
     def __iter__(self):
         """(batch, Unix time it was queued at) pairs; an empty batch is a heartbeat."""
         while True:
-            queued_at, queued_at_unix, batch = self._queue.get()
+            queued_at, queued_at_unix, batch, size = self._queue.get()
             if batch is self._END:
                 return
+            with self._bytes_lock:
+                self._queued_bytes -= size
             if time.monotonic() - queued_at > self._relay.max_lag_s:
                 self.end(f"subscriber fell behind by more than {self._relay.max_lag_s:g} s")
                 self._relay.unsubscribe(self)
@@ -81,13 +96,14 @@ class Subscription:
 
 
 class ChangeRelay:
-    def __init__(self, connect, channel: str, max_lag_s: float):
+    def __init__(self, connect, channel: str, max_lag_s: float, max_queued_bytes: int = MAX_QUEUED_BYTES):
         # connect() opens a client without decode_responses: redis-py's pub/sub reads PING
         # answers right only from bytes. Each link to Redis takes a new one, so a link
         # lost with a cluster node is made again on another.
         self.connect = connect
         self.channel = channel
         self.max_lag_s = max_lag_s
+        self.max_queued_bytes = max_queued_bytes
         self._subscribers: set[Subscription] = set()
         self._lock = threading.Lock()
         self._linked = False
@@ -116,15 +132,19 @@ class ChangeRelay:
         with self._lock:
             self._subscribers.discard(subscription)
 
-    def _broadcast(self, batch: list[str]):
+    def _broadcast(self, batch: list[str], size: int = 0):
+        """size: the batch's bytes as Redis sent them."""
         with self._lock:
             subscribers = list(self._subscribers)
         for subscription in subscribers:
             if subscription.backlog() >= MAX_QUEUED:
                 subscription.end(f"subscriber fell behind by {MAX_QUEUED} batches")
-                self.unsubscribe(subscription)
+            elif subscription.queued_bytes() + size > self.max_queued_bytes:
+                subscription.end(f"subscriber fell behind by more than {self.max_queued_bytes} bytes")
             else:
-                subscription.put(batch)
+                subscription.put(batch, size)
+                continue
+            self.unsubscribe(subscription)
 
     def _end_all(self, reason: str):
         with self._lock:
@@ -181,14 +201,14 @@ class ChangeRelay:
                         self._linked = True
                     log.info("change relay: subscribed to %s", self.channel)
                 if size >= MAX_BATCH_BYTES:
-                    self._broadcast(batch)
+                    self._broadcast(batch, size)
                     batch, size = [], 0
                 remaining = gather_until - time.monotonic()
                 if remaining <= 0:
                     break
                 message = pubsub.get_message(timeout=remaining)
             if batch:
-                self._broadcast(batch)
+                self._broadcast(batch, size)
             if heartbeat:
                 self._broadcast(HEARTBEAT)
             now = time.monotonic()

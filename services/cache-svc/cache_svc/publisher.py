@@ -1,8 +1,7 @@
 """Publishes Celery tasks; the cache service never imports the workers' code."""
 
 from chinook.celery_setup import (
-    APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, WRITE_BACK_QUEUE, QueueTypeMismatch, QueueTypeWatch,
-    make_celery,
+    APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, WRITE_BACK_QUEUE, QueueTypeWatch, make_celery,
 )
 
 # Tries to reach RabbitMQ at start; reads must not wait for the broker.
@@ -24,15 +23,16 @@ class TaskPublisher:
             self.queues.start()
 
     def check_queue_types(self):
-        """Raises QueueTypeMismatch, with how to migrate, while RabbitMQ refuses a task queue."""
-        mismatch = self.queues.mismatch
-        if mismatch is not None:
-            raise QueueTypeMismatch(str(mismatch), mismatch.queue_names)
+        """Raises QueueTypeMismatch (with how to migrate) or QueueMissing while RabbitMQ
+        refuses a task queue."""
+        refusal = self.queues.refusal
+        if refusal is not None:
+            raise type(refusal)(str(refusal), refusal.queue_names)
 
     def holds_back_writes(self) -> bool:
-        """True while write_back_queue exists with the other type: write-back tasks would
-        not reach it (the broker refuses the declaration a publish makes), so the flusher
-        leaves the rows pending in Redis."""
+        """True while write_back_queue exists with the other type, or not at all: write-back
+        tasks would not reach it (the broker refuses the declaration a publish makes, or
+        drops the task unrouted), so the flusher leaves the rows pending in Redis."""
         return self.queues.refuses(WRITE_BACK_QUEUE)
 
     def apply_writes(self, entity: str, rows: list, claim: str, links: list[str] = (), links_dropped: int = 0):

@@ -11,7 +11,7 @@ import redis
 
 from chinook import tracing
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
-from chinook.celery_setup import QueueTypeMismatch
+from chinook.celery_setup import QueueRefused
 from chinook.entities import ValidationError, get_entity, parse_multiplier
 from chinook.grpc_client import from_struct
 from chinook.grpc_server import abort
@@ -45,11 +45,9 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.UNAVAILABLE, f"Redis unavailable: {exc}"
     if isinstance(exc, kombu.exceptions.OperationalError):
         return grpc.StatusCode.UNAVAILABLE, f"RabbitMQ unavailable: {exc}"
-    if isinstance(exc, QueueTypeMismatch):
-        # A status message stays short; cache-svc's log has how to migrate.
-        return grpc.StatusCode.UNAVAILABLE, (f"RabbitMQ holds {' and '.join(exc.queue_names)} with a type other "
-                                             "than BROKER_QUEUE_TYPE: no task is sent there before a migration "
-                                             "(cache-svc's log says how)")
+    if isinstance(exc, QueueRefused):
+        # A status message stays short; cache-svc's log has what to do.
+        return grpc.StatusCode.UNAVAILABLE, exc.summary
     if isinstance(exc, grpc.RpcError):
         # A failure of the persistence service, passed on with its own code; one that
         # is stopping or restarting cancels calls: worth a retry like any outage.
@@ -64,7 +62,7 @@ def status_codes(context):
         yield
     except (ValidationError, NotFound, Backpressure, NotReplicated, LayoutError, ShardRetired, FunctionsMissing,
             redis.RedisError, redis.exceptions.RedisClusterException, kombu.exceptions.OperationalError,
-            QueueTypeMismatch, grpc.RpcError) as exc:
+            QueueRefused, grpc.RpcError) as exc:
         status = status_of(exc)
         if status is None:
             raise

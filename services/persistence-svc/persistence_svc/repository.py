@@ -2,6 +2,7 @@
 are quoted by psycopg2.sql; every value is a bound parameter."""
 
 import logging
+import zlib
 from dataclasses import dataclass, field
 
 import psycopg2.errors
@@ -16,6 +17,12 @@ VERSION_COLUMN = "wb_version"
 # Deadlocks between batches that lock the same rows in another order are retried.
 DEADLOCK_RETRIES = 5
 DUPLICATE_CHUNK_ROWS = 20_000
+
+
+def duplication_lock_key(entity: Entity) -> int:
+    """The transaction-level advisory lock that serialises duplications of one table: the
+    same number in every process (CRC-32, not Python's salted hash)."""
+    return zlib.crc32(f"chinook.duplicate_rows.{entity.table}".encode())
 
 
 class NotFound(Exception):
@@ -185,8 +192,10 @@ def duplicate_rows(db, entity: Entity, multiplier: int, operation_id: str):
         raise PreconditionFailed("multiplier must be at least 2")
     pk, table = sql.Identifier(entity.primary_key), sql.Identifier(entity.table)
     with db.transaction() as cur:
-        # Serialises duplications and holds back writes to the table while it grows.
-        cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
+        # Serialises duplications of the table: the next one reads the grown table and
+        # finds the operation recorded. Write-back goes on meanwhile: it only updates
+        # existing rows, and each copy takes its row as it is when its chunk is copied.
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (duplication_lock_key(entity),))
         cur.execute("SELECT result FROM wb_operation WHERE operation_id = %s", (operation_id,))
         previous = cur.fetchone()
         if previous:
