@@ -83,12 +83,14 @@ def test_bulk_update_takes_structs_or_one_json_text(stack, flags):
     call = "chinook.cache.v1.CacheService/BulkUpdate"
     typed = {"entity": "album", "updates": [{"id": 300, "fields": {"title": "Typed form"}}]}
     as_json = {"entity": "album", "updates_json": json.dumps([{"album_id": 301, "title": "JSON form"}])}
-    assert json.loads(grpcurl(flags, "-d", json.dumps(typed), stack.cache_addr, call)) == {"accepted": "1"}
-    assert json.loads(grpcurl(flags, "-d", json.dumps(as_json), stack.cache_addr, call)) == {"accepted": "1"}
-    for row_id, title in [(300, "Typed form"), (301, "JSON form")]:
+    accepted = [json.loads(grpcurl(flags, "-d", json.dumps(bulk), stack.cache_addr, call)) for bulk in (typed, as_json)]
+    assert [reply["accepted"] for reply in accepted] == ["1", "1"]
+    for row_id, title, bulk in [(300, "Typed form", accepted[0]), (301, "JSON form", accepted[1])]:
         reply = json.loads(grpcurl(flags, "-d", json.dumps({"entity": "album", "id": row_id}), stack.cache_addr,
                                    "chinook.cache.v1.CacheService/GetRow"))
         assert json.loads(reply["row_json"])["title"] == title
+        # A bulk of one row: its newest version is the row's.
+        assert reply["row"]["version"] == bulk["max_version"]
     both = {**typed, "updates_json": as_json["updates_json"]}
     result = subprocess.run([GRPCURL, *flags, "-d", json.dumps(both), stack.cache_addr, call],
                             capture_output=True, text=True, timeout=30)

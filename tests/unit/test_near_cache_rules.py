@@ -178,10 +178,11 @@ def test_a_write_that_carries_its_values_updates_the_row_in_place():
     assert near.get(KEY).version == 6
 
 
-def test_a_token_is_served_here_only_past_every_shards_watermark():
+def test_a_token_is_served_here_only_past_every_shards_watermark_or_by_a_row_as_new():
     near = serving()
     near.fill(KEY, near.reserve(KEY), 5, CLEAN, b"row")
-    assert near.applied_through == 0 and near.get(KEY, 0) is None and near.get(KEY) is not None
+    assert near.applied_through == 0 and near.get(KEY, 6) is None and near.get(KEY) is not None
+    assert near.get(KEY, 5) is not None, "the row is as new as the token"
     near.heartbeat([0, 1], 3, 100)
     assert near.applied_through == 0, "shard 2 not heard yet"
     near.heartbeat([2], 3, 90)

@@ -105,10 +105,12 @@ class NearCache:
 
     def get(self, key, token: int = NO_TOKEN) -> Entry | None:
         """The row, if held; for a read presenting a consistency token, only once every
-        change up to the token has been applied here (token < applied_through)."""
+        change up to the token has been applied here (token < applied_through), or if the
+        row is at least as new as the token (a version is never below an earlier write's
+        of the row): as after the process' own write."""
         with self._lock:
-            item = self._rows.get(key) if token < self.applied_through and self._serving() else None
-            if item.__class__ is Entry:
+            item = self._rows.get(key) if self._serving() else None
+            if item.__class__ is Entry and (token < self.applied_through or item.version >= token):
                 self._rows.move_to_end(key)
                 self.counts["hits"] += 1
                 return item
