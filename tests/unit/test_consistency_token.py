@@ -57,14 +57,25 @@ def presented(headers):
         return consistency.presented(context.request)
 
 
-def test_the_header_wins_over_the_cookie():
+def test_the_header_wins_over_the_cookie_and_both_must_be_tokens():
     now = time.time_ns() // 1000
     assert presented({}) == NO_TOKEN
     assert presented({"Cookie": "other=1"}) == NO_TOKEN
     assert presented({"Cookie": f"other=1; wb_token=v1.{now}"}) == now
-    assert presented({"X-Consistency-Token": "v1.5", "Cookie": "wb_token=not-a-token"}) == 5
+    assert presented({"X-Consistency-Token": "v1.5", "Cookie": f"wb_token=v1.{now}"}) == 5
     with pytest.raises(ApiError, match="^wb_token cookie: "):
         presented({"Cookie": "wb_token=v1.x"})
+    with pytest.raises(ApiError, match="^wb_token cookie: "):
+        presented({"X-Consistency-Token": "v1.5", "Cookie": "wb_token=not-a-token"})
+    with pytest.raises(ApiError, match="^X-Consistency-Token header: "):
+        presented({"X-Consistency-Token": "v1.x", "Cookie": f"wb_token=v1.{now}"})
+    assert presented({"Cookie": "my_wb_token=x; wb_tokens=y"}) == NO_TOKEN
+
+
+@pytest.mark.parametrize("cookies", ['wb_token=v1.5\t/', 'a=1; wb_token =v1"5', "wb_token==/9+^Q\t:"])
+def test_a_cookie_value_no_cookie_may_have_is_refused_too(cookies):
+    with pytest.raises(ApiError, match="^wb_token cookie: .*no cookie may have"):
+        presented({"Cookie": cookies})
 
 
 def test_the_answer_carries_the_token_in_the_header_and_a_short_lived_strict_cookie():
@@ -85,5 +96,6 @@ def test_a_bad_token_is_refused_before_cache_svc_is_called(method, path, body):
     response = api.open(path, method=method, headers=ADMIN, json=body)
     assert response.status_code == 400, response.json
     assert response.json["error"]["message"].startswith("wb_token cookie: "), response.json
+    api.delete_cookie("wb_token")
     response = api.open(path, method=method, headers={**ADMIN, "X-Consistency-Token": "v1.5"}, json=body)
     assert response.status_code == PASSED, response.json

@@ -118,8 +118,7 @@ def answer_token(response: Response, token: int, version: int) -> Response:
 def read_row(entity_name: str, row_id: int, token: int = NO_TOKEN) -> tuple[bytes, str, str, int]:
     """The row's JSON body, the tier it came from (near, redis or postgres), its
     write-back state and version: from the near cache (for a read presenting a token,
-    only once the process applied every change up to it), or through cache-svc, keeping
-    it there."""
+    where NearCache.get allows it), or through cache-svc, keeping it there."""
     key = (entity_name, row_id)
     near = near_cache()
     entry = near.get(key, token)

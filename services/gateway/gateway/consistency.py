@@ -10,6 +10,7 @@ cache only once the process has applied every change up to it (NearCache.get).
 """
 
 import math
+import re
 import time
 
 from .errors import ApiError
@@ -20,6 +21,8 @@ COOKIE = "wb_token"
 PREFIX = "v1."
 # The header as WSGI names it in the environ.
 HEADER_KEY = "HTTP_X_CONSISTENCY_TOKEN"
+# The cookie named in a Cookie header, whether or not its value is one a cookie may have.
+COOKIE_NAMED = re.compile(rf"(?:^|;)\s*{COOKIE}\s*=")
 # A version is microseconds since the epoch: a token further ahead of this process'
 # clock was not made by this system.
 MAX_AHEAD_US = 10 * 60 * 1_000_000
@@ -51,15 +54,20 @@ def parse(raw: str, source: str, now_us: int) -> int:
 
 def presented(request) -> int:
     """The version of the token the request presents (the header wins over the cookie),
-    NO_TOKEN if none."""
-    raw = request.environ.get(HEADER_KEY)
-    if raw is not None:
-        return parse(raw, f"{HEADER} header", time.time_ns() // 1000)
-    if "HTTP_COOKIE" in request.environ:
-        raw = request.cookies.get(COOKIE)
-        if raw is not None:
-            return parse(raw, f"{COOKIE} cookie", time.time_ns() // 1000)
-    return NO_TOKEN
+    NO_TOKEN if none. Either one malformed is bad input, even beside a good other one."""
+    in_header = request.environ.get(HEADER_KEY)
+    cookies = request.environ.get("HTTP_COOKIE")
+    in_cookie = request.cookies.get(COOKIE) if cookies is not None and COOKIE in cookies else None
+    if in_cookie is None and cookies is not None and COOKIE_NAMED.search(cookies):
+        # Werkzeug skips a pair whose value no cookie may have (a space, a quote inside).
+        raise ApiError(400, "invalid_argument", f"{COOKIE} cookie: expected {PREFIX}<version> as a response "
+                                                "set it, got a value no cookie may have")
+    if in_header is None and in_cookie is None:
+        return NO_TOKEN
+    now_us = time.time_ns() // 1000
+    version = NO_TOKEN if in_header is None else parse(in_header, f"{HEADER} header", now_us)
+    from_cookie = NO_TOKEN if in_cookie is None else parse(in_cookie, f"{COOKIE} cookie", now_us)
+    return from_cookie if in_header is None else version
 
 
 def answer(response, version: int, max_age_s: int):

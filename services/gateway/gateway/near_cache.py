@@ -106,8 +106,8 @@ class NearCache:
     def get(self, key, token: int = NO_TOKEN) -> Entry | None:
         """The row, if held; for a read presenting a consistency token, only once every
         change up to the token has been applied here (token < applied_through), or if the
-        row is at least as new as the token (a version is never below an earlier write's
-        of the row): as after the process' own write."""
+        row is at least as new as the token, as after the process' own write: a row's
+        versions only grow, so it is then as new as every write of it the token covers."""
         with self._lock:
             item = self._rows.get(key) if self._serving() else None
             if item.__class__ is Entry and (token < self.applied_through or item.version >= token):
@@ -151,9 +151,9 @@ class NearCache:
     def heartbeat(self, shards: list[int], total: int, at_us: int):
         """A watermark: the Redis node holding `shards` (of `total`) ran it at its time at_us.
 
-        Invariant: every change of a row at a version below applied_through has been
-        applied here since the stream began (enable()), so no row held here is older than a
-        write at such a version. Why: a row's version is at least the Redis time of the
+        Invariant: every change of a row at a version below applied_through, published
+        since the stream began (enable(), which empties the cache), has been applied here,
+        so no row held here is older than a write at such a version. Why: a row's version is at least the Redis time of the
         script that wrote it (ACCEPT's hybrid clock), so a watermark of the row's shard at
         a later time ran after the write, on the same node; a node publishes in the order
         it runs scripts, and the relay and the stream keep that order, so the change came
