@@ -19,6 +19,8 @@ ROW_ROUTES = [("GET", "/albums/1", None), ("GET", "/artists/1", None), ("GET", "
               ("PATCH", "/albums/1", {"title": "x"}), ("PATCH", "/artists/1", {"name": "x"}),
               ("POST", "/albums/bulk", {"updates": [{"album_id": 1, "title": "x"}]}),
               ("POST", "/albums/bulk-random", None), ("GET", "/update-album", None)]
+# Their paths as the contract names them.
+DOCUMENTED = {"/albums/1": "/albums/{album_id}", "/artists/1": "/artists/{artist_id}", "/album?album_id=1": "/album"}
 ADMIN = {"Authorization": "Bearer admin-secret-of-tests"}
 
 
@@ -99,3 +101,15 @@ def test_a_bad_token_is_refused_before_cache_svc_is_called(method, path, body):
     api.delete_cookie("wb_token")
     response = api.open(path, method=method, headers={**ADMIN, "X-Consistency-Token": "v1.5"}, json=body)
     assert response.status_code == PASSED, response.json
+
+
+def test_the_contract_lists_the_token_on_every_route_that_reads_or_writes_rows():
+    document = client().get("/openapi.json").json
+    for method, path, _ in ROW_ROUTES:
+        operation = document["paths"][DOCUMENTED.get(path, path)][method.lower()]
+        names = {parameter.get("$ref", "").rsplit("/", 1)[-1] for parameter in operation["parameters"]}
+        assert {"ConsistencyToken", "ConsistencyCookie"} <= names, (method, path)
+        answered = next(response for status, response in operation["responses"].items() if status.startswith("2"))
+        headers = answered.get("headers") or document["components"]["responses"][
+            answered["$ref"].rsplit("/", 1)[-1]]["headers"]
+        assert {"X-Consistency-Token", "Set-Cookie"} <= set(headers), (method, path)
