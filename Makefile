@@ -23,10 +23,10 @@ LOCAL_STORES := .local-stores
 
 # chinook.local_stores starts a private store, from the installed server binaries, for each
 # store that does not answer at its default URL (an explicit URL that does not answer stops
-# it with a hint), runs the database step and honcho, and stops the stores after them.
-# `honcho run` applies .env to all of it, as honcho does to the five processes.
+# it with a hint), runs the database step and honcho, and stops the stores after them
+# (docs/local-stores.md). .env applies to all of it, as honcho applies it to the processes.
 run: venv stubs
-	honcho run -- $(BIN)/python -m chinook.local_stores --folder $(LOCAL_STORES) -- \
+	$(BIN)/python -m chinook.local_stores --folder $(LOCAL_STORES) --env-file .env -- \
 		sh -c '$(BIN)/python -m persistence_svc.initdb && exec honcho start --procfile Procfile'
 
 test: venv

@@ -1,11 +1,12 @@
 """`make run`'s embedded default: private Postgres, Redis and RabbitMQ for the stores
 that do not answer at their default URLs, around a command.
 
-    python -m chinook.local_stores [--folder .local-stores] -- COMMAND...
+    python -m chinook.local_stores [--folder .local-stores] [--env-file .env] -- COMMAND...
 
 A URL is at its default when its variable is unset, empty, or set to exactly the
 default of chinook/config.py (the value .env.example shows, so a copy of it changes
-nothing). For each store whose default URL does not answer, this starts a server of its
+nothing); --env-file's variables win over the environment, as honcho gives them to the
+processes. For each store whose default URL does not answer, this starts a server of its
 own from the machine's binaries, on the default port, with its data in a subfolder of
 --folder that later runs reuse; then runs COMMAND, and once COMMAND ends (Ctrl-C reaches
 both; SIGTERM and SIGHUP are passed on to it) stops the servers. A URL set to anything
@@ -24,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from honcho.environ import parse as parse_env_file
 
 from chinook.config import Settings, settings_or_exit
 from chinook.local_stores.servers import (PostgresServer, PrivateServer, RabbitMQServer, RedisServer,
@@ -95,10 +98,13 @@ def plan(settings: Settings, check: Callable[[str], str | None] = connection_err
     return needed, problems
 
 
-def names(stores: list[Store]) -> str:
+def listing(words: list[str]) -> str:
     """"Postgres, Redis and RabbitMQ"."""
-    listed = [store.name for store in stores]
-    return listed[0] if len(listed) == 1 else f"{', '.join(listed[:-1])} and {listed[-1]}"
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def names(stores: list[Store]) -> str:
+    return listing([store.name for store in stores])
 
 
 def started_line(stores: list[Store], folder_label: str) -> str:
@@ -122,7 +128,7 @@ def missing_binaries_message(missing: dict[Store, list[str]], folder_label: str)
         f"  Debian/Ubuntu: sudo apt-get install {' '.join(store.debian_package for store in stores)}",
         f"  Homebrew:      brew install {' '.join(store.homebrew_package for store in stores)}",
         f"or run them in containers: docker compose up {' '.join(store.compose_service for store in stores)}",
-        f"  and set {', '.join(variables)} to reach them (compose publishes none of their ports, and its "
+        f"  and set {listing(variables)} to reach them (compose publishes none of their ports, and its "
         "accounts are in deploy/compose/*.env)",
     ])
 
@@ -165,8 +171,8 @@ def start(needed: list[Store], folder: Path, started: list[PrivateServer]):
         started.append(server)
         try:
             server.start()
-        except BaseException:
-            print("failed", flush=True)
+        except BaseException as error:
+            print("interrupted" if isinstance(error, KeyboardInterrupt) else "failed", flush=True)
             raise
         print(f"ready in {time.monotonic() - began:.1f} s", flush=True)
 
@@ -196,7 +202,17 @@ def stop(started: list[PrivateServer], folder_label: str):
         print(f"stopped the private stores; their data stays in {folder_label}/", flush=True)
 
 
+def apply_env_file(path: Path):
+    """Puts the variables of the file (`.env`) into this process' environment, which the
+    command inherits: honcho's reading of it, winning over the environment as in honcho."""
+    if path.is_file():
+        os.environ.update(parse_env_file(path.read_text()))
+
+
 def run(command: list[str], folder: Path, folder_label: str) -> int:
+    # SIGTERM and SIGHUP stop the start of the stores as Ctrl-C does, never leaving one behind.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler)
     needed, problems = plan(settings_or_exit())
     if problems:
         print("\n".join(problems), file=sys.stderr)
@@ -211,8 +227,6 @@ def run(command: list[str], folder: Path, folder_label: str) -> int:
     try:
         try:
             start(needed, folder, started)
-        except KeyboardInterrupt:
-            return 130
         except (OSError, RuntimeError) as error:  # TimeoutError is an OSError
             print(f"{error}\n(the logs are in {folder_label}/)", file=sys.stderr)
             return 1
@@ -226,9 +240,15 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(prog="python -m chinook.local_stores", description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default=DEFAULT_FOLDER,
                         help=f"where the private stores keep their data and logs (default: {DEFAULT_FOLDER})")
+    parser.add_argument("--env-file", type=Path, help="a file of variables for the stores and the command (.env)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- and the command to run with the stores")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --")
-    sys.exit(run(command, Path(args.folder).absolute(), args.folder.rstrip("/")))
+    if args.env_file:
+        apply_env_file(args.env_file)
+    try:
+        sys.exit(run(command, Path(args.folder).absolute(), args.folder.rstrip("/")))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP before the command ran; the stores are stopped
+        sys.exit(130)

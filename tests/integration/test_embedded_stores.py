@@ -5,7 +5,7 @@ answers at the default URLs, with this machine's server binaries.
 `make run` starts private Postgres, Redis and RabbitMQ under .local-stores/, says so in one
 line, and the console answers; a write goes through the API into Postgres; Ctrl-C (SIGINT
 to the terminal's process group) leaves no process behind; a second `make run` finds the
-row in the kept data. Without the binaries, with a default port taken, or with an explicit
+row in the kept data, and SIGTERM to make leaves nothing either. Without the binaries, with a default port taken, or with an explicit
 URL that does not answer, it stops with its message and changes nothing; when some stores
 answer, it starts only the others. About 60 s, most of it two boots of RabbitMQ.
 """
@@ -120,6 +120,11 @@ class MakeRun:
         os.killpg(self.process.pid, signal.SIGINT)
         self.process.wait(STOP_TIMEOUT_S)
 
+    def terminate(self):
+        """SIGTERM to make alone, as a process manager stops it; make passes it on to its child."""
+        self.process.terminate()
+        self.process.wait(STOP_TIMEOUT_S)
+
     def close(self):
         """Whatever still runs in the namespace is SIGKILLed, so a failed test leaves nothing."""
         self.namespace.kill_all()
@@ -155,8 +160,9 @@ def test_make_run_starts_private_stores_keeps_their_data_and_ctrl_c_stops_everyt
         assert "database chinook already exists" in second.output
         album = second.namespace.call(requests.get, "http://127.0.0.1:5000/albums/7", timeout=30)
         assert album.json()["title"] == "Kept Between Runs"
-        second.interrupt()
+        second.terminate()
         assert second.namespace.processes() == [], second.output[-3000:]
+        assert "stopped the private stores; their data stays in .local-stores/" in second.output
     finally:
         second.close()
 
@@ -180,11 +186,14 @@ os.execvp(sys.argv[separator + 1], sys.argv[separator + 1:])
 """
 
 
-def entry_point(stores: Path, *command: str, holding: tuple[str, ...] = ()) -> list[str]:
-    """`python -m chinook.local_stores --folder stores -- command`, the ports of
-    `holding` (HOLD_PORTS) held first."""
+def entry_point(stores: Path, *command: str, holding: tuple[str, ...] = (), env_file: Path | None = None
+                ) -> list[str]:
+    """`python -m chinook.local_stores --folder stores [--env-file env_file] -- command`,
+    the ports of `holding` (HOLD_PORTS) held first."""
     hold = [sys.executable, "-c", HOLD_PORTS, *holding, "--"] if holding else []
-    return [*hold, str(VENV / "bin/python"), "-m", "chinook.local_stores", "--folder", str(stores), "--", *command]
+    options = ["--env-file", str(env_file)] if env_file else []
+    return [*hold, str(VENV / "bin/python"), "-m", "chinook.local_stores", "--folder", str(stores), *options, "--",
+            *command]
 
 
 def run_in_namespace(command: list[str], checkout: Path, hide: list[Path] = (), path: str | None = None,
@@ -213,9 +222,14 @@ def test_without_the_server_binaries_one_message_says_what_to_install(checkout, 
     assert not (tmp_path / "stores").exists()
 
 
-def test_an_explicit_url_that_does_not_answer_keeps_its_hint_and_starts_nothing(checkout, tmp_path):
-    done = run_in_namespace(entry_point(tmp_path / "stores", "true"), checkout,
-                            DATABASE_URL="postgresql://postgres@127.0.0.1:5433/chinook")
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_an_explicit_url_that_does_not_answer_keeps_its_hint_and_starts_nothing(checkout, tmp_path, where):
+    url = "postgresql://postgres@127.0.0.1:5433/chinook"
+    if where == ".env":
+        (checkout / ".env").write_text(f"DATABASE_URL={url}\n")
+        done = run_in_namespace(entry_point(tmp_path / "stores", "true", env_file=checkout / ".env"), checkout)
+    else:
+        done = run_in_namespace(entry_point(tmp_path / "stores", "true"), checkout, DATABASE_URL=url)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stderr == ("DATABASE_URL: nothing answers at 127.0.0.1:5433 (Connection refused); start Postgres, "
                            "e.g. `pg_ctlcluster 15 main start` or set DATABASE_URL\n")
@@ -234,7 +248,9 @@ def test_a_default_port_taken_without_answering_is_named(checkout, tmp_path):
 def test_with_some_stores_answering_it_starts_only_the_others_and_stops_them_after_the_command(checkout, tmp_path):
     stores = tmp_path / "stores"
     write = f"{sys.executable} -c 'import redis; print(redis.Redis(port=6379).set(\"answer\", 42))'"
-    command = entry_point(stores, "sh", "-c", write, holding=("5432:answering", "5672:answering"))
+    # .env.example sets every URL to its default, which changes nothing.
+    command = entry_point(stores, "sh", "-c", write, holding=("5432:answering", "5672:answering"),
+                          env_file=checkout / ".env.example")
     process = start_in_new_namespace(command, cwd=checkout, env=environment(checkout), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
     with NetworkNamespace(process.pid) as namespace:
