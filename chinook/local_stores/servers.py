@@ -282,7 +282,7 @@ class RedisServer(PrivateServer):
 
     name = "redis"
 
-    def __init__(self, folder: Path | str, appendfsync: str = "always", port: int | None = None):
+    def __init__(self, folder: Path | str, appendfsync: str = "always", *, port: int | None = None):
         super().__init__(folder, port)
         self.appendfsync = appendfsync
 
@@ -357,32 +357,33 @@ class PostgresServer(PrivateServer):
             self.home = None
             self.data_dir = Path(data_dir).absolute()
             self.socket_dir = ""
+            self._check_reachable(self.data_dir)
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._own(self.data_dir)
-            self._check_reachable(self.data_dir)
 
     def _own(self, path: Path):
         if self.os_user is not None:
             os.chown(path, self.os_user.pw_uid, self.os_user.pw_gid)
 
     def _check_reachable(self, path: Path):
-        """Raises, naming the folder, when the OS user cannot pass a folder above `path`."""
+        """Raises, naming the folder, when the OS user cannot pass a folder above `path`
+        (those still to be made get the umask's mode)."""
         if self.os_user is None:
             return
         groups = {self.os_user.pw_gid, *os.getgrouplist(self.os_user.pw_name, self.os_user.pw_gid)}
-        for folder in reversed(path.parents):
-            mode = folder.stat()
-            if mode.st_uid == self.os_user.pw_uid:
-                passable = mode.st_mode & stat.S_IXUSR
-            elif mode.st_gid in groups:
-                passable = mode.st_mode & stat.S_IXGRP
+        for folder in filter(Path.exists, reversed(path.parents)):
+            info = folder.stat()
+            if info.st_uid == self.os_user.pw_uid:
+                passable = info.st_mode & stat.S_IXUSR
+            elif info.st_gid in groups:
+                passable = info.st_mode & stat.S_IXGRP
             else:
-                passable = mode.st_mode & stat.S_IXOTH
+                passable = info.st_mode & stat.S_IXOTH
             if not passable:
                 raise RuntimeError(
-                    f"Postgres refuses to run as root, so it runs as the {self.os_user.pw_name} user, who cannot "
-                    f"enter {folder} (mode {stat.filemode(mode.st_mode)}) to reach {path}: give others the "
-                    f"right to enter it (chmod o+x {folder}), or use a checkout that user can reach")
+                    f"Postgres runs as the {self.os_user.pw_name} user (it refuses root), who cannot enter "
+                    f"{folder} (mode {stat.filemode(info.st_mode)}) to reach {path}: give others the right to "
+                    f"enter it (chmod o+x {folder}), or use a checkout that user can reach")
 
     @property
     def admin_url(self) -> str:

@@ -5,9 +5,10 @@ answers at the default URLs, with this machine's server binaries.
 `make run` starts private Postgres, Redis and RabbitMQ under .local-stores/, says so in one
 line, and the console answers; a write goes through the API into Postgres; Ctrl-C (SIGINT
 to the terminal's process group) leaves no process behind; a second `make run` finds the
-row in the kept data, and SIGTERM to make leaves nothing either. Without the binaries, with a default port taken, or with an explicit
-URL that does not answer, it stops with its message and changes nothing; when some stores
-answer, it starts only the others. About 60 s, most of it two boots of RabbitMQ.
+row in the kept data, and SIGTERM to make leaves nothing either. Without the binaries,
+with a default port taken, or with an explicit URL that does not answer, it stops with
+its message and changes nothing; when some stores answer, it starts only the others.
+About 30 s, most of it two boots of RabbitMQ and of the five processes.
 """
 
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import fields
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import requests
 
 from chinook.config import Settings
 from chinook.local_stores.embedded import STORES
-from chinook.local_stores.servers import DEBIAN_RABBITMQ_SCRIPTS, POSTGRES_BIN_GLOBS
+from chinook.local_stores.servers import DEBIAN_RABBITMQ_SCRIPTS, POSTGRES_BIN_GLOBS, PostgresServer
 from tests.support.network_namespace import NetworkNamespace, start_in_new_namespace, unshare_refusal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +112,7 @@ class MakeRun:
 
     def sql(self, query: str, params=()):
         def run():
-            with psycopg2.connect(DATABASE_URL, connect_timeout=5) as conn, conn.cursor() as cur:
+            with closing(psycopg2.connect(DATABASE_URL, connect_timeout=5)) as conn, conn.cursor() as cur:
                 cur.execute(query, params)
                 return cur.fetchall()
         return self.namespace.call(run)
@@ -165,6 +167,15 @@ def test_make_run_starts_private_stores_keeps_their_data_and_ctrl_c_stops_everyt
         assert "stopped the private stores; their data stays in .local-stores/" in second.output
     finally:
         second.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Postgres runs as another user only for root")
+def test_postgres_names_the_folder_its_user_cannot_enter_and_makes_no_data_folder(tmp_path):
+    # A pytest tmp folder's parent is mode 0700, closed to the postgres user.
+    closed = next(folder for folder in reversed(tmp_path.parents) if not folder.stat().st_mode & 0o001)
+    with pytest.raises(RuntimeError, match=f"who cannot enter {closed} "):
+        PostgresServer(tmp_path / "postgres", port=5432, data_dir=tmp_path / "postgres/data")
+    assert not (tmp_path / "postgres/data").exists()
 
 
 # --- the entry point alone, where it refuses or starts only some stores ---------------
