@@ -281,3 +281,11 @@ def test_with_some_stores_answering_it_starts_only_the_others_and_stops_them_aft
     ]
     assert sorted(path.name for path in stores.iterdir()) == ["redis"]
     assert list((stores / "redis/appendonlydir").glob("*.aof"))
+
+
+def test_with_every_store_answering_the_command_simply_runs(checkout, tmp_path):
+    command = entry_point(tmp_path / "stores", "sh", "-c", "echo ran; exit 3",
+                          holding=("5432:answering", "6379:answering", "5672:answering"))
+    done = run_in_namespace(command, checkout)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "ran\n", "")
+    assert not (tmp_path / "stores").exists()
