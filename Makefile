@@ -1,4 +1,6 @@
-# make run   set up everything and start the five processes (Ctrl-C stops them)
+# make run   set up everything and start the five processes (Ctrl-C stops them); private
+#            Postgres, Redis and RabbitMQ under .local-stores/ for those that do not answer at
+#            their default URLs
 # make test  set up everything and run the whole test suite
 # make bench the system against its anchors (bench/README.md); about 8 minutes
 # make chaos-cluster  Redis Cluster masters killed and restarted under load; about 1.5 minutes
@@ -16,8 +18,16 @@ REQUIREMENTS := requirements-dev.txt chinook/requirements.txt $(wildcard service
 
 .PHONY: run test chaos chaos-cluster bench venv stubs db preflight certs clean
 
-run: venv stubs preflight db
-	honcho start --procfile Procfile
+# Where `make run` keeps the data and logs of the private stores it starts.
+LOCAL_STORES := .local-stores
+
+# chinook.local_stores starts a private store, from the installed server binaries, for each
+# store that does not answer at its default URL (an explicit URL that does not answer stops
+# it with a hint), runs the database step and honcho, and stops the stores after them
+# (docs/local-stores.md). .env applies to all of it, as honcho applies it to the processes.
+run: venv stubs
+	$(BIN)/python -m chinook.local_stores --folder $(LOCAL_STORES) --env-file .env -- \
+		sh -c '$(BIN)/python -m persistence_svc.initdb && exec honcho start --procfile Procfile'
 
 test: venv
 	$(BIN)/pytest -m "not slow"

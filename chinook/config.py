@@ -1,6 +1,6 @@
 """Configuration from environment variables, with defaults for a local run.
 
-Every variable is listed in README.md and .env.example.
+Every variable is listed in docs/configuration.md and .env.example.
 """
 
 import ipaddress
@@ -355,4 +355,4 @@ def settings_or_exit(environ=None) -> Settings:
     try:
         return load_settings(environ)
     except ConfigError as exc:
-        sys.exit(f"configuration error: {exc} (README.md and .env.example list every variable)")
+        sys.exit(f"configuration error: {exc} (docs/configuration.md and .env.example list every variable)")

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from chinook import metrics, tracing
 from chinook.callers import ALLOWED_CALLERS, OPEN_SERVICES, UNKNOWN, describe, identity_of, service_of
 from chinook.config import ConfigError, Settings, is_loopback
+from chinook.rate_limited_log import RateLimitedLog
 from chinook.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # clients refuse headers beyond 8 KB: the call would fail with RESOURCE_EXHAUSTED instead.
 # Messages that quote the input are cut to this many characters.
 MAX_STATUS_MESSAGE = 500
+# Refused calls of one caller and method are logged at most once a window.
+DENIAL_LOG_WINDOW_S = 10.0
 
 
 def abort(context, code: grpc.StatusCode, message: str):
@@ -85,32 +88,6 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         )
 
 
-class DenialLog:
-    """Logs refused calls: at most one line per caller and method every interval_s, with
-    how many it left out meanwhile, so a flood of refused calls cannot fill the disk.
-    Callers and methods are few (chinook.callers), so is what it keeps."""
-
-    def __init__(self, interval_s: float = 10.0, clock=time.monotonic):
-        self.interval_s = interval_s
-        self.clock = clock
-        self._lock = threading.Lock()
-        # (caller, method) -> [when the last line was written, refusals left out since]
-        self._last: dict[tuple[str, str], list] = {}
-
-    def refused(self, caller: str, method: str, who: str):
-        """Logs the refusal unless a line for caller and method was written within interval_s."""
-        now = self.clock()
-        with self._lock:
-            last = self._last.get((caller, method))
-            if last is not None and now - last[0] < self.interval_s:
-                last[1] += 1
-                return
-            left_out = last[1] if last is not None else 0
-            self._last[(caller, method)] = [now, 0]
-        log.warning("PERMISSION_DENIED: %s called %s, which chinook/callers.py does not allow it%s", who, method,
-                    f" ({left_out} more refused since the last line)" if left_out else "")
-
-
 class CallerCheck(grpc.ServerInterceptor):
     """Lets a call through only when the service its client certificate names may call the
     method (chinook.callers.ALLOWED_CALLERS); health and reflection are open to any
@@ -119,7 +96,8 @@ class CallerCheck(grpc.ServerInterceptor):
     so the check runs inside the handler it wraps."""
 
     def __init__(self):
-        self.denials = DenialLog()
+        # At most a line per caller and method a window: a flood cannot fill the disk.
+        self.denials = RateLimitedLog(log, DENIAL_LOG_WINDOW_S)
         # The checked handler of each method, built once: an allowed call pays a look-up
         # of its certificate's names and a set check.
         self._handlers = {}
@@ -154,7 +132,8 @@ class CallerCheck(grpc.ServerInterceptor):
     def _deny(self, method: str, identity: str | None, names: tuple[bytes, ...], context):
         who = f"caller {identity!r}" if identity else f"a certificate of no single service {describe(names)}"
         metrics.GRPC_CALLS_DENIED.labels(method, identity or UNKNOWN).inc()
-        self.denials.refused(identity or UNKNOWN, method, who)
+        self.denials.log(logging.WARNING, (identity or UNKNOWN, method),
+                         "PERMISSION_DENIED: %s called %s, which chinook/callers.py does not allow it", who, method)
         abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}")
 
 

@@ -22,15 +22,26 @@ def address(url: str) -> tuple[str, int | None]:
     return parts.hostname or "127.0.0.1", parts.port or DEFAULT_PORTS.get(parts.scheme)
 
 
+def connection_error(url: str) -> str | None:
+    """Why nothing answers at the URL's host and port; None when something does."""
+    host, port = address(url)
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or exc})"
+    return None
+
+
+def unreachable_problem(variable: str, error: str) -> str:
+    return f"{variable}: {error}; {HOW_TO_START[variable]} or set {variable}"
+
+
 def unreachable(settings) -> list[str]:
     problems = []
-    for variable, hint in HOW_TO_START.items():
-        host, port = address(getattr(settings, variable.lower()))
-        try:
-            socket.create_connection((host, port), timeout=2).close()
-        except OSError as exc:
-            problems.append(f"{variable}: nothing answers at {host}:{port} ({exc.strerror or exc}); {hint} "
-                            f"or set {variable}")
+    for variable in HOW_TO_START:
+        error = connection_error(getattr(settings, variable.lower()))
+        if error:
+            problems.append(unreachable_problem(variable, error))
     return problems
 
 

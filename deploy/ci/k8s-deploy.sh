@@ -12,7 +12,7 @@ set -eu
 : "${DEPLOY_UNIT:?}" "${DEPLOY_IMAGES:?}" "${ROLLOUTS:?}" "${KUBE_CONTEXT:?}"
 : "${CI_REGISTRY_IMAGE:?}" "${CI_COMMIT_SHA:?}"
 if [ -z "${CHINOOK_SECRETS_ENV:-}" ] || [ ! -s "$CHINOOK_SECRETS_ENV" ]; then
-    echo "Set the File variable CHINOOK_SECRETS_ENV to the production secrets.env (README.md, GitLab CI)." >&2
+    echo "Set the File variable CHINOOK_SECRETS_ENV to the production secrets.env (docs/deploy.md, GitLab CI)." >&2
     exit 1
 fi
 if grep -q CHANGE_ME "$CHINOOK_SECRETS_ENV"; then

@@ -229,9 +229,9 @@ def test_sigkill_of_the_busiest_master_mid_flush_loses_no_acknowledged_write(
 # What WRITEBACK_MIN_REPLICAS=0 can lose is what a master acknowledged that neither its
 # replica nor a task holds yet: once claimed, a row's value travels in its task, which
 # RabbitMQ keeps. Scenario 2 holds rows in Redis for seconds before they are claimed (a
-# long flush delay, batches as large as a bulk), so the window is as wide as the replica's
+# long flush delay, batches larger than a bulk puts in a shard), so the window is as wide as the replica's
 # lag, and the loss shows.
-UNCLAIMED_FOR = {"WRITEBACK_DELAY_MS": "8000", "WRITEBACK_BATCH_SIZE": "20000"}
+UNCLAIMED_FOR = {"WRITEBACK_DELAY_MS": "8000", "WRITEBACK_BATCH_SIZE": "10000"}
 
 
 @pytest.fixture

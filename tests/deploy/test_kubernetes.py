@@ -314,7 +314,7 @@ def test_grpc_beyond_loopback_is_mutual_tls_or_plaintext_by_intent(renders):
     for render_name, render in renders.items():
         config = next(r for r in find(render, "ConfigMap") if r["metadata"]["name"].startswith("chinook-config"))
         for name in GRPC_PORTS:
-            container = containers(one(render, "Deployment", name))[0]
+            container = containers(one(render, "Deployment", name), init=False)[0]
             env = {**config["data"], **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
             settings = load_settings(dict.fromkeys(TLS_VARIABLES, "") | {
                 key: value for key, value in env.items() if key not in TLS_VARIABLES and key in SETTINGS_VARIABLES})

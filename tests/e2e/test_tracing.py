@@ -114,7 +114,7 @@ def test_a_patch_and_its_flush_are_traced_across_every_process(traced):
 
     # Log lines written inside a span carry it: the gateway (logging JSON) audits the flush.
     audit = next(json.loads(line) for line in stack.log_path("gateway").read_text().splitlines()
-                 if "POST /write-back/flush by" in line)
+                 if "POST '/write-back/flush' by" in line)
     assert (audit["service"], audit["logger"], audit["trace_id"]) == ("gateway", "gateway.audit", flush_request_trace)
 
 

@@ -15,7 +15,7 @@ from gateway.app import create_app
 from gateway.auth import Access, digest
 from gateway.browsers import AllowedHosts
 from gateway.json_input import MAX_JSON_DEPTH, nested_deeper_than
-from gateway.rate_limited_log import RateLimitedLog
+from chinook.rate_limited_log import RateLimitedLog
 from tests.unit.test_auth import BEARER, PASSED, TOKENS, UnavailableCache
 
 BULK = {"updates": [{"album_id": 1, "title": "x"}]}
@@ -228,7 +228,7 @@ def test_a_rate_limited_log_counts_what_it_left_out(caplog):
 
 
 def test_a_rate_limited_log_holds_a_bounded_number_of_keys(monkeypatch, caplog):
-    monkeypatch.setattr("gateway.rate_limited_log.MAX_KEYS", 3)
+    monkeypatch.setattr("chinook.rate_limited_log.MAX_KEYS", 3)
     clock = Clock()
     limited = RateLimitedLog(logging.getLogger("test.limited"), 10, clock)
     with caplog.at_level(logging.INFO, logger="test.limited"):

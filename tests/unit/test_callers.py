@@ -21,7 +21,7 @@ from chinook.callers import (ALLOWED_CALLERS, CACHE_SERVICE, OPEN_SERVICES, PERS
                              describe, dns_names, identity_of)
 from chinook.config import load_settings
 from chinook.grpc_client import make_channel
-from chinook.grpc_server import DenialLog, GrpcService, plaintext_refusal
+from chinook.grpc_server import CallerCheck, GrpcService, plaintext_refusal
 from chinook.persistence.v1 import persistence_pb2
 from chinook.tls import channel_credentials, server_credentials
 from deploy import dev_certs
@@ -211,17 +211,30 @@ def test_a_common_name_is_no_identity(cache_server):
 
 def test_refusals_are_logged_once_per_caller_and_method_each_interval(caplog):
     now = [100.0]
-    denials = DenialLog(interval_s=10, clock=lambda: now[0])
+    check = CallerCheck()
+    check.denials.clock = lambda: now[0]
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        def abort(self, code, message):
+            raise Aborted(code, message)
+
+    def refuse(method, identity):
+        with pytest.raises(Aborted):
+            check._deny(method, identity, (), Context())
+
     with caplog.at_level(logging.WARNING, logger="chinook.grpc_server"):
         for _ in range(501):
-            denials.refused("gateway", "/x/AckFlushed", "caller 'gateway'")
+            refuse("/x/AckFlushed", "gateway")
         # Another method, or another caller, has a line of its own.
-        denials.refused("gateway", "/x/DeadLetter", "caller 'gateway'")
-        denials.refused("unknown", "/x/AckFlushed", "a certificate of no single service []")
+        refuse("/x/DeadLetter", "gateway")
+        refuse("/x/AckFlushed", None)
         now[0] += 9.9
-        denials.refused("gateway", "/x/AckFlushed", "caller 'gateway'")
+        refuse("/x/AckFlushed", "gateway")
         now[0] += 0.1
-        denials.refused("gateway", "/x/AckFlushed", "caller 'gateway'")
+        refuse("/x/AckFlushed", "gateway")
     lines = [record.getMessage() for record in caplog.records]
     assert lines == [
         "PERMISSION_DENIED: caller 'gateway' called /x/AckFlushed, which chinook/callers.py does not allow it",
@@ -229,7 +242,7 @@ def test_refusals_are_logged_once_per_caller_and_method_each_interval(caplog):
         "PERMISSION_DENIED: a certificate of no single service [] called /x/AckFlushed, which chinook/callers.py "
         "does not allow it",
         "PERMISSION_DENIED: caller 'gateway' called /x/AckFlushed, which chinook/callers.py does not allow it "
-        "(501 more refused since the last line)",
+        "(501 more like it since the last line, not logged)",
     ]
 
 

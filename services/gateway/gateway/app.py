@@ -18,6 +18,7 @@ from chinook.cache.v1 import cache_pb2
 from chinook.config import Settings
 from chinook.entities import MIN_MULTIPLIER, ValidationError, get_entity, parse_id, parse_multiplier
 from chinook.grpc_client import CacheClient, from_struct
+from chinook.rate_limited_log import RateLimitedLog
 from chinook.tls import channel_credentials
 
 from . import IDENTITY, browsers, consistency, errors, openapi
@@ -27,7 +28,6 @@ from .browsers import AllowedHosts, changes_state
 from .errors import STATUS_BY_NUMBER, ApiError, CallFailed
 from .json_input import json_body
 from .near_cache import NO_TOKEN, PENDING, ChangeWatcher, NearCache
-from .rate_limited_log import RateLimitedLog
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_FLUSH_WAIT_S = 300

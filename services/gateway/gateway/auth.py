@@ -10,12 +10,11 @@ gateway at start.
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from chinook.config import ConfigError
+from chinook.config import ConfigError, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ class Access:
         check_distinct(tokens)
         anonymous = settings.anonymous_role or ("none" if tokens else "admin")
         if not tokens:
-            if not _is_loopback(settings.gateway_host) and not settings.allow_anonymous:
+            if not is_loopback(settings.gateway_host) and not settings.allow_anonymous:
                 raise ConfigError(
                     f"no API token is configured, so anyone could change and discard writes, and "
                     f"GATEWAY_HOST={settings.gateway_host} is reachable from other machines: set API_TOKENS "
@@ -134,12 +133,3 @@ class Access:
             if hmac.compare_digest(known.sha256, presented):
                 caller = Caller(known.role, known.name)
         return caller
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -7,7 +7,7 @@ const POLL_INTERVAL_MS = 1000;
 const CHART_WINDOW_S = 300;
 const RATE_SPAN_S = 1;
 const TOKEN_KEY = "chinook-console-token";
-// What each call needs, to say so when the gateway refuses it (README "Access").
+// What each call needs, to say so when the gateway refuses it (docs/api.md, "Access").
 const ROLE = {status: "reader", deadLetters: "reader", rows: "reader", bulkRandom: "admin", flush: "admin",
               retry: "admin", discard: "admin"};
 

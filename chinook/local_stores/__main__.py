@@ -1,0 +1,3 @@
+from chinook.local_stores.embedded import main
+
+main()
