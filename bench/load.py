@@ -60,8 +60,9 @@ def percentile(values, q: float) -> float:
     return ordered[int(min(rank, len(ordered))) - 1]
 
 
-def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
+def request_bytes(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     if body:
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body

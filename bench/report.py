@@ -28,6 +28,9 @@ B3_VARIANTS = (
     ("system_near_off", "monolith", "B3 near cache off, uniform", 0.5),
     ("system_near_off_zipf", "monolith_zipf", "B3 near cache off, Zipf", 0.5),
 )
+# B3 with a consistency token: at most this CPU per read of what the same reads cost
+# without one (issue 19).
+B3_TOKEN_CPU_MAX = 1.1
 
 
 COLD = "rows not cached"
@@ -179,6 +182,7 @@ def rows(results: dict) -> list[Row]:
         out.append(_worker_row(label, system, monolith, "monolith"))
         if system.get("near_cache") == "on":
             out.append(Row(label, "near-cache hits (X-Cache-Tier)", _tiers(system), "-", "-", "-", None))
+    out += _token_rows(b3)
     out += _mix_rows(results.get("mix") or {})
     b4 = results["b4"]
     if b4:
@@ -206,6 +210,24 @@ def rows(results: dict) -> list[Row]:
                            f"<= {B5_MEMORY_GROWTH}x", growth is not None and growth <= B5_MEMORY_GROWTH))
     out += _b6_rows(results.get("b6"))
     return [row for row in out if row is not None]
+
+
+def _token_rows(b3: dict) -> list[Row]:
+    """B3 near cache on, uniform, every read presenting a consistency token, against the
+    same reads without one."""
+    with_token, without = b3.get("system_token"), b3.get("system")
+    if not with_token or not without:
+        return []
+    label = "B3 near cache on, uniform, with a token"
+    cost = cpu_ms(with_token) / cpu_ms(without) if cpu_ms(without) else None
+    throughput = with_token["throughput_rps"] / without["throughput_rps"] if without["throughput_rps"] else None
+    return [Row(label, "throughput", _rate(with_token["throughput_rps"], "req/s"),
+                f"without {_rate(without['throughput_rps'], 'req/s')}", _ratio(throughput), "-", None),
+            _latency_row(label, with_token, without, "without"),
+            Row(label, "CPU per request, all processes", f"{cpu_ms(with_token):.3f} ms",
+                f"without {cpu_ms(without):.3f} ms", _ratio(cost), f"<= {B3_TOKEN_CPU_MAX}x",
+                cost is not None and cost <= B3_TOKEN_CPU_MAX),
+            Row(label, "near-cache hits (X-Cache-Tier)", _tiers(with_token), "-", "-", "-", None)]
 
 
 def _b6_configs(b6: dict | None) -> dict:
@@ -382,6 +404,7 @@ def _plot_main(results: dict, top, bottom):
     for key, label, style, color in (
             ("system", "gateway, near cache on, uniform", "-", "tab:green"),
             ("system_zipf", "gateway, near cache on, Zipf", "-", "tab:olive"),
+            ("system_token", "gateway, near cache on, uniform, with a token", ":", "tab:green"),
             ("system_near_off", "gateway -> gRPC -> cache-svc, uniform", "-", "tab:red"),
             ("system_near_off_zipf", "gateway -> gRPC -> cache-svc, Zipf", "-", "tab:pink"),
             ("monolith", "monolith anchor (redis-py), uniform", "--", "tab:blue"),
@@ -441,6 +464,7 @@ def cpu_table(results: dict) -> str:
     columns = [("B2 uniform: write-back", results["b2"].get("uniform", {}).get("system")),
                ("write-through", results["b2"].get("uniform", {}).get("write_through")),
                ("B3: near cache on", results["b3"].get("system")),
+               ("B3: with a token", results["b3"].get("system_token")),
                ("B3: near cache off", results["b3"].get("system_near_off")),
                ("monolith read", results["b3"].get("monolith")),
                ("mix: system", mix.get("system")), ("mix: monolith", mix.get("monolith"))]

@@ -563,13 +563,24 @@ class Bench:
         return {"uniform": lambda: uniform_chooser(ids, 11), "zipf": lambda: zipf_chooser(ids, ZIPF_S, 11)}
 
     def step_b3(self):
-        """With the near cache on (and warm), and the monolith."""
+        """With the near cache on (and warm), uniform reads also presenting the token of a
+        write made before, and the monolith."""
         self._fill_monolith_cache()
         b3 = self.results["b3"]
+        written = self.api.patch(f"/albums/{self.table_size}", json={"title": "B3 with a token"})
+        if written.status_code != 202:
+            raise RuntimeError(f"B3: the write whose token the reads present got {written.status_code}: "
+                               f"{written.text}")
         warm_up = self._warm_near_cache(list(range(1, self.table_size + 1)))
         for distribution, draw in self._draws().items():
             b3[b3_key("system", distribution)] = {**self._b3_system(distribution, draw(), near=True),
                                                   "near_warm_up": warm_up}
+        token = written.headers["X-Consistency-Token"]
+        with_token = b3[b3_key("system", "uniform", token=True)] = self._b3_system(
+            "uniform", self._draws()["uniform"](), near=True, token=token)
+        with_token["cpu_ratio_to_without"] = round(
+            cpu_ms(with_token["cpu_ms_per_request"]) / cpu_ms(b3["system"]["cpu_ms_per_request"]), 4)
+        log(f"B3 near cache on, uniform: CPU per request with a token / without: {with_token['cpu_ratio_to_without']}")
         for distribution, draw in self._draws().items():
             b3[b3_key("monolith", distribution)] = self._b3_monolith(distribution, draw())
 
@@ -583,20 +594,22 @@ class Bench:
         finally:
             self._restart_gateway(near_cache_rows=None)
 
-    def _reads(self, choose):
-        requests = {i: request_bytes("GET", f"/albums/{i}") for i in range(1, self.table_size + 1)}
+    def _reads(self, choose, token: str | None = None):
+        headers = {"X-Consistency-Token": token} if token else None
+        requests = {i: request_bytes("GET", f"/albums/{i}", headers=headers) for i in range(1, self.table_size + 1)}
         return lambda: requests[choose()]
 
-    def _b3_system(self, distribution: str, choose, near: bool) -> dict:
-        variant = f"near cache {'on' if near else 'off'}, {distribution}"
+    def _b3_system(self, distribution: str, choose, near: bool, token: str | None = None) -> dict:
+        """token: the consistency token every read presents, if any."""
+        variant = f"near cache {'on' if near else 'off'}, {distribution}" + (", with a token" if token else "")
         cache_port, gateway_port = self.stack.metrics_ports["CACHE"], self.stack.gateway_port
         if near:
             time.sleep(NEAR_COUNTS_WAIT_S)
         cache_before, gateway_before = stores.scrape(cache_port), stores.scrape(gateway_port)
         log(f"B3 {variant}: reads from the system, {self.profile.concurrency} connections "
             f"for {self.profile.b3_duration_s:g} s")
-        label = None if distribution != "uniform" else "b3" if near else "b3-near-off"
-        summary = self._load(gateway_port, self.stack.processes["gateway"].pid, self._reads(choose),
+        label = None if distribution != "uniform" else "b3-token" if token else "b3" if near else "b3-near-off"
+        summary = self._load(gateway_port, self.stack.processes["gateway"].pid, self._reads(choose, token),
                              self.profile.b3_duration_s, label=label, tiers=True)[0]
         if near:
             time.sleep(NEAR_COUNTS_WAIT_S)
@@ -605,7 +618,7 @@ class Bench:
                         - metrics.total(cache_before, "chinook_cache_reads_total", result=result)
                         for result in ("hit", "miss"))
         summary.update({
-            "distribution": distribution, "near_cache": "on" if near else "off",
+            "distribution": distribution, "near_cache": "on" if near else "off", "token": bool(token),
             # cache-svc's reads: with a warm near cache there may be none.
             "cache_hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
             **near_cache_counts(gateway_before, gateway_after),
@@ -967,10 +980,11 @@ def round_or_none(value, digits: int = 4):
     return None if value is None else round(value, digits)
 
 
-def b3_key(target: str, distribution: str, near: bool = True) -> str:
-    """"system", "system_zipf", "system_near_off", "system_near_off_zipf", "monolith",
-    "monolith_zipf": B3 keeps its first keys for the uniform reads, near cache on."""
-    return target + ("" if near else "_near_off") + ("" if distribution == "uniform" else f"_{distribution}")
+def b3_key(target: str, distribution: str, near: bool = True, token: bool = False) -> str:
+    """"system", "system_zipf", "system_token", "system_near_off", "system_near_off_zipf",
+    "monolith", "monolith_zipf": B3 keeps its first keys for the uniform reads, near cache on."""
+    return target + ("" if near else "_near_off") + ("_token" if token else "") + (
+        "" if distribution == "uniform" else f"_{distribution}")
 
 
 def near_cache_counts(before: list, after: list) -> dict:

@@ -12,7 +12,8 @@ from bench.__main__ import run
 pytestmark = pytest.mark.e2e
 
 SERVICES = {"persistence-svc", "cache-svc", "gateway", "write-back-worker", "duplication-worker"}
-B3_KEYS = {"system", "system_zipf", "system_near_off", "system_near_off_zipf", "monolith", "monolith_zipf"}
+B3_KEYS = {"system", "system_zipf", "system_token", "system_near_off", "system_near_off_zipf", "monolith",
+           "monolith_zipf"}
 # B6's configurations: Redis servers, cache-svc processes, WRITEBACK_MIN_REPLICAS.
 B6_SHAPES = {"a": (1, 1, 0), "b": (1, 2, 0), "c": (6, 1, 0), "d": (6, 1, 1)}
 
@@ -84,6 +85,10 @@ def test_b3_reads_both_with_the_near_cache_on_and_off(smoke):
         system = b3[key]
         assert system["near_cache"] == "off" and system["cache_hit_ratio"] == 1
         assert system["near_hits"] == 0 and system["x_cache_tier"].get("near", 0) == 0
+    # Reads presenting the token of a write made before the step: the near cache serves them.
+    with_token = b3["system_token"]
+    assert with_token["token"] and with_token["near_cache"] == "on" and with_token["cpu_ratio_to_without"] > 0
+    assert with_token["x_cache_tier"].get("near", 0) > 0 and with_token["near_hits"] > 0
 
 
 def test_mix_against_the_monolith_with_the_stale_read_probe(smoke):
@@ -145,7 +150,9 @@ def test_table_has_a_row_per_target(smoke):
                      ("Mix", "stale reads after the 1 s bound"), ("B4", "copy rate"), ("B5", "bulk to durable")]:
         assert expected in measured
     b3_rows = {r.scenario for r in report.rows(results) if r.measure == "throughput" and r.scenario.startswith("B3")}
-    assert len(b3_rows) == 4
+    assert len(b3_rows) == 5
+    [token_cost] = [r for r in report.rows(results) if r.scenario.endswith("with a token") and r.met is not None]
+    assert token_cost.measure == "CPU per request, all processes" and token_cost.ratio.endswith("x")
     assert {r.measure for r in report.rows(results) if r.scenario.startswith("B5 peak RSS")} == SERVICES
     b6_rows = [r for r in report.rows(results) if r.scenario.startswith("B6 ")]
     assert len(b6_rows) == 4 * len(report.B6_MEASURES)

@@ -395,6 +395,35 @@ def test_each_change_is_published_with_the_step_that_makes_it(store):
     assert messages[2]["r"][0][0] == 2 and len(messages[2]["r"][0]) == 2
 
 
+def test_a_watermark_of_each_shard_follows_every_change_its_node_made_before(store):
+    subscriber = store.redis.pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(store.changes_channel)
+    ids = range(1, 2 * SHARDS + 1)
+    versions = store.accept("album", [(row_id, {"title": "Bulk"}) for row_id in ids], bases=dict.fromkeys(ids, 3))
+    calls = store.heartbeat()
+    written, watermarks, beats, deadline = {}, {}, 0, time.monotonic() + 10
+    while len(watermarks) < SHARDS and time.monotonic() < deadline:
+        message = subscriber.get_message(timeout=1)
+        if message is None:
+            continue
+        change = json.loads(message["data"])
+        if change["k"] == "h":
+            assert change["n"] == SHARDS and not set(change["s"]) & set(watermarks), change
+            # One call per node: every shard it names lives where the call ran.
+            assert len({store.redis.get_node_from_key(store.stats_key(shard)).name if store.cluster else ""
+                        for shard in change["s"]}) == 1, change
+            watermarks.update(dict.fromkeys(change["s"], change["u"]))
+            beats += 1
+            # Every change of those shards' rows arrived before, each below the watermark.
+            assert all(row_id in written and written[row_id] < change["u"] for row_id in ids
+                       if store.shard_of(row_id) in change["s"]), (written, change)
+        else:
+            written.update({row_id: version for row_id, version in change["r"]})
+    subscriber.close()
+    assert set(watermarks) == set(range(SHARDS)) and beats == len(calls)
+    assert written == dict(zip(ids, versions))
+
+
 def test_changing_the_number_of_shards_is_refused_while_rows_are_pending(store):
     cache_row(store, row_id=3)
     store.accept("album", [(3, {"title": "pending under 4 shards"})])

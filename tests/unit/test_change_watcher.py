@@ -104,3 +104,31 @@ def test_a_silent_stream_stops_serving_at_once_and_is_dropped():
         wait_for(lambda: opened[0].cancelled.is_set())
     finally:
         watcher.stop()
+
+
+def watermark(shards, total, at_us):
+    return json.dumps({"k": "h", "s": shards, "n": total, "u": at_us})
+
+
+def test_watermarks_in_the_stream_move_applied_through_and_a_new_stream_starts_from_none():
+    near = NearCache(10)
+    opened = []
+
+    def open_stream():
+        batches = [cache_pb2.ChangeBatch(subscribed=True)]
+        if not opened:
+            batches.append(cache_pb2.ChangeBatch(changes_json=[watermark([0], 2, 500), watermark([1], 2, 700)]))
+        opened.append(Stream(batches))
+        return opened[-1]
+
+    watcher = ChangeWatcher(open_stream, near, max_lag_s=5)
+    watcher.start()
+    try:
+        wait_for(lambda: near.applied_through == 500)
+        opened[0].queue.put(cache_pb2.ChangeBatch(changes_json=[change("w", [[1, 4]]), watermark([0], 2, 900)]))
+        wait_for(lambda: near.applied_through == 700)
+        opened[0].cancel()
+        wait_for(lambda: len(opened) == 2 and near.enabled)
+        assert near.applied_through == 0
+    finally:
+        watcher.stop()

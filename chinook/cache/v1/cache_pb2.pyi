@@ -182,12 +182,14 @@ class RowVersion(_message.Message):
     def __init__(self, id: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class BulkUpdateResponse(_message.Message):
-    __slots__ = ("accepted", "rows")
+    __slots__ = ("accepted", "rows", "max_version")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    MAX_VERSION_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rows: _containers.RepeatedCompositeFieldContainer[RowVersion]
-    def __init__(self, accepted: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[RowVersion, _Mapping]]] = ...) -> None: ...
+    max_version: int
+    def __init__(self, accepted: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[RowVersion, _Mapping]]] = ..., max_version: _Optional[int] = ...) -> None: ...
 
 class RandomizeAlbumTitlesRequest(_message.Message):
     __slots__ = ("include_rows",)

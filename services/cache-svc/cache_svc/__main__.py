@@ -16,7 +16,7 @@ from chinook.logs import configure_logging
 from chinook.tls import channel_credentials
 
 from . import redis_clients
-from .changes import MAX_SUBSCRIBERS, ChangeRelay
+from .changes import MAX_SUBSCRIBERS, ChangeRelay, HeartbeatPublisher
 from .flusher import Flusher
 from .functions import ensure_loaded
 from .publisher import TaskPublisher
@@ -106,6 +106,7 @@ def main():
     flusher = Flusher(store, publisher, settings)
     relay = ChangeRelay(redis_clients.subscriber_factory(settings.redis_url, client), store.changes_channel,
                         settings.near_cache_max_lag_ms / 1000)
+    heartbeats = HeartbeatPublisher(store)
 
     durability_checked = False
 
@@ -137,7 +138,9 @@ def main():
     cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(write_back, publisher, relay), service.server)
     flusher.start()
     relay.start()
+    heartbeats.start()
     service.on_stopping(relay.stop)
+    service.on_stopping(heartbeats.stop)
     service.on_stop(flusher.stop)
     service.on_stop(publisher.close)
     service.on_stop(persistence.close)

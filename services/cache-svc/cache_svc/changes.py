@@ -22,6 +22,9 @@ from chinook import tracing
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.2
+# How often each cache-svc publishes the shards' watermarks through Redis (HeartbeatPublisher):
+# a read presenting a consistency token waits no longer than this to be served from a near cache.
+WATERMARK_INTERVAL_S = 0.1
 # How long changes are gathered before they are sent on together.
 LINGER_S = 0.01
 # The most forwarded as one batch, so a burst (a bulk publishes a message per 1,000
@@ -217,3 +220,43 @@ class ChangeRelay:
             if ping_sent_at is None and now >= next_ping:
                 pubsub.ping(b"heartbeat")
                 ping_sent_at, next_ping = now, now + HEARTBEAT_S
+
+
+class HeartbeatPublisher:
+    """Publishes every shard's watermark through Redis every WATERMARK_INTERVAL_S
+    (RowStore.heartbeat): on the changes channel, behind every change published before it,
+    it tells a gateway process up to which version it has read every change (see
+    NearCache.applied_through). Every cache-svc replica runs one; the gateways hear all of
+    them, which only keeps the watermarks fresher."""
+
+    def __init__(self, store, interval_s: float = WATERMARK_INTERVAL_S):
+        self.store = store
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watermarks", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self):
+        failing = False
+        while not self._stop.wait(self.interval_s):
+            try:
+                # Ten calls a second, for ever: spans of them would drown the requests'.
+                with tracing.untraced():
+                    self.store.heartbeat()
+            except Exception as exc:
+                # The thread outlives any failure: the next round tries again.
+                if not failing:
+                    log.warning("cannot publish the near caches' watermarks (%s: %s); reads presenting a "
+                                "consistency token go through cache-svc until they are published again",
+                                type(exc).__name__, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("publishing the near caches' watermarks again")
+                failing = False

@@ -190,13 +190,14 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             else:
                 updates = [(u.id, from_struct(u.fields)) for u in request.updates]
             versions = self.write_back.bulk_update(request.entity, updates)
-            return cache_pb2.BulkUpdateResponse(accepted=len(versions))
+            return cache_pb2.BulkUpdateResponse(accepted=len(versions), max_version=max(versions, default=0))
 
     def RandomizeAlbumTitles(self, request, context):
         with status_codes(context):
             ids, versions = self.write_back.randomize_album_titles()
             rows = [cache_pb2.RowVersion(id=i, version=v) for i, v in zip(ids, versions)] if request.include_rows else []
-            return cache_pb2.BulkUpdateResponse(accepted=len(versions), rows=rows)
+            return cache_pb2.BulkUpdateResponse(accepted=len(versions), rows=rows,
+                                                max_version=max(versions, default=0))
 
     def GetWriteBackStatus(self, request, context):
         with status_codes(context):

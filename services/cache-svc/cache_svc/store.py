@@ -35,7 +35,7 @@ Layout, with `p` the configured key prefix and `s` a shard's prefix,
 - `p wb:layout`: the number of shards the rows are laid out in.
 - `p changes`, a pub/sub channel: each script that changes cached rows publishes what
   it changed (see CacheService.WatchChanges), in the same atomic step, so subscribers
-  see changes in the order Redis applied them.
+  see changes in the order Redis applied them; HEARTBEAT adds each shard's watermarks.
 
 Each step that changes a row and its bookkeeping is one Lua script, so it is atomic. The
 scripts run as the functions of one Redis Functions library (functions.py).
@@ -453,11 +453,24 @@ return {now_ms, redis.call('HGETALL', row), redis.call('ZSCORE', KEYS[2], id) or
         redis.call('PTTL', row)}
 """
 
+# A watermark of the shards ARGV[3...] (of ARGV[2] in all) on the changes channel ARGV[1]:
+# {"k":"h","s":[shards],"n":shards in all,"u":Redis time in µs}. KEYS[1], a key of the first
+# shard, only routes the call to the node holding them on a Redis Cluster. A row's version is
+# at least the Redis time of its write, so every change of those shards' rows at a version
+# below "u" was published by this node before it (near_cache.NearCache.applied_through).
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now_us = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+redis.call('PUBLISH', ARGV[1], '{"k":"h","s":[' .. table.concat(ARGV, ',', 3) .. '],"n":' .. ARGV[2] ..
+           ',"u":' .. now_us .. '}')
+return now_us
+"""
+
 # Every script, by the name of its function in the Redis functions library (functions.py).
 SCRIPTS = {"accept": ACCEPT, "begin_fill": BEGIN_FILL, "fill": FILL, "merge": MERGE, "uncached": UNCACHED,
            "claim": CLAIM, "ack": ACK, "drop_outdated": DROP_OUTDATED, "expedite": EXPEDITE,
            "dead_letter": DEAD_LETTER, "resolve_dead_letter": RESOLVE_DEAD_LETTER, "status": STATUS,
-           "inspect": INSPECT}
+           "inspect": INSPECT, "heartbeat": HEARTBEAT}
 LIBRARY = Library(SCRIPTS, read_only={"uncached", "status", "inspect"})
 
 # Rows per script call: long enough to amortise the round trip, short enough not to
@@ -621,6 +634,7 @@ class RowStore:
         self._resolve_dead_letter = LIBRARY.function("resolve_dead_letter")
         self._status = LIBRARY.function("status")
         self._inspect = LIBRARY.function("inspect")
+        self._heartbeat = LIBRARY.function("heartbeat")
 
     # Keys
 
@@ -1119,6 +1133,17 @@ class RowStore:
             [self.due_key(shard, entity), self.pending_key(shard, entity), self.dead_key(shard, entity)],
             [self._row_prefix(shard, entity), row_id, action, self.changes_channel, entity])])
         return _parse_dead_letter(entity, row_id, raw) if raw else None
+
+    def heartbeat(self) -> list[int]:
+        """Publishes a watermark of every shard (HEARTBEAT), from the node holding it: one
+        call on a single Redis, one per primary on a cluster. Returns each call's Redis time."""
+        by_node: dict[str, list[int]] = {}
+        for shard in range(self.shards):
+            node = self.redis.get_node_from_key(self.stats_key(shard)).name if self.cluster else ""
+            by_node.setdefault(node, []).append(shard)
+        return [int(now_us) for now_us in self._eval_many([
+            (self._heartbeat, [self.stats_key(shards[0])], [self.changes_channel, self.shards, *shards])
+            for shards in by_node.values()])]
 
     def now_ms(self) -> float:
         seconds, micros = self.redis.time()

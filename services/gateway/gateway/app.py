@@ -21,13 +21,13 @@ from chinook.grpc_client import CacheClient, from_struct
 from chinook.rate_limited_log import RateLimitedLog
 from chinook.tls import channel_credentials
 
-from . import IDENTITY, browsers, errors, openapi
+from . import IDENTITY, browsers, consistency, errors, openapi
 from .auth import RANK, Access
 from .batching import CallBatcher
 from .browsers import AllowedHosts, changes_state
 from .errors import STATUS_BY_NUMBER, ApiError, CallFailed
 from .json_input import json_body
-from .near_cache import PENDING, ChangeWatcher, NearCache
+from .near_cache import NO_TOKEN, PENDING, ChangeWatcher, NearCache
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_FLUSH_WAIT_S = 300
@@ -110,25 +110,32 @@ WRITE_BACK_HEADER = {
 }
 
 
-def read_row(entity_name: str, row_id: int) -> tuple[bytes, str, str]:
-    """The row's JSON body, the tier it came from (near, redis or postgres) and its
-    write-back state: from the near cache, or through cache-svc, keeping it there."""
+def answer_token(response: Response, token: int, version: int) -> Response:
+    """The response, giving the client the newest of its token and `version` as its token."""
+    return consistency.answer(response, max(token, version), current_app.extensions["token_max_age_s"])
+
+
+def read_row(entity_name: str, row_id: int, token: int = NO_TOKEN) -> tuple[bytes, str, str, int]:
+    """The row's JSON body, the tier it came from (near, redis or postgres), its
+    write-back state and version: from the near cache (for a read presenting a token,
+    where NearCache.get allows it), or through cache-svc, keeping it there."""
     key = (entity_name, row_id)
     near = near_cache()
-    entry = near.get(key)
+    entry = near.get(key, token)
     if entry is not None:
-        return entry.body, "near", entry.state
+        return entry.body, "near", entry.state, entry.version
     reservation = near.reserve(key)
     result = reads().submit(cache_pb2.RowKey(entity=entity_name, id=row_id))
     if result.code:
         raise CallFailed(STATUS_BY_NUMBER[result.code], result.message)
     body, state = result.row_json.encode(), WRITE_BACK_HEADER[result.write_back]
     near.fill(key, reservation, result.version, state, body)
-    return body, "redis" if result.cache_hit else "postgres", state
+    return body, "redis" if result.cache_hit else "postgres", state, result.version
 
 
 def update_row(entity_name: str, row_id: int):
     entity = get_entity(entity_name)
+    token = consistency.presented(request)
     fields_json = json.dumps(json_body())
     key = (entity.name, row_id)
     reservation = near_cache().reserve(key)
@@ -139,10 +146,14 @@ def update_row(entity_name: str, row_id: int):
     if result.code:
         raise CallFailed(STATUS_BY_NUMBER[result.code], result.message)
     # Before the response: a client reading through this process sees its own write
-    # (here, or through cache-svc where the row is not whole in the cache yet).
+    # (here, or through cache-svc where the row is not whole in the cache yet), even
+    # where a read of the row in flight has taken the reservation over.
+    near_cache().written(entity.name, [row_id], result.version)
     if result.row_json:
         near_cache().fill(key, reservation, result.version, PENDING, result.row_json.encode())
-    return jsonify({entity.primary_key: result.id, "version": result.version, "write_back": "pending"}), 202
+    response = jsonify({entity.primary_key: result.id, "version": result.version, "write_back": "pending"})
+    response.status_code = 202
+    return answer_token(response, token, result.version)
 
 
 @api.get("/albums/<segment('bulk', 'bulk-random'):album_id>")
@@ -159,10 +170,22 @@ def get_artist(artist_id):
 
 def _get(entity_name, raw_id):
     entity = get_entity(entity_name)
-    body, tier, state = read_row(entity.name, path_id(raw_id, entity.primary_key))
-    return Response(body, mimetype="application/json", headers={
+    row_id = path_id(raw_id, entity.primary_key)
+    token = consistency.presented(request)
+    body, tier, state, version = read_row(entity.name, row_id, token)
+    response = Response(body, mimetype="application/json", headers={
         "X-Cache": "MISS" if tier == "postgres" else "HIT", "X-Cache-Tier": tier, "X-Write-Back": state,
     })
+    return response if token == NO_TOKEN else answer_token(response, token, version)
+
+
+def bulk_written(entity_name: str, ids, token: int, accepted) -> Response:
+    """The 202 of a bulk that wrote `ids` (every row of the entity when None): its rows
+    leave this process' near cache first, so that the client reads its writes here."""
+    near_cache().written(entity_name, ids, accepted.max_version)
+    response = jsonify({"accepted": accepted.accepted})
+    response.status_code = 202
+    return answer_token(response, token, accepted.max_version)
 
 
 @api.patch("/albums/<segment('bulk', 'bulk-random'):album_id>")
@@ -180,20 +203,23 @@ def patch_artist(artist_id):
 @api.post("/albums/bulk")
 @requires("writer")
 def bulk_update_albums():
+    token = consistency.presented(request)
     body = json_body()
     extra = sorted(set(body) - {"updates"})
     if extra:
         raise bad_request(f"{extra[0]}: unknown field; expected only 'updates'")
     # cache-svc checks the list and every item, with its index in the message.
-    response = cache().bulk_update("album", body.get("updates"))
-    return jsonify({"accepted": response.accepted}), 202
+    updates = body.get("updates")
+    accepted = cache().bulk_update("album", updates)
+    return bulk_written("album", [parse_id(update["album_id"]) for update in updates], token, accepted)
 
 
 @api.post("/albums/bulk-random")
 @requires("admin")
 def bulk_random_albums():
-    response = cache().randomize_album_titles(include_rows=False)
-    return jsonify({"accepted": response.accepted}), 202
+    token = consistency.presented(request)
+    # Every album gets a title: every one this process holds leaves.
+    return bulk_written("album", None, token, cache().randomize_album_titles(include_rows=False))
 
 
 @api.post("/tasks/duplicate")
@@ -480,16 +506,23 @@ def legacy_get_album():
     raw = request.args.get("album_id")
     if raw is None:
         raise bad_request("album_id: query parameter required, e.g. /album?album_id=193")
-    row = json.loads(read_row("album", path_id(raw, "album_id"))[0])
-    return jsonify({"album_id": row["album_id"], "title": row["title"]})
+    row_id = path_id(raw, "album_id")
+    token = consistency.presented(request)
+    body, _, _, version = read_row("album", row_id, token)
+    row = json.loads(body)
+    response = jsonify({"album_id": row["album_id"], "title": row["title"]})
+    return response if token == NO_TOKEN else answer_token(response, token, version)
 
 
 @legacy.get("/update-album")
 @requires("admin")
 @changes_state
 def legacy_update_all_albums():
-    response = cache().randomize_album_titles(include_rows=True)
-    return jsonify([{"album_id": r.id, "version": r.version} for r in response.rows])
+    token = consistency.presented(request)
+    accepted = cache().randomize_album_titles(include_rows=True)
+    near_cache().written("album", None, accepted.max_version)
+    return answer_token(jsonify([{"album_id": r.id, "version": r.version} for r in accepted.rows]), token,
+                        accepted.max_version)
 
 
 @legacy.get("/duplicate_database")
@@ -526,6 +559,7 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
                                          channel_credentials(settings, IDENTITY))
     app.extensions["cache_client"] = client
     near = app.extensions["near_cache"] = NearCache(settings.gateway_near_cache_rows)
+    app.extensions["token_max_age_s"] = consistency.cookie_max_age_s(settings.near_cache_max_lag_ms)
     if settings.gateway_near_cache_rows:
         ChangeWatcher(client.watch_changes, near, settings.near_cache_max_lag_ms / 1000).start()
     linger_s = settings.gateway_batch_linger_ms / 1000

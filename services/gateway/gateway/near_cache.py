@@ -9,6 +9,10 @@ the row read is stored only if it is at least as new as every change seen meanwh
 a read racing a write never leaves the older row behind. Versions only grow, except when
 a row is dropped from the cache (a discarded dead letter, Redis' data lost): a drop
 removes the row and any reservation, and a lost link to Redis resets the whole stream.
+
+Watermarks tell how far the process has read the stream: applied_through (see heartbeat())
+is a version below which every change has been applied here, so a read presenting a
+consistency token (a version the client wrote or read) below it may be served from here.
 """
 
 import json
@@ -26,8 +30,13 @@ log = logging.getLogger(__name__)
 
 CLEAN, PENDING, DEAD_LETTER = "clean", "pending", "dead-letter"
 # The kinds of change cache-svc publishes (see ChangeBatch in cache.proto) and the state a
-# row is in after each; "d" (dropped) has none.
+# row is in after each; "d" (dropped) has none. "h" is a watermark, not a change of rows.
 STATE_AFTER = {"w": PENDING, "v": PENDING, "c": CLEAN, "x": DEAD_LETTER, "p": PENDING, "f": CLEAN}
+WATERMARK = "h"
+# A read without a consistency token: below every applied_through, 0 included.
+NO_TOKEN = -1
+# Rows a process' own bulk marks written per turn of the lock, so reads go on meanwhile.
+WRITTEN_CHUNK = 1000
 
 
 class Entry:
@@ -56,6 +65,10 @@ class NearCache:
         self._trusted_until = 0.0
         # Counted under the lock the operation takes anyway, published in batches.
         self.counts = {"hits": 0, "misses": 0, "evictions": 0, "invalidations": 0}
+        # The latest watermark of each shard, of `_shards` in all, since the stream began.
+        self._watermarks: dict[int, int] = {}
+        self._shards = 0
+        self.applied_through = 0
 
     @property
     def enabled(self) -> bool:
@@ -68,13 +81,18 @@ class NearCache:
         """The subscription is confirmed: from now on every change reaches apply()."""
         with self._lock:
             self._rows.clear()
+            self._forget_watermarks()
             self._enabled = True
 
     def disable(self):
         """No change can be promised any more: forget everything, stop serving."""
         with self._lock:
             self._rows.clear()
+            self._forget_watermarks()
             self._enabled = False
+
+    def _forget_watermarks(self):
+        self._watermarks, self._shards, self.applied_through = {}, 0, 0
 
     def trust_until(self, deadline: float):
         self._trusted_until = deadline
@@ -85,10 +103,14 @@ class NearCache:
     def _serving(self) -> bool:
         return self._enabled and time.monotonic() <= self._trusted_until
 
-    def get(self, key) -> Entry | None:
+    def get(self, key, token: int = NO_TOKEN) -> Entry | None:
+        """The row, if held; for a read presenting a consistency token, only once every
+        change up to the token has been applied here (token < applied_through), or if the
+        row is at least as new as the token, as after the process' own write: a row's
+        versions only grow, so it is then as new as every write of it the token covers."""
         with self._lock:
             item = self._rows.get(key) if self._serving() else None
-            if item.__class__ is Entry:
+            if item.__class__ is Entry and (token < self.applied_through or item.version >= token):
                 self._rows.move_to_end(key)
                 self.counts["hits"] += 1
                 return item
@@ -125,6 +147,52 @@ class NearCache:
         while len(self._rows) > self.max_rows:
             self._rows.popitem(last=False)
             self.counts["evictions"] += 1
+
+    def heartbeat(self, shards: list[int], total: int, at_us: int):
+        """A watermark: the Redis node holding `shards` (of `total`) ran it at its time at_us.
+
+        Invariant: every change of a row at a version below applied_through, published
+        since the stream began (enable(), which empties the cache), has been applied here,
+        so no row held here is older than a write at such a version. Why: a row's version is at least the Redis time of the
+        script that wrote it (ACCEPT's hybrid clock), so a watermark of the row's shard at
+        a later time ran after the write, on the same node; a node publishes in the order
+        it runs scripts, and the relay and the stream keep that order, so the change came
+        first. The least of every shard's latest watermark bounds them all. This rests on a
+        node's clock not going back; after a Redis Cluster failover, on the old and the new
+        master's clocks agreeing within the watermark interval."""
+        with self._lock:
+            if not self._enabled:
+                return
+            if total != self._shards:
+                # Another layout (WRITEBACK_SHARDS changed): start over, every shard unheard.
+                self._watermarks, self._shards, self.applied_through = {}, total, 0
+            for shard in shards:
+                if 0 <= shard < total and self._watermarks.get(shard, 0) < at_us:
+                    self._watermarks[shard] = at_us
+            if len(self._watermarks) == total:
+                self.applied_through = min(self._watermarks.values())
+
+    def written(self, entity: str, ids, version: int):
+        """What this process wrote itself, before it answers: rows of `entity` (every one
+        held here when ids is None) accepted at versions up to `version`. As their changes
+        will: older rows leave, and a read in flight may store none older than `version`.
+        A bulk gives its newest version for every row, which costs at most a read through
+        cache-svc."""
+        if ids is None:
+            with self._lock:
+                ids = [row_id for name, row_id in self._rows if name == entity]
+        for start in range(0, len(ids), WRITTEN_CHUNK):
+            with self._lock:
+                for row_id in ids[start:start + WRITTEN_CHUNK]:
+                    key = (entity, row_id)
+                    item = self._rows.get(key)
+                    if item is None or item.version >= version:
+                        continue
+                    if item.__class__ is Reservation:
+                        item.version, item.state = version, PENDING
+                    else:
+                        del self._rows[key]
+                        self.counts["invalidations"] += 1
 
     def apply(self, entity: str, kind: str, rows: list):
         """One published change: rows of [id, version] ([id] for a drop; [id, version,
@@ -215,6 +283,9 @@ class ChangeWatcher:
 
     def _apply(self, text: str):
         change = json.loads(text)
+        if change["k"] == WATERMARK:
+            self.near_cache.heartbeat(change["s"], change["n"], change["u"])
+            return
         self.near_cache.apply(change["e"], change["k"], change["r"])
         metrics.NEAR_CACHE_INVALIDATION_DELAY.observe(max(0.0, time.time() - change["t"] / 1000))
 

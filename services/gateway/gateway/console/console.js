@@ -30,6 +30,8 @@ async function call(method, path, role) {
   }
   let response;
   try {
+    // fetch's default credentials ("same-origin") send the wb_token cookie: the page reads
+    // its own writes through any gateway process.
     response = await fetch(path, {method, headers, cache: "no-store"});
   } catch (error) {
     throw new Error(`${method} ${path}: the gateway did not answer (${error.message})`);
