@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # rows/s may dip this much from one size to the next before B5 counts it as falling.
 B5_NOISE = 0.9
@@ -317,7 +317,7 @@ def _cdf(axis, summary: dict, label: str, style: str, **options):
     values = summary.get("percentiles_ms") or []
     if not values:
         return
-    quantiles = [*range(0, 100), 99.5, 99.9, 100][:len(values)]
+    quantiles = [*range(100), 99.5, 99.9, 100][:len(values)]
     axis.plot(values, quantiles, style, label=f"{label} ({summary['throughput_rps']:,.0f} req/s)", **options)
 
 

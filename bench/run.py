@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -309,7 +309,7 @@ class Bench:
     def run(self) -> dict:
         started = time.monotonic()
         self.results["machine"] = machine()
-        self.results["started_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.results["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         self.results["scenarios"] = list(self.scenarios)
         if MAIN_SCENARIOS in self.scenarios:
             try:
@@ -943,7 +943,7 @@ def latency_profile(latencies: list[float]) -> dict:
         return {"percentiles_ms": []}
     ordered = sorted(latencies)
     return {"percentiles_ms": [round(percentile(ordered, q) * 1000, 3) for q in
-                               [*range(0, 100), 99.5, 99.9, 100]]}
+                               [*range(100), 99.5, 99.9, 100]]}
 
 
 def cpu_ms(per_unit: dict) -> float:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-
 # The most rows one write-back task may carry: a worker refuses a task of more, whatever
 # WRITEBACK_BATCH_SIZE it was given itself, so the two need not be set alike.
 MAX_WRITEBACK_BATCH_SIZE = 10_000

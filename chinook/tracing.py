@@ -158,7 +158,8 @@ def intercept_channel(channel):
     """The channel, making a span of each call and sending the trace context along when on."""
     if _provider is None:
         return channel
-    from opentelemetry.instrumentation.grpc import client_interceptor, intercept_channel as wrap
+    from opentelemetry.instrumentation.grpc import client_interceptor
+    from opentelemetry.instrumentation.grpc import intercept_channel as wrap
     # The instrumentation's own wrapper: its interceptor is not one of grpc's classes.
     return wrap(channel, client_interceptor(filter_=_traced_calls()))
 

@@ -29,8 +29,14 @@ from pathlib import Path
 from honcho.environ import parse as parse_env_file
 
 from chinook.config import Settings, settings_or_exit
-from chinook.local_stores.servers import (PostgresServer, PrivateServer, RabbitMQServer, RedisServer,
-                                          postgres_bin_dir, rabbitmq_scripts_dir)
+from chinook.local_stores.servers import (
+    PostgresServer,
+    PrivateServer,
+    RabbitMQServer,
+    RedisServer,
+    postgres_bin_dir,
+    rabbitmq_scripts_dir,
+)
 from chinook.preflight import address, connection_error, unreachable_problem
 
 DEFAULT_FOLDER = ".local-stores"

@@ -4,6 +4,7 @@ updates of the same rows in quick succession. The later write wins everywhere.""
 import time
 
 import pytest
+
 from chinook.celery_setup import APPLY_WRITES_TASK, make_celery
 from chinook.config import load_settings
 from chinook.entities import new_claim_id

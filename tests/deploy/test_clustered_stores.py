@@ -23,8 +23,21 @@ import yaml
 from tests.support.broker import DEFINITIONS_SCRIPT, ManagementRabbitMQ, password_variables
 from tests.support.stores import PrivateServer, free_ports
 
-from .conftest import (K8S, SETTINGS_VARIABLES, containers, env_file, find, kustomization_components, kustomize,
-                       one, overlay_with_components, pod_spec, redis_acl_users, run, tool)
+from .conftest import (
+    K8S,
+    SETTINGS_VARIABLES,
+    containers,
+    env_file,
+    find,
+    kustomization_components,
+    kustomize,
+    one,
+    overlay_with_components,
+    pod_spec,
+    redis_acl_users,
+    run,
+    tool,
+)
 from .test_kubernetes import EXPECTED_EDGES, allowed_edges, allows, validate
 
 COMPONENT = K8S / "components/clustered-stores"

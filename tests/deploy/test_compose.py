@@ -8,8 +8,19 @@ from chinook import callers
 from deploy import dev_tokens
 from gateway.auth import Access, Caller, parse_tokens_file
 
-from .conftest import (GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, SETTINGS_VARIABLES, STORE_VARIABLES, TLS_VARIABLES,
-                       load_yaml, procfile, run, tool)
+from .conftest import (
+    GRPC_PORTS,
+    METRICS_PORTS,
+    REPO,
+    SERVICES,
+    SETTINGS_VARIABLES,
+    STORE_VARIABLES,
+    TLS_VARIABLES,
+    load_yaml,
+    procfile,
+    run,
+    tool,
+)
 from .test_dockerfiles import image_command
 
 COMPOSE_FILES = ["docker-compose.yml", "deploy/gitlab-runner/docker-compose.yml"]

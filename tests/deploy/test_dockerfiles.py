@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from .conftest import (DOCKERFILES, METRICS_PORTS, REPO, SERVICES, dockerfile_instructions, procfile, run,
-                       tool)
+from .conftest import DOCKERFILES, METRICS_PORTS, REPO, SERVICES, dockerfile_instructions, procfile, run, tool
 
 PYTHON_DOCKERFILES = {image: path for image, path in DOCKERFILES.items() if image != "postgres"}
 PINNED_PYTHON = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")
@@ -105,7 +104,7 @@ def test_image_runs_the_procfile_command(process):
 
 
 def test_grpcio_tools_pin_matches_the_development_one():
-    pin = re.search(r"^grpcio-tools==(\S+)$", (REPO / "requirements-dev.txt").read_text(), re.M).group(1)
+    pin = re.search(r"^grpcio-tools==(\S+)$", (REPO / "requirements-dev.txt").read_text(), re.MULTILINE).group(1)
     for path in PYTHON_DOCKERFILES.values():
         assert f"grpcio-tools=={pin}" in (REPO / path).read_text(), path
 

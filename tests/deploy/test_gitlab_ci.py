@@ -112,7 +112,7 @@ def test_templates():
     assert config["ci_access"]["projects"][0]["id"]
     test = templates[".test"]
     assert {s["alias"] for s in test["services"]} == {"postgres", "redis", "rabbitmq"}
-    makefile_dirs = re.search(r"^SOURCE_DIRS := (.+)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
+    makefile_dirs = re.search(r"^SOURCE_DIRS := (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1).split()
     pythonpath = templates[".python"]["variables"]["PYTHONPATH"].split(":")
     assert pythonpath == [f"$CI_PROJECT_DIR{'' if d == '.' else '/' + d}" for d in makefile_dirs]
 
@@ -123,7 +123,7 @@ def test_public_images_agree_everywhere():
     text += "".join(p.read_text() for p in (REPO / "k8s").rglob("*.yaml"))
     compose = (REPO / "docker-compose.yml").read_text()
     python = re.search(r"PYTHON_IMAGE=(\S+)", (REPO / "services/gateway/Dockerfile").read_text()).group(1)
-    postgres = re.search(r"^FROM (\S+)", (REPO / "sql/Dockerfile").read_text(), re.M).group(1)
+    postgres = re.search(r"^FROM (\S+)", (REPO / "sql/Dockerfile").read_text(), re.MULTILINE).group(1)
     assert f"image: {postgres}" in compose
     found = re.findall(r"(?:image|name):\s*((?:python|postgres|redis|rabbitmq|adminer|mher/flower|ghcr\.io/\S+):[\w.-]+)", text)
     assert len(found) > 8

@@ -15,9 +15,27 @@ from chinook import callers
 from chinook.config import load_settings
 from chinook.grpc_server import plaintext_refusal
 
-from .conftest import (CRD_SCHEMAS, GRPC_PORTS, K8S, K8S_VERSION, METRICS_PORTS, QUEUES, REPO, SERVICES,
-                       SETTINGS_VARIABLES, TLS_VARIABLES, combinations, containers, crd_validator, find, kustomize, one,
-                       pod_spec, procfile, tool)
+from .conftest import (
+    CRD_SCHEMAS,
+    GRPC_PORTS,
+    K8S,
+    K8S_VERSION,
+    METRICS_PORTS,
+    QUEUES,
+    REPO,
+    SERVICES,
+    SETTINGS_VARIABLES,
+    TLS_VARIABLES,
+    combinations,
+    containers,
+    crd_validator,
+    find,
+    kustomize,
+    one,
+    pod_spec,
+    procfile,
+    tool,
+)
 from .test_dockerfiles import image_command
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}

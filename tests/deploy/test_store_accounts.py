@@ -15,11 +15,30 @@ import pytest
 
 from chinook.celery_setup import task_queues
 from chinook.config import Settings
-from tests.support.broker import (DEFINITIONS_CONF, DEFINITIONS_SCRIPT, DEFINITIONS_TEMPLATE, definitions_template,
-                                  password_variables)
+from tests.support.broker import (
+    DEFINITIONS_CONF,
+    DEFINITIONS_SCRIPT,
+    DEFINITIONS_TEMPLATE,
+    definitions_template,
+    password_variables,
+)
 
-from .conftest import (K8S, REDIS_ACL_TEMPLATE, REPO, containers, env_file, find, kustomize, load_yaml,
-                       persistence_role, pod_spec, redis_acl_users, run, tool, workloads_of)
+from .conftest import (
+    K8S,
+    REDIS_ACL_TEMPLATE,
+    REPO,
+    containers,
+    env_file,
+    find,
+    kustomize,
+    load_yaml,
+    persistence_role,
+    pod_spec,
+    redis_acl_users,
+    run,
+    tool,
+    workloads_of,
+)
 
 COMPOSE_ENV = REPO / "deploy/compose"
 REDIS_START = K8S / "backing-services/redis-start.sh"

@@ -26,13 +26,23 @@ import psycopg2.errors
 import pytest
 import redis
 import requests
-from kombu.transport.native_delayed_delivery import (bind_queue_to_native_delayed_delivery_exchange,
-                                                     declare_native_delayed_delivery_exchanges_and_queues)
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 
 from cache_svc.__main__ import check_durability
 from cache_svc.store import LIBRARY
-from chinook.celery_setup import (APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, TASK_EXCHANGE,
-                                  WRITE_BACK_QUEUE, declare_queues, make_celery, task_queues)
+from chinook.celery_setup import (
+    APPLY_WRITES_TASK,
+    DUPLICATE_QUEUE,
+    DUPLICATE_ROWS_TASK,
+    TASK_EXCHANGE,
+    WRITE_BACK_QUEUE,
+    declare_queues,
+    make_celery,
+    task_queues,
+)
 from chinook.config import Settings
 from chinook.entities import ENTITIES
 from tests.support.api import Api
@@ -225,9 +235,8 @@ def test_the_workers_and_flower_reach_the_workers_remote_control(stack, stores, 
 def test_the_persistence_role_may_not_change_the_schema_or_other_tables(stores, statement):
     conn = psycopg2.connect(stores.role_url)
     try:
-        with conn.cursor() as cur:
-            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-                cur.execute(statement)
+        with conn.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute(statement)
     finally:
         conn.rollback()  # had it been allowed, nothing of it stays
         conn.close()

@@ -12,7 +12,6 @@ from cache_svc.functions import ensure_loaded, primaries
 from cache_svc.store import LIBRARY, Acknowledged, Backpressure, LayoutError, RowStore, ShardRetired
 from chinook.entities import ENTITIES, new_claim_id
 
-
 SHARDS = 4
 
 

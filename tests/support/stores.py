@@ -22,14 +22,36 @@ from pathlib import Path
 import redis
 import redis.cluster
 
-from chinook.local_stores.servers import (READY_TIMEOUT_S, STOP_TIMEOUT_S, PostgresServer, PrivateServer,
-                                          RabbitMQServer, RedisServer, alive, descendants, free_ports, port_open,
-                                          tail)
+from chinook.local_stores.servers import (
+    READY_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    PostgresServer,
+    PrivateServer,
+    RabbitMQServer,
+    RedisServer,
+    alive,
+    descendants,
+    free_ports,
+    port_open,
+    tail,
+)
 
 __all__ = [  # the shared names the tests and bench/ import from here, and this module's own
-    "PostgresServer", "PrivateServer", "RabbitMQServer", "RedisServer", "alive", "descendants", "free_ports",
-    "port_open", "AclRedisServer", "ClusterNodeInfo", "RedisClusterNodeServer", "RedisClusterServer",
-    "free_cluster_ports", "parse_cluster_nodes", "port_free",
+    "AclRedisServer",
+    "ClusterNodeInfo",
+    "PostgresServer",
+    "PrivateServer",
+    "RabbitMQServer",
+    "RedisClusterNodeServer",
+    "RedisClusterServer",
+    "RedisServer",
+    "alive",
+    "descendants",
+    "free_cluster_ports",
+    "free_ports",
+    "parse_cluster_nodes",
+    "port_free",
+    "port_open",
 ]
 
 

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY, generate_latest
 
 from chinook.config import ConfigError, Settings
+from chinook.rate_limited_log import RateLimitedLog
 from gateway.app import create_app
 from gateway.auth import Access, digest
 from gateway.browsers import AllowedHosts
 from gateway.json_input import MAX_JSON_DEPTH, nested_deeper_than
-from chinook.rate_limited_log import RateLimitedLog
 from tests.unit.test_auth import BEARER, PASSED, TOKENS, UnavailableCache
 
 BULK = {"updates": [{"album_id": 1, "title": "x"}]}

@@ -15,25 +15,35 @@ import tempfile
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="worker-metrics-")
 
-from celery.signals import (  # noqa: E402
-    celeryd_after_setup, task_postrun, task_retry, worker_init, worker_process_init, worker_process_shutdown,
+from celery.signals import (
+    celeryd_after_setup,
+    task_postrun,
+    task_retry,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
     worker_ready,
 )
-from celery.worker.consumer import Consumer  # noqa: E402
-from kombu.transport.native_delayed_delivery import bind_queue_to_native_delayed_delivery_exchange  # noqa: E402
+from celery.worker.consumer import Consumer
+from kombu.transport.native_delayed_delivery import bind_queue_to_native_delayed_delivery_exchange
 
-from chinook import metrics, tracing  # noqa: E402
-from chinook.celery_setup import (  # noqa: E402
-    APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, WRITE_BACK_QUEUE, QueueTypeWatch, delay_in_whole_seconds,
+from chinook import metrics, tracing
+from chinook.celery_setup import (
+    APPLY_WRITES_TASK,
+    DUPLICATE_QUEUE,
+    DUPLICATE_ROWS_TASK,
+    WRITE_BACK_QUEUE,
+    QueueTypeWatch,
+    delay_in_whole_seconds,
     make_celery,
 )
-from chinook.config import ConfigError, read_tls_files, settings_or_exit  # noqa: E402
-from chinook.grpc_client import CacheClient, PersistenceClient  # noqa: E402
-from chinook.logs import configure_logging  # noqa: E402
-from chinook.tls import channel_credentials  # noqa: E402
+from chinook.config import ConfigError, read_tls_files, settings_or_exit
+from chinook.grpc_client import CacheClient, PersistenceClient
+from chinook.logs import configure_logging
+from chinook.tls import channel_credentials
 
-from . import jobs  # noqa: E402
-from .task_arguments import MalformedTask, check_apply_writes, check_duplicate_rows  # noqa: E402
+from . import jobs
+from .task_arguments import MalformedTask, check_apply_writes, check_duplicate_rows
 
 settings = settings_or_exit()
 app = make_celery("worker", settings)

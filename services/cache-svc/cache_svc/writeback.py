@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from chinook import metrics, tracing
 from chinook.entities import (
-    ENTITIES, Entity, ValidationError, get_entity, parse_claim, parse_id, parse_json, parse_version,
+    ENTITIES,
+    Entity,
+    ValidationError,
+    get_entity,
+    parse_claim,
+    parse_id,
+    parse_json,
+    parse_version,
 )
 
 from .store import Backpressure, CachedRow, DeadLetter, RowState, RowStore

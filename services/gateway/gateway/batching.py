@@ -12,7 +12,7 @@ import threading
 
 
 class _Batch:
-    __slots__ = ("items", "results", "error", "full", "done")
+    __slots__ = ("done", "error", "full", "items", "results")
 
     def __init__(self):
         self.items = []
