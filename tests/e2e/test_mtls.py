@@ -33,7 +33,8 @@ TLS_SETTINGS = (*TLS_VARIABLES, "GRPC_TLS_DIR")
 
 
 def tls_env(folder: Path) -> dict[str, str]:
-    return dict(zip(TLS_VARIABLES, (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))))
+    files = (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))
+    return dict(zip(TLS_VARIABLES, files, strict=True))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ def certs(tmp_path_factory):
 
 
 def env_of(folder, **overrides):
-    env = dict(zip(VARIABLES, (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))))
+    files = (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))
+    env = dict(zip(VARIABLES, files, strict=True))
     return {**env, **overrides}
 
 
