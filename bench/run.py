@@ -1014,7 +1014,7 @@ def busiest(summary: dict) -> str:
 
 def _command_version(*command: str) -> str:
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
         return (out.stdout or out.stderr).strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return "unknown"

@@ -421,7 +421,8 @@ class PostgresServer(PrivateServer):
             done = subprocess.run(
                 [self.bin_dir / "initdb", "-D", self.data_dir, "-U", "postgres", "-A", "trust", "-E", "UTF8",
                  "--locale", "C.UTF-8", "--no-instructions"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=120, **self.popen_options(),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=120, check=False,
+                **self.popen_options(),
             )
         if done.returncode:
             raise RuntimeError(f"initdb failed with exit code {done.returncode}\n{self.log_tails()}")
@@ -513,7 +514,7 @@ class RabbitMQServer(PrivateServer):
     def rabbitmqctl(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
         """Runs rabbitmqctl against this node; raises with its output if it fails."""
         done = subprocess.run([str(self.scripts / "rabbitmqctl"), "-n", self.node, *args], env=self.env,
-                              cwd=self.folder, capture_output=True, text=True, timeout=timeout_s)
+                              cwd=self.folder, capture_output=True, text=True, timeout=timeout_s, check=False)
         if done.returncode:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         return done

@@ -133,7 +133,7 @@ def test_validation_can_fail():
 
 def test_kustomize_fails_on_a_broken_kustomization(tmp_path):
     (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
-    done = subprocess.run([tool("kubectl"), "kustomize", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run([tool("kubectl"), "kustomize", str(tmp_path)], capture_output=True, text=True, check=False)
     assert done.returncode != 0
 
 
@@ -501,7 +501,7 @@ def deploy(tmp_path, unit, images, rollouts, secrets="POSTGRES_PASSWORD=s3cret\n
            "CI_REGISTRY_IMAGE": "registry.example.com/my-group/chinook-writeback", "CI_COMMIT_SHA": "0123abc",
            "CHINOOK_SECRETS_ENV": str(secrets_file)}
     done = subprocess.run(["sh", str(REPO / "deploy/ci/k8s-deploy.sh")], cwd=checkout, env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     return done, tmp_path
 
 
@@ -548,5 +548,5 @@ def test_each_unit_deploys_alone_with_its_images(tmp_path, unit):
 
 def test_the_deploy_script_passes_shellcheck():
     done = subprocess.run([tool("shellcheck"), "--shell=sh", str(REPO / "deploy/ci/k8s-deploy.sh")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout

@@ -202,7 +202,7 @@ def start_redis(tmp_path, passwords: dict) -> tuple[subprocess.CompletedProcess,
     acl_file = tmp_path / "users.acl"
     env = {"PATH": os.environ["PATH"], "REDIS_ACL_FILE": str(acl_file), **passwords}
     done = subprocess.run(["sh", str(REDIS_START), "echo", "redis-server", "/etc/redis.conf"], env=env,
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
     return done, acl_file
 
 
@@ -284,7 +284,7 @@ def render_definitions(tmp_path, passwords: dict) -> tuple[subprocess.CompletedP
     env = {"PATH": os.environ["PATH"], "RABBITMQ_DEFINITIONS_FILE": str(definitions), **passwords}
     # -I -S: isolated from this virtual environment's packages, as in the broker's image.
     done = subprocess.run(["python3", "-I", "-S", str(DEFINITIONS_SCRIPT), "start", "echo", "rabbitmq-server"], env=env,
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
     return done, definitions
 
 

@@ -215,7 +215,7 @@ def run_in_namespace(command: list[str], checkout: Path, hide: list[Path] = (), 
     script = f'{mounts}ip link set lo up && PATH="$COMMAND_PATH" exec "$@"'
     return subprocess.run(["unshare", "-n", "-m", "sh", "-c", script, "sh", *command], cwd=checkout,
                           env=environment(checkout, COMMAND_PATH=path or os.environ["PATH"], **env),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_without_the_server_binaries_one_message_says_what_to_install(checkout, tmp_path):

@@ -116,7 +116,7 @@ def stores(tmp_path_factory):
 def load_functions(redis_url: str) -> subprocess.CompletedProcess:
     """The administrator's step compose and Kubernetes run before cache-svc starts."""
     return subprocess.run([sys.executable, "-m", "cache_svc.load_functions"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "REDIS_URL": redis_url})
+                          text=True, timeout=60, env={**os.environ, "REDIS_URL": redis_url}, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_the_workers_and_flower_reach_the_workers_remote_control(stack, stores, 
     node = f"write-back-{stores.run_id}@{socket.gethostname()}"
     done = subprocess.run(["celery", "--app", "worker.celery_app", "inspect", "ping", "--timeout", "10",
                            "--destination", node], env={**stack.env, "BROKER_URL": stores.broker.url_for(user)},
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and "pong" in done.stdout, done.stdout + done.stderr
 
 
@@ -381,7 +381,7 @@ def run_init_file(path, env: dict) -> subprocess.CompletedProcess:
     else:
         command = ["psql", "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--quiet", "--username", env["POSTGRES_USER"],
                    "--dbname", env["POSTGRES_DB"], "--file", str(path)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_the_image_gives_persistence_svc_its_role_and_password(tmp_path):

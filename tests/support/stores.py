@@ -261,7 +261,7 @@ class RedisClusterServer:
                    "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
         try:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout_s)
+                                  timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as expired:
             raise TimeoutError(f"redis-cli --cluster create took over {timeout_s} s:\n{expired.stdout}"
                                f"\n{self.log_tails()}") from None
