@@ -290,10 +290,9 @@ class Bench:
 
     def teardown(self):
         for closing in (lambda: self.pg.close(), lambda: self.admin.close()):
-            try:
+            # Not opened (setup failed before it) or already broken: the rest still stops.
+            with contextlib.suppress(AttributeError, psycopg2.Error):
                 closing()
-            except Exception:
-                pass
         if self.monolith:
             self.monolith.stop()
         if self.stack:

@@ -255,7 +255,7 @@ class GrpcService:
                 with tracing.untraced():
                     self.probe()
                 problem = None
-            except Exception as exc:  # any failure of the store means not ready
+            except Exception as exc:  # noqa: BLE001 - any failure of the store means not ready
                 problem = exc
             if problem is None and healthy is not True:
                 log.info("backing store reachable: SERVING")

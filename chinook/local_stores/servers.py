@@ -262,7 +262,7 @@ class PrivateServer:
         """Stops the server, SIGKILLing it if a graceful stop fails. Safe to call twice."""
         try:
             self.stop()
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever made the graceful stop fail, SIGKILL still stops it
             self.kill()
 
     def __enter__(self):

@@ -276,7 +276,7 @@ class RedisClusterServer:
         for server in self.servers:
             try:
                 server.stop(timeout_s)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - raised below, once every node is down
                 server.kill()
                 errors.append(error)
         if errors:

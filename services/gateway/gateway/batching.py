@@ -65,7 +65,7 @@ class CallBatcher:
                 self._open = None
         try:
             batch.results = self._send(batch.items)
-        except Exception as exc:  # every request of the batch gets the call's error
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the call's error
             batch.error = exc
         finally:
             batch.done.set()
