@@ -128,14 +128,14 @@ def missing_binaries_message(missing: dict[Store, list[str]], folder_label: str)
     binaries = ", ".join(binary for found in missing.values() for binary in found)
     variables = [variable for store in stores for variable in store.variables]
     return "\n".join([
-        f"nothing answers at the default URL{'s' if len(variables) > 1 else ''} of {names(stores)}, and "
-        f"{'its' if len(stores) == 1 else 'their'} server binaries are not installed ({binaries} not found). "
-        f"Install them, and `make run` starts private ones under {folder_label}/:",
+        (f"nothing answers at the default URL{'s' if len(variables) > 1 else ''} of {names(stores)}, and "
+         f"{'its' if len(stores) == 1 else 'their'} server binaries are not installed ({binaries} not found). "
+         f"Install them, and `make run` starts private ones under {folder_label}/:"),
         f"  Debian/Ubuntu: sudo apt-get install {' '.join(store.debian_package for store in stores)}",
         f"  Homebrew:      brew install {' '.join(store.homebrew_package for store in stores)}",
         f"or run them in containers: docker compose up {' '.join(store.compose_service for store in stores)}",
-        f"  and set {listing(variables)} to reach them (compose publishes none of their ports, and its "
-        "accounts are in deploy/compose/*.env)",
+        (f"  and set {listing(variables)} to reach them (compose publishes none of their ports, and its "
+         "accounts are in deploy/compose/*.env)"),
     ])
 
 

@@ -191,8 +191,8 @@ def test_refusals_are_logged_once_a_window_per_address_and_status_without_the_to
         assert api.patch("/albums/1", json={"title": "x"}, headers=BEARER["read"]).status_code == 403
     lines = [record.getMessage() for record in caplog.records]
     assert lines == ["401 to GET '/albums/1' from 127.0.0.1: the bearer token is not valid",
-                     "403 to PATCH '/albums/1' from 127.0.0.1: PATCH /albums/<album_id> needs role writer; "
-                     "the token's role is reader"]
+                     ("403 to PATCH '/albums/1' from 127.0.0.1: PATCH /albums/<album_id> needs role writer; "
+                      "the token's role is reader")]
     assert "tests" not in caplog.text
 
 

@@ -247,10 +247,10 @@ def test_refusals_are_logged_once_per_caller_and_method_each_interval(caplog):
     assert lines == [
         "PERMISSION_DENIED: caller 'gateway' called /x/AckFlushed, which chinook/callers.py does not allow it",
         "PERMISSION_DENIED: caller 'gateway' called /x/DeadLetter, which chinook/callers.py does not allow it",
-        "PERMISSION_DENIED: a certificate of no single service [] called /x/AckFlushed, which chinook/callers.py "
-        "does not allow it",
-        "PERMISSION_DENIED: caller 'gateway' called /x/AckFlushed, which chinook/callers.py does not allow it "
-        "(501 more like it since the last line, not logged)",
+        ("PERMISSION_DENIED: a certificate of no single service [] called /x/AckFlushed, which chinook/callers.py "
+         "does not allow it"),
+        ("PERMISSION_DENIED: caller 'gateway' called /x/AckFlushed, which chinook/callers.py does not allow it "
+         "(501 more like it since the last line, not logged)"),
     ]
 
 

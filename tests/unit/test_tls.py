@@ -46,8 +46,8 @@ def test_all_three_give_credentials(certs):
 
 @pytest.mark.parametrize("given, message", [
     (("GRPC_TLS_CA_FILE",), "GRPC_TLS_CA_FILE is set but GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE are not"),
-    (("GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE"), "GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE are set but "
-                                                  "GRPC_TLS_CA_FILE is not"),
+    (("GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE"), ("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE are set but "
+                                                   "GRPC_TLS_CA_FILE is not")),
     (("GRPC_TLS_KEY_FILE",), "GRPC_TLS_KEY_FILE is set but GRPC_TLS_CA_FILE and GRPC_TLS_CERT_FILE are not"),
 ])
 def test_a_half_set_trio_names_what_is_missing(certs, given, message):
