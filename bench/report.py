@@ -353,7 +353,7 @@ def _plot_main(results: dict, top, bottom):
         for b1 in runs:
             series, warm = b1["series"], b1["cache"] == "warm"
             state = WARM if warm else COLD
-            style = dict(drawstyle="steps-post", alpha=0.55 if warm else 1, linestyle="-." if warm else "-")
+            style = {"drawstyle": "steps-post", "alpha": 0.55 if warm else 1, "linestyle": "-." if warm else "-"}
             axis.plot(series["t"], series["cache_rows"], color="tab:red", **style,
                       label=f"in the cache (accepted), {state}: {b1['ack_s']:.2f} s")
             if series.get("written_rows"):

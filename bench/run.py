@@ -416,7 +416,7 @@ class Bench:
             "peak_rss_mb": memory, "peak_rss_mb_by_request": peaks_by_request,
         }
 
-    def _bulk(self, system: System, n: int, tag: str, profiling=contextlib.nullcontext(),
+    def _bulk(self, system: System, n: int, tag: str, profiling=None,
               after_each_request=None) -> dict:
         """`POST /albums/bulk` of rows 1..n with titles made from `tag`, in requests of equal
         size: when the last request was acknowledged, when Postgres held every row (each
@@ -433,7 +433,7 @@ class Bench:
                                      system.redis_time_us(), n)
         sampler.start()
         cpu_before = system.cpu_snapshot()
-        with profiling:
+        with profiling or contextlib.nullcontext():
             started = time.perf_counter()
             for body in bodies:
                 response = system.api.post("/albums/bulk", data=body, headers={"Content-Type": "application/json"})

@@ -92,9 +92,9 @@ def alive(pid: int) -> bool:
     may never reap the orphans it inherits; but after a SIGKILL the main thread of a
     multi-threaded server (beam.smp) is a zombie while another thread still tears the
     process down and holds its ports, hence the look at every thread."""
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+    for stat_file in Path(f"/proc/{pid}/task").glob("*/stat"):
         try:
-            if stat.read_text().rpartition(")")[2].split()[0] not in ("Z", "X"):
+            if stat_file.read_text().rpartition(")")[2].split()[0] not in ("Z", "X"):
                 return True
         except (FileNotFoundError, ProcessLookupError):
             continue
@@ -105,12 +105,12 @@ def descendants(pid: int) -> list[int]:
     """Children, grandchildren... of `pid`, read from /proc. Read them before killing
     `pid`: once it dies they belong to init."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            fields = stat_file.read_text().rpartition(")")[2].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

@@ -134,7 +134,7 @@ def test_redis_is_durable_and_never_evicts_dirty_rows(compose):
 
 
 def test_app_containers_are_locked_down(compose):
-    for process, (name, _, _) in SERVICES.items():
+    for name, _, _ in SERVICES.values():
         service = compose["services"][name]
         assert service["read_only"] is True and "/tmp" in service["tmpfs"]
         assert service["cap_drop"] == ["ALL"] and "no-new-privileges:true" in service["security_opt"]
@@ -171,7 +171,7 @@ def test_variables_are_the_settings(compose):
 
 
 def test_grpc_runs_with_mutual_tls_and_a_certificate_per_service(compose):
-    for process, (name, leaf, _) in SERVICES.items():
+    for name, leaf, _ in SERVICES.values():
         service = compose["services"][name]
         mounts = [v for v in service.get("volumes", []) if isinstance(v, dict) and v["source"].startswith("./.certs")]
         # The leaf of `make certs` named as the image, read-only, and never created empty;

@@ -140,6 +140,6 @@ def test_postgres_image_carries_the_sql_in_order():
     instructions = dockerfile_instructions(REPO / DOCKERFILES["postgres"])
     assert re.fullmatch(r"postgres:15\.\d+-bookworm", instructions[0][1])
     assert ("COPY", "*.sql *.sh /docker-entrypoint-initdb.d/") in instructions
-    assert sorted(p.name for p in (REPO / "sql").glob("*.sql"))[0].startswith("01-")
+    assert min(p.name for p in (REPO / "sql").glob("*.sql")).startswith("01-")
     # The image runs an executable script, and sources one that is not (into its own shell).
     assert all(path.stat().st_mode & 0o111 for path in (REPO / "sql").glob("*.sh"))

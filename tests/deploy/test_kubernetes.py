@@ -301,7 +301,7 @@ def test_mutual_tls_with_cert_manager(prod, dev):
     assert one(prod, "Issuer", ca["spec"]["issuerRef"]["name"])["spec"] == {"selfSigned": {}}
     assert one(prod, "Issuer", "chinook-ca")["spec"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
     config = next(r for r in find(prod, "ConfigMap") if r["metadata"]["name"].startswith("chinook-config"))["data"]
-    for process, (name, leaf, _) in SERVICES.items():
+    for name, leaf, _ in SERVICES.values():
         workload = one(prod, "Deployment", name)
         container = containers(workload, init=False)[0]
         env = {e["name"]: e.get("value") for e in container["env"]}

@@ -157,7 +157,7 @@ def test_compose_prometheus_scrapes_every_process(tmp_path):
 
 def test_compose_services_send_traces_to_jaeger():
     compose = load_yaml(REPO / "docker-compose.yml")["services"]
-    for process, (service, _, _) in SERVICES.items():
+    for service, _, _ in SERVICES.values():
         environment = compose[service]["environment"]
         assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317", service
         assert environment["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc", service

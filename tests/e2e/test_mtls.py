@@ -214,9 +214,9 @@ def served_serial(address: str, certs: Path) -> int:
     context.load_cert_chain(certs / "dev.pem", certs / "dev-key.pem")
     context.set_alpn_protocols(["h2"])
     host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+    with (socket.create_connection((host, int(port)), timeout=10) as raw,
+          context.wrap_socket(raw, server_hostname=host) as tls):
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
 
 
 def serial_of(path: Path) -> int:

@@ -259,7 +259,7 @@ def test_values_are_stored_verbatim(store):
 def test_a_load_overtaken_by_another_fill_does_not_cache_its_stale_value(store):
     slow_token = store.begin_fill("album", [1])  # a reader starts loading version 7
     cache_row(store, version=7)  # another loader caches it first...
-    [version] = store.accept("album", [(1, {"title": "New"})])
+    store.accept("album", [(1, {"title": "New"})])
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.ack("album", [(1, claimed.version)], claim_id)  # ...it is written, flushed...
     store.redis.delete(store.row_key("album", 1))  # ...and evicted

@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import tempfile
+from typing import ClassVar
 
 # Prefork children write their metrics to files the main process serves; the folder
 # must be known before prometheus_client is first imported.
@@ -66,7 +67,8 @@ class PredeclaredConsumer(Consumer):
     BROKER_PREDECLARED the broker's definitions did, and this worker's account may not."""
 
     class Blueprint(Consumer.Blueprint):
-        default_steps = [step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
+        default_steps: ClassVar[list[str]] = [
+            step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
 
 
 if settings.broker_predeclared:
@@ -89,9 +91,9 @@ class HeldBack:
     """Queues RabbitMQ refused at start with BROKER_QUEUE_TYPE (a queue of that name has the
     other type), until an operator migrates them, and those of them this worker consumes."""
 
-    watch: QueueTypeWatch | None = None
-    refused: list[str] = []
-    consumed: list[str] = []
+    watch: ClassVar[QueueTypeWatch | None] = None
+    refused: ClassVar[list[str]] = []
+    consumed: ClassVar[list[str]] = []
 
 
 @celeryd_after_setup.connect
@@ -176,8 +178,8 @@ def count_handled(sender=None, state=None, **_):
 # rows are still dirty in the cache, and their lease brings them back. A malformed task
 # fails at once, an expected failure (logged without a traceback): retrying it would
 # change nothing.
-RETRY = dict(autoretry_for=(jobs.TransientError,), max_retries=8, retry_backoff=1, retry_backoff_max=30,
-             retry_jitter=True, throws=(MalformedTask,))
+RETRY = {"autoretry_for": (jobs.TransientError,), "max_retries": 8, "retry_backoff": 1, "retry_backoff_max": 30,
+         "retry_jitter": True, "throws": (MalformedTask,)}
 
 
 def refuse_malformed(task, check, *arguments):

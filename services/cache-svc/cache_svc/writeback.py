@@ -270,7 +270,7 @@ class WriteBack:
         outcomes = [UpdateOutcome()] * len(updates)
         todo = list(range(len(updates)))
         # Rows not cached are loaded and tried again, as in _accept.
-        for attempt in range(3):
+        for _ in range(3):
             results = self.store.accept_each(entity.name, [updates[i] for i in todo],
                                              [links[i] for i in todo] if links else None)
             uncached = []
