@@ -1,6 +1,7 @@
 # make run   set up everything and start the five processes (Ctrl-C stops them); private
 #            Postgres, Redis and RabbitMQ under .local-stores/ for those that do not answer at
 #            their default URLs
+# make check ruff (ruff.toml) and the unit tests, which need no stores; under a minute
 # make test  set up everything and run the whole test suite
 # make bench the system against its anchors (bench/README.md); about 8 minutes
 # make chaos-cluster  Redis Cluster masters killed and restarted under load; about 1.5 minutes
@@ -16,7 +17,7 @@ SOURCE_DIRS := . services/gateway services/cache-svc services/persistence-svc wo
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 REQUIREMENTS := requirements-dev.txt chinook/requirements.txt $(wildcard services/*/requirements.txt) workers/requirements.txt bench/requirements.txt
 
-.PHONY: run test chaos chaos-cluster bench venv stubs db preflight certs clean
+.PHONY: run check test chaos chaos-cluster bench venv stubs db preflight certs clean
 
 # Where `make run` keeps the data and logs of the private stores it starts.
 LOCAL_STORES := .local-stores
@@ -28,6 +29,11 @@ LOCAL_STORES := .local-stores
 run: venv stubs
 	$(BIN)/python -m chinook.local_stores --folder $(LOCAL_STORES) --env-file .env -- \
 		sh -c '$(BIN)/python -m persistence_svc.initdb && exec honcho start --procfile Procfile'
+
+# The quick loop before a commit: lint, then the pure-logic tests.
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/pytest tests/unit -q
 
 test: venv
 	$(BIN)/pytest -m "not slow"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # rows/s may dip this much from one size to the next before B5 counts it as falling.
 B5_NOISE = 0.9
@@ -302,7 +302,7 @@ def table(results: dict) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for index, line in enumerate(lines):
-        out.append("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |")
+        out.append("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) + " |")
         if index == 0:
             out.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
     return "\n".join(out)
@@ -317,7 +317,7 @@ def _cdf(axis, summary: dict, label: str, style: str, **options):
     values = summary.get("percentiles_ms") or []
     if not values:
         return
-    quantiles = [*range(0, 100), 99.5, 99.9, 100][:len(values)]
+    quantiles = [*range(100), 99.5, 99.9, 100][:len(values)]
     axis.plot(values, quantiles, style, label=f"{label} ({summary['throughput_rps']:,.0f} req/s)", **options)
 
 
@@ -348,12 +348,12 @@ def plot(results: dict, path):
 
 def _plot_main(results: dict, top, bottom):
     sizes = [b["n"] for b in cold(results) if b["headline"]] or [cold(results)[0]["n"]]
-    for axis, n in zip(top[:2], (sizes + sizes)[:2]):
+    for axis, n in zip(top[:2], (sizes + sizes)[:2], strict=True):
         runs = [b for b in results["b1"] if b["n"] == n]
         for b1 in runs:
             series, warm = b1["series"], b1["cache"] == "warm"
             state = WARM if warm else COLD
-            style = dict(drawstyle="steps-post", alpha=0.55 if warm else 1, linestyle="-." if warm else "-")
+            style = {"drawstyle": "steps-post", "alpha": 0.55 if warm else 1, "linestyle": "-." if warm else "-"}
             axis.plot(series["t"], series["cache_rows"], color="tab:red", **style,
                       label=f"in the cache (accepted), {state}: {b1['ack_s']:.2f} s")
             if series.get("written_rows"):
@@ -392,7 +392,7 @@ def _plot_main(results: dict, top, bottom):
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3, which="both")
 
-    for axis, mix in zip(bottom[:2], ("uniform", "hot")):
+    for axis, mix in zip(bottom[:2], ("uniform", "hot"), strict=True):
         b2 = results["b2"].get(mix)
         if b2:
             _cdf(axis, b2["system"], "write-back (gateway)", "-")
@@ -425,14 +425,14 @@ def _plot_b6(results: dict, axes):
     for config in configs:
         for key, _, _ in panels:
             components += [n for n in config["summary"][key] if n not in components and n != "all"]
-    # One colour per component in both panels.
-    colors = dict(zip(components, plt.get_cmap("tab10").colors))
-    for axis, (key, unit, title) in zip(axes, panels):
+    # One colour per component in both panels; tab10 has more colours than there are components.
+    colors = dict(zip(components, plt.get_cmap("tab10").colors, strict=False))
+    for axis, (key, unit, title) in zip(axes, panels, strict=True):
         bottom = [0.0] * len(configs)
         for component in components:
             values = [config["summary"][key].get(component, 0) for config in configs]
             axis.bar(names, values, bottom=bottom, label=component, color=colors[component])
-            bottom = [b + v for b, v in zip(bottom, values)]
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         axis.tick_params(axis="x", labelsize=7)
         axis.set_title(title, fontsize=10)
         axis.set_ylabel(unit)

@@ -99,7 +99,7 @@ class StaleReadProbe:
             while not self._stop.is_set():
                 self._probe(self.ids[self.probes % len(self.ids)], f"probe {self.tag} {self.probes}", writer)
                 self._stop.wait(self.interval_s)
-        except Exception as exc:  # reported with the results, the run goes on
+        except Exception as exc:  # noqa: BLE001 - reported with the results, the run goes on
             self.error = repr(exc)
         finally:
             for connection in [writer, *self.readers]:

@@ -15,7 +15,6 @@ from tests.support import metrics
 from tests.support.stack import REPO_ROOT, Isolation, free_port, procfile_commands
 from tests.support.stores import descendants
 
-
 # Prometheus
 
 

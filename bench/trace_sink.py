@@ -16,6 +16,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import requests
 
@@ -25,7 +26,7 @@ from tests.support.stack import REPO_ROOT, free_port
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the OTLP exporter's session expects
-    totals = {"exports": 0, "bytes": 0}
+    totals: ClassVar[dict[str, int]] = {"exports": 0, "bytes": 0}
     lock = threading.Lock()
 
     def do_POST(self):

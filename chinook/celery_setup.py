@@ -212,7 +212,7 @@ class QueueTypeWatch:
         if self.on_declared is not None:
             try:
                 self.on_declared()
-            except Exception as exc:  # declared again, and tried again, at the next check
+            except Exception as exc:  # noqa: BLE001 - declared again, and tried again, at the next check
                 log.warning("cannot go on with the task queues (%s: %s); again in %.0f s",
                             type(exc).__name__, exc, QUEUE_TYPE_RECHECK_S)
                 return False

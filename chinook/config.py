@@ -11,7 +11,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-
 # The most rows one write-back task may carry: a worker refuses a task of more, whatever
 # WRITEBACK_BATCH_SIZE it was given itself, so the two need not be set alike.
 MAX_WRITEBACK_BATCH_SIZE = 10_000
@@ -277,7 +276,7 @@ def tls_paths(settings: Settings, identity: str | None = None) -> TlsPaths | Non
                           "GRPC_TLS_*_FILE variables")
     paths = [str(Path(settings.grpc_tls_dir) / identity / name) for name in TLS_DIR_FILES]
     return TlsPaths(*paths, labels=tuple(f"{path!r} (GRPC_TLS_DIR's {identity}/{name})"
-                                         for path, name in zip(paths, TLS_DIR_FILES)))
+                                         for path, name in zip(paths, TLS_DIR_FILES, strict=True)))
 
 
 def _tls_configured(settings: Settings) -> bool:
@@ -309,7 +308,7 @@ def read_tls_files(settings: Settings, identity: str | None = None) -> TlsFiles 
     texts = []
     for path, label, marker, kind in zip(paths.files, paths.labels,
                                          (b"-----BEGIN CERTIFICATE-----",) * 2 + (b"PRIVATE KEY-----",),
-                                         ("certificate", "certificate", "private key")):
+                                         ("certificate", "certificate", "private key"), strict=True):
         try:
             texts.append(Path(path).read_bytes())
         except OSError as exc:

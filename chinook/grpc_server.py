@@ -147,8 +147,8 @@ def _certificate_names(context) -> tuple[bytes, ...]:
 
 def _rebuilt(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
     """The handler with its behaviour (unary or streaming, either way) replaced by wrap(behaviour)."""
-    serialization = dict(request_deserializer=handler.request_deserializer,
-                         response_serializer=handler.response_serializer)
+    serialization = {"request_deserializer": handler.request_deserializer,
+                     "response_serializer": handler.response_serializer}
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **serialization)
     if handler.unary_stream is not None:
@@ -255,7 +255,7 @@ class GrpcService:
                 with tracing.untraced():
                     self.probe()
                 problem = None
-            except Exception as exc:  # any failure of the store means not ready
+            except Exception as exc:  # noqa: BLE001 - any failure of the store means not ready
                 problem = exc
             if problem is None and healthy is not True:
                 log.info("backing store reachable: SERVING")

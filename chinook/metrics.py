@@ -91,7 +91,7 @@ class PendingCollector:
             # Each scrape would otherwise start a trace of Redis calls.
             with tracing.untraced():
                 status = self.status()
-        except Exception:  # the cache is unreachable: report nothing rather than fail the scrape
+        except Exception:  # noqa: BLE001 - the cache is unreachable: report nothing rather than fail the scrape
             return []
         pending = GaugeMetricFamily("chinook_pending_rows", "Rows accepted but not yet durable in Postgres")
         pending.add_metric([], status.pending)

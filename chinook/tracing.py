@@ -158,7 +158,8 @@ def intercept_channel(channel):
     """The channel, making a span of each call and sending the trace context along when on."""
     if _provider is None:
         return channel
-    from opentelemetry.instrumentation.grpc import client_interceptor, intercept_channel as wrap
+    from opentelemetry.instrumentation.grpc import client_interceptor
+    from opentelemetry.instrumentation.grpc import intercept_channel as wrap
     # The instrumentation's own wrapper: its interceptor is not one of grpc's classes.
     return wrap(channel, client_interceptor(filter_=_traced_calls()))
 
@@ -251,7 +252,7 @@ def accept_spans(entities: list[str], ids: list[int], carriers: list):
     batch = trace.get_current_span().get_span_context()
     spans = []
     try:
-        for entity, row_id, carrier in zip(entities, ids, carriers):
+        for entity, row_id, carrier in zip(entities, ids, carriers, strict=True):
             parent = propagate.extract(carrier) if carrier else None
             request = trace.get_current_span(parent).get_span_context() if parent is not None else None
             own_trace = request is not None and request.is_valid and request.trace_id != batch.trace_id

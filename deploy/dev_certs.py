@@ -61,7 +61,7 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 def make_ca(days: int = CA_DAYS) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chinook-writeback development CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -81,7 +81,7 @@ def issue(ca_cert: x509.Certificate, ca_key, common_name: str, names: list[str],
           days: int = LEAF_DAYS) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A leaf good as a server (for names and addresses) and as a client."""
     key = new_key()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     # Never valid beyond its CA.
     not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
     alternative_names = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]

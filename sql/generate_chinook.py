@@ -67,8 +67,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 # --------------------------------------------------------------------------
 # Source
@@ -614,7 +615,7 @@ def render_data(rows: dict[str, list[Row]], source: str) -> str:
         for batch in chunks(table_rows, ROWS_PER_INSERT):
             lines.append(f"INSERT INTO {table.name} ({columns}) VALUES")
             values = ["(" + ", ".join(sql_literal(v, c)
-                                      for v, c in zip(row, table.columns)) + ")"
+                                      for v, c in zip(row, table.columns, strict=True)) + ")"
                       for row in batch]
             lines.append(",\n".join(values) + ";")
         lines.append("")

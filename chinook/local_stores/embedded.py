@@ -29,8 +29,14 @@ from pathlib import Path
 from honcho.environ import parse as parse_env_file
 
 from chinook.config import Settings, settings_or_exit
-from chinook.local_stores.servers import (PostgresServer, PrivateServer, RabbitMQServer, RedisServer,
-                                          postgres_bin_dir, rabbitmq_scripts_dir)
+from chinook.local_stores.servers import (
+    PostgresServer,
+    PrivateServer,
+    RabbitMQServer,
+    RedisServer,
+    postgres_bin_dir,
+    rabbitmq_scripts_dir,
+)
 from chinook.preflight import address, connection_error, unreachable_problem
 
 DEFAULT_FOLDER = ".local-stores"
@@ -122,14 +128,14 @@ def missing_binaries_message(missing: dict[Store, list[str]], folder_label: str)
     binaries = ", ".join(binary for found in missing.values() for binary in found)
     variables = [variable for store in stores for variable in store.variables]
     return "\n".join([
-        f"nothing answers at the default URL{'s' if len(variables) > 1 else ''} of {names(stores)}, and "
-        f"{'its' if len(stores) == 1 else 'their'} server binaries are not installed ({binaries} not found). "
-        f"Install them, and `make run` starts private ones under {folder_label}/:",
+        (f"nothing answers at the default URL{'s' if len(variables) > 1 else ''} of {names(stores)}, and "
+         f"{'its' if len(stores) == 1 else 'their'} server binaries are not installed ({binaries} not found). "
+         f"Install them, and `make run` starts private ones under {folder_label}/:"),
         f"  Debian/Ubuntu: sudo apt-get install {' '.join(store.debian_package for store in stores)}",
         f"  Homebrew:      brew install {' '.join(store.homebrew_package for store in stores)}",
         f"or run them in containers: docker compose up {' '.join(store.compose_service for store in stores)}",
-        f"  and set {listing(variables)} to reach them (compose publishes none of their ports, and its "
-        "accounts are in deploy/compose/*.env)",
+        (f"  and set {listing(variables)} to reach them (compose publishes none of their ports, and its "
+         "accounts are in deploy/compose/*.env)"),
     ])
 
 

@@ -92,9 +92,9 @@ def alive(pid: int) -> bool:
     may never reap the orphans it inherits; but after a SIGKILL the main thread of a
     multi-threaded server (beam.smp) is a zombie while another thread still tears the
     process down and holds its ports, hence the look at every thread."""
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+    for stat_file in Path(f"/proc/{pid}/task").glob("*/stat"):
         try:
-            if stat.read_text().rpartition(")")[2].split()[0] not in ("Z", "X"):
+            if stat_file.read_text().rpartition(")")[2].split()[0] not in ("Z", "X"):
                 return True
         except (FileNotFoundError, ProcessLookupError):
             continue
@@ -105,12 +105,12 @@ def descendants(pid: int) -> list[int]:
     """Children, grandchildren... of `pid`, read from /proc. Read them before killing
     `pid`: once it dies they belong to init."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            fields = stat_file.read_text().rpartition(")")[2].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -262,7 +262,7 @@ class PrivateServer:
         """Stops the server, SIGKILLing it if a graceful stop fails. Safe to call twice."""
         try:
             self.stop()
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever made the graceful stop fail, SIGKILL still stops it
             self.kill()
 
     def __enter__(self):
@@ -421,7 +421,8 @@ class PostgresServer(PrivateServer):
             done = subprocess.run(
                 [self.bin_dir / "initdb", "-D", self.data_dir, "-U", "postgres", "-A", "trust", "-E", "UTF8",
                  "--locale", "C.UTF-8", "--no-instructions"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=120, **self.popen_options(),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=120, check=False,
+                **self.popen_options(),
             )
         if done.returncode:
             raise RuntimeError(f"initdb failed with exit code {done.returncode}\n{self.log_tails()}")
@@ -513,7 +514,7 @@ class RabbitMQServer(PrivateServer):
     def rabbitmqctl(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
         """Runs rabbitmqctl against this node; raises with its output if it fails."""
         done = subprocess.run([str(self.scripts / "rabbitmqctl"), "-n", self.node, *args], env=self.env,
-                              cwd=self.folder, capture_output=True, text=True, timeout=timeout_s)
+                              cwd=self.folder, capture_output=True, text=True, timeout=timeout_s, check=False)
         if done.returncode:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         return done

@@ -26,12 +26,12 @@ RESULTS = FaultTable(
     "write-back on a Redis Cluster: fault injection",
     ["scenario", "rows checked", "acknowledged writes lost", "time to recover (s)", "injected"],
     caption=(
-        "rows checked: every album, its last acknowledged title compared with Postgres after the final flush "
-        "(and three hot rows with the cache).",
+        ("rows checked: every album, its last acknowledged title compared with Postgres after the final flush "
+         "(and three hot rows with the cache)."),
         "acknowledged writes lost: rows whose last acknowledged title Postgres or the cache does not hold.",
-        "time to recover: from the fault until one write to each shard, sent through the gateways from then "
-        "on and retried while refused, was accepted and had reached Postgres; for a sequence of faults, the "
-        "longest of its steps.",
+        ("time to recover: from the fault until one write to each shard, sent through the gateways from then "
+         "on and retried while refused, was accepted and had reached Postgres; for a sequence of faults, the "
+         "longest of its steps."),
     ),
 )
 

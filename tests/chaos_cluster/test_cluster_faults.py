@@ -106,7 +106,7 @@ class RecoveryProbe:
                     raise TimeoutError(f"the probe's writes were not in Postgres {PROBE_TIMEOUT_S} s after the fault")
                 time.sleep(0.05)
             self.elapsed = time.monotonic() - self.started
-        except BaseException as exc:  # surfaced by seconds()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by seconds()
             self._failure = exc
 
     def seconds(self) -> float:

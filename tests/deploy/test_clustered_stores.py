@@ -23,8 +23,21 @@ import yaml
 from tests.support.broker import DEFINITIONS_SCRIPT, ManagementRabbitMQ, password_variables
 from tests.support.stores import PrivateServer, free_ports
 
-from .conftest import (K8S, SETTINGS_VARIABLES, containers, env_file, find, kustomization_components, kustomize,
-                       one, overlay_with_components, pod_spec, redis_acl_users, run, tool)
+from .conftest import (
+    K8S,
+    SETTINGS_VARIABLES,
+    containers,
+    env_file,
+    find,
+    kustomization_components,
+    kustomize,
+    one,
+    overlay_with_components,
+    pod_spec,
+    redis_acl_users,
+    run,
+    tool,
+)
 from .test_kubernetes import EXPECTED_EDGES, allowed_edges, allows, validate
 
 COMPONENT = K8S / "components/clustered-stores"
@@ -356,13 +369,14 @@ class ClusterNode(PrivateServer):
     def ready(self) -> bool:
         """What the pod's readiness probe says."""
         done = subprocess.run(["sh", str(SCRIPTS["redis-cluster-ready.sh"])], capture_output=True, timeout=10,
+                              check=False,
                               env={**os.environ, "REDIS_ADMIN_PASSWORD": ADMIN_PASSWORD, "REDIS_PORT": str(self.port)})
         return done.returncode == 0
 
 
 def create(*addresses: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", str(SCRIPTS["redis-cluster-create.sh"]), *addresses], capture_output=True,
-                          text=True, timeout=120,
+                          text=True, timeout=120, check=False,
                           env={**os.environ, "REDIS_ADMIN_PASSWORD": ADMIN_PASSWORD, "REDIS_CLUSTER_WAIT_S": "30"})
 
 
@@ -430,7 +444,8 @@ def test_the_create_script_waits_only_so_long_and_needs_six_nodes(tmp_path):
     assert done.returncode == 2 and "six nodes" in done.stderr
     done = subprocess.run(["sh", str(SCRIPTS["redis-cluster-create.sh"]),
                            *[f"127.0.0.1:{port}" for port in free_ports(6)]], capture_output=True, text=True,
-                          timeout=30, env={**os.environ, "REDIS_ADMIN_PASSWORD": "x", "REDIS_CLUSTER_WAIT_S": "0"})
+                          timeout=30, check=False,
+                          env={**os.environ, "REDIS_ADMIN_PASSWORD": "x", "REDIS_CLUSTER_WAIT_S": "0"})
     assert done.returncode == 1 and "did not answer within 0 s" in done.stderr
 
 
@@ -441,7 +456,7 @@ def test_the_create_script_waits_only_so_long_and_needs_six_nodes(tmp_path):
 ])
 def test_the_start_script_refuses_a_password_redis_cannot_take(tmp_path, password, message):
     done = subprocess.run(["sh", str(SCRIPTS["redis-cluster-start.sh"]), "echo", "redis-server"], capture_output=True,
-                          text=True, timeout=30,
+                          text=True, timeout=30, check=False,
                           env={**os.environ, **PASSWORDS, "REDIS_ADMIN_PASSWORD": password,
                                "REDIS_START_SCRIPT": str(REDIS_START), "REDIS_NODES_CONF": str(tmp_path / "nodes.conf"),
                                "REDIS_AUTH_CONF": str(tmp_path / "auth.conf"),
@@ -456,7 +471,7 @@ def import_definitions(api: str, passwords: dict[str, str], admin_password: str 
            "RABBITMQ_ADMIN_USERNAME": "guest", "RABBITMQ_ADMIN_PASSWORD": admin_password,
            **{password_variables()[user]: password for user, password in passwords.items()}}
     return subprocess.run([sys.executable, str(DEFINITIONS_SCRIPT), "import"], capture_output=True, text=True,
-                          timeout=60, env=env)
+                          timeout=60, env=env, check=False)
 
 
 def connects(port: int, user: str, password: str) -> bool:
@@ -510,7 +525,7 @@ def test_the_start_script_refreshes_the_peers_addresses_only(tmp_path):
     nodes_conf = tmp_path / "nodes.conf"
     nodes_conf.write_text("\n".join(lines) + "\n")
     done = subprocess.run(["sh", str(SCRIPTS["redis-cluster-start.sh"]), "echo", "redis-server"], capture_output=True,
-                          text=True, timeout=30,
+                          text=True, timeout=30, check=False,
                           env={**os.environ, **PASSWORDS, "REDIS_START_SCRIPT": str(REDIS_START),
                                "REDIS_NODES_CONF": str(nodes_conf), "REDIS_AUTH_CONF": str(tmp_path / "auth.conf"),
                                "REDIS_ACL_FILE": str(tmp_path / "users.acl")})

@@ -8,8 +8,19 @@ from chinook import callers
 from deploy import dev_tokens
 from gateway.auth import Access, Caller, parse_tokens_file
 
-from .conftest import (GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, SETTINGS_VARIABLES, STORE_VARIABLES, TLS_VARIABLES,
-                       load_yaml, procfile, run, tool)
+from .conftest import (
+    GRPC_PORTS,
+    METRICS_PORTS,
+    REPO,
+    SERVICES,
+    SETTINGS_VARIABLES,
+    STORE_VARIABLES,
+    TLS_VARIABLES,
+    load_yaml,
+    procfile,
+    run,
+    tool,
+)
 from .test_dockerfiles import image_command
 
 COMPOSE_FILES = ["docker-compose.yml", "deploy/gitlab-runner/docker-compose.yml"]
@@ -117,13 +128,13 @@ def test_named_volumes_and_the_sql_init(compose):
 
 def test_redis_is_durable_and_never_evicts_dirty_rows(compose):
     command = compose["services"]["redis"]["command"]
-    options = dict(zip(command[1::2], command[2::2]))
+    options = dict(zip(command[1::2], command[2::2], strict=True))
     assert options["--appendonly"] == "yes" and options["--appendfsync"] == "always"
     assert options["--maxmemory-policy"].startswith("volatile-")
 
 
 def test_app_containers_are_locked_down(compose):
-    for process, (name, _, _) in SERVICES.items():
+    for name, _, _ in SERVICES.values():
         service = compose["services"][name]
         assert service["read_only"] is True and "/tmp" in service["tmpfs"]
         assert service["cap_drop"] == ["ALL"] and "no-new-privileges:true" in service["security_opt"]
@@ -160,7 +171,7 @@ def test_variables_are_the_settings(compose):
 
 
 def test_grpc_runs_with_mutual_tls_and_a_certificate_per_service(compose):
-    for process, (name, leaf, _) in SERVICES.items():
+    for name, leaf, _ in SERVICES.values():
         service = compose["services"][name]
         mounts = [v for v in service.get("volumes", []) if isinstance(v, dict) and v["source"].startswith("./.certs")]
         # The leaf of `make certs` named as the image, read-only, and never created empty;

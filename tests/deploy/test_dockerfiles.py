@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from .conftest import (DOCKERFILES, METRICS_PORTS, REPO, SERVICES, dockerfile_instructions, procfile, run,
-                       tool)
+from .conftest import DOCKERFILES, METRICS_PORTS, REPO, SERVICES, dockerfile_instructions, procfile, run, tool
 
 PYTHON_DOCKERFILES = {image: path for image, path in DOCKERFILES.items() if image != "postgres"}
 PINNED_PYTHON = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")
@@ -105,7 +104,7 @@ def test_image_runs_the_procfile_command(process):
 
 
 def test_grpcio_tools_pin_matches_the_development_one():
-    pin = re.search(r"^grpcio-tools==(\S+)$", (REPO / "requirements-dev.txt").read_text(), re.M).group(1)
+    pin = re.search(r"^grpcio-tools==(\S+)$", (REPO / "requirements-dev.txt").read_text(), re.MULTILINE).group(1)
     for path in PYTHON_DOCKERFILES.values():
         assert f"grpcio-tools=={pin}" in (REPO / path).read_text(), path
 
@@ -141,6 +140,6 @@ def test_postgres_image_carries_the_sql_in_order():
     instructions = dockerfile_instructions(REPO / DOCKERFILES["postgres"])
     assert re.fullmatch(r"postgres:15\.\d+-bookworm", instructions[0][1])
     assert ("COPY", "*.sql *.sh /docker-entrypoint-initdb.d/") in instructions
-    assert sorted(p.name for p in (REPO / "sql").glob("*.sql"))[0].startswith("01-")
+    assert min(p.name for p in (REPO / "sql").glob("*.sql")).startswith("01-")
     # The image runs an executable script, and sources one that is not (into its own shell).
     assert all(path.stat().st_mode & 0o111 for path in (REPO / "sql").glob("*.sh"))

@@ -68,9 +68,10 @@ def test_parent_triggers_one_child_per_service_on_its_changes():
         for source in SOURCES[name]:
             assert source in paths
         assert ("sql/**/*" in paths) == (name == "persistence-svc")
+        assert "ruff.toml" in paths  # the lint job's rules
         assert all(p.endswith("/**/*") or "/" not in p for p in paths), paths
     checks = parent["repository-checks"]
-    assert "pytest tests/deploy tests/unit" in checks["script"]
+    assert checks["script"] == ["ruff check .", "pytest tests/deploy tests/unit"]
 
 
 @pytest.mark.parametrize("service", sorted(CHILDREN))
@@ -110,9 +111,14 @@ def test_templates():
     assert deploy["script"] == ["sh deploy/ci/k8s-deploy.sh"]
     config = load_yaml(REPO / ".gitlab/agents" / agent / "config.yaml")
     assert config["ci_access"]["projects"][0]["id"]
+    lint = templates[".lint"]
+    # The project's rules from ruff.toml, as `make check` runs them, with the ruff it pins.
+    assert lint["script"][0] == 'ruff check "$SERVICE_DIR" chinook'
+    ruff_pin = re.search(r"^ruff==(\S+)$", (REPO / "requirements-dev.txt").read_text(), re.MULTILINE).group(1)
+    assert f"ruff=={ruff_pin}" in lint["before_script"][0].split()
     test = templates[".test"]
     assert {s["alias"] for s in test["services"]} == {"postgres", "redis", "rabbitmq"}
-    makefile_dirs = re.search(r"^SOURCE_DIRS := (.+)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
+    makefile_dirs = re.search(r"^SOURCE_DIRS := (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1).split()
     pythonpath = templates[".python"]["variables"]["PYTHONPATH"].split(":")
     assert pythonpath == [f"$CI_PROJECT_DIR{'' if d == '.' else '/' + d}" for d in makefile_dirs]
 
@@ -123,7 +129,7 @@ def test_public_images_agree_everywhere():
     text += "".join(p.read_text() for p in (REPO / "k8s").rglob("*.yaml"))
     compose = (REPO / "docker-compose.yml").read_text()
     python = re.search(r"PYTHON_IMAGE=(\S+)", (REPO / "services/gateway/Dockerfile").read_text()).group(1)
-    postgres = re.search(r"^FROM (\S+)", (REPO / "sql/Dockerfile").read_text(), re.M).group(1)
+    postgres = re.search(r"^FROM (\S+)", (REPO / "sql/Dockerfile").read_text(), re.MULTILINE).group(1)
     assert f"image: {postgres}" in compose
     found = re.findall(r"(?:image|name):\s*((?:python|postgres|redis|rabbitmq|adminer|mher/flower|ghcr\.io/\S+):[\w.-]+)", text)
     assert len(found) > 8

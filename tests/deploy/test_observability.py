@@ -30,7 +30,7 @@ ALERTS = {"ChinookAcceptToDurableSlow", "ChinookOldestPendingWriteTooOld", "Chin
 def promtool(*args, check=True) -> subprocess.CompletedProcess:
     path = shutil.which("promtool")
     assert path, "promtool is not installed: install Debian's prometheus package (.ci/run does)"
-    done = subprocess.run([path, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([path, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     if check:
         assert done.returncode == 0, f"promtool {' '.join(map(str, args))}:\n{done.stdout}\n{done.stderr}"
     return done
@@ -157,7 +157,7 @@ def test_compose_prometheus_scrapes_every_process(tmp_path):
 
 def test_compose_services_send_traces_to_jaeger():
     compose = load_yaml(REPO / "docker-compose.yml")["services"]
-    for process, (service, _, _) in SERVICES.items():
+    for service, _, _ in SERVICES.values():
         environment = compose[service]["environment"]
         assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317", service
         assert environment["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc", service
@@ -166,7 +166,7 @@ def test_compose_services_send_traces_to_jaeger():
 
 def test_generated_copies_are_current(tmp_path):
     done = subprocess.run([sys.executable, "-m", "deploy.observability.generate", "--root", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     for path in generate.generated():
         assert (tmp_path / path).read_bytes() == (REPO / path).read_bytes(), \

@@ -15,11 +15,30 @@ import pytest
 
 from chinook.celery_setup import task_queues
 from chinook.config import Settings
-from tests.support.broker import (DEFINITIONS_CONF, DEFINITIONS_SCRIPT, DEFINITIONS_TEMPLATE, definitions_template,
-                                  password_variables)
+from tests.support.broker import (
+    DEFINITIONS_CONF,
+    DEFINITIONS_SCRIPT,
+    DEFINITIONS_TEMPLATE,
+    definitions_template,
+    password_variables,
+)
 
-from .conftest import (K8S, REDIS_ACL_TEMPLATE, REPO, containers, env_file, find, kustomize, load_yaml,
-                       persistence_role, pod_spec, redis_acl_users, run, tool, workloads_of)
+from .conftest import (
+    K8S,
+    REDIS_ACL_TEMPLATE,
+    REPO,
+    containers,
+    env_file,
+    find,
+    kustomize,
+    load_yaml,
+    persistence_role,
+    pod_spec,
+    redis_acl_users,
+    run,
+    tool,
+    workloads_of,
+)
 
 COMPOSE_ENV = REPO / "deploy/compose"
 REDIS_START = K8S / "backing-services/redis-start.sh"
@@ -183,7 +202,7 @@ def start_redis(tmp_path, passwords: dict) -> tuple[subprocess.CompletedProcess,
     acl_file = tmp_path / "users.acl"
     env = {"PATH": os.environ["PATH"], "REDIS_ACL_FILE": str(acl_file), **passwords}
     done = subprocess.run(["sh", str(REDIS_START), "echo", "redis-server", "/etc/redis.conf"], env=env,
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
     return done, acl_file
 
 
@@ -196,7 +215,7 @@ def test_redis_start_writes_the_acl_with_hashes_only(tmp_path):
     lines = acl_file.read_text().splitlines()
     template = [line for line in REDIS_ACL_TEMPLATE.read_text().splitlines() if line.startswith("user ")]
     assert len(lines) == len(template)
-    for line, (name, user) in zip(lines, redis_acl_users().items()):
+    for line, (name, user) in zip(lines, redis_acl_users().items(), strict=True):
         digest = hashlib.sha256(passwords[user["password_variable"]].encode()).hexdigest()
         assert line.startswith(f"user {name} on #{digest} ") and "${" not in line
     assert not any(password in acl_file.read_text() for password in passwords.values())
@@ -265,7 +284,7 @@ def render_definitions(tmp_path, passwords: dict) -> tuple[subprocess.CompletedP
     env = {"PATH": os.environ["PATH"], "RABBITMQ_DEFINITIONS_FILE": str(definitions), **passwords}
     # -I -S: isolated from this virtual environment's packages, as in the broker's image.
     done = subprocess.run(["python3", "-I", "-S", str(DEFINITIONS_SCRIPT), "start", "echo", "rabbitmq-server"], env=env,
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
     return done, definitions
 
 

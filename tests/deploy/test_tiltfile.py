@@ -100,7 +100,7 @@ def test_every_path_it_names_exists(tilt):
         for step in kwargs.get("live_update", []):
             if step["tilt"] == "run":
                 named += [("trigger", p) for p in step.get("trigger", [])]
-    for args, kwargs in calls(tilt, "local_resource"):
+    for _, kwargs in calls(tilt, "local_resource"):
         named += [("deps", p) for p in kwargs.get("deps", [])]
     assert named
     for what, path in named:

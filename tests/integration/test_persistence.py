@@ -177,7 +177,7 @@ def test_duplications_of_a_table_run_one_after_the_other(db, role_db):
     def second():
         try:
             outcome["progress"] = list(repository.duplicate_rows(role_db, ALBUM, 2, "op-second"))
-        except Exception as exc:  # reported below, where the test can fail on it
+        except Exception as exc:  # noqa: BLE001 - reported below, where the test can fail on it
             outcome["error"] = exc
 
     thread = threading.Thread(target=second)

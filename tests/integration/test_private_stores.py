@@ -7,8 +7,7 @@ import kombu
 import psycopg2
 import redis
 
-from tests.support.stores import (PostgresServer, RabbitMQServer, RedisServer, alive, descendants,
-                                  port_open)
+from tests.support.stores import PostgresServer, RabbitMQServer, RedisServer, alive, descendants, port_open
 
 SHARED_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

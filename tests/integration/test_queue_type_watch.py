@@ -9,8 +9,14 @@ from urllib.parse import urlsplit
 import pytest
 from kombu import Connection, Queue
 
-from chinook.celery_setup import (DUPLICATE_QUEUE, WRITE_BACK_QUEUE, QueueMissing, QueueTypeWatch, make_celery,
-                                  task_queues)
+from chinook.celery_setup import (
+    DUPLICATE_QUEUE,
+    WRITE_BACK_QUEUE,
+    QueueMissing,
+    QueueTypeWatch,
+    make_celery,
+    task_queues,
+)
 from chinook.config import load_settings
 from tests.support.stack import Vhosts
 

@@ -12,7 +12,6 @@ from cache_svc.functions import ensure_loaded, primaries
 from cache_svc.store import LIBRARY, Acknowledged, Backpressure, LayoutError, RowStore, ShardRetired
 from chinook.entities import ENTITIES, new_claim_id
 
-
 SHARDS = 4
 
 
@@ -260,7 +259,7 @@ def test_values_are_stored_verbatim(store):
 def test_a_load_overtaken_by_another_fill_does_not_cache_its_stale_value(store):
     slow_token = store.begin_fill("album", [1])  # a reader starts loading version 7
     cache_row(store, version=7)  # another loader caches it first...
-    [version] = store.accept("album", [(1, {"title": "New"})])
+    store.accept("album", [(1, {"title": "New"})])
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.ack("album", [(1, claimed.version)], claim_id)  # ...it is written, flushed...
     store.redis.delete(store.row_key("album", 1))  # ...and evicted
@@ -421,7 +420,7 @@ def test_a_watermark_of_each_shard_follows_every_change_its_node_made_before(sto
             written.update({row_id: version for row_id, version in change["r"]})
     subscriber.close()
     assert set(watermarks) == set(range(SHARDS)) and beats == len(calls)
-    assert written == dict(zip(ids, versions))
+    assert written == dict(zip(ids, versions, strict=True))
 
 
 def test_changing_the_number_of_shards_is_refused_while_rows_are_pending(store):

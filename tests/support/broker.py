@@ -79,7 +79,7 @@ class DefinitionsRabbitMQ(ManagementRabbitMQ):
         env = {"PATH": os.environ["PATH"], "RABBITMQ_DEFINITIONS_FILE": str(self.definitions_file),
                **{password_variables()[user]: password for user, password in self.passwords.items()}}
         done = subprocess.run([sys.executable, str(DEFINITIONS_SCRIPT), "start", "true"], env=env,
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=30, check=False)
         if done.returncode:
             raise RuntimeError(f"rabbitmq-definitions.py failed: {done.stderr}")
         super().prepare()

@@ -26,7 +26,8 @@ def unshare_refusal() -> str | None:
     for tool in ("unshare", "ip"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
-    done = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True)
+    done = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True,
+                          check=False)
     if done.returncode:
         return f"`unshare -n` is not permitted here (it needs root): {done.stderr.strip()}"
     return None

@@ -278,13 +278,14 @@ class Stack:
     def launch(self, *names: str):
         """Starts processes without waiting for them to be ready."""
         for name in names or self.commands:
-            log = open(self.log_path(name), "ab")
-            self._log_offsets[name] = log.tell()
-            self.processes[name] = subprocess.Popen(
-                ["bash", "-c", f"exec {self.commands[name]}"], cwd=REPO_ROOT,
-                env={**self.env, **self.process_env.get(name, {})},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+            # The process writes to its own copy of the file; this one needs none.
+            with open(self.log_path(name), "ab") as log:
+                self._log_offsets[name] = log.tell()
+                self.processes[name] = subprocess.Popen(
+                    ["bash", "-c", f"exec {self.commands[name]}"], cwd=REPO_ROOT,
+                    env={**self.env, **self.process_env.get(name, {})},
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
 
     def signal(self, name: str, sig=signal.SIGTERM):
         os.killpg(self.processes[name].pid, sig)

@@ -22,14 +22,36 @@ from pathlib import Path
 import redis
 import redis.cluster
 
-from chinook.local_stores.servers import (READY_TIMEOUT_S, STOP_TIMEOUT_S, PostgresServer, PrivateServer,
-                                          RabbitMQServer, RedisServer, alive, descendants, free_ports, port_open,
-                                          tail)
+from chinook.local_stores.servers import (
+    READY_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    PostgresServer,
+    PrivateServer,
+    RabbitMQServer,
+    RedisServer,
+    alive,
+    descendants,
+    free_ports,
+    port_open,
+    tail,
+)
 
 __all__ = [  # the shared names the tests and bench/ import from here, and this module's own
-    "PostgresServer", "PrivateServer", "RabbitMQServer", "RedisServer", "alive", "descendants", "free_ports",
-    "port_open", "AclRedisServer", "ClusterNodeInfo", "RedisClusterNodeServer", "RedisClusterServer",
-    "free_cluster_ports", "parse_cluster_nodes", "port_free",
+    "AclRedisServer",
+    "ClusterNodeInfo",
+    "PostgresServer",
+    "PrivateServer",
+    "RabbitMQServer",
+    "RedisClusterNodeServer",
+    "RedisClusterServer",
+    "RedisServer",
+    "alive",
+    "descendants",
+    "free_cluster_ports",
+    "free_ports",
+    "parse_cluster_nodes",
+    "port_free",
+    "port_open",
 ]
 
 
@@ -239,7 +261,7 @@ class RedisClusterServer:
                    "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
         try:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout_s)
+                                  timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as expired:
             raise TimeoutError(f"redis-cli --cluster create took over {timeout_s} s:\n{expired.stdout}"
                                f"\n{self.log_tails()}") from None
@@ -254,7 +276,7 @@ class RedisClusterServer:
         for server in self.servers:
             try:
                 server.stop(timeout_s)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - raised below, once every node is down
                 server.kill()
                 errors.append(error)
         if errors:

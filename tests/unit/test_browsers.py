@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY, generate_latest
 
 from chinook.config import ConfigError, Settings
+from chinook.rate_limited_log import RateLimitedLog
 from gateway.app import create_app
 from gateway.auth import Access, digest
 from gateway.browsers import AllowedHosts
 from gateway.json_input import MAX_JSON_DEPTH, nested_deeper_than
-from chinook.rate_limited_log import RateLimitedLog
 from tests.unit.test_auth import BEARER, PASSED, TOKENS, UnavailableCache
 
 BULK = {"updates": [{"album_id": 1, "title": "x"}]}
@@ -191,8 +191,8 @@ def test_refusals_are_logged_once_a_window_per_address_and_status_without_the_to
         assert api.patch("/albums/1", json={"title": "x"}, headers=BEARER["read"]).status_code == 403
     lines = [record.getMessage() for record in caplog.records]
     assert lines == ["401 to GET '/albums/1' from 127.0.0.1: the bearer token is not valid",
-                     "403 to PATCH '/albums/1' from 127.0.0.1: PATCH /albums/<album_id> needs role writer; "
-                     "the token's role is reader"]
+                     ("403 to PATCH '/albums/1' from 127.0.0.1: PATCH /albums/<album_id> needs role writer; "
+                      "the token's role is reader")]
     assert "tests" not in caplog.text
 
 

@@ -17,8 +17,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chinook.cache.v1 import cache_pb2, cache_pb2_grpc
-from chinook.callers import (ALLOWED_CALLERS, CACHE_SERVICE, OPEN_SERVICES, PERSISTENCE_SERVICE, SERVICE_HOSTS,
-                             describe, dns_names, identity_of)
+from chinook.callers import (
+    ALLOWED_CALLERS,
+    CACHE_SERVICE,
+    OPEN_SERVICES,
+    PERSISTENCE_SERVICE,
+    SERVICE_HOSTS,
+    describe,
+    dns_names,
+    identity_of,
+)
 from chinook.config import load_settings
 from chinook.grpc_client import make_channel
 from chinook.grpc_server import CallerCheck, GrpcService, plaintext_refusal
@@ -147,7 +155,7 @@ def certs(tmp_path_factory):
     # the common name as the peer's identity, the check must not.
     ca_cert, ca_key = dev_certs.load_ca(folder)
     key = dev_certs.new_key()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")]))
             .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -239,10 +247,10 @@ def test_refusals_are_logged_once_per_caller_and_method_each_interval(caplog):
     assert lines == [
         "PERMISSION_DENIED: caller 'gateway' called /x/AckFlushed, which chinook/callers.py does not allow it",
         "PERMISSION_DENIED: caller 'gateway' called /x/DeadLetter, which chinook/callers.py does not allow it",
-        "PERMISSION_DENIED: a certificate of no single service [] called /x/AckFlushed, which chinook/callers.py "
-        "does not allow it",
-        "PERMISSION_DENIED: caller 'gateway' called /x/AckFlushed, which chinook/callers.py does not allow it "
-        "(501 more like it since the last line, not logged)",
+        ("PERMISSION_DENIED: a certificate of no single service [] called /x/AckFlushed, which chinook/callers.py "
+         "does not allow it"),
+        ("PERMISSION_DENIED: caller 'gateway' called /x/AckFlushed, which chinook/callers.py does not allow it "
+         "(501 more like it since the last line, not logged)"),
     ]
 
 

@@ -68,10 +68,10 @@ def test_targets_that_list_addresses(target, pairs):
 
 @pytest.mark.parametrize("env, message", [
     ({"CACHE_SVC_ADDR": "127.0.0.1:50051,127.0.0.1:50061"},
-     "CACHE_SVC_ADDR='127.0.0.1:50051,127.0.0.1:50061' lists several addresses without saying which kind: write "
-     "them as gRPC's target ipv4:127.0.0.1:50051,127.0.0.1:50061"),
-    ({"PERSISTENCE_SVC_ADDR": "a:1,b:1"}, r"PERSISTENCE_SVC_ADDR='a:1,b:1' .* ipv4:10.0.0.1:50051,10.0.0.2:50051 "
-                                          r"\(ipv6:.*addresses, not names\), or give one name"),
+     ("CACHE_SVC_ADDR='127.0.0.1:50051,127.0.0.1:50061' lists several addresses without saying which kind: write "
+      "them as gRPC's target ipv4:127.0.0.1:50051,127.0.0.1:50061")),
+    ({"PERSISTENCE_SVC_ADDR": "a:1,b:1"}, (r"PERSISTENCE_SVC_ADDR='a:1,b:1' .* ipv4:10.0.0.1:50051,10.0.0.2:50051 "
+                                           r"\(ipv6:.*addresses, not names\), or give one name")),
     ({"CACHE_SVC_ADDR": "ipv4:127.0.0.1:50051,cache-b:50051"},
      "CACHE_SVC_ADDR='ipv4:127.0.0.1:50051,cache-b:50051': 'cache-b:50051' is not an ipv4 address with a port"),
     ({"CACHE_SVC_ADDR": "ipv4:127.0.0.1"}, "'127.0.0.1' is not an ipv4 address with a port"),

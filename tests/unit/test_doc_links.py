@@ -90,9 +90,9 @@ def broken_links(path: Path, root: Path = REPO_ROOT) -> list[str]:
             problems.append(f"{where}: leads out of the repository")
         elif not destination.exists():
             problems.append(f"{where}: {destination.relative_to(root)} does not exist")
-        elif fragment and destination.suffix == ".md":
-            if fragment not in anchors(destination.read_text(encoding="utf-8")):
-                problems.append(f"{where}: no heading of {destination.relative_to(root)} has the anchor #{fragment}")
+        elif (fragment and destination.suffix == ".md"
+              and fragment not in anchors(destination.read_text(encoding="utf-8"))):
+            problems.append(f"{where}: no heading of {destination.relative_to(root)} has the anchor #{fragment}")
     return problems
 
 

@@ -35,8 +35,8 @@ def test_an_explicit_url_that_does_not_answer_is_a_problem_and_nothing_replaces_
     url = "postgresql://postgres@127.0.0.1:5433/chinook"
     needed, problems = plan(load_settings({"DATABASE_URL": url}), refusing(url, DEFAULT.broker_url))
     assert needed == [RABBITMQ]
-    assert problems == ["DATABASE_URL: nothing answers; start Postgres, e.g. `pg_ctlcluster 15 main start` "
-                        "or set DATABASE_URL"]
+    assert problems == [("DATABASE_URL: nothing answers; start Postgres, e.g. `pg_ctlcluster 15 main start` "
+                         "or set DATABASE_URL")]
 
 
 def test_an_explicit_url_that_answers_is_used_and_its_store_not_started():

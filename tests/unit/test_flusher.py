@@ -84,7 +84,7 @@ def test_a_hot_shard_does_not_starve_the_others():
     Flusher(store, publisher, SETTINGS).flush_once()
     # The first round takes a batch of the hot shard and the row of the other one.
     assert published_ids(publisher)[:2] == [[1, 2], [7]]
-    assert sorted(sum(published_ids(publisher), [])) == list(range(1, 8))
+    assert sorted(i for ids in published_ids(publisher) for i in ids) == list(range(1, 8))
 
 
 def test_ready_rows_of_other_shards_go_along_with_a_flush():

@@ -28,7 +28,8 @@ def certs(tmp_path_factory):
 
 
 def env_of(folder, **overrides):
-    env = dict(zip(VARIABLES, (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))))
+    files = (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))
+    env = dict(zip(VARIABLES, files, strict=True))
     return {**env, **overrides}
 
 
@@ -45,8 +46,8 @@ def test_all_three_give_credentials(certs):
 
 @pytest.mark.parametrize("given, message", [
     (("GRPC_TLS_CA_FILE",), "GRPC_TLS_CA_FILE is set but GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE are not"),
-    (("GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE"), "GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE are set but "
-                                                  "GRPC_TLS_CA_FILE is not"),
+    (("GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE"), ("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE are set but "
+                                                   "GRPC_TLS_CA_FILE is not")),
     (("GRPC_TLS_KEY_FILE",), "GRPC_TLS_KEY_FILE is set but GRPC_TLS_CA_FILE and GRPC_TLS_CERT_FILE are not"),
 ])
 def test_a_half_set_trio_names_what_is_missing(certs, given, message):

@@ -9,31 +9,42 @@ import os
 import random
 import sys
 import tempfile
+from typing import ClassVar
 
 # Prefork children write their metrics to files the main process serves; the folder
 # must be known before prometheus_client is first imported.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="worker-metrics-")
 
-from celery.signals import (  # noqa: E402
-    celeryd_after_setup, task_postrun, task_retry, worker_init, worker_process_init, worker_process_shutdown,
+from celery.signals import (
+    celeryd_after_setup,
+    task_postrun,
+    task_retry,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
     worker_ready,
 )
-from celery.worker.consumer import Consumer  # noqa: E402
-from kombu.transport.native_delayed_delivery import bind_queue_to_native_delayed_delivery_exchange  # noqa: E402
+from celery.worker.consumer import Consumer
+from kombu.transport.native_delayed_delivery import bind_queue_to_native_delayed_delivery_exchange
 
-from chinook import metrics, tracing  # noqa: E402
-from chinook.celery_setup import (  # noqa: E402
-    APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, WRITE_BACK_QUEUE, QueueTypeWatch, delay_in_whole_seconds,
+from chinook import metrics, tracing
+from chinook.celery_setup import (
+    APPLY_WRITES_TASK,
+    DUPLICATE_QUEUE,
+    DUPLICATE_ROWS_TASK,
+    WRITE_BACK_QUEUE,
+    QueueTypeWatch,
+    delay_in_whole_seconds,
     make_celery,
 )
-from chinook.config import ConfigError, read_tls_files, settings_or_exit  # noqa: E402
-from chinook.grpc_client import CacheClient, PersistenceClient  # noqa: E402
-from chinook.logs import configure_logging  # noqa: E402
-from chinook.tls import channel_credentials  # noqa: E402
+from chinook.config import ConfigError, read_tls_files, settings_or_exit
+from chinook.grpc_client import CacheClient, PersistenceClient
+from chinook.logs import configure_logging
+from chinook.tls import channel_credentials
 
-from . import jobs  # noqa: E402
-from .task_arguments import MalformedTask, check_apply_writes, check_duplicate_rows  # noqa: E402
+from . import jobs
+from .task_arguments import MalformedTask, check_apply_writes, check_duplicate_rows
 
 settings = settings_or_exit()
 app = make_celery("worker", settings)
@@ -56,7 +67,8 @@ class PredeclaredConsumer(Consumer):
     BROKER_PREDECLARED the broker's definitions did, and this worker's account may not."""
 
     class Blueprint(Consumer.Blueprint):
-        default_steps = [step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
+        default_steps: ClassVar[list[str]] = [
+            step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
 
 
 if settings.broker_predeclared:
@@ -79,9 +91,9 @@ class HeldBack:
     """Queues RabbitMQ refused at start with BROKER_QUEUE_TYPE (a queue of that name has the
     other type), until an operator migrates them, and those of them this worker consumes."""
 
-    watch: QueueTypeWatch | None = None
-    refused: list[str] = []
-    consumed: list[str] = []
+    watch: ClassVar[QueueTypeWatch | None] = None
+    refused: ClassVar[list[str]] = []
+    consumed: ClassVar[list[str]] = []
 
 
 @celeryd_after_setup.connect
@@ -166,8 +178,8 @@ def count_handled(sender=None, state=None, **_):
 # rows are still dirty in the cache, and their lease brings them back. A malformed task
 # fails at once, an expected failure (logged without a traceback): retrying it would
 # change nothing.
-RETRY = dict(autoretry_for=(jobs.TransientError,), max_retries=8, retry_backoff=1, retry_backoff_max=30,
-             retry_jitter=True, throws=(MalformedTask,))
+RETRY = {"autoretry_for": (jobs.TransientError,), "max_retries": 8, "retry_backoff": 1, "retry_backoff_max": 30,
+         "retry_jitter": True, "throws": (MalformedTask,)}
 
 
 def refuse_malformed(task, check, *arguments):

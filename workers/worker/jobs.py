@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 
 import grpc
 
-
 log = logging.getLogger(__name__)
 
 # Codes worth another try later; anything else will fail the same way again.

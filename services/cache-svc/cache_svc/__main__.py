@@ -21,9 +21,8 @@ from .flusher import Flusher
 from .functions import ensure_loaded
 from .publisher import TaskPublisher
 from .servicer import CacheServicer
-from .store import LIBRARY, LayoutError, RowStore
+from .store import LIBRARY, RowStore
 from .writeback import WriteBack
-
 
 DEFAULT_METRICS_PORT = 9101
 # Whose certificate it presents under GRPC_TLS_DIR, and who it is to the servers it calls.

@@ -249,8 +249,7 @@ class HeartbeatPublisher:
                 # Ten calls a second, for ever: spans of them would drown the requests'.
                 with tracing.untraced():
                     self.store.heartbeat()
-            except Exception as exc:
-                # The thread outlives any failure: the next round tries again.
+            except Exception as exc:  # noqa: BLE001 - the thread outlives any failure: the next round tries again
                 if not failing:
                     log.warning("cannot publish the near caches' watermarks (%s: %s); reads presenting a "
                                 "consistency token go through cache-svc until they are published again",

@@ -94,7 +94,7 @@ class Flusher:
             try:
                 self.flush_once()
                 backoff = self.poll_s
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the thread outlives any failure: it backs off and tries again
                 backoff = min(max(backoff * 2, 0.5), 10)
                 log.warning("cannot schedule write-back tasks (%s: %s); rows stay pending, retrying in %.1f s",
                             type(exc).__name__, exc, backoff)

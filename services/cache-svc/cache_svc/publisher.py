@@ -1,7 +1,12 @@
 """Publishes Celery tasks; the cache service never imports the workers' code."""
 
 from chinook.celery_setup import (
-    APPLY_WRITES_TASK, DUPLICATE_QUEUE, DUPLICATE_ROWS_TASK, WRITE_BACK_QUEUE, QueueTypeWatch, make_celery,
+    APPLY_WRITES_TASK,
+    DUPLICATE_QUEUE,
+    DUPLICATE_ROWS_TASK,
+    WRITE_BACK_QUEUE,
+    QueueTypeWatch,
+    make_celery,
 )
 
 # Tries to reach RabbitMQ at start; reads must not wait for the broker.

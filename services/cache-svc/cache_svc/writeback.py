@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from chinook import metrics, tracing
 from chinook.entities import (
-    ENTITIES, Entity, ValidationError, get_entity, parse_claim, parse_id, parse_json, parse_version,
+    ENTITIES,
+    Entity,
+    ValidationError,
+    get_entity,
+    parse_claim,
+    parse_id,
+    parse_json,
+    parse_version,
 )
 
 from .store import Backpressure, CachedRow, DeadLetter, RowState, RowStore
@@ -140,7 +147,7 @@ class WriteBack:
             except ValidationError as exc:
                 outcomes[index] = ReadOutcome(error=exc)
         cached = self.store.get_many([(entity.name, row_id) for _, entity, row_id in valid])
-        for (index, entity, row_id), row in zip(valid, cached):
+        for (index, entity, row_id), row in zip(valid, cached, strict=True):
             try:
                 outcomes[index] = ReadOutcome(result=self._read(entity, row_id, row))
             except NotFound as exc:
@@ -184,7 +191,7 @@ class WriteBack:
         return [
             (self.store.merge(entity.name, [(row_id, fields)])[0] if row and row.partial else row)
             or CachedRow(row_id, {k: str(v) for k, v in fields.items() if v is not None}, version)
-            for row, (row_id, fields, version) in zip(cached, loaded)
+            for row, (row_id, fields, version) in zip(cached, loaded, strict=True)
         ]
 
     def _completed(self, entity: Entity, rows: list[CachedRow]) -> list[CachedRow]:
@@ -254,7 +261,7 @@ class WriteBack:
             items = [item for position, item in enumerate(items) if position not in refused]
             accepted = self._accept_each(entity, [(row_id, fields) for _, row_id, fields in items],
                                          [links[index] for index, _, _ in items] if links else None)
-            for (index, _, _), outcome in zip(items, accepted):
+            for (index, _, _), outcome in zip(items, accepted, strict=True):
                 outcomes[index] = outcome
         return outcomes
 
@@ -263,11 +270,11 @@ class WriteBack:
         outcomes = [UpdateOutcome()] * len(updates)
         todo = list(range(len(updates)))
         # Rows not cached are loaded and tried again, as in _accept.
-        for attempt in range(3):
+        for _ in range(3):
             results = self.store.accept_each(entity.name, [updates[i] for i in todo],
                                              [links[i] for i in todo] if links else None)
             uncached = []
-            for i, (version, row) in zip(todo, results):
+            for i, (version, row) in zip(todo, results, strict=True):
                 if version > 0:
                     outcomes[i] = UpdateOutcome(row=row)
                 elif version == -2:
@@ -369,7 +376,7 @@ class WriteBack:
                 raise NotFound(f"{entity.name} {missing[0]} not found")
             retry_links = [links[i] for i in retry] if links else None
             retried = self.store.accept(entity.name, [updates[i] for i in retry], links=retry_links)
-            for i, version in zip(retry, retried):
+            for i, version in zip(retry, retried, strict=True):
                 versions[i] = version
         raise RuntimeError(f"{entity.name} rows keep vanishing from the cache while being updated")
 

@@ -12,7 +12,7 @@ import threading
 
 
 class _Batch:
-    __slots__ = ("items", "results", "error", "full", "done")
+    __slots__ = ("done", "error", "full", "items", "results")
 
     def __init__(self):
         self.items = []
@@ -65,7 +65,7 @@ class CallBatcher:
                 self._open = None
         try:
             batch.results = self._send(batch.items)
-        except Exception as exc:  # every request of the batch gets the call's error
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the call's error
             batch.error = exc
         finally:
             batch.done.set()

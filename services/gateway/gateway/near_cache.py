@@ -40,7 +40,7 @@ WRITTEN_CHUNK = 1000
 
 
 class Entry:
-    __slots__ = ("version", "state", "body")
+    __slots__ = ("body", "state", "version")
 
     def __init__(self, version: int, state: str, body: bytes):
         self.version, self.state, self.body = version, state, body
@@ -49,7 +49,7 @@ class Entry:
 class Reservation:
     """A read or write in flight for a row, and the newest change of it seen meanwhile."""
 
-    __slots__ = ("version", "state")
+    __slots__ = ("state", "version")
 
     def __init__(self):
         self.version, self.state = 0, None

@@ -20,7 +20,6 @@ from psycopg2 import sql
 from chinook.config import redact_url, settings_or_exit
 from chinook.logs import configure_logging
 
-
 SQL_DIR = Path(__file__).resolve().parents[3] / "sql"
 log = logging.getLogger("initdb")
 
