@@ -302,7 +302,7 @@ def table(results: dict) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for index, line in enumerate(lines):
-        out.append("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) + " |")
+        out.append("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + " |")
         if index == 0:
             out.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
     return "\n".join(out)
@@ -348,7 +348,7 @@ def plot(results: dict, path):
 
 def _plot_main(results: dict, top, bottom):
     sizes = [b["n"] for b in cold(results) if b["headline"]] or [cold(results)[0]["n"]]
-    for axis, n in zip(top[:2], (sizes + sizes)[:2], strict=True):
+    for axis, n in zip(top[:2], (sizes + sizes)[:2], strict=False):
         runs = [b for b in results["b1"] if b["n"] == n]
         for b1 in runs:
             series, warm = b1["series"], b1["cache"] == "warm"
@@ -392,7 +392,7 @@ def _plot_main(results: dict, top, bottom):
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3, which="both")
 
-    for axis, mix in zip(bottom[:2], ("uniform", "hot"), strict=True):
+    for axis, mix in zip(bottom[:2], ("uniform", "hot"), strict=False):
         b2 = results["b2"].get(mix)
         if b2:
             _cdf(axis, b2["system"], "write-back (gateway)", "-")
@@ -427,12 +427,12 @@ def _plot_b6(results: dict, axes):
             components += [n for n in config["summary"][key] if n not in components and n != "all"]
     # One colour per component in both panels; tab10 has more colours than there are components.
     colors = dict(zip(components, plt.get_cmap("tab10").colors, strict=False))
-    for axis, (key, unit, title) in zip(axes, panels, strict=True):
+    for axis, (key, unit, title) in zip(axes, panels, strict=False):
         bottom = [0.0] * len(configs)
         for component in components:
             values = [config["summary"][key].get(component, 0) for config in configs]
             axis.bar(names, values, bottom=bottom, label=component, color=colors[component])
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+            bottom = [b + v for b, v in zip(bottom, values, strict=False)]
         axis.tick_params(axis="x", labelsize=7)
         axis.set_title(title, fontsize=10)
         axis.set_ylabel(unit)

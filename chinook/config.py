@@ -276,7 +276,7 @@ def tls_paths(settings: Settings, identity: str | None = None) -> TlsPaths | Non
                           "GRPC_TLS_*_FILE variables")
     paths = [str(Path(settings.grpc_tls_dir) / identity / name) for name in TLS_DIR_FILES]
     return TlsPaths(*paths, labels=tuple(f"{path!r} (GRPC_TLS_DIR's {identity}/{name})"
-                                         for path, name in zip(paths, TLS_DIR_FILES, strict=True)))
+                                         for path, name in zip(paths, TLS_DIR_FILES, strict=False)))
 
 
 def _tls_configured(settings: Settings) -> bool:
@@ -308,7 +308,7 @@ def read_tls_files(settings: Settings, identity: str | None = None) -> TlsFiles 
     texts = []
     for path, label, marker, kind in zip(paths.files, paths.labels,
                                          (b"-----BEGIN CERTIFICATE-----",) * 2 + (b"PRIVATE KEY-----",),
-                                         ("certificate", "certificate", "private key"), strict=True):
+                                         ("certificate", "certificate", "private key"), strict=False):
         try:
             texts.append(Path(path).read_bytes())
         except OSError as exc:

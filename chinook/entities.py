@@ -158,13 +158,13 @@ class Entity:
         if any(len(columns[n]) != count for n in names):
             raise ValidationError(f"{where}: the arrays {', '.join(names)} must have the same length")
         values = [columns[n] for n in self.column_names]
-        rows = [(row_id, version, dict(zip(self.column_names, row, strict=True)))
-                for row_id, version, *row in zip(columns["id"], columns["version"], *values, strict=True)]
+        rows = [(row_id, version, dict(zip(self.column_names, row, strict=False)))
+                for row_id, version, *row in zip(columns["id"], columns["version"], *values, strict=False)]
         unset = columns.get("unset")
         if unset is not None:
             if not isinstance(unset, list) or len(unset) != count:
                 raise ValidationError(f"{where}: unset must be a list of column lists, one per row")
-            for (_, _, fields), names in zip(rows, unset, strict=True):
+            for (_, _, fields), names in zip(rows, unset, strict=False):
                 if not isinstance(names, list) or not all(name in self.column_names for name in names):
                     raise ValidationError(f"{where}: unset lists unknown columns: {names}")
                 for name in names:

@@ -121,7 +121,7 @@ class PersistenceClient(_Client):
                 persistence_pb2.GetVersionsRequest(entity=entity, ids=ids[start:start + self.chunk * 4]),
                 timeout=self.timeout_s,
             )
-            versions.update(zip(response.ids, response.versions, strict=True))
+            versions.update(zip(response.ids, response.versions, strict=False))
         return versions
 
     def apply_writes(self, entity: str, rows: list) -> persistence_pb2.ApplyWritesResponse:

@@ -252,7 +252,7 @@ def accept_spans(entities: list[str], ids: list[int], carriers: list):
     batch = trace.get_current_span().get_span_context()
     spans = []
     try:
-        for entity, row_id, carrier in zip(entities, ids, carriers, strict=True):
+        for entity, row_id, carrier in zip(entities, ids, carriers, strict=False):
             parent = propagate.extract(carrier) if carrier else None
             request = trace.get_current_span(parent).get_span_context() if parent is not None else None
             own_trace = request is not None and request.is_valid and request.trace_id != batch.trace_id

@@ -615,7 +615,7 @@ def render_data(rows: dict[str, list[Row]], source: str) -> str:
         for batch in chunks(table_rows, ROWS_PER_INSERT):
             lines.append(f"INSERT INTO {table.name} ({columns}) VALUES")
             values = ["(" + ", ".join(sql_literal(v, c)
-                                      for v, c in zip(row, table.columns, strict=True)) + ")"
+                                      for v, c in zip(row, table.columns, strict=False)) + ")"
                       for row in batch]
             lines.append(",\n".join(values) + ";")
         lines.append("")

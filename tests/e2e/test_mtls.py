@@ -34,7 +34,7 @@ TLS_SETTINGS = (*TLS_VARIABLES, "GRPC_TLS_DIR")
 
 def tls_env(folder: Path) -> dict[str, str]:
     files = (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))
-    return dict(zip(TLS_VARIABLES, files, strict=True))
+    return dict(zip(TLS_VARIABLES, files, strict=False))
 
 
 @pytest.fixture(scope="module")

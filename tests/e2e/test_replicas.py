@@ -221,7 +221,7 @@ class Client:
 
 def wait_for_requests(clients, count, timeout_s=60):
     targets = [client.requests + count for client in clients]
-    eventually(lambda: all(c.requests >= t or c.failures for c, t in zip(clients, targets, strict=True)),
+    eventually(lambda: all(c.requests >= t or c.failures for c, t in zip(clients, targets, strict=False)),
                f"the clients did not send {count} more requests each", timeout_s)
 
 

@@ -50,7 +50,7 @@ class DataState:
         with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)
-            return {key: row for key, row in zip(keys, pipe.execute(), strict=True) if row}
+            return {key: row for key, row in zip(keys, pipe.execute(), strict=False) if row}
 
     def differences(self, before: dict, after: dict) -> list[str]:
         found = [f"{name}: {before[name]!r} -> {after[name]!r}"

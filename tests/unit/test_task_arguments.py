@@ -16,7 +16,7 @@ MAX_ATTEMPTS = 5
 
 
 def check(**changes):
-    arguments = dict(zip(("entity", "rows", "claim", "refusals", "links", "links_dropped"), VALID, strict=True))
+    arguments = dict(zip(("entity", "rows", "claim", "refusals", "links", "links_dropped"), VALID, strict=False))
     check_apply_writes(**{**arguments, **changes}, max_attempts=MAX_ATTEMPTS)
 
 

@@ -29,7 +29,7 @@ def certs(tmp_path_factory):
 
 def env_of(folder, **overrides):
     files = (str(folder / "ca.pem"), str(folder / "dev.pem"), str(folder / "dev-key.pem"))
-    env = dict(zip(VARIABLES, files, strict=True))
+    env = dict(zip(VARIABLES, files, strict=False))
     return {**env, **overrides}
 
 

@@ -146,7 +146,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             outcomes = self.write_back.get_each([(k.entity, k.id) for k in request.keys])
             return cache_pb2.GetRowsResponse(results=[
                 _row_result(k.id, k.entity, o.result and o.result.row, o.error, o.result and o.result.cache_hit)
-                for k, o in zip(request.keys, outcomes, strict=True)
+                for k, o in zip(request.keys, outcomes, strict=False)
             ])
 
     def UpdateRows(self, request, context):
@@ -159,7 +159,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             else:
                 outcomes = self.write_back.update_each(patches)
             return cache_pb2.UpdateRowsResponse(results=[
-                _row_result(p.id, p.entity, o.row, o.error) for p, o in zip(request.patches, outcomes, strict=True)
+                _row_result(p.id, p.entity, o.row, o.error) for p, o in zip(request.patches, outcomes, strict=False)
             ])
 
     def WatchChanges(self, request, context):
@@ -195,7 +195,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     def RandomizeAlbumTitles(self, request, context):
         with status_codes(context):
             ids, versions = self.write_back.randomize_album_titles()
-            rows = ([cache_pb2.RowVersion(id=i, version=v) for i, v in zip(ids, versions, strict=True)]
+            rows = ([cache_pb2.RowVersion(id=i, version=v) for i, v in zip(ids, versions, strict=False)]
                     if request.include_rows else [])
             return cache_pb2.BulkUpdateResponse(accepted=len(versions), rows=rows,
                                                 max_version=max(versions, default=0))

@@ -554,7 +554,7 @@ def _parse_dead_letter(entity: str, row_id, raw: str) -> DeadLetter:
 
 
 def _pairs_to_dict(flat: list) -> dict:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+    return dict(zip(flat[::2], flat[1::2], strict=False))
 
 
 NULL = "\0"
@@ -713,7 +713,7 @@ class RowStore:
                         raise
                     retry += positions
                     continue
-                for i, reply in zip(positions, node_replies, strict=True):
+                for i, reply in zip(positions, node_replies, strict=False):
                     if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.ClusterDownError,
                                           redis.exceptions.TryAgainError)) and self.cluster and not last:
                         retry.append(i)
@@ -764,7 +764,7 @@ class RowStore:
                 if isinstance(replicas, Exception):
                     raise replicas
                 confirmed = replicas if confirmed is None else min(confirmed, replicas)
-            for i, reply in zip(todo, round_replies, strict=True):
+            for i, reply in zip(todo, round_replies, strict=False):
                 replies[i] = reply
             todo = [i for i in todo if isinstance(replies[i], redis.ResponseError)
                     and str(replies[i]).startswith(NOT_FOUND)]
@@ -862,7 +862,7 @@ class RowStore:
             for entity, row_id in keys:
                 pipe.hgetall(self.row_key(entity, row_id))
             found = pipe.execute()
-        return [_parse_hash(row_id, raw) if raw else None for (_, row_id), raw in zip(keys, found, strict=True)]
+        return [_parse_hash(row_id, raw) if raw else None for (_, row_id), raw in zip(keys, found, strict=False)]
 
     def _chunked_calls(self, ids: list, size: int, call) -> tuple[list, list]:
         """call(shard, chunk of positions) -> (script, keys, args) for every chunk of
@@ -905,8 +905,8 @@ class RowStore:
 
         calls, chunks = self._chunked_calls([row_id for row_id, _, _ in rows], CHUNK, call)
         cached = [None] * len(rows)
-        for chunk, out in zip(chunks, self._eval_many(calls), strict=True):
-            for i, raw in zip(chunk, out, strict=True):
+        for chunk, out in zip(chunks, self._eval_many(calls), strict=False):
+            for i, raw in zip(chunk, out, strict=False):
                 cached[i] = _parse_hash(rows[i][0], _pairs_to_dict(raw)) if raw else None
         return cached
 
@@ -923,8 +923,8 @@ class RowStore:
 
         calls, chunks = self._chunked_calls([row_id for row_id, _ in rows], CHUNK, call)
         merged = [None] * len(rows)
-        for chunk, out in zip(chunks, self._eval_many(calls), strict=True):
-            for i, raw in zip(chunk, out, strict=True):
+        for chunk, out in zip(chunks, self._eval_many(calls), strict=False):
+            for i, raw in zip(chunk, out, strict=False):
                 merged[i] = _parse_hash(rows[i][0], _pairs_to_dict(raw)) if raw else None
         return merged
 
@@ -970,7 +970,7 @@ class RowStore:
             raise
         results = [None] * len(updates)
         width = 2 if reply else 1
-        for chunk, out in zip(chunks, replies, strict=True):
+        for chunk, out in zip(chunks, replies, strict=False):
             *out, shard_pending = out
             self._shard_pending[self.shard_of(updates[chunk[0]][0])] = shard_pending
             for n, i in enumerate(chunk):
@@ -984,7 +984,7 @@ class RowStore:
         where it would exceed the pending limit. links as in _run_accept."""
         return [(version, _parse_hash(row_id, _pairs_to_dict(raw)) if version > 0 else None)
                 for (row_id, _), (version, raw)
-                in zip(updates, self._run_accept(entity, updates, True, {}, links), strict=True)]
+                in zip(updates, self._run_accept(entity, updates, True, {}, links), strict=False)]
 
     def accept(self, entity: str, updates: list[tuple[int, dict]], bases: dict | None = None,
                links: list | None = None) -> list[int]:
@@ -1015,12 +1015,12 @@ class RowStore:
                    *self.entities])
                  for shard in shards]
         claims = []
-        for shard, (pending, ready, *claimed) in zip(shards, self._eval_many(calls), strict=True):
+        for shard, (pending, ready, *claimed) in zip(shards, self._eval_many(calls), strict=False):
             self._shard_pending[shard] = pending
             rows = {}
-            for name, flat in zip(claimed[::2], claimed[1::2], strict=True):
+            for name, flat in zip(claimed[::2], claimed[1::2], strict=False):
                 rows[name] = []
-                for row_id, raw in zip(flat[::2], flat[1::2], strict=True):
+                for row_id, raw in zip(flat[::2], flat[1::2], strict=False):
                     values = _pairs_to_dict(raw)
                     row = _parse_hash(int(row_id), values)
                     rows[name].append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1)),
@@ -1076,7 +1076,7 @@ class RowStore:
         dead_letters = 0
         for entities, dead in self._shard_statuses():
             dead_letters += dead
-            for name, (count, oldest) in zip(self.entities, entities, strict=True):
+            for name, (count, oldest) in zip(self.entities, entities, strict=False):
                 total, first = pending[name]
                 if oldest is not None and (first is None or oldest < first):
                     first = oldest
@@ -1089,7 +1089,7 @@ class RowStore:
         statuses = []
         for shard, (*flat, dead) in enumerate(self._eval_many(calls)):
             entities = [(int(count), float(oldest) if oldest is not None else None)
-                        for count, oldest in zip(flat[::2], flat[1::2], strict=True)]
+                        for count, oldest in zip(flat[::2], flat[1::2], strict=False)]
             self._shard_pending[shard] = sum(count for count, _ in entities)
             statuses.append((entities, dead))
         return statuses

@@ -147,7 +147,7 @@ class WriteBack:
             except ValidationError as exc:
                 outcomes[index] = ReadOutcome(error=exc)
         cached = self.store.get_many([(entity.name, row_id) for _, entity, row_id in valid])
-        for (index, entity, row_id), row in zip(valid, cached, strict=True):
+        for (index, entity, row_id), row in zip(valid, cached, strict=False):
             try:
                 outcomes[index] = ReadOutcome(result=self._read(entity, row_id, row))
             except NotFound as exc:
@@ -191,7 +191,7 @@ class WriteBack:
         return [
             (self.store.merge(entity.name, [(row_id, fields)])[0] if row and row.partial else row)
             or CachedRow(row_id, {k: str(v) for k, v in fields.items() if v is not None}, version)
-            for row, (row_id, fields, version) in zip(cached, loaded, strict=True)
+            for row, (row_id, fields, version) in zip(cached, loaded, strict=False)
         ]
 
     def _completed(self, entity: Entity, rows: list[CachedRow]) -> list[CachedRow]:
@@ -261,7 +261,7 @@ class WriteBack:
             items = [item for position, item in enumerate(items) if position not in refused]
             accepted = self._accept_each(entity, [(row_id, fields) for _, row_id, fields in items],
                                          [links[index] for index, _, _ in items] if links else None)
-            for (index, _, _), outcome in zip(items, accepted, strict=True):
+            for (index, _, _), outcome in zip(items, accepted, strict=False):
                 outcomes[index] = outcome
         return outcomes
 
@@ -274,7 +274,7 @@ class WriteBack:
             results = self.store.accept_each(entity.name, [updates[i] for i in todo],
                                              [links[i] for i in todo] if links else None)
             uncached = []
-            for i, (version, row) in zip(todo, results, strict=True):
+            for i, (version, row) in zip(todo, results, strict=False):
                 if version > 0:
                     outcomes[i] = UpdateOutcome(row=row)
                 elif version == -2:
@@ -376,7 +376,7 @@ class WriteBack:
                 raise NotFound(f"{entity.name} {missing[0]} not found")
             retry_links = [links[i] for i in retry] if links else None
             retried = self.store.accept(entity.name, [updates[i] for i in retry], links=retry_links)
-            for i, version in zip(retry, retried, strict=True):
+            for i, version in zip(retry, retried, strict=False):
                 versions[i] = version
         raise RuntimeError(f"{entity.name} rows keep vanishing from the cache while being updated")
 

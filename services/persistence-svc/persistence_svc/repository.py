@@ -63,7 +63,7 @@ def get_rows(db, entity: Entity, ids: list[int]) -> list[StoredRow]:
         cur.execute(query, (list(ids),))
         records = cur.fetchall()
     names = entity.column_names
-    return [StoredRow(r[0], dict(zip(names, r[1:-1], strict=True)), r[-1]) for r in records]
+    return [StoredRow(r[0], dict(zip(names, r[1:-1], strict=False)), r[-1]) for r in records]
 
 
 def _keep(column: str) -> str:
