@@ -42,7 +42,7 @@ def shard_map(cluster, store) -> ShardMap:
     masters = {node.id: node for node in nodes if node.role == "master" and node.slots}
     shards = {master_id: set() for master_id in masters}
     for shard in range(store.shards):
-        slot = store.redis.keyslot(store.stats_key(shard))
+        slot = store.redis.keyslot(store.keys.stats_key(shard))
         shards[next(master.id for master in masters.values() if master.serves(slot))].add(shard)
     return ShardMap(masters, {node.master_id: node for node in nodes if node.master_id in masters},
                     {master_id: frozenset(found) for master_id, found in shards.items()})
@@ -65,7 +65,7 @@ def busiest_master(store, shards: ShardMap) -> Target:
     with store.redis.pipeline(transaction=False) as pipe:
         for shard in range(store.shards):
             for entity in store.entities:
-                pipe.zcard(store.pending_key(shard, entity))
+                pipe.zcard(store.keys.pending_key(shard, entity))
         counts = pipe.execute()
     per_shard = [sum(counts[shard * len(store.entities):(shard + 1) * len(store.entities)])
                  for shard in range(store.shards)]
@@ -260,7 +260,7 @@ def test_sigkill_of_the_busiest_master_without_replica_confirmation_shows_what_i
            describe(fault, workload))
     # Loss is the price shown here, not a failure; but only rows the killed master held can be lost.
     assert fault.bulk_acknowledged, "the bulk was not acknowledged while the replica lagged"
-    elsewhere = sorted(row_id for row_id in lost if cluster_store.shard_of(row_id) not in fault.target.shards)
+    elsewhere = sorted(row_id for row_id in lost if cluster_store.keys.shard_of(row_id) not in fault.target.shards)
     assert not elsewhere, f"rows of shards the killed master did not hold were lost: {elsewhere[:10]}"
 
 

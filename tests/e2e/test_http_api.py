@@ -165,10 +165,10 @@ def test_a_bulk_accepts_rows_not_cached_without_reading_them_and_reads_complete_
     before = dict(api.sql("SELECT album_id, artist_id FROM album WHERE album_id = ANY(%s)", (ids,)))
     store = stack.row_store()
     cache = store.redis
-    cache.delete(*[store.row_key("album", i) for i in ids])
+    cache.delete(*[store.keys.row_key("album", i) for i in ids])
     response = api.post("/albums/bulk", json={"updates": [{"album_id": i, "title": f"cold {i}"} for i in ids]})
     assert response.status_code == 202
-    assert cache.hget(store.row_key("album", 200), "_partial") == "1"
+    assert cache.hget(store.keys.row_key("album", 200), "_partial") == "1"
     # A single update of a partial row leaves it partial; a read completes it.
     assert api.patch("/albums/201", json={"title": "cold, then patched"}).status_code == 202
     assert api.get("/albums/201").json() == {"album_id": 201, "title": "cold, then patched", "artist_id": before[201]}

@@ -129,7 +129,7 @@ def test_a_refused_write_is_a_dead_letter_since_postgres_refused_it(held, poison
 def test_a_row_the_cache_does_not_hold_is_absent_and_stays_so(held):
     _, api, store = held
     api.flush()
-    store.redis.delete(store.row_key("artist", 265))  # as an eviction would
+    store.redis.delete(store.keys.row_key("artist", 265))  # as an eviction would
     body = inspect(api, "artist", 265)
     assert body == {
         "entity": "artist", "id": 265,
@@ -146,7 +146,7 @@ def test_a_row_the_cache_does_not_hold_is_absent_and_stays_so(held):
 def test_a_bulk_write_of_a_row_not_cached_is_partial(held):
     _, api, store = held
     api.flush()
-    store.redis.delete(store.row_key("album", 266))
+    store.redis.delete(store.keys.row_key("album", 266))
     assert api.post("/albums/bulk", json={"updates": [{"album_id": 266, "title": "Bulk"}]}).status_code == 202
     body = inspect(api, "album", 266)
     assert body["cache"] | {"since": None, "version": None} == {

@@ -32,7 +32,7 @@ from kombu.transport.native_delayed_delivery import (
 )
 
 from cache_svc.__main__ import check_durability
-from cache_svc.store import LIBRARY
+from cache_svc.functions import LIBRARY
 from chinook.celery_setup import (
     APPLY_WRITES_TASK,
     DUPLICATE_QUEUE,

@@ -8,8 +8,9 @@ import pytest
 from redis.crc import key_slot
 
 from cache_svc import redis_clients
-from cache_svc.functions import ensure_loaded, primaries
-from cache_svc.store import LIBRARY, Acknowledged, Backpressure, LayoutError, RowStore, ShardRetired
+from cache_svc.functions import LIBRARY, ensure_loaded, primaries
+from cache_svc.keys import LayoutError, ShardRetired
+from cache_svc.store import Acknowledged, Backpressure, RowStore
 from chinook.entities import ENTITIES, new_claim_id
 
 SHARDS = 4
@@ -56,12 +57,12 @@ def pending(store, entity="album"):
 def bookkeeping(store, row_id=1, entity="album"):
     """Everything the cache keeps of a row and its shard: the row's hash and TTL, the due and
     pending sets with their scores, the dead letters and the counters."""
-    shard, client = store.shard_of(row_id), store.redis
-    key = store.row_key(entity, row_id)
+    shard, client = store.keys.shard_of(row_id), store.redis
+    key = store.keys.row_key(entity, row_id)
     return (client.hgetall(key), client.ttl(key),
-            client.zrange(store.due_key(shard, entity), 0, -1, withscores=True),
-            client.zrange(store.pending_key(shard, entity), 0, -1, withscores=True),
-            client.hgetall(store.dead_key(shard, entity)), client.hgetall(store.stats_key(shard)))
+            client.zrange(store.keys.due_key(shard, entity), 0, -1, withscores=True),
+            client.zrange(store.keys.pending_key(shard, entity), 0, -1, withscores=True),
+            client.hgetall(store.keys.dead_key(shard, entity)), client.hgetall(store.keys.stats_key(shard)))
 
 
 def cache_row(store, row_id=1, title="Old", version=7):
@@ -73,7 +74,7 @@ def test_fill_caches_clean_rows_with_the_ttl(store):
     cache_row(store)
     row = store.get("album", 1)
     assert (row.fields, row.version, row.dirty) == ({"title": "Old", "artist_id": "1"}, 7, False)
-    assert 3590 < store.redis.ttl(store.row_key("album", 1)) <= 3600
+    assert 3590 < store.redis.ttl(store.keys.row_key("album", 1)) <= 3600
 
 
 def test_fill_never_overwrites_a_cached_row(store):
@@ -89,7 +90,7 @@ def test_accept_is_dirty_versioned_and_never_expires(store):
     row = store.get("album", 1)
     assert row.dirty and row.version == version and row.fields["title"] == "New"
     assert version > 7
-    assert store.redis.ttl(store.row_key("album", 1)) == -1, "a dirty row must carry no TTL"
+    assert store.redis.ttl(store.keys.row_key("album", 1)) == -1, "a dirty row must carry no TTL"
     assert pending(store)[0] == 1
 
 
@@ -141,8 +142,8 @@ def test_ack_of_the_current_version_makes_the_row_clean(store):
     assert acknowledged.cleaned == 1 and len(acknowledged.lags_ms) == 1 and acknowledged.lags_ms[0] >= 0
     row = store.get("album", 1)
     assert not row.dirty and row.fields["title"] == "x"
-    assert "_claim" not in store.redis.hgetall(store.row_key("album", 1))
-    assert store.redis.ttl(store.row_key("album", 1)) > 0
+    assert "_claim" not in store.redis.hgetall(store.keys.row_key("album", 1))
+    assert store.redis.ttl(store.keys.row_key("album", 1)) > 0
     assert pending(store) == (0, None)
     assert store.counters() == {"accepted": 1, "flushed": 1}
     # A redelivered task acknowledges again: the row is no longer in flight, nothing changes.
@@ -155,7 +156,7 @@ def test_ack_of_an_older_version_keeps_a_newer_write_dirty_and_due(store):
     store.accept("album", [(1, {"title": "first"})])
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.accept("album", [(1, {"title": "second"})])
-    second_accepted_ms = int(store.redis.hget(store.row_key("album", 1), "_since"))
+    second_accepted_ms = int(store.redis.hget(store.keys.row_key("album", 1), "_since"))
     acknowledged = store.ack("album", [(1, claimed.version)], claim_id)
     assert (acknowledged.cleaned, acknowledged.flushed) == (0, 1), "the first write is durable, counted once"
     row = store.get("album", 1)
@@ -167,7 +168,7 @@ def test_ack_of_an_older_version_keeps_a_newer_write_dirty_and_due(store):
 
 def test_an_ack_of_no_claim_another_claim_or_another_version_changes_nothing(store):
     subscriber = store.redis.pubsub(ignore_subscribe_messages=True)
-    subscriber.subscribe(store.changes_channel)
+    subscriber.subscribe(store.keys.changes_channel)
     cache_row(store)
     store.accept("album", [(1, {"title": "x"})])
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
@@ -215,7 +216,7 @@ def test_a_row_in_flight_without_a_claim_id_is_claimed_again_when_its_lease_ends
     cache_row(store)
     store.accept("album", [(1, {"title": "x"})])
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=0)
-    store.redis.hdel(store.row_key("album", 1), "_claim")
+    store.redis.hdel(store.keys.row_key("album", 1), "_claim")
     assert store.ack("album", [(1, claimed.version)], claim_id).cleaned == 0
     [again], new_claim = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     assert store.ack("album", [(1, again.version)], new_claim).cleaned == 1
@@ -262,7 +263,7 @@ def test_a_load_overtaken_by_another_fill_does_not_cache_its_stale_value(store):
     store.accept("album", [(1, {"title": "New"})])
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.ack("album", [(1, claimed.version)], claim_id)  # ...it is written, flushed...
-    store.redis.delete(store.row_key("album", 1))  # ...and evicted
+    store.redis.delete(store.keys.row_key("album", 1))  # ...and evicted
     [reply] = store.fill("album", slow_token, [(1, {"title": "Old", "artist_id": 1}, 7)], reply=True)
     assert reply is None and store.get("album", 1) is None, "the slow reader must not cache version 7"
 
@@ -292,7 +293,7 @@ def test_dead_letter_takes_the_row_out_of_the_schedule_but_keeps_its_value(store
     assert dead_lettered == 1
     row = store.get("album", 1)
     assert row.dead_lettered and row.fields["title"] == "poison"
-    assert store.redis.ttl(store.row_key("album", 1)) == -1
+    assert store.redis.ttl(store.keys.row_key("album", 1)) == -1
     assert claim(store, delay_ms=0, batch_size=10, lease_ms=30_000) == []
     [entry] = store.dead_letters("album")
     assert (entry.id, entry.version, entry.error) == (1, version, "violates a constraint")
@@ -377,7 +378,7 @@ def test_a_fill_never_overwrites_a_partial_row(store):
 
 def test_each_change_is_published_with_the_step_that_makes_it(store):
     subscriber = store.redis.pubsub(ignore_subscribe_messages=True)
-    subscriber.subscribe(store.changes_channel)
+    subscriber.subscribe(store.keys.changes_channel)
     cache_row(store, row_id=1, title="Old", version=7)
     [(version, _)] = store.accept_each("album", [(1, {"title": "Single"})])
     store.accept("album", [(2, {"title": "Bulk"})], bases={2: 3})
@@ -396,7 +397,7 @@ def test_each_change_is_published_with_the_step_that_makes_it(store):
 
 def test_a_watermark_of_each_shard_follows_every_change_its_node_made_before(store):
     subscriber = store.redis.pubsub(ignore_subscribe_messages=True)
-    subscriber.subscribe(store.changes_channel)
+    subscriber.subscribe(store.keys.changes_channel)
     ids = range(1, 2 * SHARDS + 1)
     versions = store.accept("album", [(row_id, {"title": "Bulk"}) for row_id in ids], bases=dict.fromkeys(ids, 3))
     calls = store.heartbeat()
@@ -409,13 +410,12 @@ def test_a_watermark_of_each_shard_follows_every_change_its_node_made_before(sto
         if change["k"] == "h":
             assert change["n"] == SHARDS and not set(change["s"]) & set(watermarks), change
             # One call per node: every shard it names lives where the call ran.
-            assert len({store.redis.get_node_from_key(store.stats_key(shard)).name if store.cluster else ""
-                        for shard in change["s"]}) == 1, change
+            assert len({store.transport.node_name(store.keys.stats_key(shard)) for shard in change["s"]}) == 1, change
             watermarks.update(dict.fromkeys(change["s"], change["u"]))
             beats += 1
             # Every change of those shards' rows arrived before, each below the watermark.
             assert all(row_id in written and written[row_id] < change["u"] for row_id in ids
-                       if store.shard_of(row_id) in change["s"]), (written, change)
+                       if store.keys.shard_of(row_id) in change["s"]), (written, change)
         else:
             written.update({row_id: version for row_id, version in change["r"]})
     subscriber.close()
@@ -440,11 +440,11 @@ def test_changing_the_number_of_shards_is_refused_while_rows_are_pending(store):
 
 
 def test_the_keys_of_a_shard_share_one_hash_slot(store):
-    keys = [store.row_key("album", row_id) for row_id in range(1, 50 * SHARDS, SHARDS)]
-    keys += [store.due_key(1, "album"), store.pending_key(1, "track"), store.stats_key(1), store.dead_key(1, "artist")]
+    keys = [store.keys.row_key("album", row_id) for row_id in range(1, 50 * SHARDS, SHARDS)]
+    keys += [store.keys.due_key(1, "album"), store.keys.pending_key(1, "track"), store.keys.stats_key(1), store.keys.dead_key(1, "artist")]
     assert all(key.startswith(f"{store.prefix}{{1/{SHARDS}}}:") for key in keys)
     assert len({key_slot(key.encode()) for key in keys}) == 1
-    assert key_slot(store.row_key("album", 2).encode()) != key_slot(keys[0].encode())
+    assert key_slot(store.keys.row_key("album", 2).encode()) != key_slot(keys[0].encode())
 
 
 def redis_now_s(store):
@@ -528,7 +528,7 @@ def test_a_redis_that_lost_the_functions_library_gets_it_again(store, client):
         node.function_delete(LIBRARY.name)
     assert store.accept("album", [(1, {"title": "New"})])[0] > 7
     # Loaded again on the node that holds the row, the one the call went to.
-    owner = client.get_redis_connection(client.get_node_from_key(store.row_key("album", 1))) \
-        if store.cluster else client
+    owner = client.get_redis_connection(client.get_node_from_key(store.keys.row_key("album", 1))) \
+        if store.transport.cluster else client
     assert LIBRARY.is_loaded(owner)
     assert store.get("album", 1).fields["title"] == "New"

@@ -7,7 +7,8 @@ import pytest
 import redis
 
 from cache_svc import redis_clients
-from cache_svc.store import NotReplicated, RowStore
+from cache_svc.store import RowStore
+from cache_svc.transport import NotReplicated
 from chinook.entities import ENTITIES
 from tests.support.stores import RedisClusterServer
 
@@ -36,7 +37,7 @@ def busiest_master(cluster, store):
     """The master holding the most shards."""
     by_port = {}
     for shard in range(SHARDS):
-        master = cluster.master_for_key(store.stats_key(shard))
+        master = cluster.master_for_key(store.keys.stats_key(shard))
         by_port.setdefault(master.port, []).append(shard)
     port = max(by_port, key=lambda p: len(by_port[p]))
     return cluster.node_at(port)
@@ -52,7 +53,7 @@ def test_an_update_is_acknowledged_once_a_replica_holds_it(cluster):
                               single_connection_client=True)
         replica.execute_command("READONLY")
         for row_id in ROWS:
-            key = store.row_key("album", row_id)
+            key = store.keys.row_key("album", row_id)
             if cluster.master_for_key(key).port == master.port:
                 assert replica.hget(key, "title") == f"new {row_id}"
         replica.close()

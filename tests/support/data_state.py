@@ -37,16 +37,16 @@ class DataState:
         state["redis counters"] = self.store.counters()
         for shard in range(self.store.shards):
             for name in ENTITIES:
-                for key in (self.store.due_key(shard, name), self.store.pending_key(shard, name)):
+                for key in (self.store.keys.due_key(shard, name), self.store.keys.pending_key(shard, name)):
                     state[f"redis {key}"] = self.redis.zrange(key, 0, -1, withscores=True)
-                key = self.store.dead_key(shard, name)
+                key = self.store.keys.dead_key(shard, name)
                 state[f"redis {key}"] = self.redis.hgetall(key)
         state["rows"] = self.cached_rows()
         return state
 
     def cached_rows(self) -> dict:
         keys = [key for shard in range(self.store.shards) for name in ENTITIES
-                for key in self.redis.scan_iter(match=f"{self.store.shard_prefix(shard)}{name}:*", count=1000)]
+                for key in self.redis.scan_iter(match=f"{self.store.keys.shard_prefix(shard)}{name}:*", count=1000)]
         with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)

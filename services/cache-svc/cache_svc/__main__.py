@@ -18,10 +18,10 @@ from chinook.tls import channel_credentials
 from . import redis_clients
 from .changes import MAX_SUBSCRIBERS, ChangeRelay, HeartbeatPublisher
 from .flusher import Flusher
-from .functions import ensure_loaded
+from .functions import LIBRARY, ensure_loaded
 from .publisher import TaskPublisher
 from .servicer import CacheServicer
-from .store import LIBRARY, RowStore
+from .store import RowStore
 from .writeback import WriteBack
 
 DEFAULT_METRICS_PORT = 9101
@@ -103,7 +103,7 @@ def main():
     publisher.declare_queues()
     write_back = WriteBack(store, persistence, settings.writeback_lease_ms)
     flusher = Flusher(store, publisher, settings)
-    relay = ChangeRelay(redis_clients.subscriber_factory(settings.redis_url, client), store.changes_channel,
+    relay = ChangeRelay(redis_clients.subscriber_factory(settings.redis_url, client), store.keys.changes_channel,
                         settings.near_cache_max_lag_ms / 1000)
     heartbeats = HeartbeatPublisher(store)
 

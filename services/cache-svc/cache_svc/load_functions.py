@@ -11,8 +11,7 @@ from chinook.config import redact_url, settings_or_exit
 from chinook.logs import configure_logging
 
 from . import redis_clients
-from .functions import FunctionsMissing, primaries
-from .store import LIBRARY
+from .functions import LIBRARY, FunctionsMissing, primaries
 
 
 def main():

@@ -18,7 +18,9 @@ from chinook.grpc_server import abort
 
 from .changes import ChangeRelay, Unavailable
 from .functions import FunctionsMissing
-from .store import Backpressure, LayoutError, NotReplicated, ShardRetired
+from .keys import LayoutError, ShardRetired
+from .store import Backpressure
+from .transport import NotReplicated
 from .writeback import Inspection, NotFound, WriteBack, updates_from_json
 
 CLEAN = cache_pb2.WRITE_BACK_STATE_CLEAN
