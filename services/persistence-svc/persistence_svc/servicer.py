@@ -18,7 +18,7 @@ ID_CHUNK = 10_000
 # Celery's task ids have 36 characters; an id of a few thousand bytes would not fit
 # Postgres' index of them, and fail only after the copy.
 MAX_OPERATION_ID = 200
-# Versions are Redis' clock in microseconds (cache_svc.store, ACCEPT), so a flushed one is
+# Versions are Redis' clock in microseconds (cache-svc's lua/accept.lua), so a flushed one is
 # ahead of this process' clock only by the skew between the two hosts' clocks: well under a
 # second with NTP. Ten minutes leaves room for a badly kept clock, and bounds what a
 # version from further ahead would do: every later write of its row would be "stale", and
