@@ -9,9 +9,10 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from chinook.config import Settings
-from gateway.app import create_app, route_label
+from gateway.app import create_app
 from gateway.browsers import STATE_CHANGING_METHODS, is_state_change
 from gateway.openapi import operations
+from gateway.request_hooks import route_label
 from tests.unit.test_auth import TOKENS, UnavailableCache
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
