@@ -202,7 +202,7 @@ def register(entity: Entity) -> Entity:
     owner = next((other.name for other in ENTITIES.values()
                   if other.collection == entity.collection and other.name != entity.name), None)
     if owner is not None:
-        raise ValueError(f"collection {entity.collection!r} of {entity.name!r} is {owner!r}'s already")
+        raise ValueError(f"collection {entity.collection!r} of {entity.name!r} belongs to {owner!r} already")
     for column in entity.columns:
         if column.name.startswith("_"):
             raise ValueError(f"{entity.name}.{column.name}: columns starting with _ clash with cache metadata")
