@@ -97,6 +97,10 @@ class Settings:
     allowed_hosts: str = ""
     # The original demo's routes (GET /album, /update-album, ...); false removes them.
     legacy_routes: bool = True
+    # Modules that register entities beyond album and artist (chinook.entities.register),
+    # comma-separated and importable; every service imports them at start, so all must see
+    # the same list.
+    entity_modules: str = ""
     # Mutual TLS of every gRPC server and client (docs/security.md): the CA that signs the
     # certificates of the peers, and this process' own certificate and key. All three, or
     # none for plaintext.

@@ -1,15 +1,20 @@
 """The tables that go through write-back, described once.
 
-The cache service, the persistence service and the gateway all work from this
-registry, so a new table needs an entry here (and its `wb_version` column in
-`sql/`), not a change to the machinery.
+The cache service, the persistence service, the workers and the gateway (its routes and
+its OpenAPI contract) all work from this registry, so a new table needs an entry here,
+or registered from a module named in ENTITY_MODULES, and its `wb_version` column and
+grants in `sql/`: no change to the machinery.
 """
 
+import importlib
 import json
 import re
 import secrets
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
+
+from chinook.config import ConfigError
 
 # Postgres' int range: an accepted write must be one Postgres will take.
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
@@ -19,6 +24,11 @@ MAX_VERSION = 2**53 - 2**32
 # How many times a duplication may multiply a table: each copy is a full copy, so the bound
 # keeps one request from filling the disk. Every service checks it, whoever calls.
 MIN_MULTIPLIER, MAX_MULTIPLIER = 2, 64
+# The most updates one bulk request may carry, in every service that takes bulks.
+MAX_BULK_UPDATES = 100_000
+# Entity names travel in keys (Redis', a dead letter's `album:42`) and collections in URLs.
+_ENTITY_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_COLLECTION = re.compile(r"[a-z][a-z0-9_-]*")
 # A flush's claim id: random, so no caller can name a claim it was not handed (in a task).
 CLAIM_ID_BYTES = 16
 _CLAIM_ID = re.compile(f"[0-9a-f]{{{2 * CLAIM_ID_BYTES}}}")
@@ -85,7 +95,8 @@ class Column:
 
 @dataclass(frozen=True)
 class Entity:
-    name: str  # singular, as in URLs and RPCs: "album"
+    name: str  # singular, as in RPCs, keys and dead letters: "album"
+    collection: str  # the HTTP API's path segment: "albums" in /albums/<album_id>
     table: str
     primary_key: str
     # The columns a write may change; the primary key is not one of them.
@@ -176,26 +187,64 @@ class Entity:
         return json.dumps({self.primary_key: row_id, **self.row_from_store(raw)})
 
 
-ENTITIES: dict[str, Entity] = {
-    entity.name: entity
-    for entity in (
-        Entity(
-            name="album",
-            table="album",
-            primary_key="album_id",
-            columns=(
-                Column("title", "varchar", max_length=160),
-                Column("artist_id", "int", references="artist"),
-            ),
-        ),
-        Entity(
-            name="artist",
-            table="artist",
-            primary_key="artist_id",
-            columns=(Column("name", "varchar", max_length=120, nullable=True),),
-        ),
-    )
-}
+ENTITIES: dict[str, Entity] = {}
+
+
+def register(entity: Entity) -> Entity:
+    """Adds an entity to the registry, which every service reads from its start on: call
+    it at import of a module ENTITY_MODULES names (register_modules), so that each
+    process (gateway, cache-svc, persistence-svc, workers) knows the same entities."""
+    if not _ENTITY_NAME.fullmatch(entity.name) or not _COLLECTION.fullmatch(entity.collection):
+        raise ValueError(f"entity {entity.name!r} (collection {entity.collection!r}): names must be lower-case "
+                         "letters, digits and _ (a collection also -), starting with a letter")
+    if ENTITIES.get(entity.name, entity) != entity:
+        raise ValueError(f"entity {entity.name!r} is registered already, differently")
+    owner = next((other.name for other in ENTITIES.values()
+                  if other.collection == entity.collection and other.name != entity.name), None)
+    if owner is not None:
+        raise ValueError(f"collection {entity.collection!r} of {entity.name!r} belongs to {owner!r} already")
+    for column in entity.columns:
+        if column.name.startswith("_"):
+            raise ValueError(f"{entity.name}.{column.name}: columns starting with _ clash with cache metadata")
+    ENTITIES[entity.name] = entity
+    return entity
+
+
+def register_modules(names: str):
+    """Imports the modules of ENTITY_MODULES (comma-separated), each registering its
+    entities when imported; every service's start calls it before it serves."""
+    for name in filter(None, (part.strip() for part in names.split(","))):
+        try:
+            importlib.import_module(name)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"ENTITY_MODULES: {name}: {exc}") from None
+
+
+def register_modules_or_exit(names: str):
+    """register_modules() for entry points: a module that cannot register stops the process."""
+    try:
+        register_modules(names)
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+
+
+register(Entity(
+    name="album",
+    collection="albums",
+    table="album",
+    primary_key="album_id",
+    columns=(
+        Column("title", "varchar", max_length=160),
+        Column("artist_id", "int", references="artist"),
+    ),
+))
+register(Entity(
+    name="artist",
+    collection="artists",
+    table="artist",
+    primary_key="artist_id",
+    columns=(Column("name", "varchar", max_length=120, nullable=True),),
+))
 
 
 def get_entity(name: str) -> Entity:

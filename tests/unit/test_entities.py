@@ -2,7 +2,17 @@ import json
 
 import pytest
 
-from chinook.entities import ENTITIES, ValidationError, get_entity, parse_id
+from chinook.config import ConfigError
+from chinook.entities import (
+    ENTITIES,
+    Column,
+    Entity,
+    ValidationError,
+    get_entity,
+    parse_id,
+    register,
+    register_modules,
+)
 
 ALBUM = get_entity("album")
 
@@ -87,3 +97,35 @@ def test_rows_travel_as_columnar_json_and_back():
 def test_columnar_json_of_the_wrong_shape_is_refused(text, message):
     with pytest.raises(ValidationError, match=message):
         ALBUM.rows_from_columns_json(text)
+
+
+LABEL = Entity(name="label", collection="labels", table="record_label", primary_key="label_id",
+               columns=(Column("name", "varchar", max_length=80),))
+
+
+def test_a_registered_entity_is_known_everywhere_the_registry_is_read(registry):
+    assert register(LABEL) is LABEL
+    assert get_entity("label") is LABEL and list(registry)[-1] == "label"
+    register(LABEL)
+    assert list(registry).count("label") == 1, "registering the same entity again changes nothing"
+
+
+@pytest.mark.parametrize("entity, message", [
+    (Entity(name="label", collection="labels", table="other", primary_key="label_id"), "registered already"),
+    (Entity(name="record", collection="albums", table="record", primary_key="record_id"), "belongs to 'album'"),
+    (Entity(name="Label", collection="labels", table="label", primary_key="label_id"), "lower-case"),
+    (Entity(name="tag", collection="tags/all", table="tag", primary_key="tag_id"), "lower-case"),
+    (Entity(name="tag", collection="tags", table="tag", primary_key="tag_id", columns=(Column("_v", "int"),)),
+     "clash with cache metadata"),
+])
+def test_an_entity_that_would_clash_is_refused(registry, entity, message):
+    register(LABEL)
+    with pytest.raises(ValueError, match=message):
+        register(entity)
+
+
+def test_entity_modules_that_cannot_register_stop_the_start(registry):
+    with pytest.raises(ConfigError, match="ENTITY_MODULES: no_such_module_of_entities: No module named"):
+        register_modules("chinook.entities, no_such_module_of_entities")
+    register_modules(" ,")
+    assert list(registry) == ["album", "artist"]

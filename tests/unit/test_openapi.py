@@ -9,9 +9,11 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from chinook.config import Settings
-from gateway.app import create_app, route_label
+from chinook.entities import Column, Entity, register
+from gateway.app import create_app
 from gateway.browsers import STATE_CHANGING_METHODS, is_state_change
 from gateway.openapi import operations
+from gateway.request_hooks import route_label
 from tests.unit.test_auth import TOKENS, UnavailableCache
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
@@ -92,6 +94,29 @@ def test_a_token_is_optional_where_the_anonymous_role_suffices():
     security = {(path, method): op["security"] for path, method, op in operations(document)}
     assert security[("/albums/{album_id}", "get")] == [{}, {"bearer": []}]
     assert security[("/albums/{album_id}", "patch")] == [{"bearer": []}]
+
+
+def test_an_entity_registered_before_the_app_is_made_gets_its_routes_and_operations(registry):
+    register(Entity(name="media_type", collection="media-types", table="media_type", primary_key="media_type_id",
+                    columns=(Column("name", "varchar", max_length=120, nullable=True),)))
+    app = make_app()
+    document = served_document(app)
+    validate(document, cls=OpenAPIV31SpecValidator)
+    routes = flask_operations(app)
+    assert {key: role for key, role in routes.items() if key[0].startswith("/media-types/")} == {
+        ("/media-types/{media_type_id}", "get"): "reader", ("/media-types/{media_type_id}", "patch"): "writer",
+        ("/media-types/bulk", "post"): "writer"}
+    assert {(path, method) for path, method, _ in operations(document)} == set(routes)
+    assert document["paths"]["/media-types/bulk"]["post"]["operationId"] == "bulkUpdateMediaTypes"
+    assert document["components"]["schemas"]["MediaTypePatch"]["properties"]["name"] == {
+        "description": "null clears it.", "type": ["string", "null"], "minLength": 1, "maxLength": 120,
+        "pattern": "^[^\\u0000]*$"}
+    assert document["components"]["schemas"]["EntityName"]["enum"] == ["album", "artist", "media_type"]
+    admin = {"Authorization": "Bearer admin-secret-of-tests"}
+    bulk = app.test_client().get("/media-types/bulk", headers=admin)
+    assert bulk.status_code == 405 and set(bulk.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
+    assert "media_type_id: must be a positive integer" in \
+        app.test_client().get("/media-types/x", headers=admin).json["error"]["message"]
 
 
 class Links(HTMLParser):

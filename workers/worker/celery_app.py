@@ -39,6 +39,7 @@ from chinook.celery_setup import (
     make_celery,
 )
 from chinook.config import ConfigError, read_tls_files, settings_or_exit
+from chinook.entities import register_modules_or_exit
 from chinook.grpc_client import CacheClient, PersistenceClient
 from chinook.logs import configure_logging
 from chinook.tls import channel_credentials
@@ -47,6 +48,7 @@ from . import jobs
 from .task_arguments import MalformedTask, check_apply_writes, check_duplicate_rows
 
 settings = settings_or_exit()
+register_modules_or_exit(settings.entity_modules)
 app = make_celery("worker", settings)
 log = logging.getLogger(__name__)
 

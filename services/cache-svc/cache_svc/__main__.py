@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from chinook import metrics, tracing
 from chinook.cache.v1 import cache_pb2_grpc
 from chinook.config import redact_url, settings_or_exit
-from chinook.entities import ENTITIES
+from chinook.entities import ENTITIES, register_modules_or_exit
 from chinook.grpc_client import CACHE_SERVICE, PersistenceClient
 from chinook.grpc_server import GrpcService, listening_credentials
 from chinook.logs import configure_logging
@@ -84,6 +84,7 @@ def check_replicas(client: redis.Redis, min_replicas: int, node: str):
 def main():
     settings = settings_or_exit()
     configure_logging("cache-svc", settings.log_level, settings.log_format)
+    register_modules_or_exit(settings.entity_modules)
     # Before anything connects: a server that may not listen as configured stops here.
     credentials = listening_credentials(settings, IDENTITY)
     # Before the clients are made: their channels and calls get traced from the start.

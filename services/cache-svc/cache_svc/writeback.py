@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from chinook import metrics, tracing
 from chinook.entities import (
     ENTITIES,
+    MAX_BULK_UPDATES,
     Entity,
     ValidationError,
     get_entity,
@@ -23,7 +24,6 @@ from .store import Backpressure, CachedRow, DeadLetter, RowState, RowStore
 
 log = logging.getLogger(__name__)
 
-MAX_BULK_UPDATES = 100_000
 # Rows read from Postgres into the cache at a time.
 LOAD_CHUNK = 10_000
 # Words for the demo's random titles.

@@ -49,6 +49,10 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "invalid_argument", message)
+
+
 def error_response(status: int, code: str, message: str, headers=None):
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status

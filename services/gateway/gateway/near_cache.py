@@ -154,7 +154,7 @@ class NearCache:
         Invariant: every change of a row at a version below applied_through, published
         since the stream began (enable(), which empties the cache), has been applied here,
         so no row held here is older than a write at such a version. Why: a row's version is at least the Redis time of the
-        script that wrote it (ACCEPT's hybrid clock), so a watermark of the row's shard at
+        script that wrote it (accept.lua's hybrid clock), so a watermark of the row's shard at
         a later time ran after the write, on the same node; a node publishes in the order
         it runs scripts, and the relay and the stream keep that order, so the change came
         first. The least of every shard's latest watermark bounds them all. This rests on a

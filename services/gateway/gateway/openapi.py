@@ -1,5 +1,6 @@
-"""The HTTP API's contract (openapi.yaml beside this file) as this gateway serves it, and
-the Swagger UI page that shows it, with assets from the flask-swagger-ui package (no CDN)."""
+"""The HTTP API's contract as this gateway serves it: openapi.yaml beside this file, with
+the rows' operations generated from the entity registry (openapi_entities.py); and the
+Swagger UI page that shows it, with assets from the flask-swagger-ui package (no CDN)."""
 
 import copy
 from functools import cache
@@ -8,7 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from chinook.entities import ENTITIES
+
 from .auth import RANK
+from .openapi_entities import add_entities
 
 CONTRACT = Path(__file__).with_name("openapi.yaml")
 LEGACY_TAG = "legacy"
@@ -39,7 +43,7 @@ DOCS_PAGE = """<!DOCTYPE html>
 
 @cache
 def contract() -> dict:
-    """The whole contract, every route included, as written."""
+    """The hand-written part of the contract, every route but the entities', as written."""
     return yaml.safe_load(CONTRACT.read_text())
 
 
@@ -52,9 +56,11 @@ def operations(document: dict):
 
 
 def document(legacy_routes: bool, anonymous_role: str) -> dict:
-    """The contract for a gateway with these settings: without the legacy operations when
-    it leaves them out, and with the token optional where the anonymous role suffices."""
+    """The contract for a gateway with these settings and the entities registered now:
+    without the legacy operations when it leaves them out, and with the token optional
+    where the anonymous role suffices."""
     doc = copy.deepcopy(contract())
+    add_entities(doc, list(ENTITIES.values()))
     if not legacy_routes:
         for path, item in list(doc["paths"].items()):
             for method in HTTP_METHODS:

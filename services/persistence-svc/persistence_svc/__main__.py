@@ -2,6 +2,7 @@
 
 from chinook import metrics, tracing
 from chinook.config import settings_or_exit
+from chinook.entities import register_modules_or_exit
 from chinook.grpc_client import PERSISTENCE_SERVICE
 from chinook.grpc_server import GrpcService, listening_credentials
 from chinook.logs import configure_logging
@@ -19,6 +20,7 @@ IDENTITY = "persistence-svc"
 def main():
     settings = settings_or_exit()
     configure_logging("persistence-svc", settings.log_level, settings.log_format)
+    register_modules_or_exit(settings.entity_modules)
     # Before anything connects: a server that may not listen as configured stops here.
     credentials = listening_credentials(settings, IDENTITY)
     # Before the pool opens a connection: the instrumentation wraps psycopg2.connect.
