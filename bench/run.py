@@ -29,10 +29,10 @@ import psycopg2
 import redis
 
 from chinook.config import load_settings
-from tests.support import metrics
-from tests.support.api import Api
-from tests.support.stack import Isolation, Stack
-from tests.support.stores import RedisClusterServer, RedisServer, descendants
+from testkit import metrics
+from testkit.api import Api
+from testkit.stack import Isolation, Stack
+from testkit.stores import RedisClusterServer, RedisServer, descendants
 
 from . import stores
 from .anchors import floor

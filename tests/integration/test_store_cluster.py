@@ -9,7 +9,7 @@ import redis
 from cache_svc import redis_clients
 from cache_svc.store import NotReplicated, RowStore
 from chinook.entities import ENTITIES
-from tests.support.stores import RedisClusterServer
+from testkit.stores import RedisClusterServer
 
 SHARDS = 16
 ROWS = range(1, 401)
