@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 from . import report
-from .run import BENCH_DIR, PROFILES, SCENARIOS, Bench, log
+from .measure import log
+from .profiles import PROFILES
+from .run import BENCH_DIR, SCENARIOS, Bench
 
 
 def run(scale: str, results_dir: Path, plot_copy: Path | None = None, profile_dir: Path | None = None,

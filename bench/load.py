@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 
 LOOPBACK = "127.0.0.1"
+# B3 and the mix: Zipf-skewed ids, the k-th most popular with weight 1/k**s.
+ZIPF_S = 1.1
 
 
 @dataclass

@@ -11,9 +11,9 @@ import psycopg2
 import requests
 
 from persistence_svc import initdb
-from tests.support import metrics
-from tests.support.stack import REPO_ROOT, Isolation, free_port, procfile_commands
-from tests.support.stores import descendants
+from testkit import metrics
+from testkit.stack import REPO_ROOT, Isolation, free_port, procfile_commands
+from testkit.stores import descendants
 
 # Prometheus
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 import requests
 
 from bench.stores import wait_answering
-from tests.support.stack import REPO_ROOT, free_port
+from testkit.stack import REPO_ROOT, free_port
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -6,8 +6,8 @@ import redis
 
 from chinook.config import load_settings
 from persistence_svc import initdb
-from tests.support.stack import Isolation, Stack
-from tests.support.stores import RedisClusterServer
+from testkit.stack import Isolation, Stack
+from testkit.stores import RedisClusterServer
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Redis, Postgres and RabbitMQ servers of their own, run from this machine's binaries.
 
 Each server runs on 127.0.0.1 with its data in a folder of its own. The tests start
-throw-away ones on free ports (tests/support/stores.py), which a test may stop, SIGKILL
+throw-away ones on free ports (testkit/stores.py), which a test may stop, SIGKILL
 and restart without disturbing the shared instances on 6379, 5432 and 5672; `make run`
 starts them on the default ports with their data kept between runs (embedded.py). A
 restart keeps the ports and the data, as a real store restarting on the same disk would.

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import pytest
 
 from persistence_svc import initdb
+from testkit.api import Api
+from testkit.fault_table import FaultTable
+from testkit.stack import Stack
+from testkit.stores import PostgresServer, RabbitMQServer, RedisServer
 from tests.chaos.workload import multiply_albums
-from tests.support.api import Api
-from tests.support.fault_table import FaultTable
-from tests.support.stack import Stack
-from tests.support.stores import PostgresServer, RabbitMQServer, RedisServer
 
 RESULTS = FaultTable("write-back fault injection", ["scenario", "rows checked", "rows lost", "injected"])
 

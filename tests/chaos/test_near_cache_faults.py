@@ -5,8 +5,8 @@ and each gateway process clears its near cache until it is subscribed again."""
 import pytest
 import requests
 
-from tests.support.metrics import samples, total
-from tests.support.near_cache import eventually, read_until_near
+from testkit.metrics import samples, total
+from testkit.near_cache import eventually, read_until_near
 
 pytestmark = pytest.mark.chaos
 

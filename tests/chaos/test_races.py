@@ -8,8 +8,8 @@ import pytest
 from chinook.celery_setup import APPLY_WRITES_TASK, make_celery
 from chinook.config import load_settings
 from chinook.entities import new_claim_id
+from testkit.metrics import counter
 from tests.chaos.workload import Workload
-from tests.support.metrics import counter
 
 pytestmark = pytest.mark.chaos
 

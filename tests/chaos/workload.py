@@ -14,7 +14,7 @@ import requests
 from chinook.entities import get_entity
 from persistence_svc import repository
 from persistence_svc.db import Database
-from tests.support.api import Api
+from testkit.api import Api
 
 # The album table multiplied to 347 * 32 = 11,104 rows: every bulk is at least 10,000.
 ALBUM_MULTIPLIER = 32

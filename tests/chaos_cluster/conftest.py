@@ -9,11 +9,11 @@ recover."""
 
 import pytest
 
+from testkit.api import Api
+from testkit.fault_table import FaultTable
+from testkit.stack import own_stack
+from testkit.stores import RedisClusterServer
 from tests.chaos.workload import multiply_albums
-from tests.support.api import Api
-from tests.support.fault_table import FaultTable
-from tests.support.stack import own_stack
-from tests.support.stores import RedisClusterServer
 
 # Short enough for a failover in seconds, long enough that a node busy with a bulk on
 # this loaded 2-core machine is not taken for dead.

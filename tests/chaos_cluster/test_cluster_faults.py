@@ -16,9 +16,9 @@ import pytest
 import redis
 import requests
 
+from testkit.stores import ClusterNodeInfo
 from tests.chaos.workload import Outcome, Workload
 from tests.chaos_cluster.conftest import PROCESSES
-from tests.support.stores import ClusterNodeInfo
 
 pytestmark = pytest.mark.chaos
 PROBE_TIMEOUT_S = 300

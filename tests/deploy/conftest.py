@@ -21,7 +21,7 @@ import yaml
 from referencing import Registry, Resource
 
 from chinook.config import Settings
-from tests.support.broker import password_variables
+from testkit.broker import password_variables
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"

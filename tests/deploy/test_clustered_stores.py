@@ -20,8 +20,8 @@ import redis
 import redis.cluster
 import yaml
 
-from tests.support.broker import DEFINITIONS_SCRIPT, ManagementRabbitMQ, password_variables
-from tests.support.stores import PrivateServer, free_ports
+from testkit.broker import DEFINITIONS_SCRIPT, ManagementRabbitMQ, password_variables
+from testkit.stores import PrivateServer, free_ports
 
 from .conftest import (
     K8S,

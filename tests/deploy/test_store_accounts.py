@@ -15,7 +15,7 @@ import pytest
 
 from chinook.celery_setup import task_queues
 from chinook.config import Settings
-from tests.support.broker import (
+from testkit.broker import (
     DEFINITIONS_CONF,
     DEFINITIONS_SCRIPT,
     DEFINITIONS_TEMPLATE,

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.support.api import Api
+from testkit.api import Api
 
 pytestmark = pytest.mark.e2e
 

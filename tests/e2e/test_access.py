@@ -5,7 +5,7 @@ import time
 import pytest
 import requests
 
-from tests.support.stack import tokens_env
+from testkit.stack import tokens_env
 
 pytestmark = pytest.mark.e2e
 

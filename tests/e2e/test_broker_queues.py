@@ -13,9 +13,9 @@ from chinook.config import load_settings
 from chinook.entities import new_claim_id
 from chinook.grpc_client import CACHE_SERVICE
 from chinook.health_check import health_status
-from tests.support.api import Api
-from tests.support.near_cache import eventually
-from tests.support.stack import Isolation, Stack, Vhosts, own_stack
+from testkit.api import Api
+from testkit.near_cache import eventually
+from testkit.stack import Isolation, Stack, Vhosts, own_stack
 
 pytestmark = pytest.mark.e2e
 

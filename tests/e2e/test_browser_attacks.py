@@ -8,8 +8,8 @@ import pytest
 import requests
 
 from gateway.auth import digest
-from tests.support.data_state import DataState
-from tests.support.stack import free_port, tokens_env
+from testkit.data_state import DataState
+from testkit.stack import free_port, tokens_env
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.support.api import Api
-from tests.support.stack import REPO_ROOT, own_stack, tokens_env
+from testkit.api import Api
+from testkit.stack import REPO_ROOT, own_stack, tokens_env
 
 pytestmark = pytest.mark.e2e
 

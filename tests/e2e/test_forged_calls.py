@@ -11,9 +11,9 @@ from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, make_ce
 from chinook.config import MAX_WRITEBACK_BATCH_SIZE, load_settings
 from chinook.entities import MAX_VERSION, new_claim_id
 from chinook.grpc_client import CacheClient, PersistenceClient
-from tests.support.api import Api
-from tests.support.metrics import counter
-from tests.support.stack import own_stack
+from testkit.api import Api
+from testkit.metrics import counter
+from testkit.stack import own_stack
 
 pytestmark = pytest.mark.e2e
 

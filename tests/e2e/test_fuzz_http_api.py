@@ -25,8 +25,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from gateway import openapi
-from tests.support.data_state import DataState
-from tests.support.stack import own_stack, tokens_env
+from testkit.data_state import DataState
+from testkit.stack import own_stack, tokens_env
 
 pytestmark = pytest.mark.e2e
 

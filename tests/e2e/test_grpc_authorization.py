@@ -24,11 +24,11 @@ from chinook.entities import new_claim_id
 from chinook.grpc_client import PersistenceClient, make_channel, to_struct
 from chinook.persistence.v1 import persistence_pb2
 from deploy import dev_certs
-from tests.support.api import Api
-from tests.support.data_state import DataState
-from tests.support.grpcurl import GRPCURL
-from tests.support.metrics import counter
-from tests.support.stack import REPO_ROOT, free_port, own_stack, procfile_commands
+from testkit.api import Api
+from testkit.data_state import DataState
+from testkit.grpcurl import GRPCURL
+from testkit.metrics import counter
+from testkit.stack import REPO_ROOT, free_port, own_stack, procfile_commands
 
 pytestmark = pytest.mark.e2e
 

@@ -34,7 +34,7 @@ from chinook.entities import ENTITIES, Entity
 from chinook.grpc_client import CACHE_SERVICE, PERSISTENCE_SERVICE, from_struct, make_channel, to_struct
 from chinook.persistence.v1 import persistence_pb2
 from deploy import dev_certs
-from tests.support.stack import REPO_ROOT, Stack, own_stack
+from testkit.stack import REPO_ROOT, Stack, own_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from chinook.config import load_settings
-from tests.support.grpcurl import GRPCURL, connection_flags
+from testkit.grpcurl import GRPCURL, connection_flags
 
 pytestmark = pytest.mark.e2e
 

@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chinook.grpc_client import CACHE_SERVICE, PERSISTENCE_SERVICE, make_channel
 from deploy import dev_certs
-from tests.support.api import Api
-from tests.support.grpcurl import GRPCURL
-from tests.support.stack import REPO_ROOT, own_stack, procfile_commands, tokens_env
+from testkit.api import Api
+from testkit.grpcurl import GRPCURL
+from testkit.stack import REPO_ROOT, own_stack, procfile_commands, tokens_env
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from tests.support.metrics import samples, total
-from tests.support.near_cache import eventually, read_until_near
+from testkit.metrics import samples, total
+from testkit.near_cache import eventually, read_until_near
 
 pytestmark = pytest.mark.e2e
 

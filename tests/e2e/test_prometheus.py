@@ -14,7 +14,7 @@ import requests
 import yaml
 
 from chinook.config import load_settings
-from tests.support.stack import REPO_ROOT, free_port
+from testkit.stack import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 

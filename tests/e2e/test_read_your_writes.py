@@ -20,8 +20,8 @@ import time
 import pytest
 import requests
 
-from tests.support.near_cache import read_until_near
-from tests.support.stack import own_stack
+from testkit.near_cache import read_until_near
+from testkit.stack import own_stack
 
 pytestmark = pytest.mark.e2e
 

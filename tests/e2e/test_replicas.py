@@ -14,10 +14,10 @@ import requests
 
 from chinook.cache.v1 import cache_pb2
 from chinook.grpc_client import CacheClient
-from tests.support.api import Api
-from tests.support.metrics import counter
-from tests.support.near_cache import eventually
-from tests.support.stack import own_stack
+from testkit.api import Api
+from testkit.metrics import counter
+from testkit.near_cache import eventually
+from testkit.stack import own_stack
 
 pytestmark = pytest.mark.e2e
 

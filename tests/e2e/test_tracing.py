@@ -9,9 +9,9 @@ import secrets
 import pytest
 import requests
 
-from tests.support.api import Api
-from tests.support.otlp import OtlpReceiver
-from tests.support.stack import own_stack
+from testkit.api import Api
+from testkit.otlp import OtlpReceiver
+from testkit.stack import own_stack
 
 SERVER, CLIENT = 2, 3  # span kinds in OTLP
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests.support.api import Api
-from tests.support.stack import own_stack
+from testkit.api import Api
+from testkit.stack import own_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -7,9 +7,9 @@ import time
 import pytest
 import requests
 
-from tests.support.api import Api
-from tests.support.metrics import counter
-from tests.support.stack import own_stack
+from testkit.api import Api
+from testkit.metrics import counter
+from testkit.stack import own_stack
 
 pytestmark = pytest.mark.e2e
 MAX_PENDING, BATCH_SIZE = 1000, 100

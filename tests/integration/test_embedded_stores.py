@@ -30,7 +30,7 @@ import requests
 from chinook.config import Settings
 from chinook.local_stores.embedded import STORES
 from chinook.local_stores.servers import DEBIAN_RABBITMQ_SCRIPTS, POSTGRES_BIN_GLOBS, PostgresServer
-from tests.support.network_namespace import NetworkNamespace, start_in_new_namespace, unshare_refusal
+from testkit.network_namespace import NetworkNamespace, start_in_new_namespace, unshare_refusal
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)

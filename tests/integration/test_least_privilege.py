@@ -45,10 +45,10 @@ from chinook.celery_setup import (
 )
 from chinook.config import Settings
 from chinook.entities import ENTITIES
-from tests.support.api import Api
-from tests.support.broker import DefinitionsRabbitMQ
-from tests.support.stack import REPO_ROOT, Isolation, Stack
-from tests.support.stores import AclRedisServer, PostgresServer
+from testkit.api import Api
+from testkit.broker import DefinitionsRabbitMQ
+from testkit.stack import REPO_ROOT, Isolation, Stack
+from testkit.stores import AclRedisServer, PostgresServer
 
 ROLE = "chinook_persistence"
 # compose leaves REDIS_KEY_PREFIX at its default; tests/deploy checks the ConfigMap's.

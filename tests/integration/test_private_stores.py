@@ -1,4 +1,4 @@
-"""The private stores of tests/support/stores.py: data survives a SIGKILL or a restart,
+"""The private stores of testkit/stores.py: data survives a SIGKILL or a restart,
 nothing of a server outlives close(), and the shared instances are left alone.
 
 The RabbitMQ test takes about 17 s (three boots of a node); `-k "not rabbitmq"` skips it."""
@@ -7,7 +7,7 @@ import kombu
 import psycopg2
 import redis
 
-from tests.support.stores import PostgresServer, RabbitMQServer, RedisServer, alive, descendants, port_open
+from testkit.stores import PostgresServer, RabbitMQServer, RedisServer, alive, descendants, port_open
 
 SHARED_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

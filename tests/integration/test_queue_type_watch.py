@@ -18,7 +18,7 @@ from chinook.celery_setup import (
     task_queues,
 )
 from chinook.config import load_settings
-from tests.support.stack import Vhosts
+from testkit.stack import Vhosts
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support.stack import free_port
+from testkit.stack import free_port
 
 PASSWORD = "s3cret-do-not-print"
 

@@ -1,4 +1,4 @@
-"""RedisClusterServer of tests/support/stores.py: a private Redis Cluster whose masters a
+"""RedisClusterServer of testkit/stores.py: a private Redis Cluster whose masters a
 test can crash, and what redis-py's cluster client needs to get through the failover.
 
 The failover test takes about 5 s: 2 s to create the cluster, 2 s for the failover with
@@ -8,7 +8,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from tests.support.stores import RedisClusterServer, alive, parse_cluster_nodes, port_open
+from testkit.stores import RedisClusterServer, alive, parse_cluster_nodes, port_open
 
 
 def test_a_write_acknowledged_by_wait_survives_the_sigkill_of_its_master(tmp_path):

@@ -10,7 +10,7 @@ from cache_svc import redis_clients
 from cache_svc.store import RowStore
 from cache_svc.transport import NotReplicated
 from chinook.entities import ENTITIES
-from tests.support.stores import RedisClusterServer
+from testkit.stores import RedisClusterServer
 
 SHARDS = 16
 ROWS = range(1, 401)

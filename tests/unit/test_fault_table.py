@@ -1,9 +1,9 @@
-"""FaultTable of tests/support/fault_table.py: the summary tables of `make chaos` and
+"""FaultTable of testkit/fault_table.py: the summary tables of `make chaos` and
 `make chaos-cluster`."""
 
 import pytest
 
-from tests.support.fault_table import FaultTable
+from testkit.fault_table import FaultTable
 
 
 def test_numbers_align_right_text_left_and_the_last_column_is_not_padded():

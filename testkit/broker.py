@@ -15,9 +15,9 @@ from urllib.parse import quote
 
 import amqp
 
-from tests.support.stores import RabbitMQServer, free_ports
+from testkit.stores import RabbitMQServer, free_ports
 
-BACKING_SERVICES = Path(__file__).resolve().parents[2] / "k8s/backing-services"
+BACKING_SERVICES = Path(__file__).resolve().parents[1] / "k8s/backing-services"
 DEFINITIONS_TEMPLATE = BACKING_SERVICES / "rabbitmq-definitions.json"
 DEFINITIONS_SCRIPT = BACKING_SERVICES / "rabbitmq-definitions.py"
 DEFINITIONS_CONF = BACKING_SERVICES / "rabbitmq-definitions.conf"

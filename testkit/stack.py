@@ -25,7 +25,7 @@ from chinook.grpc_client import CacheClient, PersistenceClient, make_channel
 from chinook.tls import channel_credentials
 from persistence_svc import initdb
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PROCFILE = REPO_ROOT / "Procfile"
 READY_TIMEOUT_S = 90
 

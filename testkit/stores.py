@@ -65,7 +65,7 @@ class AclRedisServer(RedisServer):
             store.url_for("cache-svc", password)
     """
 
-    start_script = Path(__file__).resolve().parents[2] / "k8s/backing-services/redis-start.sh"
+    start_script = Path(__file__).resolve().parents[1] / "k8s/backing-services/redis-start.sh"
 
     def __init__(self, folder: Path | str, passwords: dict[str, str], admin_variable: str = "REDIS_ADMIN_PASSWORD"):
         super().__init__(folder)
