@@ -11,9 +11,9 @@ import psycopg2
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from tests.support.api import Api
-from tests.support.near_cache import eventually
-from tests.support.stack import own_stack
+from testkit.api import Api
+from testkit.near_cache import eventually
+from testkit.stack import own_stack
 
 pytestmark = pytest.mark.e2e
 
