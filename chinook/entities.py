@@ -188,6 +188,12 @@ class Entity:
 
 
 ENTITIES: dict[str, Entity] = {}
+# The gateway's first path segments that are not collections: an entity named so would
+# have its routes shadowed by, or shadow, the fixed ones.
+RESERVED_COLLECTIONS = frozenset({
+    "tasks", "write-back", "openapi.json", "docs", "console", "healthz", "readyz", "metrics",
+    "album", "update-album", "duplicate_database", "get_task_result",  # the seed's routes
+})
 
 
 def register(entity: Entity) -> Entity:
@@ -197,6 +203,9 @@ def register(entity: Entity) -> Entity:
     if not _ENTITY_NAME.fullmatch(entity.name) or not _COLLECTION.fullmatch(entity.collection):
         raise ValueError(f"entity {entity.name!r} (collection {entity.collection!r}): names must be lower-case "
                          "letters, digits and _ (a collection also -), starting with a letter")
+    if entity.collection in RESERVED_COLLECTIONS:
+        raise ValueError(f"collection {entity.collection!r} of {entity.name!r} is a path of the gateway's own; "
+                         f"choose another (reserved: {', '.join(sorted(RESERVED_COLLECTIONS))})")
     if ENTITIES.get(entity.name, entity) != entity:
         raise ValueError(f"entity {entity.name!r} is registered already, differently")
     owner = next((other.name for other in ENTITIES.values()

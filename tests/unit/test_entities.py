@@ -113,6 +113,7 @@ def test_a_registered_entity_is_known_everywhere_the_registry_is_read(registry):
 @pytest.mark.parametrize("entity, message", [
     (Entity(name="label", collection="labels", table="other", primary_key="label_id"), "registered already"),
     (Entity(name="record", collection="albums", table="record", primary_key="record_id"), "belongs to 'album'"),
+    (Entity(name="task", collection="tasks", table="task", primary_key="task_id"), "path of the gateway's own"),
     (Entity(name="Label", collection="labels", table="label", primary_key="label_id"), "lower-case"),
     (Entity(name="tag", collection="tags/all", table="tag", primary_key="tag_id"), "lower-case"),
     (Entity(name="tag", collection="tags", table="tag", primary_key="tag_id", columns=(Column("_v", "int"),)),

@@ -9,7 +9,7 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from chinook.config import Settings
-from chinook.entities import Column, Entity, register
+from chinook.entities import ENTITIES, RESERVED_COLLECTIONS, Column, Entity, register
 from gateway.app import create_app
 from gateway.browsers import STATE_CHANGING_METHODS, is_state_change
 from gateway.openapi import operations
@@ -126,6 +126,13 @@ class Links(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         self.links += [value for name, value in attrs if name in ("src", "href") and value]
+
+
+def test_the_reserved_collections_are_the_first_segments_of_the_fixed_routes():
+    app = make_app(legacy_routes=True)
+    collections = {entity.collection for entity in ENTITIES.values()}
+    first_segments = {rule.rule.split("/")[1] for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    assert first_segments - collections == RESERVED_COLLECTIONS
 
 
 def test_docs_are_served_by_the_gateway_alone_and_need_no_token():
