@@ -85,7 +85,8 @@ $(VENV)/.installed: locks/dev.txt locks/projects.txt
 # Resolves uv.lock anew from the pyproject.toml files (the root one and its workspace
 # members), then exports from it, with hashes: one lock per image, the development lock
 # (everything), the images' build stage lock, the development images' extra, the lint
-# jobs' lock, and the list of projects to install editable. All are one resolution, so they agree.
+# jobs' lock, and the list of projects to install editable. All come from one
+# resolution, so they agree.
 EXPORT := $(BIN)/uv export --quiet --frozen --no-emit-workspace
 lock: venv
 	$(BIN)/uv lock
