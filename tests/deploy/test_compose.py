@@ -85,7 +85,8 @@ def test_images_are_pinned_and_ours_are_built_here(compose):
             builder = service if "build" in service else next(
                 other for other in compose["services"].values() if other["image"] == image and "build" in other)
             assert service["pull_policy"] == "build" and builder["build"]["context"] == "."
-            assert (REPO / builder["build"]["dockerfile"]).is_file()
+            assert builder["build"]["dockerfile"] == "Dockerfile"
+            assert builder["build"]["args"] == {"SERVICE": image.removeprefix("chinook/")}
         else:
             assert re.search(r":v?\d+\.\d+(\.\d+)?(-[a-z]+)?$", image), f"{name}: {image} is not an exact tag"
 

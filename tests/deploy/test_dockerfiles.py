@@ -6,19 +6,33 @@ import re
 
 import pytest
 
-from .conftest import DOCKERFILES, METRICS_PORTS, REPO, SERVICES, dockerfile_instructions, procfile, run, tool
+from .conftest import (
+    DOCKERFILES,
+    METRICS_PORTS,
+    PYTHON_IMAGES,
+    REPO,
+    SERVICES,
+    dockerfile_instructions,
+    dockerfile_stages,
+    procfile,
+    run,
+    tool,
+)
 
-PYTHON_DOCKERFILES = {image: path for image, path in DOCKERFILES.items() if image != "postgres"}
+PYTHON_DOCKERFILE = REPO / "Dockerfile"
 PINNED_PYTHON = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")
+# The stages every service stage builds on, in order.
+COMMON_STAGES = ["wheels", "venv", "runtime"]
 
 
 def test_every_image_has_its_dockerfile():
     assert sorted(DOCKERFILES) == sorted({image for _, image, _ in SERVICES.values()} | {"postgres"})
     for path in DOCKERFILES.values():
         assert (REPO / path).is_file(), path
+    assert not [str(p) for p in REPO.glob("{services/*,workers}/Dockerfile")], "one Dockerfile for the services"
 
 
-@pytest.mark.parametrize("path", sorted(DOCKERFILES.values()))
+@pytest.mark.parametrize("path", sorted(set(DOCKERFILES.values())))
 def test_hadolint_finds_nothing(path):
     # No rule is ignored, here or in the Dockerfiles; the strictest threshold.
     assert "hadolint ignore" not in (REPO / path).read_text()
@@ -33,54 +47,79 @@ def test_hadolint_fails_on_a_bad_dockerfile(tmp_path):
     assert "DL3007" in done.stdout and "DL3013" in done.stdout and "DL3025" in done.stdout
 
 
-def python_base(instructions) -> str:
-    args = dict(arg.split("=", 1) for kw, arg in instructions if kw == "ARG" and "=" in arg)
-    return args["PYTHON_IMAGE"]
+def test_one_stage_per_image_chosen_by_the_service_argument():
+    stages = dockerfile_stages(PYTHON_DOCKERFILE)
+    assert list(stages) == ["global", *COMMON_STAGES, *PYTHON_IMAGES, ""]
+    global_args = dict(arg.split("=", 1) if "=" in arg else (arg, None) for _, arg in stages["global"])
+    assert PINNED_PYTHON.match(global_args["PYTHON_IMAGE"])
+    assert "SERVICE" in global_args and global_args["SERVICE"] is None, "SERVICE has no default: builds name it"
+    assert stages[""] == [("FROM", "${SERVICE}")]
+    for name in COMMON_STAGES:
+        assert stages[name][0][1].split()[0] == "${PYTHON_IMAGE}", "every stage on the pinned base"
+    for image in PYTHON_IMAGES:
+        assert stages[image][0] == ("FROM", f"runtime AS {image}")
+        keywords = [kw for kw, _ in stages[image]]
+        assert set(keywords) <= {"FROM", "ENV", "EXPOSE", "ENTRYPOINT", "CMD"}, f"{image}: only its command"
+        entrypoint = [arg for kw, arg in stages[image] if kw == "ENTRYPOINT"]
+        assert len(entrypoint) == 1 and isinstance(json.loads(entrypoint[0]), list), "exec-form ENTRYPOINT"
+        for kw, arg in stages[image]:
+            if kw == "CMD":
+                assert isinstance(json.loads(arg), list), "exec-form CMD"
 
 
-@pytest.mark.parametrize("image", sorted(PYTHON_DOCKERFILES))
-def test_python_images_follow_the_rules(image):
-    path = REPO / PYTHON_DOCKERFILES[image]
-    instructions = dockerfile_instructions(path)
-    keywords = [kw for kw, _ in instructions]
-    froms = [arg for kw, arg in instructions if kw == "FROM"]
+def test_installs_come_from_the_hashed_locks_and_dependencies_before_code():
+    stages = dockerfile_stages(PYTHON_DOCKERFILE)
+    text = PYTHON_DOCKERFILE.read_text()
+    assert "PYTHONPATH" not in text, "the packages are installed, not put on a path"
+    installs = [arg for kw, arg in dockerfile_instructions(PYTHON_DOCKERFILE) if kw == "RUN" and "pip install" in arg]
+    for command in installs:
+        # From a hashed lock, or the wheels built here without an index.
+        assert "--require-hashes -r " in command or ("--no-deps --no-index" in command and ".whl" in command), command
 
-    assert PINNED_PYTHON.match(python_base(instructions))
-    assert all(f.split()[0] == "${PYTHON_IMAGE}" for f in froms), "every stage on the pinned base"
-    assert [f.split()[-1] for f in froms[:-1]] == ["stubs", "deps"] and " AS " not in froms[-1]
+    wheels = stages["wheels"]
+    assert ("RUN", "pip install --no-cache-dir --require-hashes -r locks/build.txt") in wheels
+    assert ("RUN", "python protos/generate.py") in wheels
+    builds = " ".join(arg for kw, arg in wheels if kw == "RUN" and "pip wheel" in arg)
+    assert builds.count("--no-build-isolation --no-index") == 2, "nothing but the locked build backend"
 
-    # Stubs generated in the build, from protos/.
-    assert ("RUN", "python protos/generate.py") in instructions
-    # Requirements installed before any code is copied in.
-    final = instructions[keywords.index("FROM", keywords.index("FROM", keywords.index("FROM") + 1) + 1):]
-    deps = instructions[:len(instructions) - len(final)]
-    copies = [arg for kw, arg in deps if kw == "COPY"]
-    assert all(c.split()[0].endswith(("requirements.txt", "protos/")) for c in copies), copies
-    assert any(kw == "RUN" and "pip install" in arg and "-r " in arg for kw, arg in deps)
+    venv = stages["venv"]
+    keywords = [kw for kw, _ in venv]
+    copies = [arg for kw, arg in venv if kw == "COPY"]
+    assert copies == ["locks/${SERVICE}.txt locks/live-reload.txt /locks/"], "only the locks before the install"
+    lock_install = next(i for i, (kw, arg) in enumerate(venv) if kw == "RUN" and '-r "/locks/${SERVICE}.txt"' in arg)
+    assert keywords.index("COPY") < lock_install
+    code_install = next(i for i, (kw, arg) in enumerate(venv) if kw == "RUN" and "from=wheels" in arg)
+    assert lock_install < code_install
+    assert '/wheels/shared/*.whl "/wheels/${SERVICE}/"*.whl' in venv[code_install][1]
 
-    env = " ".join(arg for kw, arg in final if kw == "ENV")
-    assert "PYTHONUNBUFFERED=1" in env
-    folder = SERVICES_BY_IMAGE[image]
-    assert f"PYTHONPATH=/app:/app/{folder}" in env
-    users = [arg for kw, arg in final if kw == "USER"]
+
+def test_runtime_holds_the_virtual_environment_and_runs_as_a_user():
+    runtime = dockerfile_stages(PYTHON_DOCKERFILE)["runtime"]
+    env = " ".join(arg for kw, arg in runtime if kw == "ENV")
+    assert "PYTHONUNBUFFERED=1" in env and "PATH=/opt/venv/bin:$PATH" in env
+    copies = [arg for kw, arg in runtime if kw == "COPY"]
+    # Nothing from the build context: the shared package and the service's are installed.
+    assert copies == ["--from=venv --chown=app:app /opt/venv /opt/venv"]
+    users = [arg for kw, arg in runtime if kw == "USER"]
     assert users and re.fullmatch(r"[1-9]\d{3,}:[1-9]\d{3,}", users[-1]), "a numeric non-root user"
-    entrypoint = [arg for kw, arg in final if kw == "ENTRYPOINT"]
-    assert len(entrypoint) == 1 and json.loads(entrypoint[0]), "exec-form ENTRYPOINT"
-    for kw, arg in final:
-        if kw == "CMD":
-            assert isinstance(json.loads(arg), list), "exec-form CMD"
-    # Only what the service needs: the shared package and its own folder.
-    sources = {arg.split()[-2] for kw, arg in final if kw == "COPY" and "--from" not in arg}
-    assert sources == {"chinook/", f"{folder}/requirements.txt", f"{folder}/{PACKAGES[folder]}/"}
 
 
-SERVICES_BY_IMAGE = {image: folder for _, image, folder in SERVICES.values()}
-PACKAGES = {"services/gateway": "gateway", "services/cache-svc": "cache_svc",
-            "services/persistence-svc": "persistence_svc", "workers": "worker"}
+def test_each_image_has_its_lock_and_project():
+    """The wheels stage names each service's wheel folder after its project folder, which
+    is the SERVICE of its image."""
+    for image in PYTHON_IMAGES:
+        assert (REPO / "locks" / f"{image}.txt").is_file(), image
+    folders = {folder for _, _, folder in SERVICES.values()}
+    assert {folder.rsplit("/", 1)[-1] for folder in folders} == set(PYTHON_IMAGES)
+    assert "./services/* ./workers" in PYTHON_DOCKERFILE.read_text()
+    for folder in folders:
+        assert (REPO / folder / "pyproject.toml").is_file(), folder
 
 
 def image_command(image: str) -> tuple[list[str], list[str], dict]:
-    instructions = dockerfile_instructions(REPO / DOCKERFILES[image])
+    """The ENTRYPOINT, CMD and ENV of an image: its stage on the runtime stage."""
+    stages = dockerfile_stages(REPO / DOCKERFILES[image])
+    instructions = stages["runtime"] + stages[image] if image in PYTHON_IMAGES else stages[""]
     entrypoint = next(json.loads(arg) for kw, arg in instructions if kw == "ENTRYPOINT")
     cmd = next((json.loads(arg) for kw, arg in instructions if kw == "CMD"), [])
     env = {}
@@ -103,37 +142,35 @@ def test_image_runs_the_procfile_command(process):
         assert env["METRICS_PORT"] == str(METRICS_PORTS[process])
 
 
-def test_grpcio_tools_pin_matches_the_development_one():
-    pin = re.search(r"^grpcio-tools==(\S+)$", (REPO / "requirements-dev.txt").read_text(), re.MULTILINE).group(1)
-    for path in PYTHON_DOCKERFILES.values():
-        assert f"grpcio-tools=={pin}" in (REPO / path).read_text(), path
-
-
 def dockerignore_patterns() -> list[str]:
     lines = (REPO / ".dockerignore").read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
 def ignored(path: str) -> bool:
+    """Whether the build context leaves the path out: it, or a folder above it, matches."""
     patterns = [p.removeprefix("**/") for p in dockerignore_patterns()]
     parts = path.split("/")
-    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path, p.replace("**/", "*/"))
-               or any(fnmatch.fnmatch(part, p) for part in parts) for p in patterns)
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatch(prefix, p) or fnmatch.fnmatch(prefix, p.replace("**/", "*/"))
+               or any(fnmatch.fnmatch(part, p) for part in parts) for p in patterns for prefix in prefixes)
 
 
 def test_dockerignore_keeps_what_builds_need_and_drops_the_committed_stubs():
-    for path in ["protos/generate.py", "chinook/config.py", "chinook/requirements.txt",
-                 "services/gateway/gateway/app.py", "workers/worker/celery_app.py"]:
+    for path in ["protos/generate.py", "chinook/config.py", "pyproject.toml", "locks/build.txt", "locks/gateway.txt",
+                 "services/gateway/pyproject.toml", "services/gateway/gateway/app.py",
+                 "services/gateway/gateway/openapi.yaml", "workers/worker/celery_app.py"]:
         assert not ignored(path), path
     for path in ["chinook/cache/v1/cache_pb2.py", "chinook/cache/v1/cache_pb2_grpc.py", ".venv/bin/python",
                  ".env", "tests/conftest.py", ".git/config", "chinook/__pycache__/config.cpython-311.pyc",
-                 ".certs/ca-key.pem", ".certs/cache-svc/tls.key"]:
+                 ".certs/ca-key.pem", ".certs/cache-svc/tls.key", "bench/__main__.py", "testkit/__init__.py",
+                 "chinook/local_stores/servers.py"]:
         assert ignored(path), path
-    for path in PYTHON_DOCKERFILES.values():
-        for kw, arg in dockerfile_instructions(REPO / path):
-            if kw == "COPY" and "--from" not in arg:
-                source = arg.split()[-2].rstrip("/")
-                assert (REPO / source).exists() and not ignored(source), f"{path}: COPY {source}"
+    for kw, arg in dockerfile_instructions(PYTHON_DOCKERFILE):
+        if kw == "COPY" and "--from" not in arg:
+            for source in arg.split()[:-1]:
+                source = source.replace("${SERVICE}", "gateway").rstrip("/")
+                assert (REPO / source).exists() and not ignored(source), f"COPY {source}"
 
 
 def test_postgres_image_carries_the_sql_in_order():

