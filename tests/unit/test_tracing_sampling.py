@@ -1,6 +1,7 @@
-"""Tracing costs what it samples (docs/tracing.md, "The cost"): a request, call or update of
-a trace not sampled starts no span (a span processor's on_start counts every span begun) and
-only carries its context on; a sampled one gets the spans it always had."""
+"""Tracing costs what it samples (docs/tracing.md, "What is sampled"): a request, call or
+update of a trace not sampled begins no span, recording or not (the sampler, which the SDK
+asks for every span it is to begin, counts them; a span processor's on_start counts the
+recording ones), and only carries its context on; a sampled one gets the spans it always had."""
 
 import collections
 
@@ -13,7 +14,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio, Sampler
 
 from chinook import tracing
 from chinook.grpc_server import SampledCalls
@@ -25,7 +26,7 @@ METHOD = "/chinook.cache.v1.CacheService/UpdateRows"
 
 
 class Started(SpanProcessor):
-    """Counts the spans begun, recording or not exported alike."""
+    """The names of the recording spans begun."""
 
     def __init__(self):
         self.names = []
@@ -34,16 +35,31 @@ class Started(SpanProcessor):
         self.names.append(span.name)
 
 
+class Asked(Sampler):
+    """The configured sampler, noting the name of every span the SDK was asked to begin."""
+
+    def __init__(self, configured: Sampler):
+        self.configured = configured
+        self.names = []
+
+    def should_sample(self, parent_context, trace_id, name, *rest, **named):
+        self.names.append(name)
+        return self.configured.should_sample(parent_context, trace_id, name, *rest, **named)
+
+    def get_description(self):
+        return "Asked"
+
+
 @pytest.fixture
 def spans(monkeypatch):
-    """Tracing on at `parentbased_traceidratio` 0, as setup() builds it: (the spans begun,
-    the spans ended)."""
-    started, exporter = Started(), InMemorySpanExporter()
-    provider = TracerProvider(sampler=tracing._linked_roots_sampled(ParentBasedTraceIdRatio(0)))
+    """Tracing on at `parentbased_traceidratio` 0, as setup() builds it: the spans begun
+    (recording or not), the recording ones, and the ended ones."""
+    asked, started, exporter = Asked(ParentBasedTraceIdRatio(0)), Started(), InMemorySpanExporter()
+    provider = TracerProvider(sampler=tracing._linked_roots_sampled(asked))
     provider.add_span_processor(started)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(tracing, "_provider", provider)
-    return started.names, exporter
+    return asked.names, started.names, exporter
 
 
 def traced_app():
@@ -60,11 +76,12 @@ def traced_app():
     return app.test_client()
 
 
-@pytest.mark.parametrize("headers", [{}, {"traceparent": UNSAMPLED}])
-def test_a_request_not_sampled_begins_no_span_and_carries_its_context_on(spans, headers):
-    started, _ = spans
+@pytest.mark.parametrize("headers, decisions", [({}, ["PATCH"]), ({"traceparent": UNSAMPLED}, [])])
+def test_a_request_not_sampled_begins_no_span_and_carries_its_context_on(spans, headers, decisions):
+    asked, started, _ = spans
     answer = traced_app().patch("/albums/7", headers=headers).get_json()
-    assert started == []
+    # Without a caller's decision the sampler makes one; with one, nothing is begun at all.
+    assert asked == decisions and started == []
     assert answer["recording"] is False
     # Not sampled (the flags' lowest bit): what it calls follows the decision.
     assert not int(answer["traceparent"][-2:], 16) & 1
@@ -73,7 +90,7 @@ def test_a_request_not_sampled_begins_no_span_and_carries_its_context_on(spans, 
 
 
 def test_a_sampled_request_has_its_server_span_with_the_route_and_status(spans):
-    started, exporter = spans
+    _, started, exporter = spans
     answer = traced_app().patch("/albums/7", headers={"traceparent": SAMPLED}).get_json()
     assert len(started) == 1
     assert answer["recording"] is True and int(answer["traceparent"][-2:], 16) & 1
@@ -85,18 +102,18 @@ def test_a_sampled_request_has_its_server_span_with_the_route_and_status(spans):
 
 
 def test_probes_begin_no_span_even_when_sampled(spans):
-    started, _ = spans
+    asked, _, _ = spans
     client = traced_app()
     assert client.get("/healthz", headers={"traceparent": SAMPLED}).status_code == 404
-    assert started == []
+    assert asked == []
 
 
 def test_updates_not_sampled_begin_no_accepting_span_and_keep_no_link(spans):
-    started, exporter = spans
+    asked, started, exporter = spans
     carriers = [{"traceparent": UNSAMPLED}, {}, {"traceparent": SAMPLED.replace(TRACE_ID, "1" * 32)}]
     with tracing.accept_spans(["album"] * 3, [1, 2, 3], carriers) as links:
         pass
-    assert started == ["write-back accept album"]
+    assert asked == started == ["write-back accept album"]
     assert links[:2] == [None, None] and links[2].startswith("1" * 32)
     assert exporter.get_finished_spans()[0].attributes["chinook.id"] == 3
 
@@ -106,7 +123,7 @@ CallDetails = collections.namedtuple("CallDetails", "method invocation_metadata"
 
 
 def test_a_call_not_sampled_runs_in_its_context_with_the_instrumentations_held_back(spans):
-    started, _ = spans
+    asked, _, _ = spans
     seen = {}
 
     def update_rows(request, servicer_context):
@@ -118,7 +135,7 @@ def test_a_call_not_sampled_runs_in_its_context_with_the_instrumentations_held_b
     details = CallDetails(METHOD, (Metadatum("traceparent", UNSAMPLED),))
     wrapped = SampledCalls(server_interceptor()).intercept_service(lambda _: handler, details)
     assert wrapped.unary_unary("request", None) == "request"
-    assert started == []
+    assert asked == []
     assert f"{seen['trace'].trace_id:032x}" == TRACE_ID and not seen["trace"].trace_flags.sampled
     assert seen["instrumenting"] is False
     # Outside the call, the instrumentations work again.
@@ -172,10 +189,10 @@ def call_with(interceptor, parent: str):
 
 
 def test_a_client_call_not_sampled_only_carries_the_context(spans):
-    started, exporter = spans
+    asked, started, exporter = spans
     interceptor = tracing._CallSpans()
     assert call_with(interceptor, UNSAMPLED) == {"traceparent": UNSAMPLED}
-    assert started == []
+    assert asked == []
     sent = call_with(interceptor, SAMPLED)
     (span,) = exporter.get_finished_spans()
     assert started == [METHOD] and span.kind == trace.SpanKind.CLIENT
@@ -185,7 +202,7 @@ def test_a_client_call_not_sampled_only_carries_the_context(spans):
 
 
 def test_a_flush_of_sampled_writes_is_sampled_in_a_task_not_sampled(spans):
-    started, exporter = spans
+    _, started, exporter = spans
     link = f"{TRACE_ID}{5:016x}"
     task = tracing.propagate.extract({"traceparent": f"00-{'2' * 32}-{'3' * 16}-00"})
     token = context.attach(task)
