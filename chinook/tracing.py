@@ -181,9 +181,9 @@ def _span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
 
 class _RequestSpans:
     """WSGI middleware: a server span for each sampled request, continuing a caller's W3C
-    trace context, with the OpenTelemetry WSGI instrumentation's attributes and the Flask
-    route. A request not sampled runs in its context and nothing more, so that the calls it
-    makes tell cache-svc not to sample either."""
+    trace context, with the request's method, scheme, target, client address, Flask route
+    and status. A request not sampled runs in its context and nothing more, so that the
+    calls it makes tell cache-svc not to sample either."""
 
     def __init__(self, wsgi_app, url_map):
         from opentelemetry.instrumentation import wsgi
@@ -208,7 +208,11 @@ class _RequestSpans:
             context.detach(token)
 
     def _traced(self, span, method: str, environ, start_response):
-        span.set_attributes(self.wsgi.collect_request_attributes(environ))
+        # The attributes a request is found by, no more: with the WSGI instrumentation's
+        # thirteen, making and exporting a span took twice as long.
+        span.set_attributes({"http.method": method, "http.scheme": environ.get("wsgi.url_scheme", ""),
+                             "http.target": environ.get("RAW_URI") or environ.get("PATH_INFO", ""),
+                             "net.peer.ip": environ.get("REMOTE_ADDR", "")})
         route = self._route(environ)
         if route:
             span.set_attribute("http.route", route)
