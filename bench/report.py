@@ -31,6 +31,11 @@ B3_VARIANTS = (
 # B3 with a consistency token: at most this CPU per read of what the same reads cost
 # without one (issue 19).
 B3_TOKEN_CPU_MAX = 1.1
+# Tracing: CPU per request at most these multiples of tracing off's, with a tenth of the
+# traces sampled and with every one (bench/scenarios/tracing_cost.py).
+TRACING_CPU_MAX = {"tenth": 1.15, "every": 1.5}
+TRACING_LOADS = {"b2": "Tracing, B2 uniform", "b3": "Tracing, B3 near cache on, uniform"}
+TRACING_SETTINGS = {"tenth": "a tenth of the traces sampled", "every": "every trace sampled"}
 
 
 COLD = "rows not cached"
@@ -183,6 +188,7 @@ def rows(results: dict) -> list[Row]:
         if system.get("near_cache") == "on":
             out.append(Row(label, "near-cache hits (X-Cache-Tier)", _tiers(system), "-", "-", "-", None))
     out += _token_rows(b3)
+    out += _tracing_rows(results.get("tracing_cost"))
     out += _mix_rows(results.get("mix") or {})
     b4 = results["b4"]
     if b4:
@@ -228,6 +234,22 @@ def _token_rows(b3: dict) -> list[Row]:
                 f"without {cpu_ms(without):.3f} ms", _ratio(cost), f"<= {B3_TOKEN_CPU_MAX}x",
                 cost is not None and cost <= B3_TOKEN_CPU_MAX),
             Row(label, "near-cache hits (X-Cache-Tier)", _tiers(with_token), "-", "-", "-", None)]
+
+
+def _tracing_rows(tracing: dict | None) -> list[Row]:
+    """CPU per request of each load with tracing on, against the same load with it off
+    (the mean of the runs before and after)."""
+    if not tracing:
+        return []
+    out = []
+    for load, label in TRACING_LOADS.items():
+        cpu = tracing["cpu_ms"][load]
+        for setting, limit in TRACING_CPU_MAX.items():
+            ratio = cpu[setting] / cpu["off"] if cpu["off"] else None
+            out.append(Row(label, f"CPU per request, {TRACING_SETTINGS[setting]}", f"{cpu[setting]:.3f} ms",
+                           f"tracing off {cpu['off']:.3f} ms", _ratio(ratio), f"<= {limit}x",
+                           ratio is not None and ratio <= limit))
+    return out
 
 
 def _b6_configs(b6: dict | None) -> dict:

@@ -32,7 +32,7 @@ from . import stores
 from .measure import System, command_version, log
 from .profile import Profiler
 from .profiles import BASE_ALBUMS, Profile
-from .scenarios import b1_bulk, b2_updates, b3_reads, b4_growth, b6_scaling, read_mostly_mix
+from .scenarios import b1_bulk, b2_updates, b3_reads, b4_growth, b6_scaling, read_mostly_mix, tracing_cost
 from .trace_sink import TraceSink
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -44,13 +44,13 @@ SCENARIOS = (MAIN_SCENARIOS, SCALING_SCENARIO)
 
 # The steps of plan(), by name.
 STEPS = {"grow": b4_growth.grow, "b1": b1_bulk.run, "b2": b2_updates.run, "b3": b3_reads.run,
-         "mix": read_mostly_mix.run, "b3_near_off": b3_reads.run_near_off}
+         "mix": read_mostly_mix.run, "b3_near_off": b3_reads.run_near_off, "tracing_cost": tracing_cost.run}
 
 
 def plan(profile: Profile) -> list[tuple]:
     """The steps in order: ("grow", multiplier, new size, is_b4), ("b1", n), ("b2",), ("b3",),
-    ("mix",), ("b3_near_off",). The mix runs while B3 has left the near cache warm, B3's
-    runs without it after."""
+    ("mix",), ("b3_near_off",), ("tracing_cost",). The mix runs while B3 has left the near
+    cache warm, B3's runs without it after, then B2 and B3 again with tracing off and on."""
     targets = sorted(set(profile.b1_sizes) | {profile.load_size, 2 * profile.load_size})
     steps, size = [], BASE_ALBUMS
     for target in targets:
@@ -63,7 +63,7 @@ def plan(profile: Profile) -> list[tuple]:
         if target in profile.b1_sizes:
             steps.append(("b1", target))
         if target == profile.load_size:
-            steps += [("b2",), ("b3",), ("mix",), ("b3_near_off",)]
+            steps += [("b2",), ("b3",), ("mix",), ("b3_near_off",), ("tracing_cost",)]
     return steps
 
 

@@ -88,6 +88,43 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         )
 
 
+class SampledCalls(grpc.ServerInterceptor):
+    """Tracing that costs what it samples: a call whose metadata carries a trace context
+    that is not sampled runs in that context with the instrumentations held back, and makes
+    no span; every other call goes through `spans` (OpenTelemetry's interceptor), whose
+    sampler decides."""
+
+    def __init__(self, spans: grpc.ServerInterceptor):
+        self.spans = spans
+
+    def intercept_service(self, continuation, handler_call_details):
+        if tracing.untraced_method(handler_call_details.method):
+            return continuation(handler_call_details)
+        unsampled = tracing.unsampled_context(handler_call_details.invocation_metadata)
+        if unsampled is None:
+            return self.spans.intercept_service(continuation, handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.response_streaming:
+            return _rebuilt(handler, lambda inner: _streamed_unsampled(unsampled, inner))
+        return _rebuilt(handler, lambda inner: _run_unsampled(unsampled, inner))
+
+
+def _run_unsampled(call_context, inner):
+    def unsampled(request, context):
+        with tracing.running_unsampled(call_context):
+            return inner(request, context)
+    return unsampled
+
+
+def _streamed_unsampled(call_context, inner):
+    def unsampled(request, context):
+        with tracing.running_unsampled(call_context):
+            yield from inner(request, context)
+    return unsampled
+
+
 class CallerCheck(grpc.ServerInterceptor):
     """Lets a call through only when the service its client certificate names may call the
     method (chinook.callers.ALLOWED_CALLERS); health and reflection are open to any
@@ -204,7 +241,8 @@ class GrpcService:
         caller_check = [CallerCheck()] if credentials is not None else []
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[*tracing.grpc_server_interceptors(), *caller_check, ObservingInterceptor()],
+            interceptors=[*(SampledCalls(spans) for spans in tracing.grpc_server_interceptors()), *caller_check,
+                          ObservingInterceptor()],
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024),
                      # Clients reconnect every few minutes, and so resolve again and find

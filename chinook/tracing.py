@@ -11,14 +11,21 @@ OTEL_TRACES_SAMPLER[_ARG], OTEL_BSP_*, OTEL_EXPORTER_OTLP_* headers, timeout,
 certificates, OTEL_PROPAGATORS); only the protocol is read here, to pick the exporter.
 A forking server must call setup() in each child, after the fork: an exporter's gRPC
 channel and the batch processor's thread do not survive one.
+
+With tracing on, a request costs what it samples: the sampling decision comes first, from
+the caller's context or the configured sampler, and a request not sampled makes no span and
+runs no instrumentation; it only carries its context on, so that every process after it
+decides alike.
 """
 
+import collections
 import contextlib
 import logging
 import os
 import sys
 
-from opentelemetry import propagate, trace
+import grpc
+from opentelemetry import context, propagate, trace
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,14 @@ LINK_WIDTH = 48
 LINKS_PER_ROW = 4
 # Links of one flush span; the rest are counted in chinook.links_dropped.
 MAX_FLUSH_LINKS = 32
+
+# Requests with no span: probes, scrapes and the console's static files would bury the
+# requests that matter.
+UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics", "/console")
+# gRPC calls with no span: health checks and reflection come every few seconds; the change
+# stream lasts as long as the gateway, a span no one would ever see ended.
+UNTRACED_SERVICES = ("/grpc.health.", "/grpc.reflection.")
+UNTRACED_METHODS = ("/WatchChanges",)
 
 # The provider this process set up; None while tracing is off.
 _provider = None
@@ -112,9 +127,11 @@ def setup(service: str, *instrumentations: str) -> bool:
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service}))
-    # The sampler comes from OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, the batch
-    # processor's limits from OTEL_BSP_*.
-    provider = TracerProvider(resource=resource)
+    # The sampler OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG configure (a provider's
+    # default), with flushes of sampled writes always sampled; the batch processor's limits
+    # come from OTEL_BSP_*.
+    configured = TracerProvider(shutdown_on_exit=False).sampler
+    provider = TracerProvider(resource=resource, sampler=_linked_roots_sampled(configured))
     provider.add_span_processor(BatchSpanProcessor(_exporter(chosen)))
     trace.set_tracer_provider(provider)
     _provider = provider
@@ -130,38 +147,204 @@ def shutdown():
         _provider.shutdown()
 
 
+def _linked_roots_sampled(configured):
+    """The configured sampler, except that a span starting a trace with links to sampled
+    spans is sampled: a flush of sampled writes links to them even where the sampler would
+    have left its trace out."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    class LinkedRootsSampled(Sampler):
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                          trace_state=None):
+            if links and not trace.get_current_span(parent_context).get_span_context().is_valid \
+                    and any(link.context.trace_flags.sampled for link in links):
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+            return configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self):
+            return f"LinkedRootsSampled{{{configured.get_description()}}}"
+
+    return LinkedRootsSampled()
+
+
+def _span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
+    """The span a request starts, or None when its trace is not sampled, and the context
+    to run it in. A parent context that is not sampled decides at once, without asking the
+    sampler or making a span; otherwise the sampler decides (the SDK's, which follows a
+    sampled parent)."""
+    parent_span = trace.get_current_span(parent).get_span_context()
+    if parent_span.is_valid and not parent_span.trace_flags.sampled:
+        return None, parent if parent is not None else context.get_current()
+    span = tracer.start_span(name, parent, kind)
+    return (span if span.is_recording() else None), trace.set_span_in_context(span, parent)
+
+
+class _RequestSpans:
+    """WSGI middleware: a server span for each sampled request, continuing a caller's W3C
+    trace context, with the request's method, scheme, target, client address, Flask route
+    and status. A request not sampled runs in its context and nothing more, so that the
+    calls it makes tell cache-svc not to sample either."""
+
+    def __init__(self, wsgi_app, url_map):
+        from opentelemetry.instrumentation import wsgi
+
+        self.wsgi_app = wsgi_app
+        self.url_map = url_map
+        self.wsgi = wsgi
+        self.tracer = _provider.get_tracer(__name__)
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith(UNTRACED_PATHS):
+            return self.wsgi_app(environ, start_response)
+        method = environ.get("REQUEST_METHOD", "")
+        span, request_context = _span_if_sampled(self.tracer, method, trace.SpanKind.SERVER,
+                                                 propagate.extract(environ, getter=self.wsgi.wsgi_getter))
+        token = context.attach(request_context)
+        try:
+            if span is None:
+                return self.wsgi_app(environ, start_response)
+            return self._traced(span, method, environ, start_response)
+        finally:
+            context.detach(token)
+
+    def _traced(self, span, method: str, environ, start_response):
+        # The attributes a request is found by, no more: with the WSGI instrumentation's
+        # thirteen, making and exporting a span took twice as long.
+        span.set_attributes({"http.method": method, "http.scheme": environ.get("wsgi.url_scheme", ""),
+                             "http.target": environ.get("RAW_URI") or environ.get("PATH_INFO", ""),
+                             "net.peer.ip": environ.get("REMOTE_ADDR", "")})
+        route = self._route(environ)
+        if route:
+            span.set_attribute("http.route", route)
+            span.update_name(f"{method} {route}")
+
+        def recording_start_response(status, headers, *exc_info):
+            self.wsgi.add_response_attributes(span, status, headers)
+            return start_response(status, headers, *exc_info)
+
+        with trace.use_span(span, end_on_exit=True):
+            return self.wsgi_app(environ, recording_start_response)
+
+    def _route(self, environ) -> str | None:
+        from werkzeug.exceptions import HTTPException
+        from werkzeug.routing import RequestRedirect
+
+        try:
+            rule, _ = self.url_map.bind_to_environ(environ).match(return_rule=True)
+        except (HTTPException, RequestRedirect):
+            return None
+        return rule.rule
+
+
 def instrument_flask(app):
-    """Spans for the app's requests, continuing a caller's W3C trace context."""
+    """A span for each sampled request of the app, continuing a caller's W3C trace context."""
     if _provider is not None:
-        from opentelemetry.instrumentation.flask import FlaskInstrumentor
-        # Probes, scrapes and the console's static files would bury the requests that matter.
-        FlaskInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics,console")
+        app.wsgi_app = _RequestSpans(app.wsgi_app, app.url_map)
 
 
-def _traced_calls():
-    from opentelemetry.instrumentation.grpc import filters
-    # Health checks and reflection come every few seconds; the change stream lasts as long
-    # as the gateway, a span no one would ever see ended.
-    return filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"),
-                                         filters.method_name("WatchChanges")))
+def untraced_method(method: str) -> bool:
+    """True for the gRPC methods that never make a span (UNTRACED_SERVICES, UNTRACED_METHODS)."""
+    return method.startswith(UNTRACED_SERVICES) or method.endswith(UNTRACED_METHODS)
 
 
 def grpc_server_interceptors() -> list:
-    """The interceptors that make a span of each call a server takes; none when off."""
+    """The OpenTelemetry interceptor that makes a span of each call a server takes, for
+    the calls sampled (chinook.grpc_server.SampledCalls decides); none when off."""
     if _provider is None:
         return []
     from opentelemetry.instrumentation.grpc import server_interceptor
-    return [server_interceptor(filter_=_traced_calls())]
+    return [server_interceptor()]
+
+
+def unsampled_context(metadata):
+    """The context a call's metadata carries when it is of a trace not sampled; None
+    otherwise (no context, or a sampled one)."""
+    incoming = propagate.extract({item.key: item.value for item in metadata or ()})
+    parent = trace.get_current_span(incoming).get_span_context()
+    if not parent.is_valid or parent.trace_flags.sampled:
+        return None
+    return incoming
+
+
+@contextlib.contextmanager
+def running_unsampled(call_context):
+    """Runs a call of a trace not sampled in its context, which its own calls carry on,
+    with the instrumentations (Redis commands, SQL statements, task spans) held back."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    token = context.attach(call_context)
+    try:
+        with suppress_instrumentation():
+            yield
+    finally:
+        context.detach(token)
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                             "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    pass
+
+
+class _CallSpans(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """A client span of each unary call made in a sampled trace (or starting one the
+    sampler keeps); every call carries the trace context on, sampled or not, so that the
+    server decides alike. Streaming calls carry the context only."""
+
+    def __init__(self):
+        from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+        self.tracer = _provider.get_tracer(__name__)
+        # False inside untraced() and in calls of traces not sampled.
+        self.instrumenting = is_instrumentation_enabled
+
+    def intercept_unary_unary(self, continuation, call_details, request):
+        if untraced_method(call_details.method):
+            return continuation(call_details, request)
+        span, call_context = None, None
+        if self.instrumenting():
+            span, call_context = _span_if_sampled(self.tracer, call_details.method, trace.SpanKind.CLIENT)
+        if span is None:
+            return continuation(_carrying(call_details, call_context), request)
+        service, _, method = call_details.method.lstrip("/").partition("/")
+        span.set_attributes({"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
+        with trace.use_span(span, end_on_exit=True):
+            call = continuation(_carrying(call_details, call_context), request)
+            code = call.code()
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code.name}: {call.details()}"))
+            return call
+
+    def intercept_unary_stream(self, continuation, call_details, request):
+        return continuation(_carrying(call_details), request)
+
+    def intercept_stream_unary(self, continuation, call_details, request_iterator):
+        return continuation(_carrying(call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, call_details, request_iterator):
+        return continuation(_carrying(call_details), request_iterator)
+
+
+def _carrying(call_details, call_context=None):
+    """The call's details with the trace context (the current one, or call_context) added
+    to its metadata."""
+    if untraced_method(call_details.method):
+        return call_details
+    carrier = {}
+    propagate.inject(carrier, context=call_context)
+    if not carrier:
+        return call_details
+    return _CallDetails(call_details.method, call_details.timeout, [*(call_details.metadata or ()), *carrier.items()],
+                        call_details.credentials, call_details.wait_for_ready, call_details.compression)
 
 
 def intercept_channel(channel):
-    """The channel, making a span of each call and sending the trace context along when on."""
+    """The channel, making a span of each sampled call and sending the trace context along when on."""
     if _provider is None:
         return channel
-    from opentelemetry.instrumentation.grpc import client_interceptor
-    from opentelemetry.instrumentation.grpc import intercept_channel as wrap
-    # The instrumentation's own wrapper: its interceptor is not one of grpc's classes.
-    return wrap(channel, client_interceptor(filter_=_traced_calls()))
+    return grpc.intercept_channel(channel, _CallSpans())
 
 
 def untraced():
@@ -214,15 +397,19 @@ def span_context_of(link: str) -> trace.SpanContext:
 
 def flush_span(entity: str, rows: int, links, links_dropped: int):
     """The span of one flush of `rows` rows, linked to the spans that accepted them (at
-    most MAX_FLUSH_LINKS; links_dropped counts the others). Yields the span, a no-op one
-    when tracing is off."""
+    most MAX_FLUSH_LINKS; links_dropped counts the others). A flush with links is always
+    sampled: where its task's trace is not, it starts a trace of its own. Yields the span,
+    a no-op one when tracing is off."""
     if _provider is None:
         return contextlib.nullcontext(trace.INVALID_SPAN)
     links = list(links)
     dropped = links_dropped + max(0, len(links) - MAX_FLUSH_LINKS)
     links = links[:MAX_FLUSH_LINKS]
+    parent = None
+    if links and not trace.get_current_span().get_span_context().trace_flags.sampled:
+        parent = context.Context()
     return _provider.get_tracer(__name__).start_as_current_span(
-        f"write-back flush {entity}", kind=trace.SpanKind.INTERNAL,
+        f"write-back flush {entity}", context=parent, kind=trace.SpanKind.INTERNAL,
         links=[trace.Link(span_context_of(link)) for link in links],
         attributes={"chinook.entity": entity, "chinook.rows": rows, "chinook.links_dropped": dropped},
     )
@@ -234,7 +421,7 @@ def mark_flushed(flush, entity: str, links, written: int, refused: int):
     from a write's trace forward to the flush. A no-op when off."""
     if _provider is None or not flush.is_recording():
         return
-    tracer = trace.get_tracer(__name__)
+    tracer = _provider.get_tracer(__name__)
     for link in list(links)[:MAX_FLUSH_LINKS]:
         parent = trace.set_span_in_context(trace.NonRecordingSpan(span_context_of(link)))
         tracer.start_span(f"write-back flushed {entity}", context=parent, links=[trace.Link(flush.get_span_context())],
@@ -245,25 +432,30 @@ def mark_flushed(flush, entity: str, links, written: int, refused: int):
 @contextlib.contextmanager
 def accept_spans(entities: list[str], ids: list[int], carriers: list):
     """For a batch of updates from several requests (the gateway gathers them into one
-    call), one span per update, a child of the request it came from (its W3C context in
-    carriers; the current span where it carries none or the same trace), linked to the
-    batch's call. Yields the link to keep for each update (None where not sampled)."""
-    tracer = trace.get_tracer(__name__)
-    batch = trace.get_current_span().get_span_context()
+    call), one span per sampled update, a child of the request it came from (its W3C
+    context in carriers; the current span where it carries none or the same trace), linked
+    to the batch's call. Yields the link to keep for each update (None where not sampled)."""
+    tracer = _provider.get_tracer(__name__)
+    call = trace.get_current_span()
+    batch = call.get_span_context()
     spans = []
     try:
         for entity, row_id, carrier in zip(entities, ids, carriers, strict=False):
             parent = propagate.extract(carrier) if carrier else None
             request = trace.get_current_span(parent).get_span_context() if parent is not None else None
             own_trace = request is not None and request.is_valid and request.trace_id != batch.trace_id
+            if not (request.trace_flags.sampled if own_trace else call.is_recording()):
+                spans.append(None)
+                continue
             spans.append(tracer.start_span(
                 f"write-back accept {entity}", context=parent if own_trace else None,
                 links=[trace.Link(batch)] if own_trace and batch.is_valid else None,
                 attributes={"chinook.entity": entity, "chinook.id": row_id}))
-        yield [link_of(span.get_span_context()) for span in spans]
+        yield [span and link_of(span.get_span_context()) for span in spans]
     finally:
         for span in spans:
-            span.end()
+            if span is not None:
+                span.end()
 
 
 def add_event(name: str, **attributes):

@@ -159,3 +159,18 @@ def test_table_has_a_row_per_target(smoke):
     # Each configuration but the baseline against the one it differs from by one thing.
     assert {r.scenario[:6]: r.anchor[:3] for r in b6_rows if r.ratio != "-"} == {
         "B6 (b)": "(a)", "B6 (c)": "(a)", "B6 (d)": "(c)"}
+
+
+def test_tracing_cost_runs_b2_and_b3_with_tracing_off_a_tenth_sampled_every_trace_and_off_again(smoke):
+    tracing = smoke[0]["tracing_cost"]
+    for load in ("b2", "b3"):
+        assert set(tracing[load]) == {"off", "tenth", "every", "off_again"}
+        for summary in tracing[load].values():
+            assert summary["requests"] > 0 and summary["errors"] == 0
+        assert set(tracing["ratios"][load]) == {"tenth", "every"}
+    assert tracing["b3"]["every"]["x_cache_tier"].get("near", 0) > 0
+    spans = tracing["spans_received"]
+    assert spans["off"]["exports"] == spans["off_again"]["exports"] == 0 and spans["every"]["bytes"] > 0
+    rows = [r for r in report.rows(smoke[0]) if r.scenario.startswith("Tracing")]
+    assert [(r.scenario.split(",")[1].strip()[:2], r.target) for r in rows] == [
+        ("B2", "<= 1.15x"), ("B2", "<= 1.5x"), ("B3", "<= 1.15x"), ("B3", "<= 1.5x")]

@@ -1,0 +1,220 @@
+"""Tracing costs what it samples (docs/tracing.md, "What is sampled"): a request, call or
+update of a trace not sampled begins no span, recording or not (the sampler, which the SDK
+asks for every span it is to begin, counts them; a span processor's on_start counts the
+recording ones), and only carries its context on; a sampled one gets the spans it always had."""
+
+import collections
+
+import grpc
+import pytest
+from flask import Flask
+from opentelemetry import context, trace
+from opentelemetry.instrumentation.grpc import server_interceptor
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio, Sampler
+
+from chinook import tracing
+from chinook.grpc_server import SampledCalls
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+UNSAMPLED = f"00-{TRACE_ID}-b7ad6b7169203331-00"
+SAMPLED = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+METHOD = "/chinook.cache.v1.CacheService/UpdateRows"
+
+
+class Started(SpanProcessor):
+    """The names of the recording spans begun."""
+
+    def __init__(self):
+        self.names = []
+
+    def on_start(self, span, parent_context=None):
+        self.names.append(span.name)
+
+
+class Asked(Sampler):
+    """The configured sampler, noting the name of every span the SDK was asked to begin."""
+
+    def __init__(self, configured: Sampler):
+        self.configured = configured
+        self.names = []
+
+    def should_sample(self, parent_context, trace_id, name, *rest, **named):
+        self.names.append(name)
+        return self.configured.should_sample(parent_context, trace_id, name, *rest, **named)
+
+    def get_description(self):
+        return "Asked"
+
+
+@pytest.fixture
+def spans(monkeypatch):
+    """Tracing on at `parentbased_traceidratio` 0, as setup() builds it: the spans begun
+    (recording or not), the recording ones, and the ended ones."""
+    asked, started, exporter = Asked(ParentBasedTraceIdRatio(0)), Started(), InMemorySpanExporter()
+    provider = TracerProvider(sampler=tracing._linked_roots_sampled(asked))
+    provider.add_span_processor(started)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_provider", provider)
+    return asked.names, started.names, exporter
+
+
+def traced_app():
+    """A Flask app with one route, which answers the context it ran in."""
+    app = Flask(__name__)
+    tracing.instrument_flask(app)
+
+    @app.patch("/albums/<int:album_id>")
+    def patch(album_id):
+        carrier = {}
+        tracing.inject(carrier)
+        return {"traceparent": carrier.get("traceparent"), "recording": trace.get_current_span().is_recording()}
+
+    return app.test_client()
+
+
+@pytest.mark.parametrize("headers, decisions", [({}, ["PATCH"]), ({"traceparent": UNSAMPLED}, [])])
+def test_a_request_not_sampled_begins_no_span_and_carries_its_context_on(spans, headers, decisions):
+    asked, started, _ = spans
+    answer = traced_app().patch("/albums/7", headers=headers).get_json()
+    # Without a caller's decision the sampler makes one; with one, nothing is begun at all.
+    assert asked == decisions and started == []
+    assert answer["recording"] is False
+    # Not sampled (the flags' lowest bit): what it calls follows the decision.
+    assert not int(answer["traceparent"][-2:], 16) & 1
+    if headers:
+        assert answer["traceparent"] == UNSAMPLED
+
+
+def test_a_sampled_request_has_its_server_span_with_the_route_and_status(spans):
+    _, started, exporter = spans
+    answer = traced_app().patch("/albums/7", headers={"traceparent": SAMPLED}).get_json()
+    assert len(started) == 1
+    assert answer["recording"] is True and int(answer["traceparent"][-2:], 16) & 1
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "PATCH /albums/<int:album_id>"
+    assert span.kind == trace.SpanKind.SERVER and f"{span.context.trace_id:032x}" == TRACE_ID
+    assert (span.attributes["http.method"], span.attributes["http.route"], span.attributes["http.status_code"]) == (
+        "PATCH", "/albums/<int:album_id>", 200)
+
+
+def test_probes_begin_no_span_even_when_sampled(spans):
+    asked, _, _ = spans
+    client = traced_app()
+    assert client.get("/healthz", headers={"traceparent": SAMPLED}).status_code == 404
+    assert asked == []
+
+
+def test_updates_not_sampled_begin_no_accepting_span_and_keep_no_link(spans):
+    asked, started, exporter = spans
+    carriers = [{"traceparent": UNSAMPLED}, {}, {"traceparent": SAMPLED.replace(TRACE_ID, "1" * 32)}]
+    with tracing.accept_spans(["album"] * 3, [1, 2, 3], carriers) as links:
+        pass
+    assert asked == started == ["write-back accept album"]
+    assert links[:2] == [None, None] and links[2].startswith("1" * 32)
+    assert exporter.get_finished_spans()[0].attributes["chinook.id"] == 3
+
+
+Metadatum = collections.namedtuple("Metadatum", "key value")
+CallDetails = collections.namedtuple("CallDetails", "method invocation_metadata")
+
+
+def test_a_call_not_sampled_runs_in_its_context_with_the_instrumentations_held_back(spans):
+    asked, _, _ = spans
+    seen = {}
+
+    def update_rows(request, servicer_context):
+        seen["trace"] = trace.get_current_span().get_span_context()
+        seen["instrumenting"] = is_instrumentation_enabled()
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(update_rows)
+    details = CallDetails(METHOD, (Metadatum("traceparent", UNSAMPLED),))
+    wrapped = SampledCalls(server_interceptor()).intercept_service(lambda _: handler, details)
+    assert wrapped.unary_unary("request", None) == "request"
+    assert asked == []
+    assert f"{seen['trace'].trace_id:032x}" == TRACE_ID and not seen["trace"].trace_flags.sampled
+    assert seen["instrumenting"] is False
+    # Outside the call, the instrumentations work again.
+    assert is_instrumentation_enabled()
+
+
+def test_a_sampled_call_goes_through_the_opentelemetry_interceptor(spans):
+    calls = []
+
+    class Spans(grpc.ServerInterceptor):
+        def intercept_service(self, continuation, handler_call_details):
+            calls.append(handler_call_details.method)
+            return continuation(handler_call_details)
+
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, _: request)
+    interceptor = SampledCalls(Spans())
+    interceptor.intercept_service(lambda _: handler, CallDetails(METHOD, (Metadatum("traceparent", SAMPLED),)))
+    # Health checks never make a span, sampled or not.
+    interceptor.intercept_service(lambda _: handler, CallDetails("/grpc.health.v1.Health/Check", ()))
+    assert calls == [METHOD]
+
+
+class Call:
+    def code(self):
+        return grpc.StatusCode.OK
+
+    def details(self):
+        return ""
+
+
+ClientCallDetails = collections.namedtuple("ClientCallDetails",
+                                           "method timeout metadata credentials wait_for_ready compression")
+
+
+def call_with(interceptor, parent: str):
+    """Makes a unary call through interceptor in the trace of `parent` (a traceparent);
+    returns the metadata it was sent with."""
+    sent = {}
+
+    def continuation(call_details, request):
+        sent.update(call_details.metadata)
+        return Call()
+
+    incoming = tracing.propagate.extract({"traceparent": parent})
+    token = context.attach(incoming)
+    try:
+        interceptor.intercept_unary_unary(continuation, ClientCallDetails(METHOD, 5, None, None, None, None), "req")
+    finally:
+        context.detach(token)
+    return sent
+
+
+def test_a_client_call_not_sampled_only_carries_the_context(spans):
+    asked, started, exporter = spans
+    interceptor = tracing._CallSpans()
+    assert call_with(interceptor, UNSAMPLED) == {"traceparent": UNSAMPLED}
+    assert asked == []
+    sent = call_with(interceptor, SAMPLED)
+    (span,) = exporter.get_finished_spans()
+    assert started == [METHOD] and span.kind == trace.SpanKind.CLIENT
+    assert sent["traceparent"] == f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
+    assert (span.attributes["rpc.service"], span.attributes["rpc.method"]) == ("chinook.cache.v1.CacheService",
+                                                                              "UpdateRows")
+
+
+def test_a_flush_of_sampled_writes_is_sampled_in_a_task_not_sampled(spans):
+    _, started, exporter = spans
+    link = f"{TRACE_ID}{5:016x}"
+    task = tracing.propagate.extract({"traceparent": f"00-{'2' * 32}-{'3' * 16}-00"})
+    token = context.attach(task)
+    try:
+        with tracing.flush_span("album", 1, [link], 0) as flush:
+            assert flush.is_recording()
+        with tracing.flush_span("album", 1, [], 0) as unlinked:
+            assert not unlinked.is_recording()
+    finally:
+        context.detach(token)
+    (span,) = exporter.get_finished_spans()
+    # A trace of its own, not a child of the task span never recorded.
+    assert span.parent is None and f"{span.context.trace_id:032x}" != "2" * 32
+    assert [tracing.link_of(link.context) for link in span.links] == [link]
+    assert started == ["write-back flush album"]
