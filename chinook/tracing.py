@@ -167,7 +167,7 @@ def _linked_roots_sampled(configured):
     return LinkedRootsSampled()
 
 
-def _span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
+def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
     """The span a request starts, or None when its trace is not sampled, and the context
     to run it in. A parent context that is not sampled decides at once, without asking the
     sampler or making a span; otherwise the sampler decides (the SDK's, which follows a
@@ -179,67 +179,9 @@ def _span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
     return (span if span.is_recording() else None), trace.set_span_in_context(span, parent)
 
 
-class _RequestSpans:
-    """WSGI middleware: a server span for each sampled request, continuing a caller's W3C
-    trace context, with the request's method, scheme, target, client address, Flask route
-    and status. A request not sampled runs in its context and nothing more, so that the
-    calls it makes tell cache-svc not to sample either."""
-
-    def __init__(self, wsgi_app, url_map):
-        from opentelemetry.instrumentation import wsgi
-
-        self.wsgi_app = wsgi_app
-        self.url_map = url_map
-        self.wsgi = wsgi
-        self.tracer = _provider.get_tracer(__name__)
-
-    def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO", "").startswith(UNTRACED_PATHS):
-            return self.wsgi_app(environ, start_response)
-        method = environ.get("REQUEST_METHOD", "")
-        span, request_context = _span_if_sampled(self.tracer, method, trace.SpanKind.SERVER,
-                                                 propagate.extract(environ, getter=self.wsgi.wsgi_getter))
-        token = context.attach(request_context)
-        try:
-            if span is None:
-                return self.wsgi_app(environ, start_response)
-            return self._traced(span, method, environ, start_response)
-        finally:
-            context.detach(token)
-
-    def _traced(self, span, method: str, environ, start_response):
-        # The attributes a request is found by, no more: with the WSGI instrumentation's
-        # thirteen, making and exporting a span took twice as long.
-        span.set_attributes({"http.method": method, "http.scheme": environ.get("wsgi.url_scheme", ""),
-                             "http.target": environ.get("RAW_URI") or environ.get("PATH_INFO", ""),
-                             "net.peer.ip": environ.get("REMOTE_ADDR", "")})
-        route = self._route(environ)
-        if route:
-            span.set_attribute("http.route", route)
-            span.update_name(f"{method} {route}")
-
-        def recording_start_response(status, headers, *exc_info):
-            self.wsgi.add_response_attributes(span, status, headers)
-            return start_response(status, headers, *exc_info)
-
-        with trace.use_span(span, end_on_exit=True):
-            return self.wsgi_app(environ, recording_start_response)
-
-    def _route(self, environ) -> str | None:
-        from werkzeug.exceptions import HTTPException
-        from werkzeug.routing import RequestRedirect
-
-        try:
-            rule, _ = self.url_map.bind_to_environ(environ).match(return_rule=True)
-        except (HTTPException, RequestRedirect):
-            return None
-        return rule.rule
-
-
-def instrument_flask(app):
-    """A span for each sampled request of the app, continuing a caller's W3C trace context."""
-    if _provider is not None:
-        app.wsgi_app = _RequestSpans(app.wsgi_app, app.url_map)
+def tracer(name: str):
+    """A tracer of the provider setup() made, or None while tracing is off."""
+    return _provider.get_tracer(name) if _provider is not None else None
 
 
 def untraced_method(method: str) -> bool:
@@ -304,7 +246,7 @@ class _CallSpans(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterce
             return continuation(call_details, request)
         span, call_context = None, None
         if self.instrumenting():
-            span, call_context = _span_if_sampled(self.tracer, call_details.method, trace.SpanKind.CLIENT)
+            span, call_context = span_if_sampled(self.tracer, call_details.method, trace.SpanKind.CLIENT)
         if span is None:
             return continuation(_carrying(call_details, call_context), request)
         service, _, method = call_details.method.lstrip("/").partition("/")

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio, Sampler
 
 from chinook import tracing
 from chinook.grpc_server import SampledCalls
+from gateway import request_spans
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 UNSAMPLED = f"00-{TRACE_ID}-b7ad6b7169203331-00"
@@ -65,7 +66,7 @@ def spans(monkeypatch):
 def traced_app():
     """A Flask app with one route, which answers the context it ran in."""
     app = Flask(__name__)
-    tracing.instrument_flask(app)
+    request_spans.instrument(app)
 
     @app.patch("/albums/<int:album_id>")
     def patch(album_id):

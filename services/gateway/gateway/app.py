@@ -35,7 +35,11 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     and the thread that keeps it subscribed are created here, in the serving process."""
     app = Flask(__name__)
     # First: its span then covers the access check, refusals and audit lines included.
-    tracing.instrument_flask(app)
+    # Imported only with tracing on: otherwise no instrumentation is even loaded.
+    if tracing.enabled():
+        from . import request_spans
+
+        request_spans.instrument(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     client = cache_client or CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s,
