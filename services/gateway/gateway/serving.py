@@ -61,15 +61,15 @@ def checked_settings():
     return settings
 
 
-def make_server(host: str, port: int, app: str = APP, workers: int = WORKERS, threads: int = THREADS):
-    """granian serving the WSGI `app` ("module:name"): a crashed worker is replaced, and a
-    stopping one that has not finished within STOP_TIMEOUT_S is killed. The bench's
-    anchors run under the same server."""
+def make_server(host: str, port: int):
+    """granian serving APP: a crashed worker is replaced, and a stopping one that has not
+    finished within STOP_TIMEOUT_S is killed. The bench runs its anchors with the same
+    workers, threads and timeout (bench/stores.py)."""
     from granian import Granian
     from granian.constants import Interfaces
 
-    return Granian(app, address=host, port=port, interface=Interfaces.WSGI, workers=workers,
-                   blocking_threads=threads, respawn_failed_workers=True, workers_kill_timeout=STOP_TIMEOUT_S)
+    return Granian(APP, address=host, port=port, interface=Interfaces.WSGI, workers=WORKERS,
+                   blocking_threads=THREADS, respawn_failed_workers=True, workers_kill_timeout=STOP_TIMEOUT_S)
 
 
 def relay_stop_signals():
@@ -80,7 +80,7 @@ def relay_stop_signals():
     (its worker watchers), a signal would not wake it, and one handled in the main thread
     while it holds that lock (a second signal) would deadlock it. So they are blocked here,
     before any other thread starts (each inherits the mask), and this thread takes them.
-    The workers forked from this thread inherit the mask too (worker_signals).
+    The workers, forked by the main thread, inherit the mask too (worker_signals).
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
