@@ -52,7 +52,8 @@ USER 10001:10001
 
 FROM runtime AS gateway
 EXPOSE 5000
-ENTRYPOINT ["gunicorn", "--config", "python:gateway.gunicorn_conf", "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--graceful-timeout", "10", "--reuse-port", "--no-control-socket", "gateway.wsgi:app"]
+# Checks the settings, then serves on GATEWAY_HOST:GATEWAY_PORT under granian (gateway/serving.py).
+ENTRYPOINT ["python", "-m", "gateway"]
 
 FROM runtime AS cache-svc
 # glibc gives each thread that allocates its own heap arena and keeps what was freed in

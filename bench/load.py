@@ -216,7 +216,7 @@ async def _sweep(port, paths, owners_of, workers, min_connections, max_connectio
 def run_sweep(port: int, paths: list[str], owners_of, workers: int, min_connections: int = 16,
               max_connections: int = 64, count_header: str | None = None) -> dict:
     """GETs every path once through each of the `workers` server processes behind `port`
-    (gunicorn's workers share one listening socket, and a keep-alive connection stays
+    (granian's workers share one listening socket, and a keep-alive connection stays
     with the worker that accepted it). Opens connections until `owners_of(client ports)`,
     which returns {client port: server process} for those it can tell, names `workers`
     processes or `max_connections` are open; then sends each process' share of paths down

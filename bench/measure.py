@@ -1,5 +1,5 @@
 """What the scenarios measure with: a running system and the CPU of its processes, a
-closed-loop load against one of its gunicorn servers, and the figures derived from them."""
+closed-loop load against one of its HTTP servers, and the figures derived from them."""
 
 import contextlib
 import resource
@@ -47,7 +47,7 @@ class System:
 
     @property
     def gateway(self) -> tuple[int, int]:
-        """The first gateway's port and gunicorn master's pid."""
+        """The first gateway's port and the pid of its granian main process."""
         return self.stack.gateway_port, self.stack.processes["gateway"].pid
 
     def redis_time_us(self) -> int:
@@ -81,7 +81,7 @@ def cpu_per_request(before: dict, after: dict, requests: int) -> dict:
 
 def measure_load(profile: Profile, system: System, port: int, master_pid: int, next_request, duration_s: float,
                  profiling=None, tiers: bool = False) -> tuple[dict, dict, dict]:
-    """A closed-loop load at the profile's concurrency against a gunicorn server: its
+    """A closed-loop load at the profile's concurrency against an HTTP server: its
     summary with latency percentiles, CPU per request of every component of `system` and
     how the server's workers shared their CPU (X-Cache-Tier counts if `tiers`), and the CPU
     snapshots before and after. `profiling`, if given, is the context the load runs in."""
@@ -93,7 +93,7 @@ def measure_load(profile: Profile, system: System, port: int, master_pid: int, n
     cpu_after = system.cpu_snapshot()
     summary = {**result.summary(), **latency_profile(result.latencies_s),
                "cpu_ms_per_request": cpu_per_request(cpu_before, cpu_after, result.completed_total),
-               "gunicorn_workers": stores.worker_split(workers_before, stores.workers_cpu_seconds(master_pid))}
+               "server_workers": stores.worker_split(workers_before, stores.workers_cpu_seconds(master_pid))}
     if tiers:
         summary["x_cache_tier"] = {value or "absent": n for value, n in sorted(result.header_counts.items())}
     return summary, cpu_before, cpu_after
@@ -137,7 +137,7 @@ def per_postgres_core(updates: int, postgres_cpu_s: float | None) -> dict:
 
 
 def busiest(summary: dict) -> str:
-    split = summary["gunicorn_workers"]
+    split = summary["server_workers"]
     share = split["largest_share"]
     return f"busiest of {split['workers']} workers " + ("-" if share is None else f"{share:.0%} of their CPU")
 

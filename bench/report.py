@@ -19,9 +19,11 @@ B1_DURABLE_MAX = 3
 # write-through's. The mix: throughput against the monolith's.
 B2_THROUGHPUT_MIN = 1.3
 B2_UPDATES_PER_CORE_MIN = 20
+# B2: the gateway's CPU per update, at most this share of the write-through app's.
+B2_SERVER_CPU_MAX = 0.7
 MIX_THROUGHPUT_MIN = 1.0
 # B3: the keys of each variant's figures and its monolith's, and the least throughput
-# ratio to the monolith.
+# ratio to the monolith (with the near cache on, in every round).
 B3_VARIANTS = (
     ("system", "monolith", "B3 near cache on, uniform", 1.3),
     ("system_zipf", "monolith_zipf", "B3 near cache on, Zipf", 1.3),
@@ -98,24 +100,48 @@ def _cpu_row(scenario: str, system: dict, anchor: dict, anchor_name: str) -> Row
                _ratio(ours / theirs if theirs else None), "-", None)
 
 
+def _server_cpu_row(scenario: str, system: dict, anchor: dict, anchor_name: str, most: float | None) -> Row:
+    """The gateway's CPU per request against the anchor app's (its server's processes)."""
+    ours = system["cpu_ms_per_request"].get("gateway")
+    theirs = anchor["cpu_ms_per_request"].get(anchor.get("server_process", "monolith anchor"))
+    ratio = ours / theirs if ours and theirs else None
+    return Row(scenario, "CPU per request, gateway / anchor app", "-" if ours is None else f"{ours:.3f} ms",
+               f"{anchor_name} " + ("-" if theirs is None else f"{theirs:.3f} ms"), _ratio(ratio),
+               "-" if most is None else f"<= {most:g}x", None if most is None else ratio is not None and ratio <= most)
+
+
+def _gunicorn_rows(scenario: str, system: dict, anchor: dict | None, anchor_name: str) -> list[Row]:
+    """The same load against the anchor under gunicorn, the gateway's former server: for
+    comparison, no target."""
+    if not anchor:
+        return []
+    ratio = system["throughput_rps"] / anchor["throughput_rps"] if anchor["throughput_rps"] else None
+    return [Row(scenario, "throughput", _rate(system["throughput_rps"], "req/s"),
+                f"{anchor_name} {_rate(anchor['throughput_rps'], 'req/s')}", _ratio(ratio), "-", None),
+            _latency_row(scenario, system, anchor, anchor_name),
+            _cpu_row(scenario, system, anchor, anchor_name),
+            _server_cpu_row(scenario, system, anchor, anchor_name, None)]
+
+
 def _share(summary: dict) -> str:
-    split = summary.get("gunicorn_workers") or {}
+    split = summary.get("server_workers") or {}
     share = split.get("largest_share")
     return "-" if share is None else f"{share:.0%} of {split['workers']}"
 
 
 def _worker_row(scenario: str, system: dict, anchor: dict, anchor_name: str) -> Row | None:
-    """gthread workers take keep-alive connections unevenly: the busiest one's share of
-    the CPU its server's workers used."""
-    if "gunicorn_workers" not in system:
+    """Workers take keep-alive connections unevenly: the busiest one's share of the CPU
+    its server's workers used."""
+    if "server_workers" not in system:
         return None
-    return Row(scenario, "busiest gunicorn worker's CPU share", _share(system), f"{anchor_name} {_share(anchor)}",
+    return Row(scenario, "busiest worker's CPU share", _share(system), f"{anchor_name} {_share(anchor)}",
                "-", "-", None)
 
 
-def _throughput_row(scenario: str, system: dict, anchor: dict, anchor_name: str, least: float) -> Row:
+def _throughput_row(scenario: str, system: dict, anchor: dict, anchor_name: str, least: float,
+                    measure: str = "throughput") -> Row:
     ratio = system["throughput_rps"] / anchor["throughput_rps"] if anchor["throughput_rps"] else None
-    return Row(scenario, "throughput", _rate(system["throughput_rps"], "req/s"),
+    return Row(scenario, measure, _rate(system["throughput_rps"], "req/s"),
                f"{anchor_name} {_rate(anchor['throughput_rps'], 'req/s')}", _ratio(ratio), f">= {least:g}x",
                ratio is not None and ratio >= least)
 
@@ -161,6 +187,7 @@ def rows(results: dict) -> list[Row]:
         out.append(Row(label, "p99 latency", f"{system['p99_ms']:.1f} ms", f"write-through {through['p99_ms']:.1f} ms",
                        _ratio(p99_ratio), "<= 1x", p99_ratio is not None and p99_ratio <= 1))
         out.append(_cpu_row(label, system, through, "write-through"))
+        out.append(_server_cpu_row(label, system, through, "write-through", B2_SERVER_CPU_MAX))
         if "updates_per_postgres_core_s" in system:
             ours, theirs = system["updates_per_postgres_core_s"], through["updates_per_postgres_core_s"]
             ratio = ours / theirs if ours and theirs else None
@@ -176,17 +203,27 @@ def rows(results: dict) -> list[Row]:
         out.append(Row(label, "Postgres transactions per update", "-" if tpu is None else f"{tpu:.4f}",
                        "-" if through_tpu is None else f"write-through {through_tpu:.2f}", "-",
                        "< 0.1" if mix == "hot" else "-", (tpu is not None and tpu < 0.1) if mix == "hot" else None))
+        out += _gunicorn_rows(label, system, b2.get("write_through_gunicorn"), "write-through on gunicorn")
     b3 = results["b3"]
+    rounds = b3.get("rounds") or []
     for key, anchor_key, label, least in B3_VARIANTS:
         if key not in b3:
             continue
         system, monolith = b3[key], b3[anchor_key]
-        out.append(_throughput_row(label, system, monolith, "monolith", least))
+        if system.get("near_cache") == "on" and rounds:
+            out += [_throughput_row(label, measured[key], measured[anchor_key], "monolith", least,
+                                    f"throughput, round {number} of {len(rounds)}")
+                    for number, measured in enumerate(rounds, 1)]
+        else:
+            out.append(_throughput_row(label, system, monolith, "monolith", least))
         out.append(_latency_row(label, system, monolith, "monolith"))
         out.append(_cpu_row(label, system, monolith, "monolith"))
+        out.append(_server_cpu_row(label, system, monolith, "monolith", None))
         out.append(_worker_row(label, system, monolith, "monolith"))
         if system.get("near_cache") == "on":
             out.append(Row(label, "near-cache hits (X-Cache-Tier)", _tiers(system), "-", "-", "-", None))
+        out += _gunicorn_rows(label, system, b3.get(anchor_key.replace("monolith", "monolith_gunicorn")),
+                              "monolith on gunicorn")
     out += _token_rows(b3)
     out += _tracing_rows(results.get("tracing_cost"))
     out += _mix_rows(results.get("mix") or {})

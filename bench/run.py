@@ -83,7 +83,9 @@ class Bench:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.results = {"profile": asdict(profile), "b1": [], "b2": {}, "b3": {}, "mix": {}, "b4": None,
                         "growth": [], "memory": [], "b6": None}
-        self.isolation = self.anchor = self.stack = self.monolith = self.system = None
+        self.isolation = self.anchor = self.stack = self.system = None
+        # The anchor app under the gateway's server, and under gunicorn.
+        self.monolith = self.monolith_gunicorn = None
         self.table_size = BASE_ALBUMS
 
     def profiled(self, label: str | None, mode: str = "cpu", focus: dict | None = None):
@@ -102,24 +104,27 @@ class Bench:
             extra_env = self.trace_sink.env()
             log(f"tracing on: the system sends its spans over OTLP/HTTP to {self.trace_sink.endpoint}, which drops them")
         self.stack = Stack(self.isolation, self.workdir, extra_env)
-        log("starting the five processes of the Procfile and the monolith anchor")
+        log("starting the five processes of the Procfile and the monolith anchor, under granian and gunicorn")
         self.stack.start()
         # Started for the mix only.
         self.stack.add_gateway(read_mostly_mix.SECOND_GATEWAY)
-        self.monolith = stores.MonolithApp(self.anchor, self.workdir).start()
+        self.monolith = stores.MonolithApp(self.anchor, self.workdir, "granian").start()
+        self.monolith_gunicorn = stores.MonolithApp(self.anchor, self.workdir, "gunicorn").start()
         self.anchor_redis = self.anchor.redis()
         self.admin = stores.admin_connection(self.isolation.database_url)
         self.postmaster = stores.postmaster_pid(self.admin)
         self.system = System(self.stack, [self.isolation.redis()], self.postmaster,
-                             others={"monolith anchor": lambda: self.monolith.process.pid})
+                             others={anchor.name: lambda anchor=anchor: anchor.process.pid
+                                     for anchor in (self.monolith, self.monolith_gunicorn)})
         self.api, self.cache_counters = self.system.api, self.system.counters
 
     def teardown(self):
         # Not opened (setup failed before it) or already broken: the rest still stops.
         with contextlib.suppress(AttributeError, psycopg2.Error):
             self.admin.close()
-        if self.monolith:
-            self.monolith.stop()
+        for anchor in (self.monolith, self.monolith_gunicorn):
+            if anchor:
+                anchor.stop()
         if self.stack:
             self.stack.stop()
         if self.trace_sink:
@@ -173,6 +178,6 @@ def machine() -> dict:
         "redis_server": redis.Redis.from_url(settings.redis_url).info("server")["redis_version"],
         "rabbitmq_server": command_version("rabbitmqctl", "--quiet", "version"),
         "packages": {name: version(name) for name in
-                     ("gunicorn", "flask", "grpcio", "protobuf", "celery", "redis", "psycopg2-binary")},
+                     ("granian", "gunicorn", "flask", "grpcio", "protobuf", "celery", "redis", "psycopg2-binary")},
         "loadavg_start": os.getloadavg(),
     }

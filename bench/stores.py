@@ -1,5 +1,5 @@
 """What the benchmark reads beside the HTTP API (Prometheus endpoints, Postgres'
-transaction counter, peak memory of process trees), and the monolith anchor's process."""
+transaction counter, peak memory of process trees), and the monolith anchor's processes."""
 
 import os
 import subprocess
@@ -10,9 +10,10 @@ from pathlib import Path
 import psycopg2
 import requests
 
+from gateway import serving
 from persistence_svc import initdb
 from testkit import metrics
-from testkit.stack import REPO_ROOT, Isolation, free_port, procfile_commands
+from testkit.stack import REPO_ROOT, Isolation, free_port
 from testkit.stores import descendants
 
 # Prometheus
@@ -167,17 +168,18 @@ def redis_cpu_seconds(client) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-# gunicorn's workers
+# The HTTP servers' workers
 
 
 def workers_cpu_seconds(master_pid: int) -> dict[int, float]:
-    """CPU seconds of each worker process of a gunicorn master (its children), by pid."""
+    """CPU seconds of each worker process of a granian or gunicorn server (the children
+    of its main process), by pid."""
     return {pid: cpu_seconds(pid) for pid in descendants(master_pid)}
 
 
 def worker_split(before: dict[int, float], after: dict[int, float]) -> dict:
     """How the CPU the workers used between two readings is shared among them, largest
-    first: gthread workers take keep-alive connections as they accept them, not evenly."""
+    first: workers take keep-alive connections as they accept them, not evenly."""
     spent = sorted((after[pid] - before[pid] for pid in after if pid in before), reverse=True)
     total = sum(spent)
     shares = [round(seconds / total, 4) for seconds in spent] if total > 0 else []
@@ -219,16 +221,24 @@ def connection_owners(pids: list[int], server_port: int) -> dict[int, int]:
 
 # The anchors' stores and app
 
+ANCHOR_APP = "bench.anchors.monolith:app"
+# The servers the anchors run under: the gateway's, and the one it had before.
+SERVERS = ("granian", "gunicorn")
 
-def gateway_gunicorn_options() -> list[str]:
-    """The gateway's worker class, workers, threads and listening sockets, as the Procfile
-    runs it."""
-    words = procfile_commands()["gateway"].split()
-    options = []
-    for name in ("--worker-class", "--workers", "--threads"):
-        if name in words:
-            options += [name, words[words.index(name) + 1]]
-    return options + [flag for flag in ("--reuse-port",) if flag in words]
+
+def anchor_command(server: str, port: int) -> list[str]:
+    """bench.anchors.monolith under `server`, with the gateway's workers and threads:
+    granian as gateway.serving runs it, or gunicorn's gthread workers, each on a listening
+    socket of its own (--reuse-port)."""
+    if server == "granian":
+        return ["granian", "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", str(serving.WORKERS), "--blocking-threads", str(serving.THREADS),
+                "--workers-kill-timeout", str(serving.STOP_TIMEOUT_S), ANCHOR_APP]
+    if server == "gunicorn":
+        return ["gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
+                "--workers", str(serving.WORKERS), "--threads", str(serving.THREADS), "--reuse-port",
+                "--no-control-socket", ANCHOR_APP]
+    raise ValueError(f"server {server!r}: choose among {', '.join(SERVERS)}")
 
 
 def wait_answering(name: str, process: subprocess.Popen, log_path: Path, timeout_s: float, answers):
@@ -242,7 +252,8 @@ def wait_answering(name: str, process: subprocess.Popen, log_path: Path, timeout
         try:
             if answers():
                 return
-        except requests.ConnectionError:
+        # Refused, or accepted and not answered yet (a busy machine, a worker still loading).
+        except (requests.ConnectionError, requests.Timeout):
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name} not ready after {timeout_s} s")
@@ -250,19 +261,20 @@ def wait_answering(name: str, process: subprocess.Popen, log_path: Path, timeout
 
 
 class MonolithApp:
-    """bench.anchors.monolith under gunicorn, with the gateway's workers and threads,
-    on the anchors' own database and key prefix (an Isolation of their own)."""
+    """bench.anchors.monolith under one of SERVERS, on the anchors' own database and key
+    prefix (an Isolation of their own)."""
 
-    def __init__(self, stores: Isolation, workdir: Path):
+    def __init__(self, stores: Isolation, workdir: Path, server: str = "granian"):
         self.stores = stores
+        self.server = server
         self.port = free_port()
-        self.log_path = Path(workdir) / "monolith.log"
+        self.log_path = Path(workdir) / f"monolith-{server}.log"
         self.process = None
 
     @property
-    def threads(self) -> int:
-        options = gateway_gunicorn_options()
-        return int(options[options.index("--threads") + 1]) if "--threads" in options else 1
+    def name(self) -> str:
+        """The anchor's name in the CPU figures and the logs."""
+        return "monolith anchor" + ("" if self.server == "granian" else f" on {self.server}")
 
     def start(self, timeout_s: float = 60):
         env = {
@@ -271,21 +283,21 @@ class MonolithApp:
             "ANCHOR_DATABASE_URL": self.stores.database_url,
             "ANCHOR_REDIS_URL": self.stores.redis_url,
             "ANCHOR_KEY_PREFIX": self.stores.key_prefix,
-            "ANCHOR_POOL_SIZE": str(self.threads),
+            "ANCHOR_POOL_SIZE": str(serving.THREADS),
         }
-        command = ["gunicorn", "--bind", f"127.0.0.1:{self.port}", *gateway_gunicorn_options(),
-                   "--no-control-socket", "bench.anchors.monolith:app"]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        wait_answering("monolith anchor", self.process, self.log_path, timeout_s,
+            self.process = subprocess.Popen(anchor_command(self.server, self.port), cwd=REPO_ROOT, env=env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_answering(self.name, self.process, self.log_path, timeout_s,
                        lambda: requests.get(f"http://127.0.0.1:{self.port}/albums/1", timeout=2).status_code == 200)
         return self
 
     def stop(self):
+        """SIGTERM to the server's main process, which stops its workers: each then gets
+        one signal, where one to the whole group would give a granian worker two."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, 15)
+        self.process.terminate()
         try:
             self.process.wait(20)
         except subprocess.TimeoutExpired:

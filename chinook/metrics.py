@@ -1,6 +1,6 @@
 """Prometheus metrics of every process, defined once.
 
-Processes that fork workers (gunicorn, Celery prefork) run prometheus_client in
+Processes that fork workers (the gateway's granian, Celery prefork) run prometheus_client in
 multiprocess mode: their entry point sets PROMETHEUS_MULTIPROC_DIR before anything
 imports prometheus_client, and the parent serves what all children wrote.
 """

@@ -1,5 +1,5 @@
 """Reading through a gateway's near cache in tests: a keep-alive session stays with one
-gunicorn worker, so it reads through one process."""
+gateway worker process, so it reads through one process."""
 
 import time
 

@@ -161,7 +161,7 @@ class Stack:
                               ("CACHE", "PERSISTENCE", "WRITE_BACK_WORKER", "DUPLICATION_WORKER")}
         self.env = {
             **os.environ,
-            # The Procfile's commands (python, gunicorn, celery) come from this environment.
+            # The Procfile's commands (python, celery) come from this environment.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             **isolation.env(),
             "GATEWAY_PORT": str(self.gateway_port),
@@ -229,7 +229,7 @@ class Stack:
         return f"http://127.0.0.1:{self.gateway_ports[name]}"
 
     def add_gateway(self, name: str, extra_env: dict | None = None) -> int:
-        """Another gateway process (gunicorn and its workers) on a port of its own, beside
+        """Another gateway process (granian and its workers) on a port of its own, beside
         the first one, as a second replica would run; started with start(name)."""
         port = free_port()
         self.commands[name] = self.commands["gateway"]
@@ -327,10 +327,11 @@ class Stack:
                 log.seek(self._log_offsets[name])
                 return b" ready." in log.read()
         if name in self.gateway_ports:
+            # Any answer: granian listens before its workers have loaded the app.
             try:
-                with socket.create_connection(("127.0.0.1", self.gateway_ports[name]), timeout=1):
-                    return True
-            except OSError:
+                requests.get(f"{self.gateway_url_of(name)}/healthz", timeout=1)
+                return True
+            except requests.RequestException:
                 return False
         if name in self.cache_ports:
             client = CacheClient(self.cache_addr_of(name), 1, self.grpc_credentials)

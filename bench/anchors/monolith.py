@@ -1,5 +1,6 @@
 """The monolith anchors: what a team would build instead of write-back, as a Flask
-app run by gunicorn with the gateway's worker count and threads.
+app run with the gateway's worker count and threads, under granian as the gateway is
+and under gunicorn (bench.stores.anchor_command).
 
 - `PATCH /albums/<id>` is write-through: one Postgres transaction per request, then
   the cache (a Redis hash, as the system stores rows).
@@ -7,7 +8,7 @@ app run by gunicorn with the gateway's worker count and threads.
   hop; a miss loads the row from Postgres and caches it.
 
 Configured by ANCHOR_DATABASE_URL, ANCHOR_REDIS_URL, ANCHOR_KEY_PREFIX and
-ANCHOR_CACHE_TTL_S; `gunicorn bench.anchors.monolith:app`.
+ANCHOR_CACHE_TTL_S; `bench.anchors.monolith:app`.
 """
 
 import json
@@ -22,7 +23,7 @@ DATABASE_URL = os.environ["ANCHOR_DATABASE_URL"]
 REDIS_URL = os.environ["ANCHOR_REDIS_URL"]
 KEY_PREFIX = os.environ["ANCHOR_KEY_PREFIX"]
 TTL_S = int(os.environ.get("ANCHOR_CACHE_TTL_S", "3600"))
-# One connection per gunicorn thread of this worker.
+# One connection per server thread of this worker.
 POOL_SIZE = int(os.environ.get("ANCHOR_POOL_SIZE", "8"))
 
 app = Flask(__name__)

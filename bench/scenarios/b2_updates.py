@@ -1,5 +1,6 @@
 """B2: single updates (`PATCH /albums/<id>`) at the profile's concurrency, uniform over the
-table and on a few hot rows, through the system and through the write-through anchor."""
+table and on a few hot rows, through the system and through the write-through anchor,
+under granian as the gateway is and under gunicorn."""
 
 import random
 import time
@@ -23,6 +24,7 @@ def run(bench: "Bench"):
             "system": system_updates(bench.profile, bench.system, bench.admin, mix, ids,
                                      profiling=bench.profiled(f"b2-{mix}")),
             "write_through": write_through_updates(bench, mix, ids),
+            "write_through_gunicorn": anchor_updates(bench, bench.monolith_gunicorn, mix, ids),
         }
 
 
@@ -92,13 +94,21 @@ def system_updates(profile: Profile, system: System, admin, mix: str, ids: list[
     return summary
 
 
+def anchor_updates(bench: "Bench", anchor: stores.MonolithApp, mix: str, ids: list[int]) -> dict:
+    """The load through an anchor, with its server's CPU per request."""
+    log(f"B2 {mix}: write-through anchor under {anchor.server}")
+    load, cpu_before, cpu_after = measure_load(bench.profile, bench.system, anchor.port, anchor.process.pid,
+                                               patches(f"wt {anchor.server} {mix}", ids), bench.profile.b2_duration_s)
+    log(f"B2 {mix}: write-through under {anchor.server} {load['throughput_rps']:,.0f} req/s, "
+        f"p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, {busiest(load)}")
+    return {**load, "server": anchor.server, "server_process": anchor.name,
+            "postgres_cpu_s": cpu_after["postgres"] - cpu_before["postgres"] if bench.postmaster else None}
+
+
 def write_through_updates(bench: "Bench", mix: str, ids: list[int]) -> dict:
+    """anchor_updates under the gateway's server, with the Postgres transactions counted."""
     xact_before = stores.xact_commit(bench.admin, bench.anchor.database_url)
-    log(f"B2 {mix}: write-through anchor")
-    load, cpu_before, cpu_after = measure_load(bench.profile, bench.system, bench.monolith.port,
-                                               bench.monolith.process.pid, patches(f"wt {mix}", ids),
-                                               bench.profile.b2_duration_s)
-    postgres_cpu_s = cpu_after["postgres"] - cpu_before["postgres"] if bench.postmaster else None
+    load = anchor_updates(bench, bench.monolith, mix, ids)
     # A backend publishes its counts when it ends (and, while in use, at most once a
     # second; an idle one keeps them): restart the app so that its connections end.
     bench.monolith.stop()
@@ -109,8 +119,6 @@ def write_through_updates(bench: "Bench", mix: str, ids: list[int]) -> dict:
     handled = load["completed_total"]
     summary = {**load, "pg_transactions": xacts,
                "transactions_per_update": round(xacts / handled, 4) if handled else None,
-               **per_postgres_core(handled, postgres_cpu_s)}
-    log(f"B2 {mix}: write-through {summary['throughput_rps']:,.0f} req/s, p50 {summary['p50_ms']:.1f} ms, "
-        f"p99 {summary['p99_ms']:.1f} ms, {summary['updates_per_postgres_core_s']} updates per Postgres "
-        f"core-second, {busiest(summary)}")
+               **per_postgres_core(handled, load["postgres_cpu_s"])}
+    log(f"B2 {mix}: write-through {summary['updates_per_postgres_core_s']} updates per Postgres core-second")
     return summary

@@ -13,13 +13,14 @@ pytestmark = pytest.mark.e2e
 
 SERVICES = {"persistence-svc", "cache-svc", "gateway", "write-back-worker", "duplication-worker"}
 B3_KEYS = {"system", "system_zipf", "system_token", "system_near_off", "system_near_off_zipf", "monolith",
-           "monolith_zipf"}
+           "monolith_zipf", "monolith_gunicorn", "monolith_gunicorn_zipf"}
+B3_ROUND_KEYS = {"system", "system_zipf", "monolith", "monolith_zipf"}
 # B6's configurations: Redis servers, cache-svc processes, WRITEBACK_MIN_REPLICAS.
 B6_SHAPES = {"a": (1, 1, 0), "b": (1, 2, 0), "c": (6, 1, 0), "d": (6, 1, 1)}
 
 
 def assert_worker_split(summary):
-    split = summary["gunicorn_workers"]
+    split = summary["server_workers"]
     assert split["workers"] >= 1 and len(split["cpu_s"]) == split["workers"]
     assert len(split["shares"]) == split["workers"] and split["largest_share"] == max(split["shares"])
 
@@ -55,8 +56,15 @@ def test_b2_counts_updates_transactions_and_lag(smoke):
     results = smoke[0]
     for mix in ("uniform", "hot"):
         system, through = results["b2"][mix]["system"], results["b2"][mix]["write_through"]
-        assert system["requests"] > 0 and through["requests"] > 0
-        assert system["errors"] == through["errors"] == 0
+        on_gunicorn = results["b2"][mix]["write_through_gunicorn"]
+        assert system["requests"] > 0 and through["requests"] > 0 and on_gunicorn["requests"] > 0
+        assert system["errors"] == through["errors"] == on_gunicorn["errors"] == 0
+        assert (through["server"], on_gunicorn["server"]) == ("granian", "gunicorn")
+        # Each anchor's own processes used CPU: the gateway's CPU is compared with theirs.
+        for anchor in (through, on_gunicorn):
+            assert anchor["cpu_ms_per_request"][anchor["server_process"]] > 0
+        assert system["cpu_ms_per_request"]["gateway"] > 0
+        assert_worker_split(on_gunicorn)
         assert system["accepted_updates"] >= system["requests"]
         assert system["pg_transactions"] > 0 and system["lag_rows_cleaned"] > 0
         assert system["lag_p99_s"] is not None
@@ -68,9 +76,13 @@ def test_b2_counts_updates_transactions_and_lag(smoke):
 
 
 def test_b3_reads_both_with_the_near_cache_on_and_off(smoke):
-    b3 = smoke[0]["b3"]
+    b3 = dict(smoke[0]["b3"])
+    rounds = b3.pop("rounds")
     assert set(b3) == B3_KEYS
-    for summary in b3.values():
+    # Three rounds with the near cache on, the first of which the other comparisons use.
+    assert len(rounds) == 3 and all(set(measured) == B3_ROUND_KEYS for measured in rounds)
+    assert all(rounds[0][key] == b3[key] for key in B3_ROUND_KEYS)
+    for summary in [*b3.values(), *(s for measured in rounds for s in measured.values())]:
         assert summary["requests"] > 0 and summary["errors"] == 0
         assert_worker_split(summary)
     for key in ("system", "system_zipf"):
@@ -143,14 +155,21 @@ def test_table_has_a_row_per_target(smoke):
     measured = {(r.scenario.split()[0], r.measure) for r in report.rows(results)}
     for expected in [("B1", "acknowledged, rows not cached"), ("B1", "durable in Postgres, rows cached"),
                      ("B2", "throughput"), ("B2", "updates per Postgres core-second"),
-                     ("B2", "busiest gunicorn worker's CPU share"),
+                     ("B2", "busiest worker's CPU share"), ("B2", "CPU per request, gateway / anchor app"),
                      ("B2", "p99 accept-to-durable"), ("B2", "Postgres transactions per update"),
                      ("B3", "throughput"), ("B3", "near-cache hits (X-Cache-Tier)"),
-                     ("B3", "busiest gunicorn worker's CPU share"), ("Mix", "throughput"),
+                     ("B3", "busiest worker's CPU share"), ("Mix", "throughput"),
                      ("Mix", "stale reads after the 1 s bound"), ("B4", "copy rate"), ("B5", "bulk to durable")]:
         assert expected in measured
     b3_rows = {r.scenario for r in report.rows(results) if r.measure == "throughput" and r.scenario.startswith("B3")}
     assert len(b3_rows) == 5
+    # Near cache on: the 1.3x target checked in each of the three rounds, uniform and Zipf.
+    rounds = [r for r in report.rows(results) if r.measure.startswith("throughput, round")]
+    assert len(rounds) == 6 and all(r.target == ">= 1.3x" and r.met is not None for r in rounds)
+    # B2 and B3 against the anchors under gunicorn too, without a target.
+    on_gunicorn = [r for r in report.rows(results) if r.anchor.startswith(("write-through on gunicorn",
+                                                                          "monolith on gunicorn"))]
+    assert {r.scenario.split()[0] for r in on_gunicorn} == {"B2", "B3"} and all(r.met is None for r in on_gunicorn)
     [token_cost] = [r for r in report.rows(results) if r.scenario.endswith("with a token") and r.met is not None]
     assert token_cost.measure == "CPU per request, all processes" and token_cost.ratio.endswith("x")
     assert {r.measure for r in report.rows(results) if r.scenario.startswith("B5 peak RSS")} == SERVICES

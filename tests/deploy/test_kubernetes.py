@@ -247,16 +247,13 @@ def test_workloads_run_the_procfile_commands(prod, dev, process):
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["METRICS_PORT"] == str(METRICS_PORTS[process])
         assert {"name": "metrics", "containerPort": METRICS_PORTS[process]} in container["ports"]
-    # In dev, watchfiles restarts the same command (the gateway reloads itself).
+    # In dev, watchfiles restarts the same command.
     live = containers(one(dev, "Deployment", name), init=False)[0]
-    if process == "gateway":
-        assert {"name": "GUNICORN_CMD_ARGS", "value": "--reload"} in live["env"] and "command" not in live
-    else:
-        assert live["command"][0] == "watchfiles"
-        target, *paths = live["args"]
-        assert target.split() == argv
-        # Where the image installs the shared package and the service's, which Tilt syncs.
-        assert paths == [f"{SITE_PACKAGES}/chinook", f"{SITE_PACKAGES}/{PACKAGES[SERVICES[process][2]]}"]
+    assert live["command"][0] == "watchfiles"
+    target, *paths = live["args"]
+    assert target.split() == argv
+    # Where the image installs the shared package and the service's, which Tilt syncs.
+    assert paths == [f"{SITE_PACKAGES}/chinook", f"{SITE_PACKAGES}/{PACKAGES[SERVICES[process][2]]}"]
 
 
 def test_ports_and_addresses_agree(prod):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 TOKENS = {"reader": "browser-test-reader-token", "admin": "browser-test-admin-token"}
 # Rows no other test of the session's system writes.
 ALBUMS = (150, 151, 152)
-# Each gunicorn worker of the Procfile's two keeps its own log window.
+# Each of the gateway's two worker processes keeps its own log window.
 GATEWAY_WORKERS = 2
 
 

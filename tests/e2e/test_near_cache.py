@@ -2,7 +2,7 @@
 through one process reaches the near caches of another one through cache-svc's change
 stream, and a restart of cache-svc clears them.
 
-A keep-alive connection stays with one gunicorn worker, so a requests.Session reads
+A keep-alive connection stays with one gateway worker, so a requests.Session reads
 through one process; a fresh connection may land on either worker."""
 
 import time

@@ -1,5 +1,5 @@
 """Read-your-writes and monotonic reads with a consistency token, as clients see them, on a
-system of two gateway processes (each gunicorn with two workers) and two cache-svc replicas:
+system of two gateway processes (each with two worker processes) and two cache-svc replicas:
 
 - a bulk then a read on the same keep-alive connection, with and without a token: never
   the old value (the bulk's rows leave the answering process' near cache before its 202);

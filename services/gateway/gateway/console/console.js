@@ -41,7 +41,7 @@ async function call(method, path, role) {
   try {
     body = text ? JSON.parse(text) : null;
   } catch {
-    // Not JSON (a proxy's page, gunicorn's 414): the status line says enough.
+    // Not JSON (a proxy's page): the status line says enough.
   }
   if (!response.ok) {
     const message = body && body.error ? body.error.message : `${response.statusText || "error"} ${text.slice(0, 200)}`;
