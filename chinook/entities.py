@@ -159,27 +159,36 @@ class Entity:
             columns["unset"] = unset
         return json.dumps(columns)
 
-    def rows_from_columns_json(self, text: str, where: str = "rows_json") -> list[tuple]:
-        """The (id, version, fields) rows of columns_json's form, unchecked beyond its shape."""
+    def columns_from_json(self, text: str, where: str = "rows_json") -> dict:
+        """columns_json's form read back as its arrays by name, checked for shape only."""
         columns = parse_json(text, where)
         names = ("id", "version", *self.column_names)
         if not isinstance(columns, dict) or not all(isinstance(columns.get(n), list) for n in names):
             raise ValidationError(f"{where}: expected an object with the arrays {', '.join(names)}")
+        unknown = sorted(set(columns) - {*names, "unset"})
+        if unknown:
+            raise ValidationError(f"{where}: unknown arrays {', '.join(unknown)}; {self.name} has {', '.join(names)}")
         count = len(columns["id"])
         if any(len(columns[n]) != count for n in names):
             raise ValidationError(f"{where}: the arrays {', '.join(names)} must have the same length")
-        values = [columns[n] for n in self.column_names]
-        rows = [(row_id, version, dict(zip(self.column_names, row, strict=False)))
-                for row_id, version, *row in zip(columns["id"], columns["version"], *values, strict=False)]
         unset = columns.get("unset")
         if unset is not None:
             if not isinstance(unset, list) or len(unset) != count:
                 raise ValidationError(f"{where}: unset must be a list of column lists, one per row")
-            for (_, _, fields), names in zip(rows, unset, strict=False):
+            for names in unset:
                 if not isinstance(names, list) or not all(name in self.column_names for name in names):
                     raise ValidationError(f"{where}: unset lists unknown columns: {names}")
-                for name in names:
-                    fields.pop(name, None)
+        return columns
+
+    def rows_from_columns_json(self, text: str, where: str = "rows_json") -> list[tuple]:
+        """The (id, version, fields) rows of columns_json's form, unchecked beyond its shape."""
+        columns = self.columns_from_json(text, where)
+        values = [columns[n] for n in self.column_names]
+        rows = [(row_id, version, dict(zip(self.column_names, row, strict=False)))
+                for row_id, version, *row in zip(columns["id"], columns["version"], *values, strict=False)]
+        for (_, _, fields), names in zip(rows, columns.get("unset") or (), strict=False):
+            for name in names:
+                fields.pop(name, None)
         return rows
 
     def row_json(self, row_id: int, raw: dict) -> str:

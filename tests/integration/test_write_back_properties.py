@@ -20,6 +20,7 @@ from chinook.entities import ENTITIES, get_entity
 from persistence_svc import initdb, repository
 from persistence_svc.db import Database
 from persistence_svc.repository import StoredRow
+from tests.integration.claims import claimed_rows
 
 ALBUM = get_entity("album")
 ROWS = (1, 2)
@@ -93,10 +94,9 @@ class Run:
 
     def claim(self, lease_ms):
         shards = self.store.claim(delay_ms=0, batch_size=2, lease_ms=lease_ms)
-        claimed = [row for shard in shards for row in shard.rows.get("album", [])]
+        claimed = claimed_rows(shards)
         if claimed:
-            self.tasks.append((shards[0].claim, [(r.id, r.version, ALBUM.columns_from_store(r.fields) if r.partial
-                                                  else ALBUM.row_from_store(r.fields)) for r in claimed]))
+            self.tasks.append((shards[0].claim, [(r.id, r.version, r.fields) for r in claimed]))
 
     def accept_and_claim(self, row):
         self.accept(row)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from chinook.entities import new_claim_id
+from chinook.entities import get_entity, new_claim_id
 from chinook.tracing import LINK_WIDTH, LINKS_PER_ROW
 
 from .functions import LIBRARY
@@ -56,14 +56,16 @@ class RowState:
 
 
 @dataclass(frozen=True)
-class ClaimedRow:
-    id: int
-    fields: dict
-    version: int
-    writes: int = 1  # accepted writes this flush covers
-    partial: bool = False
-    # The span contexts kept of the writes it covers (chinook.tracing.split_links).
-    links: str = ""
+class ClaimedBatch:
+    """The rows of one entity that one claim of one shard took, as the columnar JSON their
+    task carries (chinook.entities.Entity.columns_json's form, built by lua/claim.lua)."""
+
+    rows_json: str
+    count: int
+    writes: int  # accepted writes these rows cover
+    # The span contexts kept of each row's writes (chinook.tracing.split_links), one string
+    # a row; empty when no row kept any.
+    links: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ class ShardClaim:
 
     pending: int
     ready: int
-    rows: dict  # entity name to its claimed rows
+    rows: dict  # entity name to its ClaimedBatch
     claim: str = ""
 
 
@@ -152,6 +154,9 @@ class RowStore:
         # report them): the other shards' part of the WRITEBACK_MAX_PENDING check.
         self._shard_pending = [0] * shards
         self.layout_adopted = False
+        # Each entity's name and columns, as lua/claim.lua takes them.
+        self._claimed_columns = [" ".join([name, *(f"{c.name}:{'i' if c.pg_type == 'int' else 's'}"
+                                                   for c in get_entity(name).columns)]) for name in self.entities]
         self._accept = LIBRARY.function("accept")
         self._begin_fill = LIBRARY.function("begin_fill")
         self._fill = LIBRARY.function("fill")
@@ -375,19 +380,13 @@ class RowStore:
         calls = [(self._claim, [key for name in self.entities for key in (self.keys.due_key(shard, name),
                                                                            self.keys.pending_key(shard, name))],
                   [self.keys.shard_prefix(shard), delay_ms, batch_size, lease_ms, self.keys.changes_channel, claim,
-                   *self.entities])
+                   *self._claimed_columns])
                  for shard in shards]
         claims = []
         for shard, (pending, ready, *claimed) in zip(shards, self.transport.run(calls), strict=False):
             self._shard_pending[shard] = pending
-            rows = {}
-            for name, flat in zip(claimed[::2], claimed[1::2], strict=False):
-                rows[name] = []
-                for row_id, raw in zip(flat[::2], flat[1::2], strict=False):
-                    values = _pairs_to_dict(raw)
-                    row = _parse_hash(int(row_id), values)
-                    rows[name].append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1)),
-                                                 row.partial, values.get("_links", "")))
+            rows = {name: ClaimedBatch(rows_json, count, writes, tuple(links))
+                    for name, rows_json, count, writes, links in zip(*[iter(claimed)] * 5, strict=True)}
             claims.append(ShardClaim(pending, ready, rows, claim))
         return claims
 
