@@ -19,7 +19,7 @@ from chinook.config import load_settings
 from chinook.entities import ENTITIES, get_entity
 from persistence_svc import initdb, repository
 from persistence_svc.db import Database
-from persistence_svc.repository import StoredRow
+from persistence_svc.repository import Batch, StoredRow
 from tests.integration.claims import claimed_rows
 
 ALBUM = get_entity("album")
@@ -106,7 +106,7 @@ class Run:
         if not self.tasks:
             return
         claim, task = self.tasks[index % len(self.tasks)]
-        result = repository.apply_writes(self.db, ALBUM, [StoredRow(i, f, v) for i, v, f in task])
+        result = repository.apply_writes(self.db, ALBUM, Batch.of(ALBUM, [StoredRow(i, f, v) for i, v, f in task]))
         durable = set(result.applied_ids) | set(result.stale_ids)
         acknowledged = self.store.ack("album", [(i, v) for i, v, _ in task if i in durable], claim)
         if acknowledged.outdated:

@@ -6,16 +6,7 @@ lease brings them back in a task of the flusher's own."""
 import re
 
 from chinook.config import MAX_WRITEBACK_BATCH_SIZE
-from chinook.entities import (
-    ENTITIES,
-    INT_MAX,
-    MAX_VERSION,
-    ValidationError,
-    parse_claim,
-    parse_id,
-    parse_multiplier,
-    parse_version,
-)
+from chinook.entities import ENTITIES, ValidationError, check_ids_and_versions, parse_claim, parse_multiplier
 from chinook.tracing import LINK_WIDTH, LINKS_PER_ROW, MAX_FLUSH_LINKS
 
 _LINK = re.compile(f"[0-9a-f]{{{LINK_WIDTH}}}")
@@ -38,14 +29,6 @@ def _count(raw, where: str, low: int, high: int) -> int:
     return raw
 
 
-def _bad_position(values: list, low: int, high: int) -> int | None:
-    """The first position of `values` that is not an integer in low..high, or None: whole
-    arrays at once, since a task carries up to MAX_WRITEBACK_BATCH_SIZE rows."""
-    if not values or set(map(type, values)) == {int} and low <= min(values) and max(values) <= high:
-        return None
-    return next(i for i, v in enumerate(values) if type(v) is not int or not low <= v <= high)
-
-
 def _check_rows(entity, rows_json) -> dict:
     """Rows as columnar JSON (Entity.columns_json's form): at most MAX_WRITEBACK_BATCH_SIZE,
     each with an integer id, a version and at least one column; the values are
@@ -56,14 +39,7 @@ def _check_rows(entity, rows_json) -> dict:
     ids, versions = columns["id"], columns["version"]
     if len(ids) > MAX_WRITEBACK_BATCH_SIZE:
         raise ValidationError(f"rows: must hold at most {MAX_WRITEBACK_BATCH_SIZE} rows, got {len(ids)}")
-    bad = _bad_position(ids, 1, INT_MAX)
-    if bad is not None:
-        if type(ids[bad]) is not int:
-            raise ValidationError(f"rows.id[{bad}]: the id must be an integer")
-        parse_id(ids[bad], f"rows.id[{bad}]")
-    bad = _bad_position(versions, 0, MAX_VERSION)
-    if bad is not None:
-        parse_version(versions[bad], f"rows.version[{bad}]")
+    check_ids_and_versions(ids, versions)
     for i, names in enumerate(columns.get("unset") or ()):
         if set(names) >= set(entity.column_names):
             raise ValidationError(f"rows.unset[{i}]: a row must write at least one column of {entity.name}")

@@ -13,11 +13,11 @@ from chinook.entities import (
     MAX_BULK_UPDATES,
     Entity,
     ValidationError,
+    check_ids_and_versions,
     get_entity,
     parse_claim,
     parse_id,
     parse_json,
-    parse_version,
 )
 
 from .store import Backpressure, CachedRow, DeadLetter, RowState, RowStore
@@ -117,9 +117,8 @@ class Inspection:
 
 def _check_versions(versions: list[tuple[int, int]]):
     """Checks the (id, version) pairs of a worker's report."""
-    for i, (row_id, version) in enumerate(versions):
-        parse_id(row_id, f"rows[{i}].id")
-        parse_version(version, f"rows[{i}].version")
+    if versions:
+        check_ids_and_versions(*zip(*versions, strict=True))
 
 
 class WriteBack:
@@ -390,8 +389,9 @@ class WriteBack:
         claim = parse_claim(claim)
         acknowledged = self.store.ack(entity.name, versions, claim)
         metrics.ROWS_FLUSHED.labels(entity.name).inc(acknowledged.flushed)
+        lags = metrics.ACCEPT_TO_DURABLE.labels(entity.name)
         for lag_ms in acknowledged.lags_ms:
-            metrics.ACCEPT_TO_DURABLE.labels(entity.name).observe(lag_ms / 1000)
+            lags.observe(lag_ms / 1000)
         if acknowledged.outdated:
             # Clean rows older than the version acknowledged: after Redis lost data, a row
             # reloaded before an earlier flush landed. Postgres, not the caller, says which
