@@ -165,6 +165,22 @@ class Entity:
         columns = self._columns_by_name
         return {name: columns[name].validate(value, prefix + name) for name, value in patch.items()}
 
+    def validate_patches(self, patches: list, where: str) -> list[dict]:
+        """validate_patch of each of a bulk's patches (`where[i]` naming a bad one): whole
+        columns at once when every patch is a non-empty object of known columns holding
+        values of their exact types, one by one otherwise (to convert what needs it, or to
+        say which is wrong)."""
+        known = self._columns_by_name
+        if (set(map(type, patches)) <= {dict} and all(patches)
+                and set().union(*map(dict.keys, patches)) <= known.keys()):
+            try:
+                for name, column in known.items():
+                    column.validate_all([p[name] for p in patches if name in p], name)
+                return patches
+            except ValidationError:
+                pass
+        return [self.validate_patch(patch, f"{where}[{i}]") for i, patch in enumerate(patches)]
+
     def validate_full_row(self, values, where: str = "") -> dict:
         """Checks a whole row, as a flush writes it: every column present and valid."""
         missing = [name for name in self.column_names if isinstance(values, dict) and name not in values]

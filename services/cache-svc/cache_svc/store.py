@@ -323,7 +323,7 @@ class RowStore:
 
     def _run_accept(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict,
                     links: list | None = None) -> list:
-        """Each update's reply: its version, and with reply the row as it is now. links,
+        """Each update's reply: its version, or with reply (version, the row as it is now). links,
         while tracing is on: for each update the context of the span that accepted it
         (chinook.tracing.current_link), or None."""
         self.ensure_layout()
@@ -337,12 +337,11 @@ class RowStore:
                     f"{self.shards}: restart this cache-svc with the current one") from None
             raise
         results = [None] * len(updates)
-        width = 2 if reply else 1
         for chunk, out in zip(chunks, replies, strict=False):
             *out, shard_pending = out
             self._shard_pending[self.keys.shard_of(updates[chunk[0]][0])] = shard_pending
-            for n, i in enumerate(chunk):
-                results[i] = out[n * width:(n + 1) * width]
+            for i, result in zip(chunk, zip(out[::2], out[1::2], strict=True) if reply else out, strict=True):
+                results[i] = result
         return results
 
     def accept_each(self, entity: str, updates: list[tuple[int, dict]],
@@ -360,7 +359,7 @@ class RowStore:
         the row is not cached. A row not cached whose id is in `bases` (id to the version
         Postgres holds) is cached as a partial row instead. Raises Backpressure, after
         applying the others, if a row would exceed the pending limit."""
-        versions = [version for version, in self._run_accept(entity, updates, False, bases or {}, links)]
+        versions = self._run_accept(entity, updates, False, bases or {}, links)
         if -2 in versions:
             raise Backpressure(
                 f"{self.pending_total()} rows are waiting to be written to Postgres, the limit is "

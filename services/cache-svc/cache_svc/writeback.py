@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from chinook import metrics, tracing
 from chinook.entities import (
     ENTITIES,
+    INT_MAX,
     MAX_BULK_UPDATES,
     Entity,
     ValidationError,
     check_ids_and_versions,
+    first_not_in_range,
     get_entity,
     parse_claim,
     parse_id,
@@ -305,10 +307,10 @@ class WriteBack:
         entity = get_entity(entity_name)
         if len(updates) > MAX_BULK_UPDATES:
             raise ValidationError(f"updates: at most {MAX_BULK_UPDATES} per request, got {len(updates)}")
-        checked = [
-            (parse_id(row_id, f"updates[{i}].{entity.primary_key}"), entity.validate_patch(patch, f"updates[{i}]"))
-            for i, (row_id, patch) in enumerate(updates)
-        ]
+        ids = [row_id for row_id, _ in updates]
+        if first_not_in_range(ids, 1, INT_MAX) is not None:
+            ids = [parse_id(row_id, f"updates[{i}].{entity.primary_key}") for i, row_id in enumerate(ids)]
+        checked = list(zip(ids, entity.validate_patches([patch for _, patch in updates], "updates"), strict=True))
         ids = list(dict.fromkeys(row_id for row_id, _ in checked))
         # Refuse a bulk that cannot fit before accepting any of it.
         if self.store.pending_total() + len(ids) > self.store.max_pending:
