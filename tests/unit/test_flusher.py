@@ -179,3 +179,17 @@ def test_a_task_carries_no_links_while_tracing_is_off():
     publisher = FakePublisher()
     Flusher(FakeStore([linked_rows(3)], due={0}), publisher, SETTINGS).flush_once()
     assert publisher.links == [([], 0), ([], 0)]
+
+
+def test_partial_batches_of_several_shards_join_with_each_rows_unset_columns():
+    # Shard 0 holds a whole row and a partial one, shard 1 a whole row: one task of three,
+    # each row still leaving exactly the columns it left.
+    partial = ALBUM.columns_json([(1, 101, {"title": "whole", "artist_id": 1}), (2, 102, {"title": "partial"})])
+    whole = ALBUM.columns_json([(3, 103, {"title": "whole too", "artist_id": 2})])
+    flusher = Flusher(FakeStore([]), FakePublisher(), SimpleNamespace(writeback_batch_size=3, writeback_delay_ms=100,
+                                                              writeback_lease_ms=30_000))
+    [(rows_json, count, links)] = flusher._tasks([ClaimedBatch(partial, 2, 2), ClaimedBatch(whole, 1, 1)])
+    assert (count, links) == (3, ())
+    assert ALBUM.rows_from_columns_json(rows_json) == [
+        (1, 101, {"title": "whole", "artist_id": 1}), (2, 102, {"title": "partial"}),
+        (3, 103, {"title": "whole too", "artist_id": 2})]
