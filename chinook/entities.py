@@ -49,6 +49,17 @@ def parse_json(text: str, where: str):
         raise ValidationError(f"{where}: JSON nested too deeply") from None
 
 
+def _plain_text(text: str) -> bool:
+    """No NUL, and encodable as UTF-8 (no lone surrogate), as Column.validate asks of a string."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -84,6 +95,28 @@ class Column:
         except UnicodeEncodeError:
             raise ValidationError(f"{where}: is not valid Unicode") from None
         return value
+
+    def validate_all(self, values: list, where: str, skip=frozenset()):
+        """validate() of every value but those at the positions `skip`, for a batch's column
+        at once: whole lists are checked by builtins, and a value is looked at alone only to
+        say which one is wrong."""
+        present = [v for i, v in enumerate(values) if i not in skip] if skip else values
+        if self.nullable:
+            present = [v for v in present if v is not None]
+        if self.pg_type == "int":
+            ok = first_not_in_range(present, INT_MIN, INT_MAX) is None
+        else:
+            ok = not present or (set(map(type, present)) == {str} and 1 <= min(map(len, present))
+                                 and max(map(len, present)) <= self.max_length and _plain_text("".join(present)))
+        if ok:
+            return
+        for i, value in enumerate(values):
+            if i in skip:
+                continue
+            self.validate(value, f"{where}[{i}]")
+            if self.pg_type == "int" and type(value) is not int and value is not None:
+                raise ValidationError(f"{where}[{i}]: must be an integer")
+        raise ValidationError(f"{where}: invalid values")
 
     def from_store(self, raw):
         """Converts a value read back from a string store (Redis) to its type; NUL, which
@@ -132,6 +165,22 @@ class Entity:
         columns = self._columns_by_name
         return {name: columns[name].validate(value, prefix + name) for name, value in patch.items()}
 
+    def validate_patches(self, patches: list, where: str) -> list[dict]:
+        """validate_patch of each of a bulk's patches (`where[i]` naming a bad one): whole
+        columns at once when every patch is a non-empty object of known columns holding
+        values of their exact types, one by one otherwise (to convert what needs it, or to
+        say which is wrong)."""
+        known = self._columns_by_name
+        if (set(map(type, patches)) <= {dict} and all(patches)
+                and set().union(*map(dict.keys, patches)) <= known.keys()):
+            try:
+                for name, column in known.items():
+                    column.validate_all([p[name] for p in patches if name in p], name)
+                return patches
+            except ValidationError:
+                pass
+        return [self.validate_patch(patch, f"{where}[{i}]") for i, patch in enumerate(patches)]
+
     def validate_full_row(self, values, where: str = "") -> dict:
         """Checks a whole row, as a flush writes it: every column present and valid."""
         missing = [name for name in self.column_names if isinstance(values, dict) and name not in values]
@@ -159,27 +208,49 @@ class Entity:
             columns["unset"] = unset
         return json.dumps(columns)
 
-    def rows_from_columns_json(self, text: str, where: str = "rows_json") -> list[tuple]:
-        """The (id, version, fields) rows of columns_json's form, unchecked beyond its shape."""
+    def columns_from_json(self, text: str, where: str = "rows_json") -> dict:
+        """columns_json's form read back as its arrays by name, checked for shape only."""
         columns = parse_json(text, where)
         names = ("id", "version", *self.column_names)
         if not isinstance(columns, dict) or not all(isinstance(columns.get(n), list) for n in names):
             raise ValidationError(f"{where}: expected an object with the arrays {', '.join(names)}")
+        unknown = sorted(set(columns) - {*names, "unset"})
+        if unknown:
+            raise ValidationError(f"{where}: unknown arrays {', '.join(unknown)}; {self.name} has {', '.join(names)}")
         count = len(columns["id"])
         if any(len(columns[n]) != count for n in names):
             raise ValidationError(f"{where}: the arrays {', '.join(names)} must have the same length")
-        values = [columns[n] for n in self.column_names]
-        rows = [(row_id, version, dict(zip(self.column_names, row, strict=False)))
-                for row_id, version, *row in zip(columns["id"], columns["version"], *values, strict=False)]
         unset = columns.get("unset")
         if unset is not None:
             if not isinstance(unset, list) or len(unset) != count:
                 raise ValidationError(f"{where}: unset must be a list of column lists, one per row")
-            for (_, _, fields), names in zip(rows, unset, strict=False):
+            for names in unset:
                 if not isinstance(names, list) or not all(name in self.column_names for name in names):
                     raise ValidationError(f"{where}: unset lists unknown columns: {names}")
-                for name in names:
-                    fields.pop(name, None)
+        return columns
+
+    def validate_columns(self, columns: dict, where: str = "rows"):
+        """Checks the arrays of columns_from_json as validate_patch checks each row: every
+        value a row writes valid, every row writing at least one column, its id and version
+        in range."""
+        check_ids_and_versions(columns["id"], columns["version"], where)
+        unset = columns.get("unset") or ()
+        for i, names in enumerate(unset):
+            if set(names) >= set(self.column_names):
+                raise ValidationError(f"{where}.unset[{i}]: a row must write at least one column of {self.name}")
+        for column in self.columns:
+            left = {i for i, names in enumerate(unset) if column.name in names}
+            column.validate_all(columns[column.name], f"{where}.{column.name}", left)
+
+    def rows_from_columns_json(self, text: str, where: str = "rows_json") -> list[tuple]:
+        """The (id, version, fields) rows of columns_json's form, unchecked beyond its shape."""
+        columns = self.columns_from_json(text, where)
+        values = [columns[n] for n in self.column_names]
+        rows = [(row_id, version, dict(zip(self.column_names, row, strict=False)))
+                for row_id, version, *row in zip(columns["id"], columns["version"], *values, strict=False)]
+        for (_, _, fields), names in zip(rows, columns.get("unset") or (), strict=False):
+            for name in names:
+                fields.pop(name, None)
         return rows
 
     def row_json(self, row_id: int, raw: dict) -> str:
@@ -285,6 +356,28 @@ def parse_version(raw, where: str = "version") -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_VERSION:
         raise ValidationError(f"{where}: must be an integer in 0..2^53-2^32")
     return raw
+
+
+def first_not_in_range(values, low: int, high: int) -> int | None:
+    """The first position of `values` that is not an integer (bool is none) in low..high,
+    or None: whole sequences at once, for batches of ids and versions."""
+    if not values or set(map(type, values)) == {int} and low <= min(values) and max(values) <= high:
+        return None
+    return next(i for i, v in enumerate(values) if type(v) is not int or not low <= v <= high)
+
+
+def check_ids_and_versions(ids, versions, where: str = "rows"):
+    """Checks a batch's ids (1..INT_MAX) and versions (0..MAX_VERSION), given as two
+    sequences, as parse_id and parse_version do one by one; the message names the first
+    bad one."""
+    bad = first_not_in_range(ids, 1, INT_MAX)
+    if bad is not None:
+        if type(ids[bad]) is not int:
+            raise ValidationError(f"{where}.id[{bad}]: the id must be an integer")
+        parse_id(ids[bad], f"{where}.id[{bad}]")
+    bad = first_not_in_range(versions, 0, MAX_VERSION)
+    if bad is not None:
+        parse_version(versions[bad], f"{where}.version[{bad}]")
 
 
 def parse_multiplier(raw, where: str = "multiplier") -> int:

@@ -124,9 +124,9 @@ class PersistenceClient(_Client):
             versions.update(zip(response.ids, response.versions, strict=False))
         return versions
 
-    def apply_writes(self, entity: str, rows: list) -> persistence_pb2.ApplyWritesResponse:
-        """Writes [id, version, fields] rows, sent as columnar JSON."""
-        request = persistence_pb2.ApplyWritesRequest(entity=entity, rows_json=get_entity(entity).columns_json(rows))
+    def apply_writes(self, entity: str, rows_json: str) -> persistence_pb2.ApplyWritesResponse:
+        """Writes rows given as columnar JSON (chinook.entities.Entity.columns_json), passed on as they are."""
+        request = persistence_pb2.ApplyWritesRequest(entity=entity, rows_json=rows_json)
         return self.stub.ApplyWrites(request, timeout=self.timeout_s)
 
     def list_ids(self, entity: str) -> list[int]:

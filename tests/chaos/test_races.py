@@ -7,7 +7,7 @@ import pytest
 
 from chinook.celery_setup import APPLY_WRITES_TASK, make_celery
 from chinook.config import load_settings
-from chinook.entities import new_claim_id
+from chinook.entities import get_entity, new_claim_id
 from testkit.metrics import counter
 from tests.chaos.workload import Workload
 
@@ -41,8 +41,8 @@ def test_stale_and_duplicated_deliveries_change_nothing(stores, chaos_stack, cha
     # Each old batch under a claim of its own, long spent: its rows were cleaned since.
     claims = [new_claim_id() for _ in batches]
     for batch, claim in zip(batches * 2, claims * 2, strict=False):
-        rows = [[album_id, version, {"title": title, "artist_id": artist_id}]
-                for album_id, version, title, artist_id in batch]
+        rows = get_entity("album").columns_json([(album_id, version, {"title": title, "artist_id": artist_id})
+                                                 for album_id, version, title, artist_id in batch])
         celery.send_task(APPLY_WRITES_TASK, args=["album", rows], kwargs={"claim": claim})
     deadline = time.monotonic() + 60
     while counter(worker_metrics, "chinook_tasks_handled_total", task=APPLY_WRITES_TASK,

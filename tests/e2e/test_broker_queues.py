@@ -10,7 +10,7 @@ from kombu import Connection, Queue
 
 from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_QUEUE, WRITE_BACK_QUEUE, make_celery
 from chinook.config import load_settings
-from chinook.entities import new_claim_id
+from chinook.entities import get_entity, new_claim_id
 from chinook.grpc_client import CACHE_SERVICE
 from chinook.health_check import health_status
 from testkit.api import Api
@@ -18,6 +18,9 @@ from testkit.near_cache import eventually
 from testkit.stack import Isolation, Stack, Vhosts, own_stack
 
 pytestmark = pytest.mark.e2e
+
+# No rows, in the form a task carries its rows.
+NO_ROWS = get_entity("album").columns_json([])
 
 
 def task_queue_types(vhost: str) -> dict[str, str]:
@@ -38,7 +41,7 @@ def test_a_countdown_waits_in_the_delayed_queues_then_reaches_the_worker(stack):
     countdown_s = 15
     celery = make_celery("test", load_settings(stack.env))
     # An empty batch: the worker runs the task, and it writes nothing.
-    result = celery.send_task(APPLY_WRITES_TASK, args=["album", []], kwargs={"claim": new_claim_id()},
+    result = celery.send_task(APPLY_WRITES_TASK, args=["album", NO_ROWS], kwargs={"claim": new_claim_id()},
                               countdown=countdown_s, ignore_result=False)
     # The broker counts a quorum queue's messages every few seconds, well within the countdown.
     deadline = time.monotonic() + countdown_s
@@ -116,7 +119,7 @@ def test_a_classic_queue_of_the_same_name_holds_tasks_back_until_it_is_migrated(
         assert api.sql("SELECT title FROM album WHERE album_id = 7") == [("after the migration",)]
         # Retries' countdowns reach the new queue too (through delayed delivery's bindings).
         celery = make_celery("test", load_settings(stack.env))
-        result = celery.send_task(APPLY_WRITES_TASK, args=["album", []], kwargs={"claim": new_claim_id()},
+        result = celery.send_task(APPLY_WRITES_TASK, args=["album", NO_ROWS], kwargs={"claim": new_claim_id()},
                                   countdown=1, ignore_result=False)
         assert result.get(timeout=30) == {"written": 0, "stale": 0, "refused": 0}
     finally:

@@ -2,6 +2,7 @@
 lose an accepted write or change what it should not. The flusher claims nothing until
 asked (POST /write-back/flush), so a write stays pending as long as a test needs."""
 
+import json
 import time
 
 import grpc
@@ -9,7 +10,7 @@ import pytest
 
 from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, make_celery
 from chinook.config import MAX_WRITEBACK_BATCH_SIZE, load_settings
-from chinook.entities import MAX_VERSION, new_claim_id
+from chinook.entities import MAX_VERSION, get_entity, new_claim_id
 from chinook.grpc_client import CacheClient, PersistenceClient
 from testkit.api import Api
 from testkit.metrics import counter
@@ -18,6 +19,7 @@ from testkit.stack import own_stack
 pytestmark = pytest.mark.e2e
 
 TIMEOUT_S = 30
+ALBUM = get_entity("album")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def test_a_version_far_ahead_is_refused_whole_and_the_row_keeps_taking_writes(he
                  [[13, int(time.time() * 1_000_000), {"title": "Written with it", "artist_id": 1}],
                   [12, eleven_minutes_ahead, {"title": "Far ahead", "artist_id": 1}]]):
         with pytest.raises(grpc.RpcError) as refused:
-            persistence.apply_writes("album", rows)
+            persistence.apply_writes("album", ALBUM.columns_json(rows))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         details = refused.value.details()
         assert f"version: {rows[-1][1]} (id 12) is" in details and "beyond the 600 s of clock skew" in details
@@ -121,13 +123,15 @@ def test_a_malformed_task_sent_straight_to_the_queue_is_refused_and_changes_noth
     [(albums,)] = api.sql("SELECT count(*) FROM album")
     failed_before = (failed_tasks(stack, "WRITE_BACK_WORKER", APPLY_WRITES_TASK),
                      failed_tasks(stack, "DUPLICATION_WORKER", DUPLICATE_ROWS_TASK))
-    forged_row = [14, version + 1, {"title": "Forged", "artist_id": 1}]
+    forged_row = (14, version + 1, {"title": "Forged", "artist_id": 1})
+    forged = ALBUM.columns_json([forged_row])
     malformed = [
-        (["album", [forged_row]], {}),  # no claim, as a task from before claims
-        (["album", [forged_row]], {"claim": "guess"}),
-        (["invoice", [forged_row]], {"claim": new_claim_id()}),
-        (["album", [forged_row] * (MAX_WRITEBACK_BATCH_SIZE + 1)], {"claim": new_claim_id()}),
-        (["album", [[14, version + 1, {"wb_version": 0}]]], {"claim": new_claim_id()}),
+        (["album", forged], {}),  # no claim, as a task from before claims
+        (["album", forged], {"claim": "guess"}),
+        (["invoice", forged], {"claim": new_claim_id()}),
+        (["album", ALBUM.columns_json([forged_row] * (MAX_WRITEBACK_BATCH_SIZE + 1))], {"claim": new_claim_id()}),
+        (["album", json.dumps({**json.loads(forged), "wb_version": [0]})], {"claim": new_claim_id()}),
+        (["album", [list(forged_row)]], {"claim": new_claim_id()}),  # rows as tasks carried them before
     ]
     with make_celery("forger", load_settings(stack.env)) as app:
         for args, kwargs in malformed:
@@ -139,8 +143,8 @@ def test_a_malformed_task_sent_straight_to_the_queue_is_refused_and_changes_noth
                              failed_tasks(stack, "DUPLICATION_WORKER", DUPLICATE_ROWS_TASK)) == expected)
     refusals = stack.log_path("write-back-worker").read_text()
     for reason in ("claim: missing", "claim: must be the claim id", "entity: must be one of album, artist",
-                   f"rows: must be a list of at most {MAX_WRITEBACK_BATCH_SIZE} rows, got {MAX_WRITEBACK_BATCH_SIZE + 1}",
-                   "rows[0][2]: must hold only columns of album"):
+                   f"rows: must hold at most {MAX_WRITEBACK_BATCH_SIZE} rows, got {MAX_WRITEBACK_BATCH_SIZE + 1}",
+                   "rows: unknown arrays wb_version", "rows: must be the rows as columnar JSON text"):
         assert reason in refusals, reason
     assert "multiplier: must be 2-64, got 100" in stack.log_path("duplication-worker").read_text()
 

@@ -9,7 +9,7 @@ import pytest
 from chinook.entities import get_entity
 from persistence_svc import repository
 from persistence_svc.db import Database
-from persistence_svc.repository import StoredRow
+from persistence_svc.repository import Batch, StoredRow
 
 ALBUM = get_entity("album")
 
@@ -25,6 +25,11 @@ def query(db, sql, params=()):
     with db.transaction() as cur:
         cur.execute(sql, params)
         return cur.fetchall()
+
+
+def apply_writes(db, rows):
+    """repository.apply_writes of album StoredRow rows, as the batch of columnar JSON a task carries."""
+    return repository.apply_writes(db, ALBUM, Batch.of(ALBUM, rows))
 
 
 def test_sql_loads_every_chinook_table_with_its_rows(db):
@@ -47,7 +52,7 @@ def test_get_rows_leaves_out_missing_ids(db):
 
 
 def test_apply_writes_writes_newer_versions_in_one_statement(db):
-    result = repository.apply_writes(db, ALBUM, [
+    result = apply_writes(db, [
         StoredRow(1, {"title": "A", "artist_id": 2}, 10),
         StoredRow(2, {"title": "B", "artist_id": 2}, 10),
         StoredRow(999_999, {"title": "C", "artist_id": 2}, 10),
@@ -58,15 +63,15 @@ def test_apply_writes_writes_newer_versions_in_one_statement(db):
 
 
 def test_a_stale_or_redelivered_version_never_overwrites_a_newer_one(db):
-    repository.apply_writes(db, ALBUM, [StoredRow(1, {"title": "newer", "artist_id": 1}, 20)])
-    stale = repository.apply_writes(db, ALBUM, [StoredRow(1, {"title": "older", "artist_id": 1}, 10)])
-    again = repository.apply_writes(db, ALBUM, [StoredRow(1, {"title": "newer", "artist_id": 1}, 20)])
+    apply_writes(db, [StoredRow(1, {"title": "newer", "artist_id": 1}, 20)])
+    stale = apply_writes(db, [StoredRow(1, {"title": "older", "artist_id": 1}, 10)])
+    again = apply_writes(db, [StoredRow(1, {"title": "newer", "artist_id": 1}, 20)])
     assert stale.stale_ids == [1] and again.stale_ids == [1]
     assert query(db, "SELECT title, wb_version FROM album WHERE album_id = 1") == [("newer", 20)]
 
 
 def test_the_newest_of_duplicate_ids_in_one_batch_wins(db):
-    repository.apply_writes(db, ALBUM, [
+    apply_writes(db, [
         StoredRow(1, {"title": "v3", "artist_id": 1}, 3),
         StoredRow(1, {"title": "v5", "artist_id": 1}, 5),
         StoredRow(1, {"title": "v4", "artist_id": 1}, 4),
@@ -76,7 +81,7 @@ def test_the_newest_of_duplicate_ids_in_one_batch_wins(db):
 
 def test_values_are_bound_never_spliced_into_sql(db):
     title = "x'); DELETE FROM album; --"
-    repository.apply_writes(db, ALBUM, [StoredRow(5, {"title": title, "artist_id": 1}, 1)])
+    apply_writes(db, [StoredRow(5, {"title": title, "artist_id": 1}, 1)])
     assert query(db, "SELECT title FROM album WHERE album_id = 5") == [(title,)]
     assert query(db, "SELECT count(*) FROM album") == [(347,)]
 
@@ -86,7 +91,7 @@ def test_refused_rows_are_isolated_and_the_rest_is_written(db):
     rows = [StoredRow(i, {"title": f"ok {i}", "artist_id": 1}, 5) for i in range(1, 41)]
     rows[6] = StoredRow(7, {"title": "no such artist", "artist_id": 999_999}, 5)
     rows[30] = StoredRow(31, {"title": "nor this", "artist_id": 888_888}, 5)
-    result = repository.apply_writes(db, ALBUM, rows)
+    result = apply_writes(db, rows)
     assert [i for i, _ in result.failed] == [7, 31]
     assert "album_artist_id_fkey" in result.failed[0][1]
     assert result.applied_ids == [i for i in range(1, 41) if i not in (7, 31)]
@@ -129,7 +134,7 @@ def test_ping_names_the_url_and_the_fix():
 
 def test_a_partial_row_writes_only_its_columns(db):
     before = query(db, "SELECT title, artist_id FROM album WHERE album_id = 7")[0]
-    result = repository.apply_writes(db, ALBUM, [
+    result = apply_writes(db, [
         StoredRow(7, {"artist_id": 1}, 40),
         StoredRow(8, {"title": "whole", "artist_id": 2}, 40),
     ])
@@ -139,7 +144,7 @@ def test_a_partial_row_writes_only_its_columns(db):
 
 
 def test_get_versions_leaves_out_missing_ids(db):
-    repository.apply_writes(db, ALBUM, [StoredRow(3, {"title": "v", "artist_id": 1}, 12)])
+    apply_writes(db, [StoredRow(3, {"title": "v", "artist_id": 1}, 12)])
     assert repository.get_versions(db, ALBUM, [3, 4, 999_999]) == {3: 12, 4: 0}
 
 
@@ -161,7 +166,7 @@ def test_write_back_goes_on_during_a_duplication_and_each_copy_takes_its_row_as_
     assert next(duplication) == (347, 694)  # the first copy is made, uncommitted
     original_title = query(db, "SELECT title FROM album WHERE album_id = 5")[0][0]
     # Were the table locked, this would wait for the duplication (lock_timeout ends it).
-    result = repository.apply_writes(role_db, ALBUM, [StoredRow(5, {"title": "written meanwhile"}, 7)])
+    result = apply_writes(role_db, [StoredRow(5, {"title": "written meanwhile"}, 7)])
     assert result.applied_ids == [5]
     assert list(duplication) == [(694, 694)]
     assert query(db, "SELECT album_id, title, wb_version FROM album WHERE album_id IN (5, 352, 699) ORDER BY 1") \

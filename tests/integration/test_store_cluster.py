@@ -11,6 +11,7 @@ from cache_svc.store import RowStore
 from cache_svc.transport import NotReplicated
 from chinook.entities import ENTITIES
 from testkit.stores import RedisClusterServer
+from tests.integration.claims import claimed_rows
 
 SHARDS = 16
 ROWS = range(1, 401)
@@ -83,5 +84,5 @@ def test_the_death_of_a_master_loses_no_update_its_replica_confirmed(cluster):
     # ...until the dead master comes back, as its replica. Scripts are loaded again there.
     assert cluster.restart(master).role == "replica"
     assert min(store.accept("album", [(i, {"title": f"after {i}"}) for i in ROWS])) > 0
-    claimed = [row for shard in store.claim(0, 1000, 30_000) for row in shard.rows.get("album", [])]
+    claimed = claimed_rows(store.claim(0, 1000, 30_000))
     assert sorted(row.id for row in claimed) == list(ROWS)

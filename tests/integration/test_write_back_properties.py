@@ -19,7 +19,8 @@ from chinook.config import load_settings
 from chinook.entities import ENTITIES, get_entity
 from persistence_svc import initdb, repository
 from persistence_svc.db import Database
-from persistence_svc.repository import StoredRow
+from persistence_svc.repository import Batch, StoredRow
+from tests.integration.claims import claimed_rows
 
 ALBUM = get_entity("album")
 ROWS = (1, 2)
@@ -93,10 +94,9 @@ class Run:
 
     def claim(self, lease_ms):
         shards = self.store.claim(delay_ms=0, batch_size=2, lease_ms=lease_ms)
-        claimed = [row for shard in shards for row in shard.rows.get("album", [])]
+        claimed = claimed_rows(shards)
         if claimed:
-            self.tasks.append((shards[0].claim, [(r.id, r.version, ALBUM.columns_from_store(r.fields) if r.partial
-                                                  else ALBUM.row_from_store(r.fields)) for r in claimed]))
+            self.tasks.append((shards[0].claim, [(r.id, r.version, r.fields) for r in claimed]))
 
     def accept_and_claim(self, row):
         self.accept(row)
@@ -106,7 +106,7 @@ class Run:
         if not self.tasks:
             return
         claim, task = self.tasks[index % len(self.tasks)]
-        result = repository.apply_writes(self.db, ALBUM, [StoredRow(i, f, v) for i, v, f in task])
+        result = repository.apply_writes(self.db, ALBUM, Batch.of(ALBUM, [StoredRow(i, f, v) for i, v, f in task]))
         durable = set(result.applied_ids) | set(result.stale_ids)
         acknowledged = self.store.ack("album", [(i, v) for i, v, _ in task if i in durable], claim)
         if acknowledged.outdated:

@@ -99,6 +99,35 @@ def test_columnar_json_of_the_wrong_shape_is_refused(text, message):
         ALBUM.rows_from_columns_json(text)
 
 
+@pytest.mark.parametrize("column, value", [
+    ("title", ""), ("title", "x" * 161), ("title", "nul \x00 inside"), ("title", "\ud800"), ("title", 5),
+    ("title", None), ("artist_id", "5"), ("artist_id", 2**31), ("artist_id", True), ("artist_id", 2.5),
+    ("artist_id", None),
+])
+def test_a_batch_column_refuses_what_a_patch_refuses_naming_the_row(column, value):
+    with pytest.raises(ValidationError) as one_by_one:
+        ALBUM.validate_patch({column: value})
+    columns = ALBUM.columns_from_json(ALBUM.columns_json(
+        [(1, 7, {"title": "ok", "artist_id": 1}), (2, 7, {"title": "ok", "artist_id": 1, column: value})]))
+    with pytest.raises(ValidationError, match=rf"rows\.{column}\[1\]: ") as batch:
+        ALBUM.validate_columns(columns)
+    assert str(batch.value).split(": ", 1)[1] == str(one_by_one.value).split(": ", 1)[1]
+
+
+def test_a_batch_checks_ids_versions_and_that_each_row_writes_a_column():
+    rows = [(1, 7, {"title": "whole", "artist_id": 1}), (2, 0, {"artist_id": 3}),
+            (3, 2**53 - 2**32, {"title": "partial"})]
+    ALBUM.validate_columns(ALBUM.columns_from_json(ALBUM.columns_json(rows)))
+    get_entity("artist").validate_columns(get_entity("artist").columns_from_json(
+        get_entity("artist").columns_json([(1, 1, {"name": None})])))
+    for bad, message in [((0, 1, {"title": "t"}), r"rows\.id\[1\]: 0 is out of range"),
+                         (("9", 1, {"title": "t"}), r"rows\.id\[1\]: the id must be an integer"),
+                         ((9, -1, {"title": "t"}), r"rows\.version\[1\]: must be an integer in 0"),
+                         ((9, 1, {}), r"rows\.unset\[1\]: a row must write at least one column")]:
+        with pytest.raises(ValidationError, match=message):
+            ALBUM.validate_columns(ALBUM.columns_from_json(ALBUM.columns_json([rows[0], bad])))
+
+
 LABEL = Entity(name="label", collection="labels", table="record_label", primary_key="label_id",
                columns=(Column("name", "varchar", max_length=80),))
 

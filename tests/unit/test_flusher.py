@@ -1,16 +1,35 @@
 """The flusher's loop logic, with in-memory stand-ins for Redis and Celery."""
 
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import pytest
 from prometheus_client import REGISTRY
 
 from cache_svc.flusher import Flusher
-from cache_svc.store import ClaimedRow, ShardClaim
+from cache_svc.store import ClaimedBatch, ShardClaim
 from chinook import tracing
+from chinook.entities import get_entity
 from chinook.tracing import LINK_WIDTH, MAX_FLUSH_LINKS
 
 SETTINGS = SimpleNamespace(writeback_batch_size=2, writeback_delay_ms=100, writeback_lease_ms=30_000)
+ALBUM = get_entity("album")
+
+
+class Row(NamedTuple):
+    """A pending album row as the stand-in store holds it."""
+
+    id: int
+    title: str
+    version: int
+    links: str = ""
+
+
+def claimed_batch(rows) -> ClaimedBatch:
+    """The rows as lua/claim.lua hands them over: the columnar JSON of their task."""
+    rows_json = ALBUM.columns_json([(r.id, r.version, {"title": r.title, "artist_id": 1}) for r in rows])
+    links = tuple(r.links for r in rows)
+    return ClaimedBatch(rows_json, len(rows), len(rows), links if any(links) else ())
 
 
 class FakeStore:
@@ -36,7 +55,7 @@ class FakeStore:
             ready = len(rows)
             if rows and (len(rows) >= batch_size or shard in self.due or delay_ms == 0):
                 batch, self.shards[shard] = rows[:batch_size], rows[batch_size:]
-                claims.append(ShardClaim(ready, ready, {"album": batch}, claim))
+                claims.append(ShardClaim(ready, ready, {"album": claimed_batch(batch)}, claim))
             else:
                 claims.append(ShardClaim(ready, ready, {}, claim))
         return claims
@@ -57,13 +76,13 @@ class FakePublisher:
     def apply_writes(self, entity, rows, claim, links=(), links_dropped=0):
         if self.fail_after is not None and len(self.tasks) >= self.fail_after:
             raise ConnectionError("broker down")
-        self.tasks.append((entity, rows))
+        self.tasks.append((entity, [list(row) for row in ALBUM.rows_from_columns_json(rows)]))
         self.claims.append(claim)
         self.links.append((list(links), links_dropped))
 
 
 def rows(first, last):
-    return [ClaimedRow(i, {"title": f"t{i}", "artist_id": "1"}, 100 + i) for i in range(first, last + 1)]
+    return [Row(i, f"t{i}", 100 + i) for i in range(first, last + 1)]
 
 
 def published_ids(publisher):
@@ -140,7 +159,7 @@ def test_nothing_is_claimed_while_the_write_back_queue_is_to_migrate():
 def linked_rows(count):
     """Rows each kept two span contexts: one of its own, and one every row shares (a bulk's)."""
     shared = "b" * LINK_WIDTH
-    return [ClaimedRow(i, {"title": "t", "artist_id": "1"}, 100 + i, links=f"{i:0{LINK_WIDTH}x}{shared}")
+    return [Row(i, "t", 100 + i, links=f"{i:0{LINK_WIDTH}x}{shared}")
             for i in range(1, count + 1)]
 
 
@@ -160,3 +179,17 @@ def test_a_task_carries_no_links_while_tracing_is_off():
     publisher = FakePublisher()
     Flusher(FakeStore([linked_rows(3)], due={0}), publisher, SETTINGS).flush_once()
     assert publisher.links == [([], 0), ([], 0)]
+
+
+def test_partial_batches_of_several_shards_join_with_each_rows_unset_columns():
+    # Shard 0 holds a whole row and a partial one, shard 1 a whole row: one task of three,
+    # each row still leaving exactly the columns it left.
+    partial = ALBUM.columns_json([(1, 101, {"title": "whole", "artist_id": 1}), (2, 102, {"title": "partial"})])
+    whole = ALBUM.columns_json([(3, 103, {"title": "whole too", "artist_id": 2})])
+    flusher = Flusher(FakeStore([]), FakePublisher(), SimpleNamespace(writeback_batch_size=3, writeback_delay_ms=100,
+                                                              writeback_lease_ms=30_000))
+    [(rows_json, count, links)] = flusher._tasks([ClaimedBatch(partial, 2, 2), ClaimedBatch(whole, 1, 1)])
+    assert (count, links) == (3, ())
+    assert ALBUM.rows_from_columns_json(rows_json) == [
+        (1, 101, {"title": "whole", "artist_id": 1}), (2, 102, {"title": "partial"}),
+        (3, 103, {"title": "whole too", "artist_id": 2})]

@@ -1,47 +1,57 @@
 """What a worker takes from a task before acting on it."""
 
+import json
+
 import pytest
 
 from chinook.config import MAX_WRITEBACK_BATCH_SIZE
-from chinook.entities import MAX_VERSION, new_claim_id
+from chinook.entities import MAX_VERSION, get_entity, new_claim_id
 from chinook.tracing import LINK_WIDTH, MAX_FLUSH_LINKS
 from worker.task_arguments import MalformedTask, check_apply_writes, check_duplicate_rows
 
 CLAIM = new_claim_id()
-ROW = [7, 1_700_000_000_000_000, {"title": "t", "artist_id": 1}]
+ALBUM = get_entity("album")
+ROW = (7, 1_700_000_000_000_000, {"title": "t", "artist_id": 1})
 LINK = "a" * LINK_WIDTH
-# What the flusher publishes: entity, rows, claim, refusals, links, links_dropped.
-VALID = ("album", [ROW], CLAIM, 0, [LINK], 0)
+# What the flusher publishes: entity, rows (columnar JSON), claim, refusals, links, links_dropped.
+VALID = ("album", ALBUM.columns_json([ROW]), CLAIM, 0, [LINK], 0)
 MAX_ATTEMPTS = 5
 
 
 def check(**changes):
     arguments = dict(zip(("entity", "rows", "claim", "refusals", "links", "links_dropped"), VALID, strict=False))
-    check_apply_writes(**{**arguments, **changes}, max_attempts=MAX_ATTEMPTS)
+    return check_apply_writes(**{**arguments, **changes}, max_attempts=MAX_ATTEMPTS)
 
 
-def test_a_task_as_the_flusher_publishes_it_is_taken():
-    check()
-    check(rows=[[1, 0, {"title": "only the columns a partial row holds"}]] * MAX_WRITEBACK_BATCH_SIZE)
-    check(entity="artist", rows=[[1, MAX_VERSION, {"name": None}]], links=(), refusals=MAX_ATTEMPTS - 1)
-    check(rows=[])  # writes nothing
+def columns(**changes) -> str:
+    """The valid task's rows with some arrays replaced."""
+    return json.dumps({**json.loads(VALID[1]), **changes})
+
+
+def test_a_task_as_the_flusher_publishes_it_is_taken_and_its_columns_returned():
+    assert check()["id"] == [7]
+    partial = (1, 0, {"title": "only the columns a partial row holds"})
+    assert len(check(rows=ALBUM.columns_json([partial] * MAX_WRITEBACK_BATCH_SIZE))["id"]) == MAX_WRITEBACK_BATCH_SIZE
+    check(entity="artist", rows=get_entity("artist").columns_json([(1, MAX_VERSION, {"name": None})]), links=(),
+          refusals=MAX_ATTEMPTS - 1)
+    check(rows=ALBUM.columns_json([]))  # writes nothing
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"entity": "track"}, "entity: must be one of album, artist"),
     ({"entity": ["album"]}, "entity: must be one of"),
-    ({"rows": [ROW] * (MAX_WRITEBACK_BATCH_SIZE + 1)},
-     f"rows: must be a list of at most {MAX_WRITEBACK_BATCH_SIZE} rows, got {MAX_WRITEBACK_BATCH_SIZE + 1}"),
-    ({"rows": {"7": ROW}}, "rows: must be a list"),
-    ({"rows": [ROW, [7, 1]]}, r"rows\[1\]: must be \[id, version, \{columns\}\]"),
-    ({"rows": [[7, 1, ["title"]]]}, r"rows\[0\]: must be \[id, version"),
-    ({"rows": [["7", 1, {"title": "t"}]]}, r"rows\[0\]\[0\]: the id must be an integer"),
-    ({"rows": [[0, 1, {"title": "t"}]]}, r"rows\[0\]\[0\]: 0 is out of range"),
-    ({"rows": [[True, 1, {"title": "t"}]]}, r"rows\[0\]\[0\]: must be a positive integer"),
-    ({"rows": [[7, MAX_VERSION + 1, {"title": "t"}]]}, r"rows\[0\]\[1\]: must be an integer in 0..2\^53-2\^32"),
-    ({"rows": [[7, 1.5, {"title": "t"}]]}, r"rows\[0\]\[1\]"),
-    ({"rows": [[7, 1, {}]]}, r"rows\[0\]\[2\]: must hold only columns of album"),
-    ({"rows": [[7, 1, {"title": "t", "wb_version": 0}]]}, r"rows\[0\]\[2\]: must hold only columns of album"),
+    ({"rows": ALBUM.columns_json([ROW] * (MAX_WRITEBACK_BATCH_SIZE + 1))},
+     f"rows: must hold at most {MAX_WRITEBACK_BATCH_SIZE} rows, got {MAX_WRITEBACK_BATCH_SIZE + 1}"),
+    ({"rows": [list(ROW)]}, "rows: must be the rows as columnar JSON text"),
+    ({"rows": "[[7, 1]]"}, "rows: expected an object with the arrays id, version, title, artist_id"),
+    ({"rows": columns(version=[1, 2])}, "rows: the arrays id, version, title, artist_id must have the same length"),
+    ({"rows": columns(id=["7"])}, r"rows.id\[0\]: the id must be an integer"),
+    ({"rows": columns(id=[0])}, r"rows.id\[0\]: 0 is out of range"),
+    ({"rows": columns(id=[True])}, r"rows.id\[0\]: the id must be an integer"),
+    ({"rows": columns(version=[MAX_VERSION + 1])}, r"rows.version\[0\]: must be an integer in 0..2\^53-2\^32"),
+    ({"rows": columns(version=[1.5])}, r"rows.version\[0\]"),
+    ({"rows": columns(unset=[["title", "artist_id"]])}, r"rows.unset\[0\]: a row must write at least one column"),
+    ({"rows": columns(unset=[["wb_version"]])}, "rows: unset lists unknown columns"),
     ({"claim": None}, "claim: missing, as in a task published before"),
     ({"claim": "guess"}, "claim: must be the claim id of a flush task, 32 hex digits"),
     ({"claim": CLAIM.upper()}, "claim: must be the claim id"),

@@ -39,7 +39,7 @@ from chinook.celery_setup import (
     make_celery,
 )
 from chinook.config import ConfigError, read_tls_files, settings_or_exit
-from chinook.entities import register_modules_or_exit
+from chinook.entities import get_entity, register_modules_or_exit
 from chinook.grpc_client import CacheClient, PersistenceClient
 from chinook.logs import configure_logging
 from chinook.tls import channel_credentials
@@ -185,25 +185,26 @@ RETRY = {"autoretry_for": (jobs.TransientError,), "max_retries": 8, "retry_backo
 
 
 def refuse_malformed(task, check, *arguments):
-    """Runs check(*arguments); a malformed task is logged with what is wrong, and fails."""
+    """Returns check(*arguments); a malformed task is logged with what is wrong, and fails."""
     try:
-        check(*arguments)
+        return check(*arguments)
     except MalformedTask as exc:
         log.warning("refused malformed task %s[%s]: %s; nothing done", task.name, task.request.id, exc)
         raise
 
 
 @app.task(name=APPLY_WRITES_TASK, bind=True, ignore_result=True, **RETRY)
-def apply_writes(self, entity: str, rows: list, refusals: int = 0, links: list = (), links_dropped: int = 0,
+def apply_writes(self, entity: str, rows: str, refusals: int = 0, links: list = (), links_dropped: int = 0,
                  claim: str | None = None):
-    """claim: the claim id the rows were claimed under, which the acknowledgement names.
+    """rows: the rows as columnar JSON (chinook.entities.Entity.columns_json), which goes on
+    to persistence-svc as it is. claim: the claim id the rows were claimed under, which the acknowledgement names.
     links: the span contexts of the writes' accepting spans, which the flush span links
     to while tracing is on (chinook.tracing), and how many were left out."""
-    refuse_malformed(self, check_apply_writes, entity, rows, claim, refusals, links, links_dropped,
-                     settings.writeback_max_attempts)
+    columns = refuse_malformed(self, check_apply_writes, entity, rows, claim, refusals, links, links_dropped,
+                               settings.writeback_max_attempts)
     countdown = None
-    with tracing.flush_span(entity, len(rows), links, links_dropped) as span:
-        outcome = jobs.apply_writes(Clients.persistence, Clients.cache, entity, rows, claim)
+    with tracing.flush_span(entity, len(columns["id"]), links, links_dropped) as span:
+        outcome = jobs.apply_writes(Clients.persistence, Clients.cache, entity, rows, columns, claim)
         tracing.mark_flushed(span, entity, links, outcome.written, len(outcome.refused))
         if outcome.refused:
             refusals += 1
@@ -221,7 +222,7 @@ def apply_writes(self, entity: str, rows: list, refusals: int = 0, links: list =
         # Outside the flush span: the retry's message carries the task's trace context. It
         # keeps the claim: if the lease ended meanwhile and the rows were claimed again,
         # its acknowledgement changes nothing and the newer claim's flush cleans them.
-        raise self.retry(args=[entity, [row for row, _ in outcome.refused]],
+        raise self.retry(args=[entity, get_entity(entity).columns_json(row for row, _ in outcome.refused)],
                          kwargs={"refusals": refusals, "claim": claim}, countdown=countdown, max_retries=None)
     return {"written": outcome.written, "stale": outcome.stale, "refused": len(outcome.refused)}
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from chinook.entities import get_entity
+
 log = logging.getLogger(__name__)
 
 # Codes worth another try later; anything else will fail the same way again.
@@ -27,26 +29,30 @@ def classify(exc: grpc.RpcError) -> Exception:
 class BatchOutcome:
     written: int
     stale: int
-    # ([id, version, fields] row, Postgres' error) for each row it refused
+    # ((id, version, fields) row, Postgres' error) for each row it refused
     refused: list = field(default_factory=list)
 
 
-def apply_writes(persistence, cache, entity: str, rows: list, claim: str) -> BatchOutcome:
-    """Writes a batch of [id, version, fields] in one statement, then tells the cache
-    which versions are durable, under the claim the rows were claimed with, so it can
-    mark those rows clean. Rows Postgres refuses are returned, not raised: the others
-    must not wait for them."""
+def apply_writes(persistence, cache, entity: str, rows_json: str, columns: dict, claim: str) -> BatchOutcome:
+    """Writes a batch of rows, columnar JSON passed on as it came (columns: the same,
+    parsed), in one statement, then tells the cache which versions are durable, under the
+    claim the rows were claimed with, so it can mark those rows clean. Rows Postgres
+    refuses are returned, not raised: the others must not wait for them."""
     try:
-        result = persistence.apply_writes(entity, rows)
+        result = persistence.apply_writes(entity, rows_json)
         durable = set(result.applied_ids) | set(result.stale_ids)
         if durable:
-            cache.ack_flushed(entity, [(i, v) for i, v, _ in rows if i in durable], claim)
+            cache.ack_flushed(entity, [(i, v) for i, v in zip(columns["id"], columns["version"], strict=True)
+                                       if i in durable], claim)
     except grpc.RpcError as exc:
         raise classify(exc) from None
     errors = {f.id: f.error for f in result.failed}
     errors.update({i: "the row no longer exists in Postgres" for i in result.missing_ids})
-    return BatchOutcome(len(result.applied_ids), len(result.stale_ids),
-                        [(row, errors[row[0]]) for row in rows if row[0] in errors])
+    refused = []
+    if errors:
+        refused = [(row, errors[row[0]]) for row in get_entity(entity).rows_from_columns_json(rows_json)
+                   if row[0] in errors]
+    return BatchOutcome(len(result.applied_ids), len(result.stale_ids), refused)
 
 
 def dead_letter(cache, entity: str, refused: list, claim: str) -> int:

@@ -6,7 +6,7 @@ lease brings them back in a task of the flusher's own."""
 import re
 
 from chinook.config import MAX_WRITEBACK_BATCH_SIZE
-from chinook.entities import ENTITIES, ValidationError, parse_claim, parse_id, parse_multiplier, parse_version
+from chinook.entities import ENTITIES, ValidationError, check_ids_and_versions, parse_claim, parse_multiplier
 from chinook.tracing import LINK_WIDTH, LINKS_PER_ROW, MAX_FLUSH_LINKS
 
 _LINK = re.compile(f"[0-9a-f]{{{LINK_WIDTH}}}")
@@ -29,31 +29,30 @@ def _count(raw, where: str, low: int, high: int) -> int:
     return raw
 
 
-def _check_row(entity, row, where: str):
-    """[int id, int version, {column: value}]: the values are persistence-svc's to check."""
-    if not isinstance(row, list) or len(row) != 3 or not isinstance(row[2], dict):
-        raise ValidationError(f"{where}: must be [id, version, {{columns}}]")
-    row_id, version, columns = row
-    if not isinstance(row_id, int):
-        raise ValidationError(f"{where}[0]: the id must be an integer")
-    parse_id(row_id, f"{where}[0]")
-    parse_version(version, f"{where}[1]")
-    if not columns or not set(columns) <= set(entity.column_names):
-        raise ValidationError(f"{where}[2]: must hold only columns of {entity.name}: {', '.join(entity.column_names)}")
+def _check_rows(entity, rows_json) -> dict:
+    """Rows as columnar JSON (Entity.columns_json's form): at most MAX_WRITEBACK_BATCH_SIZE,
+    each with an integer id, a version and at least one column; the values are
+    persistence-svc's to check. Returns the columns."""
+    if not isinstance(rows_json, str):
+        raise ValidationError("rows: must be the rows as columnar JSON text")
+    columns = entity.columns_from_json(rows_json, "rows")
+    ids, versions = columns["id"], columns["version"]
+    if len(ids) > MAX_WRITEBACK_BATCH_SIZE:
+        raise ValidationError(f"rows: must hold at most {MAX_WRITEBACK_BATCH_SIZE} rows, got {len(ids)}")
+    check_ids_and_versions(ids, versions)
+    for i, names in enumerate(columns.get("unset") or ()):
+        if set(names) >= set(entity.column_names):
+            raise ValidationError(f"rows.unset[{i}]: a row must write at least one column of {entity.name}")
+    return columns
 
 
-def check_apply_writes(entity, rows, claim, refusals, links, links_dropped, max_attempts: int):
+def check_apply_writes(entity, rows, claim, refusals, links, links_dropped, max_attempts: int) -> dict:
     """An apply_writes task as the flusher publishes it (and as a retry republishes it):
-    a known entity, at most MAX_WRITEBACK_BATCH_SIZE rows, the claim id they were claimed
-    under, fewer refusals than max_attempts (WRITEBACK_MAX_ATTEMPTS), links within
-    tracing's bounds. Raises MalformedTask."""
+    a known entity, at most MAX_WRITEBACK_BATCH_SIZE rows as columnar JSON, the claim id
+    they were claimed under, fewer refusals than max_attempts (WRITEBACK_MAX_ATTEMPTS),
+    links within tracing's bounds. Returns the rows' columns; raises MalformedTask."""
     try:
-        entity = _entity(entity)
-        if not isinstance(rows, list) or len(rows) > MAX_WRITEBACK_BATCH_SIZE:
-            got = f", got {len(rows)}" if isinstance(rows, list) else ""
-            raise ValidationError(f"rows: must be a list of at most {MAX_WRITEBACK_BATCH_SIZE} rows{got}")
-        for i, row in enumerate(rows):
-            _check_row(entity, row, f"rows[{i}]")
+        columns = _check_rows(_entity(entity), rows)
         if claim is None:
             raise ValidationError("claim: missing, as in a task published before acknowledgements named their "
                                   "claim; its rows are claimed again when their lease ends")
@@ -66,6 +65,7 @@ def check_apply_writes(entity, rows, claim, refusals, links, links_dropped, max_
         _count(links_dropped, "links_dropped", 0, MAX_WRITEBACK_BATCH_SIZE * LINKS_PER_ROW)
     except ValidationError as exc:
         raise MalformedTask(str(exc)) from None
+    return columns
 
 
 def check_duplicate_rows(entity, multiplier):

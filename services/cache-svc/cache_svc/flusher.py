@@ -4,12 +4,12 @@ several cache services may run it at once, since claiming is atomic. Each round 
 from every shard, so a hot shard cannot starve the others, and rows of one entity
 claimed from several shards travel in the same tasks."""
 
+import json
 import logging
 import threading
 
 from chinook import metrics, tracing
 from chinook.celery_setup import APPLY_WRITES_TASK
-from chinook.entities import get_entity
 
 log = logging.getLogger(__name__)
 
@@ -55,38 +55,61 @@ class Flusher:
                     claims += self.store.claim(0, self.batch_size, self.lease_ms, waiting, claim_id)
             by_entity: dict[str, list] = {}
             for claim in claims:
-                for name, rows in claim.rows.items():
-                    by_entity.setdefault(name, []).extend(rows)
+                for name, batch in claim.rows.items():
+                    by_entity.setdefault(name, []).append(batch)
             published += self._publish(by_entity, claim_id)
-            if not any(len(rows) == self.batch_size for claim in claims for rows in claim.rows.values()):
+            if not any(batch.count == self.batch_size for claim in claims for batch in claim.rows.values()):
                 return published
 
     def _publish(self, by_entity: dict[str, list], claim_id: str) -> int:
         """Publishes rows claimed under claim_id in tasks of up to a batch, each carrying
         the claim id its acknowledgement must name; returns how many rows."""
-        batches = [(name, rows[start:start + self.batch_size]) for name, rows in by_entity.items()
-                   for start in range(0, len(rows), self.batch_size)]
-        for position, (name, rows) in enumerate(batches):
-            entity = get_entity(name)
-            # A partial row writes only the columns it holds.
-            payload = [[r.id, r.version, entity.columns_from_store(r.fields) if r.partial
-                        else entity.row_from_store(r.fields)] for r in rows]
+        for name, batches in by_entity.items():
+            metrics.ROWS_COALESCED.labels(name).inc(sum(b.writes - b.count for b in batches))
+        tasks = [(name, *task) for name, batches in by_entity.items() for task in self._tasks(batches)]
+        for position, (name, rows_json, count, kept_links) in enumerate(tasks):
             links, links_dropped = [], 0
             if tracing.enabled():
                 # The task's flush span links back to the spans that accepted these writes.
                 links, links_dropped = tracing.bounded_links(
-                    link for r in rows for link in tracing.split_links(r.links))
+                    link for kept in kept_links for link in tracing.split_links(kept))
             try:
-                self.publisher.apply_writes(name, payload, claim_id, links, links_dropped)
+                self.publisher.apply_writes(name, rows_json, claim_id, links, links_dropped)
             except Exception:
                 # The rows stay dirty; releasing them lets the next round try again.
-                for unpublished_name, unpublished in batches[position:]:
-                    self.store.release(unpublished_name, [r.id for r in unpublished])
+                for unpublished_name, unpublished_json, _, _ in tasks[position:]:
+                    self.store.release(unpublished_name, json.loads(unpublished_json)["id"])
                 raise
             metrics.TASKS_PUBLISHED.labels(APPLY_WRITES_TASK).inc()
-            metrics.ROWS_PUBLISHED.labels(name).inc(len(rows))
-            metrics.ROWS_COALESCED.labels(name).inc(sum(r.writes - 1 for r in rows))
-        return sum(len(rows) for _, rows in batches)
+            metrics.ROWS_PUBLISHED.labels(name).inc(count)
+        return sum(count for _, _, count, _ in tasks)
+
+    def _tasks(self, batches: list) -> list[tuple[str, int, tuple]]:
+        """(rows as columnar JSON, how many, the span contexts each kept) of each task the
+        claimed batches of one entity make: a full batch goes as lua/claim.lua wrote it;
+        the others are joined, column by column, and cut into tasks of up to a batch."""
+        tasks = [(b.rows_json, b.count, b.links) for b in batches if b.count == self.batch_size]
+        rest = [b for b in batches if b.count != self.batch_size]
+        if len(rest) == 1:
+            tasks.append((rest[0].rows_json, rest[0].count, rest[0].links))
+        if len(rest) < 2:
+            return tasks
+        columns = [json.loads(batch.rows_json) for batch in rest]
+        unset = any("unset" in c for c in columns)
+        joined: dict[str, list] = {}
+        for batch, column in zip(rest, columns, strict=True):
+            if unset:
+                column.setdefault("unset", [[]] * batch.count)
+            for name, values in column.items():
+                joined.setdefault(name, []).extend(values)
+        links = [kept for batch in rest for kept in (batch.links or ("",) * batch.count)]
+        for start in range(0, len(joined["id"]), self.batch_size):
+            task = {name: values[start:start + self.batch_size] for name, values in joined.items()}
+            if unset and not any(task["unset"]):
+                del task["unset"]
+            task_links = links[start:start + self.batch_size]
+            tasks.append((json.dumps(task), len(task["id"]), tuple(task_links) if any(task_links) else ()))
+        return tasks
 
     def _run(self):
         backoff = self.poll_s

@@ -27,7 +27,7 @@ NOT_FOUND = "Function not found"
 # The scripts, each a file `<name>.lua`, shipped inside the package.
 LUA = files(__package__) / "lua"
 # The files that are not functions but Lua every function may call.
-HELPERS = ("publish",)
+HELPERS = ("publish", "batched")
 # The functions that write nothing.
 READ_ONLY = {"uncached", "status", "inspect"}
 

@@ -64,8 +64,9 @@ class KeyLayout:
     def by_shard(self, ids) -> dict[int, list[int]]:
         """The positions of `ids` grouped by shard, each group in the order given."""
         groups: dict[int, list[int]] = {}
+        shards = self.shards
         for position, row_id in enumerate(ids):
-            groups.setdefault(self.shard_of(row_id), []).append(position)
+            groups.setdefault(int(row_id) % shards, []).append(position)
         return groups
 
     def shard_prefix(self, shard: int, shards: int | None = None) -> str:

@@ -40,15 +40,16 @@ class TaskPublisher:
         drops the task unrouted), so the flusher leaves the rows pending in Redis."""
         return self.queues.refuses(WRITE_BACK_QUEUE)
 
-    def apply_writes(self, entity: str, rows: list, claim: str, links: list[str] = (), links_dropped: int = 0):
-        """claim: the claim id the rows were claimed under, which the worker's
+    def apply_writes(self, entity: str, rows_json: str, claim: str, links: list[str] = (), links_dropped: int = 0):
+        """rows_json: the rows as columnar JSON (chinook.entities.Entity.columns_json).
+        claim: the claim id the rows were claimed under, which the worker's
         acknowledgement names. links: the span contexts the task's flush span links to
         (chinook.tracing), and how many more were left out; sent only when there are some."""
         self._check_queue(WRITE_BACK_QUEUE)
         kwargs = {"claim": claim}
         if links:
             kwargs.update(links=list(links), links_dropped=links_dropped)
-        self.celery.send_task(APPLY_WRITES_TASK, args=[entity, rows], kwargs=kwargs)
+        self.celery.send_task(APPLY_WRITES_TASK, args=[entity, rows_json], kwargs=kwargs)
 
     def duplicate_rows(self, entity: str, multiplier: int) -> str:
         self._check_queue(DUPLICATE_QUEUE)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from chinook.entities import new_claim_id
+from chinook.entities import get_entity, new_claim_id
 from chinook.tracing import LINK_WIDTH, LINKS_PER_ROW
 
 from .functions import LIBRARY
@@ -56,14 +56,16 @@ class RowState:
 
 
 @dataclass(frozen=True)
-class ClaimedRow:
-    id: int
-    fields: dict
-    version: int
-    writes: int = 1  # accepted writes this flush covers
-    partial: bool = False
-    # The span contexts kept of the writes it covers (chinook.tracing.split_links).
-    links: str = ""
+class ClaimedBatch:
+    """The rows of one entity that one claim of one shard took, as the columnar JSON their
+    task carries (chinook.entities.Entity.columns_json's form, built by lua/claim.lua)."""
+
+    rows_json: str
+    count: int
+    writes: int  # accepted writes these rows cover
+    # The span contexts kept of each row's writes (chinook.tracing.split_links), one string
+    # a row; empty when no row kept any.
+    links: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ class ShardClaim:
 
     pending: int
     ready: int
-    rows: dict  # entity name to its claimed rows
+    rows: dict  # entity name to its ClaimedBatch
     claim: str = ""
 
 
@@ -152,6 +154,9 @@ class RowStore:
         # report them): the other shards' part of the WRITEBACK_MAX_PENDING check.
         self._shard_pending = [0] * shards
         self.layout_adopted = False
+        # Each entity's name and columns, as lua/claim.lua takes them.
+        self._claimed_columns = [" ".join([name, *(f"{c.name}:{'i' if c.pg_type == 'int' else 's'}"
+                                                   for c in get_entity(name).columns)]) for name in self.entities]
         self._accept = LIBRARY.function("accept")
         self._begin_fill = LIBRARY.function("begin_fill")
         self._fill = LIBRARY.function("fill")
@@ -318,7 +323,7 @@ class RowStore:
 
     def _run_accept(self, entity: str, updates: list[tuple[int, dict]], reply: bool, bases: dict,
                     links: list | None = None) -> list:
-        """Each update's reply: its version, and with reply the row as it is now. links,
+        """Each update's reply: its version, or with reply (version, the row as it is now). links,
         while tracing is on: for each update the context of the span that accepted it
         (chinook.tracing.current_link), or None."""
         self.ensure_layout()
@@ -332,12 +337,11 @@ class RowStore:
                     f"{self.shards}: restart this cache-svc with the current one") from None
             raise
         results = [None] * len(updates)
-        width = 2 if reply else 1
         for chunk, out in zip(chunks, replies, strict=False):
             *out, shard_pending = out
             self._shard_pending[self.keys.shard_of(updates[chunk[0]][0])] = shard_pending
-            for n, i in enumerate(chunk):
-                results[i] = out[n * width:(n + 1) * width]
+            for i, result in zip(chunk, zip(out[::2], out[1::2], strict=True) if reply else out, strict=True):
+                results[i] = result
         return results
 
     def accept_each(self, entity: str, updates: list[tuple[int, dict]],
@@ -355,7 +359,7 @@ class RowStore:
         the row is not cached. A row not cached whose id is in `bases` (id to the version
         Postgres holds) is cached as a partial row instead. Raises Backpressure, after
         applying the others, if a row would exceed the pending limit."""
-        versions = [version for version, in self._run_accept(entity, updates, False, bases or {}, links)]
+        versions = self._run_accept(entity, updates, False, bases or {}, links)
         if -2 in versions:
             raise Backpressure(
                 f"{self.pending_total()} rows are waiting to be written to Postgres, the limit is "
@@ -375,19 +379,13 @@ class RowStore:
         calls = [(self._claim, [key for name in self.entities for key in (self.keys.due_key(shard, name),
                                                                            self.keys.pending_key(shard, name))],
                   [self.keys.shard_prefix(shard), delay_ms, batch_size, lease_ms, self.keys.changes_channel, claim,
-                   *self.entities])
+                   *self._claimed_columns])
                  for shard in shards]
         claims = []
         for shard, (pending, ready, *claimed) in zip(shards, self.transport.run(calls), strict=False):
             self._shard_pending[shard] = pending
-            rows = {}
-            for name, flat in zip(claimed[::2], claimed[1::2], strict=False):
-                rows[name] = []
-                for row_id, raw in zip(flat[::2], flat[1::2], strict=False):
-                    values = _pairs_to_dict(raw)
-                    row = _parse_hash(int(row_id), values)
-                    rows[name].append(ClaimedRow(row.id, row.fields, row.version, int(values.get("_writes", 1)),
-                                                 row.partial, values.get("_links", "")))
+            rows = {name: ClaimedBatch(rows_json, count, writes, tuple(links))
+                    for name, rows_json, count, writes, links in zip(*[iter(claimed)] * 5, strict=True)}
             claims.append(ShardClaim(pending, ready, rows, claim))
         return claims
 

@@ -6,18 +6,21 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from operator import methodcaller
 
 from chinook import metrics, tracing
 from chinook.entities import (
     ENTITIES,
+    INT_MAX,
     MAX_BULK_UPDATES,
     Entity,
     ValidationError,
+    check_ids_and_versions,
+    first_not_in_range,
     get_entity,
     parse_claim,
     parse_id,
     parse_json,
-    parse_version,
 )
 
 from .store import Backpressure, CachedRow, DeadLetter, RowState, RowStore
@@ -44,6 +47,10 @@ def updates_from_json(entity_name: str, text: str) -> list[tuple[int, dict]]:
     items = parse_json(text, "updates_json")
     if not isinstance(items, list):
         raise ValidationError(f"updates: expected a list of objects with {entity.primary_key}")
+    key = entity.primary_key
+    if set(map(type, items)) <= {dict} and all(map(methodcaller("__contains__", key), items)):
+        # Every item at once, as a bulk of 100,000 should be; one by one only to say which is wrong.
+        return list(zip(map(methodcaller("pop", key), items), items, strict=True))
     updates = []
     for index, item in enumerate(items):
         if not isinstance(item, dict) or entity.primary_key not in item:
@@ -117,9 +124,8 @@ class Inspection:
 
 def _check_versions(versions: list[tuple[int, int]]):
     """Checks the (id, version) pairs of a worker's report."""
-    for i, (row_id, version) in enumerate(versions):
-        parse_id(row_id, f"rows[{i}].id")
-        parse_version(version, f"rows[{i}].version")
+    if versions:
+        check_ids_and_versions(*zip(*versions, strict=True))
 
 
 class WriteBack:
@@ -306,10 +312,10 @@ class WriteBack:
         entity = get_entity(entity_name)
         if len(updates) > MAX_BULK_UPDATES:
             raise ValidationError(f"updates: at most {MAX_BULK_UPDATES} per request, got {len(updates)}")
-        checked = [
-            (parse_id(row_id, f"updates[{i}].{entity.primary_key}"), entity.validate_patch(patch, f"updates[{i}]"))
-            for i, (row_id, patch) in enumerate(updates)
-        ]
+        ids = [row_id for row_id, _ in updates]
+        if first_not_in_range(ids, 1, INT_MAX) is not None:
+            ids = [parse_id(row_id, f"updates[{i}].{entity.primary_key}") for i, row_id in enumerate(ids)]
+        checked = list(zip(ids, entity.validate_patches([patch for _, patch in updates], "updates"), strict=True))
         ids = list(dict.fromkeys(row_id for row_id, _ in checked))
         # Refuse a bulk that cannot fit before accepting any of it.
         if self.store.pending_total() + len(ids) > self.store.max_pending:
@@ -390,8 +396,9 @@ class WriteBack:
         claim = parse_claim(claim)
         acknowledged = self.store.ack(entity.name, versions, claim)
         metrics.ROWS_FLUSHED.labels(entity.name).inc(acknowledged.flushed)
+        lags = metrics.ACCEPT_TO_DURABLE.labels(entity.name)
         for lag_ms in acknowledged.lags_ms:
-            metrics.ACCEPT_TO_DURABLE.labels(entity.name).observe(lag_ms / 1000)
+            lags.observe(lag_ms / 1000)
         if acknowledged.outdated:
             # Clean rows older than the version acknowledged: after Redis lost data, a row
             # reloaded before an earlier flush landed. Postgres, not the caller, says which

@@ -1,6 +1,7 @@
 """Set-based SQL over the entity registry. Identifiers come from the registry and
 are quoted by psycopg2.sql; every value is a bound parameter."""
 
+import json
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -70,25 +71,63 @@ def _keep(column: str) -> str:
     return f"keep_{column}"
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Rows to write as columnar JSON (Entity.columns_json's form), the text Postgres reads
+    them from, and its arrays by name."""
+
+    rows_json: str
+    columns: dict
+
+    @classmethod
+    def of(cls, entity: Entity, rows) -> "Batch":
+        """The batch of StoredRow rows."""
+        rows_json = entity.columns_json((row.id, row.version, row.fields) for row in rows)
+        return cls(rows_json, entity.columns_from_json(rows_json))
+
+    @property
+    def ids(self) -> list:
+        return self.columns["id"]
+
+    @property
+    def partial(self) -> bool:
+        """Some row leaves columns as Postgres has them."""
+        return any(self.columns.get("unset") or ())
+
+    def subset(self, positions: list[int]) -> "Batch":
+        """The rows at these positions."""
+        columns = {name: [values[n] for n in positions] for name, values in self.columns.items()}
+        return Batch(json.dumps(columns), columns)
+
+
 def _apply_writes_query(entity: Entity, partial: bool) -> sql.Composed:
-    # One statement per batch: unnest the arrays into rows and update where the stored
-    # version is older. It returns the ids it wrote; only the others are looked up again.
-    # With partial rows in the batch, a boolean array per column says which rows leave it.
-    input_columns = ["id", "version", *entity.column_names]
+    # One statement per batch: Postgres reads the rows from the batch's JSON (no value is
+    # adapted one by one on the way), keeps the newest version of each id, in the order of
+    # the ids (concurrent batches lock shared rows in the same order), and updates where
+    # the stored version is older. It returns the ids it wrote; only the others are looked
+    # up again. With partial rows in the batch, a row's "unset" list says which columns it
+    # leaves.
+    names = ["id", "version", *entity.column_names]
     casts = ["int", "bigint", *(c.pg_type for c in entity.columns)]
+    arrays = [sql.SQL("jsonb_array_elements_text(doc.rows -> {})").format(sql.Literal(n)) for n in names]
+    values = [sql.SQL("c.{name}::{cast} AS {name}").format(name=sql.Identifier(n), cast=sql.SQL(cast))
+              for n, cast in zip(names, casts, strict=True)]
     if partial:
-        input_columns += [_keep(c) for c in entity.column_names]
-        casts += ["boolean"] * len(entity.columns)
+        arrays.append(sql.SQL("jsonb_array_elements(doc.rows -> 'unset')"))
+        values += [sql.SQL("coalesce(c.unset ? {col}, false) AS {keep}").format(
+            col=sql.Literal(c), keep=sql.Identifier(_keep(c))) for c in entity.column_names]
         assignment = "{col} = CASE WHEN input.{keep} THEN t.{col} ELSE input.{col} END"
     else:
         assignment = "{col} = input.{col}"
     return sql.SQL(
         "UPDATE {table} AS t SET {assignments}, {ver} = input.version "
-        "FROM unnest({arrays}) AS input({input_columns}) "
+        "FROM (SELECT DISTINCT ON (id) {values} FROM (SELECT %s::jsonb AS rows) AS doc, "
+        "ROWS FROM ({arrays}) AS c({columns}) ORDER BY id, version DESC) AS input "
         "WHERE t.{pk} = input.id AND t.{ver} < input.version RETURNING t.{pk}"
     ).format(
-        arrays=sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(cast)) for cast in casts),
-        input_columns=sql.SQL(", ").join(sql.Identifier(c) for c in input_columns),
+        values=sql.SQL(", ").join(values),
+        arrays=sql.SQL(", ").join(arrays),
+        columns=sql.SQL(", ").join(sql.Identifier(n) for n in [*names, *(["unset"] if partial else [])]),
         table=sql.Identifier(entity.table),
         assignments=sql.SQL(", ").join(
             sql.SQL(assignment).format(col=sql.Identifier(c), keep=sql.Identifier(_keep(c)))
@@ -116,26 +155,19 @@ def _existing_ids_query(entity: Entity) -> sql.Composed:
     )
 
 
-def apply_writes(db, entity: Entity, rows: list[StoredRow]) -> WriteResult:
+def apply_writes(db, entity: Entity, batch: Batch) -> WriteResult:
     """Writes each row whose version is newer than Postgres', in one statement.
 
     If Postgres refuses the batch (a constraint, a value it will not take), the batch
     is halved under savepoints until the refused rows are found; the rest is written.
     """
-    newest = {}
-    for row in rows:
-        if row.id not in newest or row.version > newest[row.id].version:
-            newest[row.id] = row
-    # Sorted ids make concurrent batches lock shared rows in the same order.
-    ordered = [newest[i] for i in sorted(newest)]
-    partial = any(len(row.fields) < len(entity.columns) for row in ordered)
-    query = _apply_writes_query(entity, partial)
+    query = _apply_writes_query(entity, batch.partial)
     for attempt in range(1, DEADLOCK_RETRIES + 1):
         try:
             with db.transaction() as cur:
-                written, failed, statements = _write_isolating_refusals(cur, entity, query, ordered, partial)
+                written, failed, statements = _write_isolating_refusals(cur, query, batch)
                 refused = {i for i, _ in failed}
-                unwritten = [r.id for r in ordered if r.id not in written and r.id not in refused]
+                unwritten = sorted({i for i in batch.ids if i not in written and i not in refused})
                 existing = set()
                 if unwritten:  # stale versions, or rows that do not exist: rare, so asked apart
                     cur.execute(_existing_ids_query(entity), (unwritten,))
@@ -144,31 +176,31 @@ def apply_writes(db, entity: Entity, rows: list[StoredRow]) -> WriteResult:
         except psycopg2.errors.DeadlockDetected:
             if attempt == DEADLOCK_RETRIES:
                 raise
-            log.info("deadlock writing %d %s rows, attempt %d; retrying", len(ordered), entity.name, attempt)
-    stale = sorted(i for i in unwritten if i in existing)
-    missing = sorted(i for i in unwritten if i not in existing)
+            log.info("deadlock writing %d %s rows, attempt %d; retrying", len(batch.ids), entity.name, attempt)
+    stale = [i for i in unwritten if i in existing]
+    missing = [i for i in unwritten if i not in existing]
     return WriteResult(sorted(written), stale, missing, failed, statements)
 
 
-def _write_isolating_refusals(cur, entity: Entity, query, rows: list[StoredRow], partial: bool):
+def _write_isolating_refusals(cur, query, batch: Batch):
     """Returns (ids written, [(id, error)] refused, statements run)."""
-    arrays = [[r.id for r in rows], [r.version for r in rows]]
-    arrays += [[r.fields.get(name) for r in rows] for name in entity.column_names]
-    if partial:
-        arrays += [[name not in r.fields for r in rows] for name in entity.column_names]
     cur.execute("SAVEPOINT write_batch")
     try:
-        cur.execute(query, arrays)
+        cur.execute(query, (batch.rows_json,))
         written = {row[0] for row in cur.fetchall()}
         cur.execute("RELEASE SAVEPOINT write_batch")
         return written, [], 1
     except (psycopg2.IntegrityError, psycopg2.DataError) as exc:
         cur.execute("ROLLBACK TO SAVEPOINT write_batch")
-        if len(rows) == 1:
-            return set(), [(rows[0].id, str(exc).strip().splitlines()[0])], 1
-        middle = len(rows) // 2
-        first = _write_isolating_refusals(cur, entity, query, rows[:middle], partial)
-        second = _write_isolating_refusals(cur, entity, query, rows[middle:], partial)
+        ids = sorted(set(batch.ids))
+        if len(ids) == 1:
+            return set(), [(ids[0], str(exc).strip().splitlines()[0])], 1
+        # Halved by id, so that every version of a row stays in the same half.
+        middle = ids[len(ids) // 2]
+        low = [n for n, i in enumerate(batch.ids) if i < middle]
+        high = [n for n, i in enumerate(batch.ids) if i >= middle]
+        first = _write_isolating_refusals(cur, query, batch.subset(low))
+        second = _write_isolating_refusals(cur, query, batch.subset(high))
         return first[0] | second[0], first[1] + second[1], 1 + first[2] + second[2]
 
 

@@ -7,7 +7,7 @@ import grpc
 import psycopg2
 
 from chinook import metrics
-from chinook.entities import ValidationError, get_entity, parse_id, parse_multiplier, parse_version
+from chinook.entities import ValidationError, get_entity, parse_multiplier
 from chinook.grpc_client import from_struct, to_struct
 from chinook.grpc_server import abort
 from chinook.persistence.v1 import persistence_pb2, persistence_pb2_grpc
@@ -44,22 +44,18 @@ def status_codes(context):
         abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"Postgres refused the write: {str(exc).strip()}")
 
 
-def _check_not_ahead(rows: list, now_s: float):
+def _check_not_ahead(batch: repository.Batch, now_s: float):
     """Refuses every row when one's version is more than MAX_VERSION_AHEAD_S ahead of now."""
-    for i, row in enumerate(rows):
-        ahead_s = row.version / 1_000_000 - now_s
-        if ahead_s > MAX_VERSION_AHEAD_S:
-            raise ValidationError(
-                f"rows[{i}].version: {row.version} (id {row.id}) is {ahead_s:.0f} s ahead of persistence-svc's "
-                f"clock, beyond the {MAX_VERSION_AHEAD_S} s of clock skew allowed (a version is Redis' clock in "
-                "microseconds); nothing was written")
-
-
-def _validate_row(entity, fields: dict, where: str) -> dict:
-    """A whole row, or a partial one: only the columns it writes."""
-    if len(fields) < len(entity.columns):
-        return entity.validate_patch(fields, where)
-    return entity.validate_full_row(fields, where)
+    if not batch.ids:
+        return
+    versions = batch.columns["version"]
+    i = versions.index(max(versions))
+    ahead_s = versions[i] / 1_000_000 - now_s
+    if ahead_s > MAX_VERSION_AHEAD_S:
+        raise ValidationError(
+            f"rows[{i}].version: {versions[i]} (id {batch.ids[i]}) is {ahead_s:.0f} s ahead of persistence-svc's "
+            f"clock, beyond the {MAX_VERSION_AHEAD_S} s of clock skew allowed (a version is Redis' clock in "
+            "microseconds); nothing was written")
 
 
 class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
@@ -88,19 +84,16 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             if request.rows and request.rows_json:
                 raise ValidationError("set rows or rows_json, not both")
             if request.rows_json:
-                received = entity.rows_from_columns_json(request.rows_json)
+                batch = repository.Batch(request.rows_json, entity.columns_from_json(request.rows_json))
             else:
-                received = [(r.id, r.version, from_struct(r.fields)) for r in request.rows]
-            rows = [
-                repository.StoredRow(
-                    parse_id(row_id, f"rows[{i}].id"),
-                    _validate_row(entity, fields, f"rows[{i}]"),
-                    parse_version(version, f"rows[{i}].version"),
-                )
-                for i, (row_id, version, fields) in enumerate(received)
-            ]
-            _check_not_ahead(rows, time.time())
-            result = repository.apply_writes(self.db, entity, rows)
+                # Each row's fields checked on their own first: columnar JSON has no place for
+                # a column the entity lacks.
+                batch = repository.Batch.of(entity, [
+                    repository.StoredRow(r.id, entity.validate_patch(from_struct(r.fields), f"rows[{i}]"), r.version)
+                    for i, r in enumerate(request.rows)])
+            entity.validate_columns(batch.columns)
+            _check_not_ahead(batch, time.time())
+            result = repository.apply_writes(self.db, entity, batch)
             metrics.FLUSH_STATEMENTS.labels(entity.name).inc(result.statements)
             return persistence_pb2.ApplyWritesResponse(
                 applied_ids=result.applied_ids, stale_ids=result.stale_ids, missing_ids=result.missing_ids,

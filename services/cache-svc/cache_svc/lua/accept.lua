@@ -46,8 +46,8 @@ while i <= #ARGV do
     out[#out + 1] = -2
     if reply then out[#out + 1] = {} end
   else
-    local version = math.max(tonumber(meta[1] or base) + 1, now_us)
-    local command = {'HSET', key, '_ver', string.format('%d', version), '_dirty', '1',
+    local version = string.format('%d', math.max(tonumber(meta[1] or base) + 1, now_us))
+    local command = {'HSET', key, '_ver', version, '_dirty', '1',
                      '_writes', (tonumber(meta[4]) or 0) + 1, '_since', meta[5] or now_ms}
     if partial then
       command[#command + 1] = '_partial'
@@ -74,7 +74,8 @@ while i <= #ARGV do
       redis.call('HDEL', key, '_dead')
       redis.call('HDEL', dead, id)
     end
-    if not meta[2] then redis.call('PERSIST', key) end
+    -- A clean row loses its TTL; a row created here has none.
+    if meta[1] and not meta[2] then redis.call('PERSIST', key) end
     due_args[#due_args + 1] = now_ms
     due_args[#due_args + 1] = id
     if not already_pending then
@@ -83,8 +84,8 @@ while i <= #ARGV do
       total_pending = total_pending + 1
       shard_pending = shard_pending + 1
     end
-    out[#out + 1] = version
-    local change = '[' .. id .. ',' .. string.format('%d', version)
+    out[#out + 1] = tonumber(version)
+    local change = '[' .. id .. ',' .. version
     if reply then
       local row = redis.call('HGETALL', key)
       out[#out + 1] = row

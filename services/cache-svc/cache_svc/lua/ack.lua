@@ -12,23 +12,24 @@ local due, pending, stats = KEYS[1], KEYS[2], KEYS[3]
 local prefix, ttl, channel, entity, claim = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cleaned, confirmed, lags, clean, outdated = 0, 0, {}, {}, {}
-for i = 6, #ARGV, 2 do
-  local id, flushed = ARGV[i], tonumber(ARGV[i + 1])
-  local key = prefix .. id
+local cleaned, confirmed, lags, clean, outdated, removed = 0, 0, {}, {}, {}, {}
+local ids = {}
+for i = 6, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local since = batched('ZMSCORE', pending, ids)
+for n = 1, #ids do
+  local id, flushed_arg = ids[n], ARGV[5 + 2 * n]
+  local flushed, key = tonumber(flushed_arg), prefix .. id
   local meta = redis.call('HMGET', key, '_ver', '_dirty', '_claim', '_since')
   local current = tonumber(meta[1])
-  if meta[2] and meta[3] == claim .. ':' .. ARGV[i + 1] then
+  if meta[2] and meta[3] == claim .. ':' .. flushed_arg then
     confirmed = confirmed + 1
     if current == flushed then
-      local since = redis.call('ZSCORE', pending, id)
-      if since then lags[#lags + 1] = now - tonumber(since) end
+      if since[n] then lags[#lags + 1] = now - tonumber(since[n]) end
       redis.call('HDEL', key, '_dirty', '_since', '_claim')
       redis.call('EXPIRE', key, ttl)
-      redis.call('ZREM', due, id)
-      redis.call('ZREM', pending, id)
+      removed[#removed + 1] = id
       cleaned = cleaned + 1
-      clean[#clean + 1] = '[' .. id .. ',' .. ARGV[i + 1] .. ']'
+      clean[#clean + 1] = '[' .. id .. ',' .. flushed_arg .. ']'
     else
       redis.call('HDEL', key, '_claim')
       if meta[4] then redis.call('ZADD', pending, 'XX', meta[4], id) end
@@ -37,6 +38,8 @@ for i = 6, #ARGV, 2 do
     outdated[#outdated + 1] = id
   end
 end
+batched('ZREM', due, removed)
+batched('ZREM', pending, removed)
 publish(channel, entity, 'c', string.format('%d', now), clean)
 if confirmed > 0 then redis.call('HINCRBY', stats, 'flushed', confirmed) end
 return {cleaned, lags, confirmed, outdated}
