@@ -2,6 +2,7 @@
 POST /v1/traces over HTTP (protobuf), both keeping every span they are sent."""
 
 import gzip
+import secrets
 import threading
 import time
 from concurrent import futures
@@ -24,6 +25,21 @@ class ReceivedSpan:
     links: list = field(default_factory=list)  # (trace_id, span_id) pairs
     events: list = field(default_factory=list)  # event names
     protocol: str = ""  # how it arrived: grpc or http/protobuf
+
+
+def traceparent(sampled: bool = True) -> tuple[str, str]:
+    """A W3C traceparent header of a new trace, sampled or not, and its trace id."""
+    trace_id = secrets.token_hex(16)
+    return f"00-{trace_id}-{secrets.token_hex(8)}-{'01' if sampled else '00'}", trace_id
+
+
+def descends_from(span: ReceivedSpan, ancestor_id: str, by_id: dict) -> bool:
+    """Whether `span` is below the span `ancestor_id` (by_id: the received spans by id)."""
+    while span is not None and span.parent_span_id:
+        if span.parent_span_id == ancestor_id:
+            return True
+        span = by_id.get(span.parent_span_id)
+    return False
 
 
 def _value(any_value):

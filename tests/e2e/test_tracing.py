@@ -4,13 +4,12 @@ runs: over gRPC from every process but persistence-svc, which sends over HTTP
 made it durable links back to that span and has the SQL statement below it."""
 
 import json
-import secrets
 
 import pytest
 import requests
 
 from testkit.api import Api
-from testkit.otlp import OtlpReceiver
+from testkit.otlp import OtlpReceiver, descends_from, traceparent
 from testkit.stack import own_stack
 
 SERVER, CLIENT = 2, 3  # span kinds in OTLP
@@ -36,20 +35,6 @@ def traced(tmp_path_factory):
             "WRITEBACK_RETRY_BACKOFF_MS": "50",
         }, prepare=prepare) as stack:
             yield stack, receiver
-
-
-def traceparent() -> tuple[str, str]:
-    """A W3C traceparent header of a new sampled trace, and its trace id."""
-    trace_id = secrets.token_hex(16)
-    return f"00-{trace_id}-{secrets.token_hex(8)}-01", trace_id
-
-
-def descends_from(span, ancestor_id: str, by_id: dict) -> bool:
-    while span is not None and span.parent_span_id:
-        if span.parent_span_id == ancestor_id:
-            return True
-        span = by_id.get(span.parent_span_id)
-    return False
 
 
 def test_a_patch_and_its_flush_are_traced_across_every_process(traced):

@@ -6,12 +6,10 @@ whose own trace the ratio would leave out, still links to it. With every process
 gateway at ratio 1, a request the gateway did not sample makes no span behind it either:
 each process follows the decision it is handed."""
 
-import secrets
-
 import pytest
 
 from testkit.api import Api
-from testkit.otlp import OtlpReceiver
+from testkit.otlp import OtlpReceiver, descends_from, traceparent
 from testkit.stack import own_stack
 
 SERVER, CLIENT = 2, 3  # span kinds in OTLP
@@ -53,19 +51,6 @@ def write_unsampled(api: Api):
     api.flush()
 
 
-def traceparent(sampled: bool) -> tuple[str, str]:
-    trace_id = secrets.token_hex(16)
-    return f"00-{trace_id}-{secrets.token_hex(8)}-{'01' if sampled else '00'}", trace_id
-
-
-def below(span, ancestor_id: str, by_id: dict) -> bool:
-    while span is not None and span.parent_span_id:
-        if span.parent_span_id == ancestor_id:
-            return True
-        span = by_id.get(span.parent_span_id)
-    return False
-
-
 def test_requests_not_sampled_make_no_span_and_a_sampled_one_its_whole_trace(sampled_by_callers_only):
     stack, receiver = sampled_by_callers_only
     api = Api(stack)
@@ -90,11 +75,11 @@ def test_requests_not_sampled_make_no_span_and_a_sampled_one_its_whole_trace(sam
             return None
         flush_spans = {s.span_id: s for s in spans if s.trace_id == flush.trace_id}
         statements = [s for s in flush_spans.values() if s.service == "persistence-svc" and s.kind == CLIENT
-                      and below(s, flush.span_id, flush_spans)]
+                      and descends_from(s, flush.span_id, flush_spans)]
         if not statements:
             return None
         assert request.name.startswith("PATCH /albums/") and "http.route" in request.attributes
-        assert below(accept, request.span_id, by_id)
+        assert descends_from(accept, request.span_id, by_id)
         # The Redis script that accepted it, below the call that carried it.
         assert any(s.service == "cache-svc" and s.attributes.get("db.system") == "redis" for s in in_trace)
         return flush
