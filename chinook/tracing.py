@@ -18,7 +18,6 @@ runs no instrumentation; it only carries its context on, so that every process a
 decides alike.
 """
 
-import collections
 import contextlib
 import logging
 import os
@@ -222,71 +221,115 @@ def running_unsampled(call_context):
         context.detach(token)
 
 
-class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
-                                                             "wait_for_ready", "compression")),
-                   grpc.ClientCallDetails):
-    pass
+class _TracedChannel(grpc.Channel):
+    """A channel whose unary calls make a client span when their trace is sampled (or the
+    sampler starts one); every call carries the trace context on, sampled or not, so that
+    the server decides alike. Streaming calls carry the context only.
+
+    Not grpc.intercept_channel: its interceptor machinery (call details, a continuation,
+    an outcome object per call) cost a call more CPU than the decision itself."""
+
+    def __init__(self, channel: grpc.Channel):
+        self._channel = channel
+        self._tracer = _provider.get_tracer(__name__)
+
+    def unary_unary(self, method, *args, **kwargs):
+        call = self._channel.unary_unary(method, *args, **kwargs)
+        return call if untraced_method(method) else _TracedUnaryCall(call, method, self._tracer)
+
+    def unary_stream(self, method, *args, **kwargs):
+        call = self._channel.unary_stream(method, *args, **kwargs)
+        return call if untraced_method(method) else _CarryingCall(call)
+
+    def stream_unary(self, method, *args, **kwargs):
+        return _CarryingCall(self._channel.stream_unary(method, *args, **kwargs))
+
+    def stream_stream(self, method, *args, **kwargs):
+        return _CarryingCall(self._channel.stream_stream(method, *args, **kwargs))
+
+    def subscribe(self, callback, try_to_connect=False):
+        self._channel.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback):
+        self._channel.unsubscribe(callback)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        self._channel.close()
+        return False
 
 
-class _CallSpans(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """A client span of each unary call made in a sampled trace (or starting one the
-    sampler keeps); every call carries the trace context on, sampled or not, so that the
-    server decides alike. Streaming calls carry the context only."""
+class _CarryingCall:
+    """A method called with the current trace context added to its metadata."""
 
-    def __init__(self):
+    __slots__ = ("_call",)
+
+    def __init__(self, call):
+        self._call = call
+
+    def __call__(self, request, timeout=None, metadata=None, *args, **kwargs):
+        return self._call(request, timeout, _carrying(metadata), *args, **kwargs)
+
+    def with_call(self, request, timeout=None, metadata=None, *args, **kwargs):
+        return self._call.with_call(request, timeout, _carrying(metadata), *args, **kwargs)
+
+    def future(self, request, timeout=None, metadata=None, *args, **kwargs):
+        return self._call.future(request, timeout, _carrying(metadata), *args, **kwargs)
+
+
+class _TracedUnaryCall(_CarryingCall):
+    """A unary method whose blocking calls get a client span when sampled."""
+
+    __slots__ = ("_attributes", "_method", "_tracer")
+
+    def __init__(self, call, method: str, tracer):
+        super().__init__(call)
+        self._method = method
+        self._tracer = tracer
+        service, _, name = method.lstrip("/").partition("/")
+        self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+    def __call__(self, request, timeout=None, metadata=None, *args, **kwargs):
         from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
-        self.tracer = _provider.get_tracer(__name__)
-        # False inside untraced() and in calls of traces not sampled.
-        self.instrumenting = is_instrumentation_enabled
-
-    def intercept_unary_unary(self, continuation, call_details, request):
-        if untraced_method(call_details.method):
-            return continuation(call_details, request)
+        # No span inside untraced() or in a call of a trace not sampled.
         span, call_context = None, None
-        if self.instrumenting():
-            span, call_context = span_if_sampled(self.tracer, call_details.method, trace.SpanKind.CLIENT)
+        if is_instrumentation_enabled():
+            span, call_context = span_if_sampled(self._tracer, self._method, trace.SpanKind.CLIENT)
         if span is None:
-            return continuation(_carrying(call_details, call_context), request)
-        service, _, method = call_details.method.lstrip("/").partition("/")
-        span.set_attributes({"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
-        with trace.use_span(span, end_on_exit=True):
-            call = continuation(_carrying(call_details, call_context), request)
-            code = call.code()
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code is not grpc.StatusCode.OK:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code.name}: {call.details()}"))
-            return call
-
-    def intercept_unary_stream(self, continuation, call_details, request):
-        return continuation(_carrying(call_details), request)
-
-    def intercept_stream_unary(self, continuation, call_details, request_iterator):
-        return continuation(_carrying(call_details), request_iterator)
-
-    def intercept_stream_stream(self, continuation, call_details, request_iterator):
-        return continuation(_carrying(call_details), request_iterator)
+            return self._call(request, timeout, _carrying(metadata, call_context), *args, **kwargs)
+        span.set_attributes(self._attributes)
+        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                response = self._call(request, timeout, _carrying(metadata, call_context), *args, **kwargs)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code.name}: {exc.details()}"))
+                raise
+            span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
+            return response
 
 
-def _carrying(call_details, call_context=None):
-    """The call's details with the trace context (the current one, or call_context) added
-    to its metadata."""
-    if untraced_method(call_details.method):
-        return call_details
+def _carrying(metadata, call_context=None):
+    """The call's metadata with the trace context (the current one, or call_context) added."""
     carrier = {}
     propagate.inject(carrier, context=call_context)
     if not carrier:
-        return call_details
-    return _CallDetails(call_details.method, call_details.timeout, [*(call_details.metadata or ()), *carrier.items()],
-                        call_details.credentials, call_details.wait_for_ready, call_details.compression)
+        return metadata
+    return (*(metadata or ()), *carrier.items())
 
 
 def intercept_channel(channel):
     """The channel, making a span of each sampled call and sending the trace context along when on."""
     if _provider is None:
         return channel
-    return grpc.intercept_channel(channel, _CallSpans())
+    return _TracedChannel(channel)
 
 
 def untraced():

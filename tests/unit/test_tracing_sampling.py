@@ -159,47 +159,100 @@ def test_a_sampled_call_goes_through_the_opentelemetry_interceptor(spans):
     assert calls == [METHOD]
 
 
-class Call:
+class RecordingChannel(grpc.Channel):
+    """A channel that answers every unary call at once (or fails it with `failure`) and
+    keeps the metadata each call was sent with."""
+
+    def __init__(self, failure: grpc.RpcError | None = None):
+        self.sent = []
+        self.failure = failure
+
+    def unary_unary(self, method, *args, **kwargs):
+        def call(request, timeout=None, metadata=None, *rest, **named):
+            self.sent.append(dict(metadata or ()))
+            if self.failure is not None:
+                raise self.failure
+            return "response"
+        return call
+
+    unary_stream = stream_unary = stream_stream = unary_unary
+
+    def subscribe(self, callback, try_to_connect=False):
+        pass
+
+    def unsubscribe(self, callback):
+        pass
+
+    def close(self):
+        pass
+
+
+class Unavailable(grpc.RpcError):
     def code(self):
-        return grpc.StatusCode.OK
+        return grpc.StatusCode.UNAVAILABLE
 
     def details(self):
-        return ""
+        return "cache-svc is down"
 
 
-ClientCallDetails = collections.namedtuple("ClientCallDetails",
-                                           "method timeout metadata credentials wait_for_ready compression")
-
-
-def call_with(interceptor, parent: str):
-    """Makes a unary call through interceptor in the trace of `parent` (a traceparent);
-    returns the metadata it was sent with."""
-    sent = {}
-
-    def continuation(call_details, request):
-        sent.update(call_details.metadata)
-        return Call()
-
+def call_in(channel, parent: str, method: str = METHOD):
+    """Makes a unary call on channel in the trace of `parent` (a traceparent); returns the
+    metadata it was sent with."""
     incoming = tracing.propagate.extract({"traceparent": parent})
     token = context.attach(incoming)
     try:
-        interceptor.intercept_unary_unary(continuation, ClientCallDetails(METHOD, 5, None, None, None, None), "req")
+        channel.unary_unary(method)("req", 5)
+    except grpc.RpcError:
+        pass
     finally:
         context.detach(token)
-    return sent
+    return channel._channel.sent[-1]
 
 
 def test_a_client_call_not_sampled_only_carries_the_context(spans):
     asked, started, exporter = spans
-    interceptor = tracing._CallSpans()
-    assert call_with(interceptor, UNSAMPLED) == {"traceparent": UNSAMPLED}
+    channel = tracing.intercept_channel(RecordingChannel())
+    assert call_in(channel, UNSAMPLED) == {"traceparent": UNSAMPLED}
     assert asked == []
-    sent = call_with(interceptor, SAMPLED)
+    sent = call_in(channel, SAMPLED)
     (span,) = exporter.get_finished_spans()
     assert started == [METHOD] and span.kind == trace.SpanKind.CLIENT
     assert sent["traceparent"] == f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
     assert (span.attributes["rpc.service"], span.attributes["rpc.method"]) == ("chinook.cache.v1.CacheService",
                                                                               "UpdateRows")
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
+    assert span.status.is_ok
+
+
+def test_a_sampled_client_call_that_fails_has_its_code_on_its_span(spans):
+    _, _, exporter = spans
+    channel = tracing.intercept_channel(RecordingChannel(failure=Unavailable()))
+    with pytest.raises(Unavailable):
+        channel.unary_unary(METHOD)("req", 5, (("x-request", "1"),))
+    # The caller's own metadata goes along with the trace context.
+    assert channel._channel.sent[-1]["x-request"] == "1"
+    call_in(channel, SAMPLED)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert span.status.description == "UNAVAILABLE: cache-svc is down"
+
+
+def test_streams_carry_the_context_without_a_span_and_untraced_methods_carry_nothing(spans):
+    _, started, _ = spans
+    channel = tracing.intercept_channel(RecordingChannel())
+    incoming = tracing.propagate.extract({"traceparent": SAMPLED})
+    token = context.attach(incoming)
+    try:
+        channel.unary_stream("/chinook.cache.v1.CacheService/Export")("req")
+        carried = channel._channel.sent[-1]
+        channel.unary_stream("/chinook.cache.v1.CacheService/WatchChanges")("req")
+        channel.unary_unary("/grpc.health.v1.Health/Check")("req")
+    finally:
+        context.detach(token)
+    assert carried == {"traceparent": SAMPLED}
+    assert channel._channel.sent[-2:] == [{}, {}]
+    assert started == []
 
 
 def test_a_flush_of_sampled_writes_is_sampled_in_a_task_not_sampled(spans):
