@@ -224,28 +224,32 @@ def running_unsampled(call_context):
 class _TracedChannel(grpc.Channel):
     """A channel whose unary calls make a client span when their trace is sampled (or the
     sampler starts one); every call carries the trace context on, sampled or not, so that
-    the server decides alike. Streaming calls carry the context only.
+    the server decides alike. Streaming calls carry the context only; the untraced methods
+    (untraced_method) carry nothing.
 
     Not grpc.intercept_channel: its interceptor machinery (call details, a continuation,
     an outcome object per call) cost a call more CPU than the decision itself."""
 
     def __init__(self, channel: grpc.Channel):
+        from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
         self._channel = channel
         self._tracer = _provider.get_tracer(__name__)
+        # False inside untraced() and in calls of traces not sampled.
+        self._instrumenting = is_instrumentation_enabled
 
     def unary_unary(self, method, *args, **kwargs):
         call = self._channel.unary_unary(method, *args, **kwargs)
-        return call if untraced_method(method) else _TracedUnaryCall(call, method, self._tracer)
+        return call if untraced_method(method) else _TracedUnaryCall(call, method, self._tracer, self._instrumenting)
 
     def unary_stream(self, method, *args, **kwargs):
-        call = self._channel.unary_stream(method, *args, **kwargs)
-        return call if untraced_method(method) else _CarryingCall(call)
+        return _carrying_call(method, self._channel.unary_stream(method, *args, **kwargs))
 
     def stream_unary(self, method, *args, **kwargs):
-        return _CarryingCall(self._channel.stream_unary(method, *args, **kwargs))
+        return _carrying_call(method, self._channel.stream_unary(method, *args, **kwargs))
 
     def stream_stream(self, method, *args, **kwargs):
-        return _CarryingCall(self._channel.stream_stream(method, *args, **kwargs))
+        return _carrying_call(method, self._channel.stream_stream(method, *args, **kwargs))
 
     def subscribe(self, callback, try_to_connect=False):
         self._channel.subscribe(callback, try_to_connect)
@@ -260,8 +264,12 @@ class _TracedChannel(grpc.Channel):
         return self
 
     def __exit__(self, exc_type, exc_value, traceback):
-        self._channel.close()
+        self.close()
         return False
+
+
+def _carrying_call(method: str, call):
+    return call if untraced_method(method) else _CarryingCall(call)
 
 
 class _CarryingCall:
@@ -283,30 +291,36 @@ class _CarryingCall:
 
 
 class _TracedUnaryCall(_CarryingCall):
-    """A unary method whose blocking calls get a client span when sampled."""
+    """A unary method whose blocking calls (the call itself and with_call) get a client
+    span when sampled; a future carries the context only."""
 
-    __slots__ = ("_attributes", "_method", "_tracer")
+    __slots__ = ("_attributes", "_instrumenting", "_method", "_tracer")
 
-    def __init__(self, call, method: str, tracer):
+    def __init__(self, call, method: str, tracer, instrumenting):
         super().__init__(call)
         self._method = method
         self._tracer = tracer
+        self._instrumenting = instrumenting
         service, _, name = method.lstrip("/").partition("/")
         self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
     def __call__(self, request, timeout=None, metadata=None, *args, **kwargs):
-        from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+        return self._traced(self._call, request, timeout, metadata, args, kwargs)
 
-        # No span inside untraced() or in a call of a trace not sampled.
+    def with_call(self, request, timeout=None, metadata=None, *args, **kwargs):
+        return self._traced(self._call.with_call, request, timeout, metadata, args, kwargs)
+
+    def _traced(self, invoke, request, timeout, metadata, args, kwargs):
         span, call_context = None, None
-        if is_instrumentation_enabled():
+        if self._instrumenting():
             span, call_context = span_if_sampled(self._tracer, self._method, trace.SpanKind.CLIENT)
+        metadata = _carrying(metadata, call_context)
         if span is None:
-            return self._call(request, timeout, _carrying(metadata, call_context), *args, **kwargs)
+            return invoke(request, timeout, metadata, *args, **kwargs)
         span.set_attributes(self._attributes)
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             try:
-                response = self._call(request, timeout, _carrying(metadata, call_context), *args, **kwargs)
+                response = invoke(request, timeout, metadata, *args, **kwargs)
             except grpc.RpcError as exc:
                 code = exc.code()
                 span.set_attribute("rpc.grpc.status_code", code.value[0])

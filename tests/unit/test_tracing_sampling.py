@@ -173,6 +173,8 @@ class RecordingChannel(grpc.Channel):
             if self.failure is not None:
                 raise self.failure
             return "response"
+
+        call.with_call = lambda *arguments, **named: (call(*arguments, **named), None)
         return call
 
     unary_stream = stream_unary = stream_stream = unary_unary
@@ -224,6 +226,20 @@ def test_a_client_call_not_sampled_only_carries_the_context(spans):
     assert span.status.is_ok
 
 
+def test_a_sampled_call_with_its_rendezvous_gets_a_span_too(spans):
+    _, started, exporter = spans
+    channel = tracing.intercept_channel(RecordingChannel())
+    incoming = tracing.propagate.extract({"traceparent": SAMPLED})
+    token = context.attach(incoming)
+    try:
+        assert channel.unary_unary(METHOD).with_call("req", 5) == ("response", None)
+    finally:
+        context.detach(token)
+    (span,) = exporter.get_finished_spans()
+    assert started == [METHOD]
+    assert channel._channel.sent[-1]["traceparent"] == f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
+
+
 def test_a_sampled_client_call_that_fails_has_its_code_on_its_span(spans):
     _, _, exporter = spans
     channel = tracing.intercept_channel(RecordingChannel(failure=Unavailable()))
@@ -248,10 +264,11 @@ def test_streams_carry_the_context_without_a_span_and_untraced_methods_carry_not
         carried = channel._channel.sent[-1]
         channel.unary_stream("/chinook.cache.v1.CacheService/WatchChanges")("req")
         channel.unary_unary("/grpc.health.v1.Health/Check")("req")
+        channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")("req")
     finally:
         context.detach(token)
     assert carried == {"traceparent": SAMPLED}
-    assert channel._channel.sent[-2:] == [{}, {}]
+    assert channel._channel.sent[-3:] == [{}, {}, {}]
     assert started == []
 
 
