@@ -13,6 +13,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
 
 from chinook import metrics, tracing
 from chinook.callers import ALLOWED_CALLERS, OPEN_SERVICES, UNKNOWN, describe, identity_of, service_of
@@ -92,37 +93,72 @@ class SampledCalls(grpc.ServerInterceptor):
     """Tracing that costs what it samples: a call whose metadata carries a trace context
     that is not sampled runs in that context with the instrumentations held back, and makes
     no span; every other call goes through `spans` (OpenTelemetry's interceptor), whose
-    sampler decides."""
+    sampler decides.
+
+    The choice is made in the handler, on the worker thread that runs the call, by a handler
+    built once per method: intercept_service runs on the server's one thread that takes
+    every call, so reading each call's context there would hold up all the others."""
 
     def __init__(self, spans: grpc.ServerInterceptor):
         self.spans = spans
+        self._handlers = {}
 
     def intercept_service(self, continuation, handler_call_details):
-        if tracing.untraced_method(handler_call_details.method):
-            return continuation(handler_call_details)
-        unsampled = tracing.unsampled_context(handler_call_details.invocation_metadata)
+        method = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
+            handler = continuation(handler_call_details)
+            if handler is None:
+                return None
+            if tracing.untraced_method(method):
+                wrapped = handler
+            else:
+                # OpenTelemetry's interceptor takes only the method's name from the call's
+                # details; it reads the context and the peer from the servicer context.
+                with_spans = self.spans.intercept_service(lambda _: handler, _MethodOnly(method))
+                traced = _behaviour(with_spans)
+                choose = _streamed_sampled_or_not if handler.response_streaming else _sampled_or_not
+                wrapped = _rebuilt(handler, lambda inner: choose(inner, traced))
+            self._handlers[method] = wrapped
+        return wrapped
+
+
+class _MethodOnly(grpc.HandlerCallDetails):
+    def __init__(self, method: str):
+        self.method = method
+        self.invocation_metadata = ()
+
+
+def _behaviour(handler: grpc.RpcMethodHandler):
+    """What a handler runs, whichever kind of call it takes."""
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+
+def _sampled_or_not(inner, traced):
+    def sampled_or_not(request, context):
+        unsampled = tracing.unsampled_context(context.invocation_metadata())
         if unsampled is None:
-            return self.spans.intercept_service(continuation, handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        if handler.response_streaming:
-            return _rebuilt(handler, lambda inner: _streamed_unsampled(unsampled, inner))
-        return _rebuilt(handler, lambda inner: _run_unsampled(unsampled, inner))
-
-
-def _run_unsampled(call_context, inner):
-    def unsampled(request, context):
-        with tracing.running_unsampled(call_context):
+            return traced(request, context)
+        token = otel_context.attach(unsampled)
+        try:
             return inner(request, context)
-    return unsampled
+        finally:
+            otel_context.detach(token)
+    return sampled_or_not
 
 
-def _streamed_unsampled(call_context, inner):
-    def unsampled(request, context):
-        with tracing.running_unsampled(call_context):
+def _streamed_sampled_or_not(inner, traced):
+    def sampled_or_not(request, context):
+        unsampled = tracing.unsampled_context(context.invocation_metadata())
+        if unsampled is None:
+            yield from traced(request, context)
+            return
+        token = otel_context.attach(unsampled)
+        try:
             yield from inner(request, context)
-    return unsampled
+        finally:
+            otel_context.detach(token)
+    return sampled_or_not
 
 
 class CallerCheck(grpc.ServerInterceptor):

@@ -19,6 +19,7 @@ decides alike.
 """
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -198,25 +199,27 @@ def grpc_server_interceptors() -> list:
 
 
 def unsampled_context(metadata):
-    """The context a call's metadata carries when it is of a trace not sampled; None
-    otherwise (no context, or a sampled one)."""
+    """The context to run a call in when its metadata carries a trace that is not sampled:
+    that trace's, with the instrumentations (Redis commands, SQL statements, task spans)
+    held back, so that the call's own calls carry it on and make no span. None otherwise
+    (no context, or a sampled one)."""
     incoming = propagate.extract({item.key: item.value for item in metadata or ()})
     parent = trace.get_current_span(incoming).get_span_context()
     if not parent.is_valid or parent.trace_flags.sampled:
         return None
-    return incoming
+    return context.Context({**incoming, **_held_back()})
 
 
-@contextlib.contextmanager
-def running_unsampled(call_context):
-    """Runs a call of a trace not sampled in its context, which its own calls carry on,
-    with the instrumentations (Redis commands, SQL statements, task spans) held back."""
+@functools.cache
+def _held_back() -> dict:
+    """The values OpenTelemetry's suppress_instrumentation() sets, to merge into a call's
+    context in one step rather than entering it on every call."""
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-    token = context.attach(call_context)
+    token = context.attach(context.Context())
     try:
         with suppress_instrumentation():
-            yield
+            return dict(context.get_current())
     finally:
         context.detach(token)
 

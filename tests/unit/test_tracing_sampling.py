@@ -3,7 +3,7 @@ update of a trace not sampled begins no span, recording or not (the sampler, whi
 asks for every span it is to begin, counts them; a span processor's on_start counts the
 recording ones), and only carries its context on; a sampled one gets the spans it always had."""
 
-import collections
+from concurrent import futures
 
 import grpc
 import pytest
@@ -119,44 +119,83 @@ def test_updates_not_sampled_begin_no_accepting_span_and_keep_no_link(spans):
     assert exporter.get_finished_spans()[0].attributes["chinook.id"] == 3
 
 
-Metadatum = collections.namedtuple("Metadatum", "key value")
-CallDetails = collections.namedtuple("CallDetails", "method invocation_metadata")
+STREAM_METHOD = "/chinook.persistence.v1.PersistenceService/DuplicateRows"
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
 
-def test_a_call_not_sampled_runs_in_its_context_with_the_instrumentations_held_back(spans):
-    asked, _, _ = spans
-    seen = {}
+@pytest.fixture
+def server(spans):
+    """A local gRPC server with SampledCalls before OpenTelemetry's interceptor, as services
+    run it; its methods note the context each call ran in. Yields the channel to it and the
+    notes, (trace id, sampled, instrumentations on) a call."""
+    seen = []
 
-    def update_rows(request, servicer_context):
-        seen["trace"] = trace.get_current_span().get_span_context()
-        seen["instrumenting"] = is_instrumentation_enabled()
+    def note():
+        span_context = trace.get_current_span().get_span_context()
+        seen.append((f"{span_context.trace_id:032x}", span_context.trace_flags.sampled, is_instrumentation_enabled()))
+
+    def unary(request, _context):
+        note()
         return request
 
-    handler = grpc.unary_unary_rpc_method_handler(update_rows)
-    details = CallDetails(METHOD, (Metadatum("traceparent", UNSAMPLED),))
-    wrapped = SampledCalls(server_interceptor()).intercept_service(lambda _: handler, details)
-    assert wrapped.unary_unary("request", None) == "request"
-    assert asked == []
-    assert f"{seen['trace'].trace_id:032x}" == TRACE_ID and not seen["trace"].trace_flags.sampled
-    assert seen["instrumenting"] is False
-    # Outside the call, the instrumentations work again.
+    def streamed(request, _context):
+        for _ in range(2):
+            note()
+            yield request
+
+    def services(name, methods):
+        return grpc.method_handlers_generic_handler(name, methods)
+
+    serving = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                          interceptors=[SampledCalls(server_interceptor(tracer_provider=tracing._provider))])
+    serving.add_generic_rpc_handlers((
+        services("chinook.cache.v1.CacheService", {"UpdateRows": grpc.unary_unary_rpc_method_handler(unary)}),
+        services("chinook.persistence.v1.PersistenceService",
+                 {"DuplicateRows": grpc.unary_stream_rpc_method_handler(streamed)}),
+        services("grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(unary)})))
+    port = serving.add_insecure_port("127.0.0.1:0")
+    serving.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel, seen
+    finally:
+        channel.close()
+        serving.stop(None)
+
+
+def test_calls_not_sampled_run_in_their_context_with_the_instrumentations_held_back(spans, server):
+    asked, started, _ = spans
+    channel, seen = server
+    assert channel.unary_unary(METHOD)(b"request", metadata=(("traceparent", UNSAMPLED),)) == b"request"
+    assert list(channel.unary_stream(STREAM_METHOD)(b"rows", metadata=(("traceparent", UNSAMPLED),))) == [b"rows"] * 2
+    assert seen == [(TRACE_ID, False, False)] * 3
+    assert asked == started == []
+    # Outside the calls, the instrumentations work again.
     assert is_instrumentation_enabled()
 
 
-def test_a_sampled_call_goes_through_the_opentelemetry_interceptor(spans):
-    calls = []
+def test_each_call_decides_alone_though_its_method_is_wrapped_once(spans, server):
+    _, started, exporter = spans
+    channel, seen = server
+    other_trace = "1" * 32
+    for parent in (UNSAMPLED, SAMPLED.replace(TRACE_ID, other_trace), UNSAMPLED):
+        channel.unary_unary(METHOD)(b"request", metadata=(("traceparent", parent),))
+    assert seen == [(TRACE_ID, False, False), (other_trace, True, True), (TRACE_ID, False, False)]
+    assert started == [METHOD]
+    (span,) = exporter.get_finished_spans()
+    assert span.kind == trace.SpanKind.SERVER and f"{span.context.trace_id:032x}" == other_trace
+    assert span.parent.span_id == int("b7ad6b7169203331", 16)
 
-    class Spans(grpc.ServerInterceptor):
-        def intercept_service(self, continuation, handler_call_details):
-            calls.append(handler_call_details.method)
-            return continuation(handler_call_details)
 
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, _: request)
-    interceptor = SampledCalls(Spans())
-    interceptor.intercept_service(lambda _: handler, CallDetails(METHOD, (Metadatum("traceparent", SAMPLED),)))
-    # Health checks never make a span, sampled or not.
-    interceptor.intercept_service(lambda _: handler, CallDetails("/grpc.health.v1.Health/Check", ()))
-    assert calls == [METHOD]
+def test_a_sampled_stream_gets_its_span_and_health_checks_never_do(spans, server):
+    _, started, _ = spans
+    channel, seen = server
+    sampled = (("traceparent", SAMPLED),)
+    assert list(channel.unary_stream(STREAM_METHOD)(b"rows", metadata=sampled)) == [b"rows"] * 2
+    channel.unary_unary(HEALTH_METHOD)(b"ping", metadata=sampled)
+    assert started == [STREAM_METHOD]
+    # The health check ran in no context at all: nothing was read from its metadata.
+    assert seen[-1] == ("0" * 32, False, True)
 
 
 class RecordingChannel(grpc.Channel):
