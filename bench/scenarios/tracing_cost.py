@@ -1,9 +1,9 @@
 """What tracing costs: B2 (single updates, uniform) and B3 (reads from the near cache,
 uniform) in short loads against the same system, its processes restarted with tracing off,
-with a tenth of the traces sampled (`parentbased_traceidratio` 0.1), with every trace
-sampled and with tracing off again, the spans sent over OTLP/HTTP to a sink that drops them
-(bench/trace_sink.py). CPU per request of every process in each run, and the ratio of each
-setting's to the mean of the two runs with tracing off."""
+with a tenth of the traces sampled (`parentbased_traceidratio` 0.1) and with every trace
+sampled, in as many rounds as the profile says, then with tracing off again, the spans sent
+over OTLP/HTTP to a sink that drops them (bench/trace_sink.py). CPU per request of every
+process in each run; each setting's the mean of its runs, and its ratio to tracing off's."""
 
 from typing import TYPE_CHECKING
 
@@ -25,9 +25,6 @@ SETTINGS = {
     "every": {"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_SAMPLER": "parentbased_always_on",
               "OTEL_TRACES_SAMPLER_ARG": ""},
 }
-# The runs in order, each with its setting: tracing off once more at the end, so that a
-# machine growing busier or quieter during the step moves the ratios less.
-RUNS = (("off", "off"), ("tenth", "tenth"), ("every", "every"), ("off_again", "off"))
 # Seconds of each load, or the profile's B3 length where that is shorter: eight loads in all.
 LOAD_S = 6
 # The reads go to this many rows, uniformly: each restart empties the near cache, and
@@ -37,18 +34,29 @@ NEAR_ROWS = 2_000
 SEED = 11
 
 
+def runs(rounds: int) -> list[tuple[str, str]]:
+    """The runs in order, each named, with its setting: the settings in turn, round after
+    round, and tracing off once more at the end, so that a machine growing busier or quieter
+    during the step moves the ratios less. The first round's runs are named by their
+    setting, later rounds' by setting and round, the last "off_again"."""
+    order = [(setting if round_ == 1 else f"{setting}_{round_}", setting)
+             for round_ in range(1, rounds + 1) for setting in SETTINGS]
+    return [*order, ("off_again", "off")]
+
+
 def run(bench: "Bench"):
     own_sink = bench.trace_sink is None
     sink = TraceSink(bench.workdir).start() if own_sink else bench.trace_sink
     names = list(bench.stack.processes)
     duration_s = min(LOAD_S, bench.profile.b3_duration_s)
     ids = list(range(1, bench.table_size + 1))
-    results = bench.results["tracing_cost"] = {"duration_s": duration_s, "b2": {}, "b3": {}}
+    planned = runs(bench.profile.tracing_rounds)
+    results = bench.results["tracing_cost"] = {"duration_s": duration_s, "runs": dict(planned), "b2": {}, "b3": {}}
     # What the sink received by each restart: stopping a setting's processes sends the
     # spans they still held.
     received = []
     try:
-        for run_name, setting in RUNS:
+        for run_name, setting in planned:
             restart(bench, names, {**sink.env(), **SETTINGS[setting]})
             received.append(sink.stats())
             log(f"tracing cost, {run_name}: B2 uniform and B3 near cache on, uniform, {duration_s:g} s each")
@@ -66,9 +74,10 @@ def run(bench: "Bench"):
         if own_sink:
             sink.stop()
     results["spans_received"] = {run_name: {key: after[key] - before[key] for key in after}
-                                 for (run_name, _), before, after in zip(RUNS, received, received[1:], strict=False)}
+                                 for (run_name, _), before, after in zip(planned, received, received[1:], strict=False)}
     results["cpu_ms"] = per_setting(results)
     results["ratios"] = ratios(results)
+    results["ratios_by_round"] = ratios_by_round(results)
     log(f"tracing cost: CPU per request against tracing off {results['ratios']}")
 
 
@@ -92,15 +101,34 @@ def near_cache_reads(bench: "Bench", ids: list[int], duration_s: float, profile_
 
 
 def per_setting(results: dict) -> dict:
-    """{load: {setting: CPU ms per request}}, tracing off's the mean of its two runs."""
-    return {load: {"off": (cpu_ms(results[load]["off"]["cpu_ms_per_request"])
-                           + cpu_ms(results[load]["off_again"]["cpu_ms_per_request"])) / 2,
-                   **{setting: cpu_ms(results[load][setting]["cpu_ms_per_request"])
-                      for setting in SETTINGS if setting != "off"}}
-            for load in ("b2", "b3")}
+    """{load: {setting: CPU ms per request, the mean of the setting's runs}}."""
+    out = {}
+    for load in ("b2", "b3"):
+        by_setting = {}
+        for run_name, setting in results["runs"].items():
+            by_setting.setdefault(setting, []).append(cpu_ms(results[load][run_name]["cpu_ms_per_request"]))
+        out[load] = {setting: sum(values) / len(values) for setting, values in by_setting.items()}
+    return out
 
 
 def ratios(results: dict) -> dict:
     """{load: {setting: CPU per request / tracing off's}} for the settings with tracing on."""
     return {load: {setting: round(ms / by_setting["off"], 3) for setting, ms in by_setting.items() if setting != "off"}
             for load, by_setting in results["cpu_ms"].items()}
+
+
+def ratios_by_round(results: dict) -> dict:
+    """{load: {run: CPU per request / the mean of the off runs before and after it}} for
+    each run with tracing on: how far one round's figure strays from the mean's."""
+    out = {}
+    for load in ("b2", "b3"):
+        cpu = {run_name: cpu_ms(results[load][run_name]["cpu_ms_per_request"]) for run_name in results["runs"]}
+        named = list(results["runs"].items())
+        out[load] = {}
+        for index, (run_name, setting) in enumerate(named):
+            if setting == "off":
+                continue
+            before = next(cpu[n] for n, s in reversed(named[:index]) if s == "off")
+            after = next(cpu[n] for n, s in named[index:] if s == "off")
+            out[load][run_name] = round(cpu[run_name] / ((before + after) / 2), 3)
+    return out
