@@ -263,14 +263,10 @@ def _token_rows(b3: dict) -> list[Row]:
     if not rounds:
         return []
     with_token, without = rounds[0]["system_token"], rounds[0]["system"]
-    label = "B3 near cache on, uniform, with a token"
-    of_rounds = f", mean of {len(rounds)} round{'s' if len(rounds) > 1 else ''}"
-
-    def mean(key, figure):
-        return sum(figure(measured[key]) for measured in rounds) / len(rounds)
-
-    with_ms, without_ms = mean("system_token", cpu_ms), mean("system", cpu_ms)
-    with_rps, without_rps = (mean(key, lambda summary: summary["throughput_rps"]) for key in ("system_token", "system"))
+    label, of_rounds = "B3 near cache on, uniform, with a token", f", mean of {len(rounds)} rounds"
+    with_ms, without_ms, with_rps, without_rps = (
+        sum(figure(measured[key]) for measured in rounds) / len(rounds)
+        for figure in (cpu_ms, lambda summary: summary["throughput_rps"]) for key in ("system_token", "system"))
     cost = with_ms / without_ms if without_ms else None
     return [Row(label, "throughput", _rate(with_rps, "req/s") + of_rounds, f"without {_rate(without_rps, 'req/s')}",
                 _ratio(with_rps / without_rps if without_rps else None), "-", None),
