@@ -41,11 +41,12 @@ def abort(context, code: grpc.StatusCode, message: str):
     context.abort(code, message)
 
 
-class ObservingInterceptor(grpc.ServerInterceptor):
-    """Times every unary call by method and code, and logs the ones that fail."""
+class PerMethodInterceptor(grpc.ServerInterceptor):
+    """An interceptor whose handler for a method is built once, on the method's first call,
+    by _wrap(method, handler): grpc asks interceptors for a handler on every call, on the
+    server's one thread that takes every call."""
 
     def __init__(self):
-        # The wrapped handler of each method, built once rather than on every call.
         self._handlers = {}
 
     def intercept_service(self, continuation, handler_call_details):
@@ -59,9 +60,16 @@ class ObservingInterceptor(grpc.ServerInterceptor):
             wrapped = self._handlers[method] = self._wrap(method, handler)
         return wrapped
 
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ObservingInterceptor(PerMethodInterceptor):
+    """Times every unary call by method and code, and logs the ones that fail."""
+
     @staticmethod
     def _wrap(method, handler):
-        if handler is None or handler.unary_unary is None:
+        if handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
         ok = metrics.GRPC_SERVER_SECONDS.labels(method, grpc.StatusCode.OK.name)
@@ -89,38 +97,28 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         )
 
 
-class SampledCalls(grpc.ServerInterceptor):
+class SampledCalls(PerMethodInterceptor):
     """Tracing that costs what it samples: a call whose metadata carries a trace context
     that is not sampled runs in that context with the instrumentations held back, and makes
     no span; every other call goes through `spans` (OpenTelemetry's interceptor), whose
     sampler decides.
 
-    The choice is made in the handler, on the worker thread that runs the call, by a handler
-    built once per method: intercept_service runs on the server's one thread that takes
-    every call, so reading each call's context there would hold up all the others."""
+    The choice is made in the handler, on the worker thread that runs the call: reading
+    each call's context in intercept_service, on the server's one thread that takes every
+    call, would hold up all the others."""
 
     def __init__(self, spans: grpc.ServerInterceptor):
+        super().__init__()
         self.spans = spans
-        self._handlers = {}
 
-    def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        wrapped = self._handlers.get(method)
-        if wrapped is None:
-            handler = continuation(handler_call_details)
-            if handler is None:
-                return None
-            if tracing.untraced_method(method):
-                wrapped = handler
-            else:
-                # OpenTelemetry's interceptor takes only the method's name from the call's
-                # details; it reads the context and the peer from the servicer context.
-                with_spans = self.spans.intercept_service(lambda _: handler, _MethodOnly(method))
-                traced = _behaviour(with_spans)
-                choose = _streamed_sampled_or_not if handler.response_streaming else _sampled_or_not
-                wrapped = _rebuilt(handler, lambda inner: choose(inner, traced))
-            self._handlers[method] = wrapped
-        return wrapped
+    def _wrap(self, method, handler):
+        if tracing.untraced_method(method):
+            return handler
+        # OpenTelemetry's interceptor takes only the method's name from the call's details;
+        # it reads the context and the peer from the servicer context.
+        traced = _behaviour(self.spans.intercept_service(lambda _: handler, _MethodOnly(method)))
+        choose = _streamed_sampled_or_not if handler.response_streaming else _sampled_or_not
+        return _rebuilt(handler, lambda inner: choose(inner, traced))
 
 
 class _MethodOnly(grpc.HandlerCallDetails):
@@ -161,7 +159,7 @@ def _streamed_sampled_or_not(inner, traced):
     return sampled_or_not
 
 
-class CallerCheck(grpc.ServerInterceptor):
+class CallerCheck(PerMethodInterceptor):
     """Lets a call through only when the service its client certificate names may call the
     method (chinook.callers.ALLOWED_CALLERS); health and reflection are open to any
     certificate of the CA. Only for servers with mutual TLS: the certificate, verified in
@@ -169,25 +167,16 @@ class CallerCheck(grpc.ServerInterceptor):
     so the check runs inside the handler it wraps."""
 
     def __init__(self):
+        super().__init__()
         # At most a line per caller and method a window: a flood cannot fill the disk.
         self.denials = RateLimitedLog(log, DENIAL_LOG_WINDOW_S)
-        # The checked handler of each method, built once: an allowed call pays a look-up
-        # of its certificate's names and a set check.
-        self._handlers = {}
 
-    def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        wrapped = self._handlers.get(method)
-        if wrapped is None:
-            handler = continuation(handler_call_details)
-            if handler is None:
-                return None
-            if service_of(method) in OPEN_SERVICES:
-                wrapped = handler
-            else:
-                wrapped = _rebuilt(handler, lambda inner: self._checked(method, inner))
-            self._handlers[method] = wrapped
-        return wrapped
+    def _wrap(self, method, handler):
+        # Built once per method: an allowed call pays a look-up of its certificate's names
+        # and a set check.
+        if service_of(method) in OPEN_SERVICES:
+            return handler
+        return _rebuilt(handler, lambda inner: self._checked(method, inner))
 
     def _checked(self, method: str, inner):
         # A method the table lacks is allowed to nobody.
