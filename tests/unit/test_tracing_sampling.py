@@ -7,7 +7,7 @@ from concurrent import futures
 
 import grpc
 import pytest
-from flask import Flask
+from flask import Flask, abort
 from opentelemetry import context, trace
 from opentelemetry.instrumentation.grpc import server_interceptor
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
@@ -63,10 +63,13 @@ def spans(monkeypatch):
     return asked.names, started.names, exporter
 
 
-def traced_app():
-    """A Flask app with one route, which answers the context it ran in."""
+def traced_app(refuse: bool = False):
+    """A Flask app with one route, which answers the context it ran in; with refuse, a
+    check installed after the instrumentation (as the gateway's are) refuses every request."""
     app = Flask(__name__)
     request_spans.instrument(app)
+    if refuse:
+        app.before_request(lambda: abort(403))
 
     @app.patch("/albums/<int:album_id>")
     def patch(album_id):
@@ -100,6 +103,21 @@ def test_a_sampled_request_has_its_server_span_with_the_route_and_status(spans):
     assert span.kind == trace.SpanKind.SERVER and f"{span.context.trace_id:032x}" == TRACE_ID
     assert (span.attributes["http.method"], span.attributes["http.route"], span.attributes["http.status_code"]) == (
         "PATCH", "/albums/<int:album_id>", 200)
+
+
+def test_a_sampled_request_refused_by_a_check_has_its_route_too(spans):
+    _, _, exporter = spans
+    assert traced_app(refuse=True).patch("/albums/7", headers={"traceparent": SAMPLED}).status_code == 403
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "PATCH /albums/<int:album_id>"
+    assert (span.attributes["http.route"], span.attributes["http.status_code"]) == ("/albums/<int:album_id>", 403)
+
+
+def test_a_sampled_request_to_no_route_keeps_the_method_as_its_name(spans):
+    _, _, exporter = spans
+    assert traced_app().get("/nowhere", headers={"traceparent": SAMPLED}).status_code == 404
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET" and "http.route" not in span.attributes
 
 
 def test_probes_begin_no_span_even_when_sampled(spans):

@@ -2,12 +2,14 @@
 only (docs/tracing.md, "What is sampled"); an unsampled request runs in its caller's context
 and nothing more."""
 
+from flask import request
 from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation import wsgi
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import RequestRedirect
 
 from chinook import tracing
+
+# Where a sampled request's span waits, in its WSGI environ, for Flask to name its route.
+SPAN_KEY = "chinook.server_span"
 
 
 class RequestSpans:
@@ -16,9 +18,8 @@ class RequestSpans:
     and status. A request not sampled runs in its context and nothing more, so that the
     calls it makes tell cache-svc not to sample either."""
 
-    def __init__(self, wsgi_app, url_map, tracer):
+    def __init__(self, wsgi_app, tracer):
         self.wsgi_app = wsgi_app
-        self.url_map = url_map
         self.tracer = tracer
 
     def __call__(self, environ, start_response):
@@ -41,10 +42,7 @@ class RequestSpans:
         span.set_attributes({"http.method": method, "http.scheme": environ.get("wsgi.url_scheme", ""),
                              "http.target": environ.get("RAW_URI") or environ.get("PATH_INFO", ""),
                              "net.peer.ip": environ.get("REMOTE_ADDR", "")})
-        route = self._route(environ)
-        if route:
-            span.set_attribute("http.route", route)
-            span.update_name(f"{method} {route}")
+        environ[SPAN_KEY] = span
 
         def recording_start_response(status, headers, *exc_info):
             wsgi.add_response_attributes(span, status, headers)
@@ -53,12 +51,16 @@ class RequestSpans:
         with trace.use_span(span, end_on_exit=True):
             return self.wsgi_app(environ, recording_start_response)
 
-    def _route(self, environ) -> str | None:
-        try:
-            rule, _ = self.url_map.bind_to_environ(environ).match(return_rule=True)
-        except (HTTPException, RequestRedirect):
-            return None
-        return rule.rule
+
+def name_by_route():
+    """Gives a sampled request's span the route Flask matched (before any other check, so that
+    refused requests have it too): matching the URL again in the middleware cost as much as
+    making the span."""
+    span = request.environ.get(SPAN_KEY)
+    rule = request.url_rule
+    if span is not None and rule is not None:
+        span.set_attribute("http.route", rule.rule)
+        span.update_name(f"{request.method} {rule.rule}")
 
 
 def instrument(app):
@@ -66,4 +68,5 @@ def instrument(app):
     nothing while tracing is off."""
     tracer = tracing.tracer(__name__)
     if tracer is not None:
-        app.wsgi_app = RequestSpans(app.wsgi_app, app.url_map, tracer)
+        app.wsgi_app = RequestSpans(app.wsgi_app, tracer)
+        app.before_request(name_by_route)
