@@ -6,14 +6,59 @@ imports prometheus_client, and the parent serves what all children wrote.
 """
 
 import os
+import threading
+from bisect import bisect_left
+from collections import Counter as Tally
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from chinook import tracing
 
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 LAG_BUCKETS = (.01, .025, .05, .1, .2, .3, .5, .75, 1, 2, 5, 10, 30, 60, 300)
+
+
+class BatchHistogram:
+    """A histogram by one label that takes its observations a batch at a time (an
+    acknowledgement's lags: up to every row of a bulk), binned with one bisect each, where
+    prometheus_client's Histogram takes a lock twice for every value (2.1 against 0.3 µs a
+    value). Scraped as a Histogram is, but for `_created`: a `_bucket` series per bound
+    (`le`, +Inf last), `_count` and `_sum`."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets, registry=REGISTRY):
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.bounds = tuple(float(bound) for bound in buckets)
+        self._lock = threading.Lock()
+        # Label value -> observations in each bucket (not cumulative; +Inf last), and their sum.
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+        registry.register(self)
+
+    def observe_many(self, label_value: str, values):
+        """Adds every value of `values` to the series of `label_value`."""
+        bins = Tally(bisect_left(self.bounds, value) for value in values)
+        total = sum(values)
+        with self._lock:
+            counts = self._counts.setdefault(label_value, [0] * (len(self.bounds) + 1))
+            for index, count in bins.items():
+                counts[index] += count
+            self._sums[label_value] = self._sums.get(label_value, 0.0) + total
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        with self._lock:
+            series = [(value, list(counts), self._sums[value]) for value, counts in self._counts.items()]
+        for value, counts, total in series:
+            cumulative = list(accumulate(counts))
+            buckets = [(floatToGoString(bound), count) for bound, count in zip(self.bounds, cumulative, strict=False)]
+            family.add_metric([value], [*buckets, ("+Inf", cumulative[-1])], total)
+        return [family]
+
 
 WRITES_ACCEPTED = Counter("chinook_writes_accepted_total", "Updates accepted into the cache", ["entity"])
 ROWS_FLUSHED = Counter("chinook_rows_flushed_total", "Rows written to Postgres by write-back", ["entity"])
@@ -28,9 +73,8 @@ TASKS_HANDLED = Counter("chinook_tasks_handled_total", "Celery tasks run by work
 TASK_RETRIES = Counter("chinook_task_retries_total", "Celery task retries", ["task"])
 ROWS_DEAD_LETTERED = Counter("chinook_rows_dead_lettered_total",
                              "Rows moved to the dead letters after Postgres kept refusing them", ["entity"])
-ACCEPT_TO_DURABLE = Histogram("chinook_accept_to_durable_seconds",
-                              "From accepting a row's oldest pending write to its flush", ["entity"],
-                              buckets=LAG_BUCKETS)
+ACCEPT_TO_DURABLE = BatchHistogram("chinook_accept_to_durable_seconds",
+                                   "From accepting a row's oldest pending write to its flush", "entity", LAG_BUCKETS)
 CACHE_READS = Counter("chinook_cache_reads_total", "Row reads by cache result", ["entity", "result"])
 GRPC_SERVER_SECONDS = Histogram("chinook_grpc_server_handling_seconds", "gRPC calls handled",
                                 ["method", "code"], buckets=LATENCY_BUCKETS)

@@ -396,9 +396,7 @@ class WriteBack:
         claim = parse_claim(claim)
         acknowledged = self.store.ack(entity.name, versions, claim)
         metrics.ROWS_FLUSHED.labels(entity.name).inc(acknowledged.flushed)
-        lags = metrics.ACCEPT_TO_DURABLE.labels(entity.name)
-        for lag_ms in acknowledged.lags_ms:
-            lags.observe(lag_ms / 1000)
+        metrics.ACCEPT_TO_DURABLE.observe_many(entity.name, [lag_ms / 1000 for lag_ms in acknowledged.lags_ms])
         if acknowledged.outdated:
             # Clean rows older than the version acknowledged: after Redis lost data, a row
             # reloaded before an earlier flush landed. Postgres, not the caller, says which
