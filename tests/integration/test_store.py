@@ -287,6 +287,30 @@ def test_claim_reports_how_many_writes_a_flush_covers(store):
     assert (batch.count, batch.writes) == (1, 4)
 
 
+def test_writes_during_a_flush_count_for_the_next_one_only(store):
+    cache_row(store)
+    for i in range(3):
+        store.accept("album", [(1, {"title": f"before {i}"})])
+    [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
+    store.accept("album", [(1, {"title": "during 0"})])
+    during_ms = int(store.redis.hget(store.keys.row_key("album", 1), "_since"))
+    store.accept("album", [(1, {"title": "during 1"})])
+    assert store.ack("album", [(1, claimed.version)], claim_id).flushed == 1
+    assert pending(store) == (1, during_ms), "pending since the first write the flush did not cover"
+    [again] = [shard.rows["album"] for shard in store.claim(delay_ms=0, batch_size=10, lease_ms=30_000) if shard.rows]
+    assert (again.count, again.writes) == (1, 2)
+
+
+def test_a_row_claimed_again_at_the_same_version_covers_no_write_of_its_own(store):
+    cache_row(store)
+    for i in range(3):
+        store.accept("album", [(1, {"title": f"t{i}"})])
+    [first] = [shard.rows["album"] for shard in store.claim(delay_ms=0, batch_size=10, lease_ms=0) if shard.rows]
+    [again] = [shard.rows["album"] for shard in store.claim(delay_ms=0, batch_size=10, lease_ms=30_000) if shard.rows]
+    assert (first.writes, again.writes) == (3, 1)
+    assert store.inspect("album", 1, 30_000).state == "in_flight"
+
+
 def test_dead_letter_takes_the_row_out_of_the_schedule_but_keeps_its_value(store):
     cache_row(store)
     store.accept("album", [(1, {"title": "poison"})])

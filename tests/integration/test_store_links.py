@@ -48,8 +48,10 @@ def test_a_row_keeps_the_links_of_its_latest_writes_until_it_is_claimed(store):
     assert row.fields["title"] == f"t{LINKS_PER_ROW + 2}"
     assert len(row.links) == LINKS_PER_ROW * LINK_WIDTH
     assert split_links(row.links) == [link(n) for n in range(3, LINKS_PER_ROW + 3)], "the latest, in order"
-    # The claimed ones travel in the task: a write after the claim starts afresh.
-    assert store.redis.hget(store.keys.row_key("album", 1), "_links") is None
+    # The claimed ones travel in the task: claimed again (released, or its lease ended),
+    # the row carries none, and a write after the claim starts afresh.
+    store.release("album", [1])
+    assert claim(store)[1].links == ""
     store.accept("album", [(1, {"title": "after"})], links=[link(99)])
     assert claim(store)[1].links == link(99)
 
