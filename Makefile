@@ -3,7 +3,7 @@
 #            their default URLs
 # make check ruff (ruff.toml) and the unit tests, which need no stores; under a minute
 # make test  set up everything and run the whole test suite
-# make bench the system against its anchors (bench/README.md); about 13 minutes
+# make bench the system against its anchors (bench/README.md); 13-16 minutes
 # make chaos-cluster  Redis Cluster masters killed and restarted under load; about 1.5 minutes
 # make certs development certificates for mutual TLS between the services (docs/security.md),
 #            and the compose stack's API tokens
