@@ -5,7 +5,6 @@ vhost of their own, so runs never collide with each other or with `make run`."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import requests
 from chinook.callers import SERVICE_HOSTS
 from chinook.config import load_settings
 from chinook.grpc_client import CacheClient, PersistenceClient, make_channel
+from chinook.local_stores.servers import free_ports
 from chinook.tls import channel_credentials
 from persistence_svc import initdb
 
@@ -31,9 +31,7 @@ READY_TIMEOUT_S = 90
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def procfile_commands(path: Path = PROCFILE) -> dict[str, str]:

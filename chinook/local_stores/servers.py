@@ -26,6 +26,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -67,16 +68,31 @@ def rabbitmq_scripts_dir() -> Path | None:
     return Path(on_path).parent if on_path else None
 
 
+# The ports free_ports handed out in this process: the server each was for may not have bound
+# it yet, and the OS gives a port it just gave again (150 times in 2,000 picks here).
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_ports(count: int = 1) -> list[int]:
-    """`count` distinct ports that were free on 127.0.0.1 a moment ago."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """`count` distinct ports that were free on 127.0.0.1 a moment ago and that this process
+    has not handed out before."""
+    ports, sockets = [], []
+    with _handed_out_lock:
+        try:
+            while len(ports) < count:
+                # Each stays bound until the end, so the OS gives another one next.
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+                if port not in _handed_out:
+                    ports.append(port)
+        finally:
+            for sock in sockets:
+                sock.close()
+        _handed_out.update(ports)
+    return ports
 
 
 def port_open(port: int) -> bool:
