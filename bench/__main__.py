@@ -43,7 +43,7 @@ def run(scale: str, results_dir: Path, plot_copy: Path | None = None, profile_di
 def main(argv=None):
     parser = argparse.ArgumentParser(description="write-back against its anchors, in one run")
     parser.add_argument("--scale", choices=sorted(PROFILES), default="full",
-                        help="full: every size and load (about 13 minutes); quick: B1 at 1,388 and 11,104 rows, "
+                        help="full: every size and load (13-16 minutes); quick: B1 at 1,388 and 11,104 rows, "
                              "8 s loads; smoke: a few rows, a second of load")
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--plot", type=Path, help="also copy the plot here (e.g. bench/latest.png)")

@@ -43,6 +43,12 @@ def claim_with_id(store, entity="album", **options):
     return claimed_rows(shards, entity), shards[0].claim
 
 
+def claimed_batches(store, entity="album", lease_ms=30_000):
+    """The batches of `entity` one claim of every shard takes at once, with what each covers."""
+    return [shard.rows[entity] for shard in store.claim(delay_ms=0, batch_size=10, lease_ms=lease_ms)
+            if entity in shard.rows]
+
+
 def claim_and_dead_letter(store, row_id=1, error="refused"):
     """Claims the row and dead-letters the version claimed, as a worker does; returns the
     version and how many rows were dead-lettered."""
@@ -283,7 +289,7 @@ def test_claim_reports_how_many_writes_a_flush_covers(store):
     cache_row(store)
     for i in range(4):
         store.accept("album", [(1, {"title": f"t{i}"})])
-    [batch] = [shard.rows["album"] for shard in store.claim(delay_ms=0, batch_size=10, lease_ms=30_000) if shard.rows]
+    [batch] = claimed_batches(store)
     assert (batch.count, batch.writes) == (1, 4)
 
 
@@ -297,7 +303,7 @@ def test_writes_during_a_flush_count_for_the_next_one_only(store):
     store.accept("album", [(1, {"title": "during 1"})])
     assert store.ack("album", [(1, claimed.version)], claim_id).flushed == 1
     assert pending(store) == (1, during_ms), "pending since the first write the flush did not cover"
-    [again] = [shard.rows["album"] for shard in store.claim(delay_ms=0, batch_size=10, lease_ms=30_000) if shard.rows]
+    [again] = claimed_batches(store)
     assert (again.count, again.writes) == (1, 2)
 
 
@@ -305,8 +311,8 @@ def test_a_row_claimed_again_at_the_same_version_covers_no_write_of_its_own(stor
     cache_row(store)
     for i in range(3):
         store.accept("album", [(1, {"title": f"t{i}"})])
-    [first] = [shard.rows["album"] for shard in store.claim(delay_ms=0, batch_size=10, lease_ms=0) if shard.rows]
-    [again] = [shard.rows["album"] for shard in store.claim(delay_ms=0, batch_size=10, lease_ms=30_000) if shard.rows]
+    [first] = claimed_batches(store, lease_ms=0)
+    [again] = claimed_batches(store)
     assert (first.writes, again.writes) == (3, 1)
     assert store.inspect("album", 1, 30_000).state == "in_flight"
 
