@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from chinook.config import ConfigError, Settings
 from chinook.rate_limited_log import RateLimitedLog
+from gateway import request_hooks
 from gateway.app import create_app
 from gateway.auth import Access, digest
 from gateway.browsers import AllowedHosts
@@ -169,6 +170,11 @@ def test_made_up_methods_add_no_metric_series():
     exposition = generate_latest(REGISTRY).decode()
     assert 'method="other",route="unmatched",status="405"' in exposition
     assert not any(f'method="{method}"' in exposition for method in ("FOO", "BAR", "PROPFIND"))
+    # Nor anything else that lasts: the timers kept per series do not grow with them.
+    timers = request_hooks.http_timer.cache_info().currsize
+    for number in range(50):
+        assert api.open("/albums/1", method=f"MADEUP{number}").status_code == 405
+    assert request_hooks.http_timer.cache_info().currsize == timers
 
 
 def test_readiness_details_are_for_callers_who_may_read(caplog):

@@ -98,17 +98,18 @@ def check_request():
 
 @functools.cache
 def http_timer(method: str, rule: str | None, status: int):
-    """The request-duration series of a method, rule and status: made once, as labels() looks
-    each one up anew. Bounded: methods beyond METRIC_METHODS count as "other", rules are the app's."""
-    return metrics.HTTP_SECONDS.labels(method if method in METRIC_METHODS else "other",
-                                       route_label(rule) if rule else "unmatched", status)
+    """The request-duration series of a method (one of METRIC_METHODS or "other"), rule and
+    status: made once, as labels() looks each one up anew. Bounded, the cache as the series:
+    callers pass no method of the client's own making, and rules are the app's."""
+    return metrics.HTTP_SECONDS.labels(method, route_label(rule) if rule else "unmatched", status)
 
 
 def observe(response):
     req = request._get_current_object()
     now = time.perf_counter()
     rule = req.url_rule
-    http_timer(req.method, rule.rule if rule else None, response.status_code).observe(
+    method = req.method if req.method in METRIC_METHODS else "other"
+    http_timer(method, rule.rule if rule else None, response.status_code).observe(
         now - req.environ.get(STARTED_KEY, now))
     return response
 
