@@ -179,6 +179,13 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
     return (span if span.is_recording() else None), trace.set_span_in_context(span, parent)
 
 
+@functools.cache
+def _tracer_of(provider):
+    """This module's tracer of a provider: the SDK makes a new one on every get_tracer
+    call, which cost a batch of updates more than deciding their sampling."""
+    return provider.get_tracer(__name__)
+
+
 def tracer(name: str):
     """A tracer of the provider setup() made, or None while tracing is off."""
     return _provider.get_tracer(name) if _provider is not None else None
@@ -237,7 +244,7 @@ class _TracedChannel(grpc.Channel):
         from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
         self._channel = channel
-        self._tracer = _provider.get_tracer(__name__)
+        self._tracer = _tracer_of(_provider)
         # False inside untraced() and in calls of traces not sampled.
         self._instrumenting = is_instrumentation_enabled
 
@@ -364,6 +371,20 @@ def inject(carrier: dict):
         propagate.inject(carrier)
 
 
+def carry_decision(carrier) -> bool:
+    """Carries the current request's sampling decision on to one of the updates it sends:
+    its trace context into carrier when sampled. Returns True when tracing is on and the
+    request is not sampled, for the update to carry that alone: formatting a context on
+    every update, and parsing it again in cache-svc, only to learn that it is not sampled
+    cost more than the updates' few sampled spans."""
+    if _provider is None:
+        return False
+    if not trace.get_current_span().get_span_context().trace_flags.sampled:
+        return True
+    propagate.inject(carrier)
+    return False
+
+
 # Span links from a flush back to the writes it made durable.
 
 def link_of(span_context) -> str | None:
@@ -410,7 +431,7 @@ def flush_span(entity: str, rows: int, links, links_dropped: int):
     parent = None
     if links and not trace.get_current_span().get_span_context().trace_flags.sampled:
         parent = context.Context()
-    return _provider.get_tracer(__name__).start_as_current_span(
+    return _tracer_of(_provider).start_as_current_span(
         f"write-back flush {entity}", context=parent, kind=trace.SpanKind.INTERNAL,
         links=[trace.Link(span_context_of(link)) for link in links],
         attributes={"chinook.entity": entity, "chinook.rows": rows, "chinook.links_dropped": dropped},
@@ -423,7 +444,7 @@ def mark_flushed(flush, entity: str, links, written: int, refused: int):
     from a write's trace forward to the flush. A no-op when off."""
     if _provider is None or not flush.is_recording():
         return
-    tracer = _provider.get_tracer(__name__)
+    tracer = _tracer_of(_provider)
     for link in list(links)[:MAX_FLUSH_LINKS]:
         parent = trace.set_span_in_context(trace.NonRecordingSpan(span_context_of(link)))
         tracer.start_span(f"write-back flushed {entity}", context=parent, links=[trace.Link(flush.get_span_context())],
@@ -432,17 +453,23 @@ def mark_flushed(flush, entity: str, links, written: int, refused: int):
 
 
 @contextlib.contextmanager
-def accept_spans(entities: list[str], ids: list[int], carriers: list):
+def accept_spans(patches):
     """For a batch of updates from several requests (the gateway gathers them into one
     call), one span per sampled update, a child of the request it came from (its W3C
-    context in carriers; the current span where it carries none or the same trace), linked
-    to the batch's call. Yields the link to keep for each update (None where not sampled)."""
-    tracer = _provider.get_tracer(__name__)
+    context in the patch's trace_context; the current span where it carries none or the
+    same trace), linked to the batch's call. A patch marked trace_unsampled (carry_decision)
+    gets none, whatever the call decided, and its context is not read. Yields the link to
+    keep for each update (None where not sampled)."""
+    tracer = _tracer_of(_provider)
     call = trace.get_current_span()
     batch = call.get_span_context()
     spans = []
     try:
-        for entity, row_id, carrier in zip(entities, ids, carriers, strict=False):
+        for patch in patches:
+            if patch.trace_unsampled:
+                spans.append(None)
+                continue
+            carrier = patch.trace_context
             parent = propagate.extract(carrier) if carrier else None
             request = trace.get_current_span(parent).get_span_context() if parent is not None else None
             own_trace = request is not None and request.is_valid and request.trace_id != batch.trace_id
@@ -450,9 +477,9 @@ def accept_spans(entities: list[str], ids: list[int], carriers: list):
                 spans.append(None)
                 continue
             spans.append(tracer.start_span(
-                f"write-back accept {entity}", context=parent if own_trace else None,
+                f"write-back accept {patch.entity}", context=parent if own_trace else None,
                 links=[trace.Link(batch)] if own_trace and batch.is_valid else None,
-                attributes={"chinook.entity": entity, "chinook.id": row_id}))
+                attributes={"chinook.entity": patch.entity, "chinook.id": patch.id}))
         yield [span and link_of(span.get_span_context()) for span in spans]
     finally:
         for span in spans:

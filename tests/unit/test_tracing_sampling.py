@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio, Sampler
 
 from chinook import tracing
+from chinook.cache.v1 import cache_pb2
 from chinook.grpc_server import SampledCalls
 from gateway import request_spans
 
@@ -127,14 +128,59 @@ def test_probes_begin_no_span_even_when_sampled(spans):
     assert asked == []
 
 
+def patch_of(row_id: int, traceparent: str | None = None, unsampled: bool = False) -> cache_pb2.RowPatch:
+    return cache_pb2.RowPatch(entity="album", id=row_id, trace_unsampled=unsampled,
+                              trace_context={"traceparent": traceparent} if traceparent else {})
+
+
 def test_updates_not_sampled_begin_no_accepting_span_and_keep_no_link(spans):
     asked, started, exporter = spans
-    carriers = [{"traceparent": UNSAMPLED}, {}, {"traceparent": SAMPLED.replace(TRACE_ID, "1" * 32)}]
-    with tracing.accept_spans(["album"] * 3, [1, 2, 3], carriers) as links:
+    patches = [patch_of(1, UNSAMPLED), patch_of(2), patch_of(3, SAMPLED.replace(TRACE_ID, "1" * 32))]
+    with tracing.accept_spans(patches) as links:
         pass
     assert asked == started == ["write-back accept album"]
     assert links[:2] == [None, None] and links[2].startswith("1" * 32)
     assert exporter.get_finished_spans()[0].attributes["chinook.id"] == 3
+
+
+def test_an_update_carrying_only_its_decision_gets_no_span_in_a_sampled_call(spans):
+    _, started, exporter = spans
+    call = tracing._tracer_of(tracing._provider).start_span(
+        "UpdateRows", tracing.propagate.extract({"traceparent": SAMPLED}))
+    # The flag wins over the context and over the call: an update without either follows
+    # the call it came in.
+    patches = [patch_of(1, unsampled=True), patch_of(2, SAMPLED.replace(TRACE_ID, "1" * 32), unsampled=True),
+               patch_of(3)]
+    with trace.use_span(call, end_on_exit=True), tracing.accept_spans(patches) as links:
+        pass
+    assert links[:2] == [None, None] and links[2].startswith(TRACE_ID)
+    assert started == ["UpdateRows", "write-back accept album"]
+    assert [span.attributes.get("chinook.id") for span in exporter.get_finished_spans()] == [3, None]
+
+
+@pytest.mark.parametrize("headers, unsampled, carried", [
+    ({}, True, set()), ({"traceparent": UNSAMPLED}, True, set()), ({"traceparent": SAMPLED}, False, {"traceparent"})])
+def test_an_update_carries_its_requests_decision_and_a_context_only_when_sampled(spans, headers, unsampled,
+                                                                                  carried):
+    app = Flask(__name__)
+    request_spans.instrument(app)
+
+    @app.patch("/albums/<int:album_id>")
+    def patch(album_id):
+        row = cache_pb2.RowPatch(entity="album", id=album_id)
+        row.trace_unsampled = tracing.carry_decision(row.trace_context)
+        return {"unsampled": row.trace_unsampled, "context": dict(row.trace_context)}
+
+    answer = app.test_client().patch("/albums/7", headers=headers).get_json()
+    assert answer["unsampled"] is unsampled and set(answer["context"]) == carried
+    if carried:
+        assert answer["context"]["traceparent"].startswith(f"00-{TRACE_ID}-")
+
+
+def test_with_tracing_off_an_update_carries_nothing(monkeypatch):
+    monkeypatch.setattr(tracing, "_provider", None)
+    row = cache_pb2.RowPatch(entity="album", id=7)
+    assert tracing.carry_decision(row.trace_context) is False and not row.trace_context
 
 
 STREAM_METHOD = "/chinook.persistence.v1.PersistenceService/DuplicateRows"

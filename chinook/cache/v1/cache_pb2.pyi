@@ -133,7 +133,7 @@ class GetRowsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[RowResult, _Mapping]]] = ...) -> None: ...
 
 class RowPatch(_message.Message):
-    __slots__ = ("entity", "id", "fields_json", "trace_context")
+    __slots__ = ("entity", "id", "fields_json", "trace_context", "trace_unsampled")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,11 +145,13 @@ class RowPatch(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     FIELDS_JSON_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_UNSAMPLED_FIELD_NUMBER: _ClassVar[int]
     entity: str
     id: int
     fields_json: str
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., fields_json: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    trace_unsampled: bool
+    def __init__(self, entity: _Optional[str] = ..., id: _Optional[int] = ..., fields_json: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., trace_unsampled: _Optional[bool] = ...) -> None: ...
 
 class UpdateRowsRequest(_message.Message):
     __slots__ = ("patches",)

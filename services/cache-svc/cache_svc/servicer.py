@@ -155,8 +155,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         with status_codes(context):
             patches = [(p.entity, p.id, p.fields_json) for p in request.patches]
             if tracing.enabled():
-                with tracing.accept_spans([p.entity for p in request.patches], [p.id for p in request.patches],
-                                          [dict(p.trace_context) for p in request.patches]) as links:
+                with tracing.accept_spans(request.patches) as links:
                     outcomes = self.write_back.update_each(patches, links)
             else:
                 outcomes = self.write_back.update_each(patches)

@@ -63,8 +63,9 @@ def update_row(entity_name: str, row_id: int, fields_json: str) -> cache_pb2.Row
     near = near_cache()
     reservation = near.reserve(key)
     patch = cache_pb2.RowPatch(entity=entity_name, id=row_id, fields_json=fields_json)
-    # Several requests' updates may travel in one call: each carries its own trace context.
-    tracing.inject(patch.trace_context)
+    # Several requests' updates may travel in one call: each carries its own request's
+    # sampling decision, with its trace context when sampled.
+    patch.trace_unsampled = tracing.carry_decision(patch.trace_context)
     result = updates().submit(patch)
     if result.code:
         raise CallFailed(STATUS_BY_NUMBER[result.code], result.message)
