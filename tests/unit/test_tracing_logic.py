@@ -31,6 +31,18 @@ def test_tracing_is_wanted_only_with_an_endpoint(environ, wanted):
     assert tracing.wanted(environ) is wanted
 
 
+def test_the_resource_is_hashed_once_and_stays_the_same_resource(monkeypatch):
+    from opentelemetry.sdk import resources
+
+    resource = resources.Resource.create({"service.name": "gateway"})
+    hashed = tracing._hashed_once(resource)
+    assert hashed == resource and hash(hashed) == hash(resource)
+    assert hashed.attributes == resource.attributes and hashed.schema_url == resource.schema_url
+    # The exporter hashes it for every span it encodes: no JSON of its attributes then.
+    monkeypatch.setattr(resources, "dumps", lambda *args, **kwargs: pytest.fail("hashed again"))
+    assert len({hash(hashed) for _ in range(3)}) == 1
+
+
 @pytest.mark.parametrize("environ, chosen", [
     ({}, "http/protobuf"),
     ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "grpc"),

@@ -2,14 +2,14 @@
 only (docs/tracing.md, "What is sampled"); an unsampled request runs in its caller's context
 and nothing more."""
 
-from flask import request
+from flask import has_request_context, request
 from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation import wsgi
 
 from chinook import tracing
 
-# Where a sampled request's span waits, in its WSGI environ, for Flask to name its route.
-SPAN_KEY = "chinook.server_span"
+# A request's context when it carries none: extract() would make this anew each time.
+NO_CONTEXT = context.Context()
 
 
 class RequestSpans:
@@ -21,13 +21,19 @@ class RequestSpans:
     def __init__(self, wsgi_app, tracer):
         self.wsgi_app = wsgi_app
         self.tracer = tracer
+        # The environ keys of the headers the configured propagators read: a request with
+        # none of them (most requests) has no context to extract.
+        self.context_keys = tuple("HTTP_" + field.upper().replace("-", "_")
+                                  for field in propagate.get_global_textmap().fields)
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").startswith(tracing.UNTRACED_PATHS):
             return self.wsgi_app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "")
-        span, request_context = tracing.span_if_sampled(self.tracer, method, trace.SpanKind.SERVER,
-                                                 propagate.extract(environ, getter=wsgi.wsgi_getter))
+        incoming = NO_CONTEXT
+        if any(key in environ for key in self.context_keys):
+            incoming = propagate.extract(environ, getter=wsgi.wsgi_getter)
+        span, request_context = tracing.span_if_sampled(self.tracer, method, trace.SpanKind.SERVER, incoming)
         token = context.attach(request_context)
         try:
             if span is None:
@@ -42,9 +48,9 @@ class RequestSpans:
         span.set_attributes({"http.method": method, "http.scheme": environ.get("wsgi.url_scheme", ""),
                              "http.target": environ.get("RAW_URI") or environ.get("PATH_INFO", ""),
                              "net.peer.ip": environ.get("REMOTE_ADDR", "")})
-        environ[SPAN_KEY] = span
 
         def recording_start_response(status, headers, *exc_info):
+            name_by_route(span, method)
             wsgi.add_response_attributes(span, status, headers)
             return start_response(status, headers, *exc_info)
 
@@ -52,15 +58,15 @@ class RequestSpans:
             return self.wsgi_app(environ, recording_start_response)
 
 
-def name_by_route():
-    """Gives a sampled request's span the route Flask matched (before any other check, so that
-    refused requests have it too): matching the URL again in the middleware cost as much as
-    making the span."""
-    span = request.environ.get(SPAN_KEY)
-    rule = request.url_rule
-    if span is not None and rule is not None:
+def name_by_route(span, method: str):
+    """Gives a sampled request's span the route Flask matched, when its response starts:
+    Flask matched it before any check ran, so refused requests have it too, and a request
+    not sampled pays nothing (matching the URL again in the middleware cost as much as
+    making the span; a hook before every request, a few µs of each)."""
+    rule = request.url_rule if has_request_context() else None
+    if rule is not None:
         span.set_attribute("http.route", rule.rule)
-        span.update_name(f"{request.method} {rule.rule}")
+        span.update_name(f"{method} {rule.rule}")
 
 
 def instrument(app):
@@ -69,4 +75,3 @@ def instrument(app):
     tracer = tracing.tracer(__name__)
     if tracer is not None:
         app.wsgi_app = RequestSpans(app.wsgi_app, tracer)
-        app.before_request(name_by_route)
