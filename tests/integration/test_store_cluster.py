@@ -67,6 +67,31 @@ def test_more_replicas_than_exist_is_refused_not_acknowledged(cluster):
         store.accept("album", [(1, {"title": "needs two replicas"})])
 
 
+def test_an_update_whose_pipeline_reaches_a_replica_is_written_on_the_master(cluster, monkeypatch):
+    """A failover demotes the node the client's slot map names for a row, between two of its
+    reads of the map: its pipeline, WAIT included, reaches a replica. The update is retried
+    on the master once the map is read again, not failed."""
+    store = row_store(cluster, min_replicas=1)
+    cache_rows(store, [1])
+    calls, _ = store._accept_calls("album", [(1, {"title": "through a replica first"})], False, {}, None)
+    master = cluster.master_for_key(calls[0][1][0])
+    stale = redis.Redis(port=cluster.replica_of(master).port)
+    routes = [store.transport._by_node]
+
+    def by_node(calls, positions):
+        # The first route is the stale map's: the demoted node, now a replica.
+        if len(routes) == 1:
+            routes.append(stale)
+            return [(stale, positions)]
+        return routes[0](calls, positions)
+
+    monkeypatch.setattr(store.transport, "_by_node", by_node)
+    (reply,) = store.transport.run(calls, wait=True)
+    assert reply[0] > 0
+    assert store.get("album", 1).fields["title"] == "through a replica first"
+    stale.close()
+
+
 def test_the_death_of_a_master_loses_no_update_its_replica_confirmed(cluster):
     store = row_store(cluster, min_replicas=1)
     cache_rows(store, ROWS)

@@ -16,6 +16,17 @@ from .functions import NOT_FOUND, Library, ensure_loaded
 CLUSTER_ATTEMPTS = 6
 
 
+# What a replica answers WAIT with.
+REPLICA_WAIT = "WAIT cannot be used with replica instances"
+
+
+class ReplicaReached(redis.ConnectionError):
+    """A pipeline that must be confirmed by replicas reached a replica, not a master: a
+    failover demoted the node the slot map named. Its writes were refused there (MOVED) or
+    are written again on the new master once the slot map is read again; when that does not
+    come in time, Redis counts as unavailable, and the write is not reported accepted."""
+
+
 class NotReplicated(Exception):
     """Fewer Redis replicas than WRITEBACK_MIN_REPLICAS confirmed a write in time: it is
     not reported accepted (it may still be applied; writing it again is harmless)."""
@@ -111,6 +122,9 @@ class Transport:
                 # WAIT counts the replicas holding every write made on its connection:
                 # each round's own, since each round may take another connection.
                 *round_replies, replicas = round_replies
+                if isinstance(replicas, redis.ResponseError) and str(replicas).startswith(REPLICA_WAIT):
+                    raise ReplicaReached(f"{REPLICA_WAIT}: this node became a replica (a failover), or "
+                                         "REDIS_URL names a replica; the write is not accepted, retry shortly")
                 if isinstance(replicas, Exception):
                     raise replicas
                 confirmed = replicas if confirmed is None else min(confirmed, replicas)
