@@ -382,12 +382,6 @@ def untraced():
     return suppress_instrumentation()
 
 
-def inject(carrier: dict):
-    """Writes the current trace context (traceparent, tracestate) into carrier when on."""
-    if _provider is not None:
-        propagate.inject(carrier)
-
-
 def carry_decision(carrier) -> bool:
     """Carries the current request's sampling decision on to one of the updates it sends:
     its trace context into carrier when sampled. Returns True when tracing is on and the

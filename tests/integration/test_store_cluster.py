@@ -76,20 +76,20 @@ def test_an_update_whose_pipeline_reaches_a_replica_is_written_on_the_master(clu
     calls, _ = store._accept_calls("album", [(1, {"title": "through a replica first"})], False, {}, None)
     master = cluster.master_for_key(calls[0][1][0])
     stale = redis.Redis(port=cluster.replica_of(master).port)
-    routes = [store.transport._by_node]
+    routed = store.transport._by_node
 
-    def by_node(calls, positions):
-        # The first route is the stale map's: the demoted node, now a replica.
-        if len(routes) == 1:
-            routes.append(stale)
-            return [(stale, positions)]
-        return routes[0](calls, positions)
+    def by_stale_map(calls, positions):
+        # Only the first route is the stale map's: the demoted node, now a replica.
+        monkeypatch.setattr(store.transport, "_by_node", routed)
+        return [(stale, positions)]
 
-    monkeypatch.setattr(store.transport, "_by_node", by_node)
-    (reply,) = store.transport.run(calls, wait=True)
+    monkeypatch.setattr(store.transport, "_by_node", by_stale_map)
+    try:
+        (reply,) = store.transport.run(calls, wait=True)
+    finally:
+        stale.close()
     assert reply[0] > 0
     assert store.get("album", 1).fields["title"] == "through a replica first"
-    stale.close()
 
 
 def test_the_death_of_a_master_loses_no_update_its_replica_confirmed(cluster):

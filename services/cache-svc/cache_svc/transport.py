@@ -1,6 +1,7 @@
 """How cache-svc's function calls reach Redis: pipelined, in one round trip to a single
 Redis or one per node of a Redis Cluster (each call's first key names its slot), retried
-while a cluster's slot map changes under them (a failover, a slot move), with the
+while a cluster's slot map changes under them (a failover, a slot move, a pipeline that
+reached a master a failover has just demoted), with the
 functions library loaded on a node that lacks it, and, for writes that must be
 replicated, each pipeline ended by WAIT on the same connection.
 """
