@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 
 import grpc
 from opentelemetry import context, propagate, trace
@@ -47,6 +48,10 @@ UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics", "/console")
 # stream lasts as long as the gateway, a span no one would ever see ended.
 UNTRACED_SERVICES = ("/grpc.health.", "/grpc.reflection.")
 UNTRACED_METHODS = ("/WatchChanges",)
+
+# A new trace's flags when not sampled: its id is random (W3C trace context level 2), as the
+# SDK marks the ids of its random generator.
+_UNSAMPLED_RANDOM_ID = trace.TraceFlags(trace.TraceFlags.RANDOM_TRACE_ID)
 
 # The provider this process set up; None while tracing is off.
 _provider = None
@@ -131,7 +136,7 @@ def setup(service: str, *instrumentations: str) -> bool:
     # default), with flushes of sampled writes always sampled; the batch processor's limits
     # come from OTEL_BSP_*.
     configured = TracerProvider(shutdown_on_exit=False).sampler
-    provider = TracerProvider(resource=_hashed_once(resource), sampler=_linked_roots_sampled(configured))
+    provider = new_provider(configured, _hashed_once(resource))
     provider.add_span_processor(BatchSpanProcessor(_exporter(chosen)))
     trace.set_tracer_provider(provider)
     _provider = provider
@@ -145,6 +150,38 @@ def shutdown():
     """Exports the spans still buffered and stops the exporter; a no-op when off."""
     if _provider is not None:
         _provider.shutdown()
+
+
+def new_provider(sampler, resource=None):
+    """The tracer provider tracing runs on: `sampler` (the configured one), except that
+    flushes of sampled writes are always sampled, and ids span_if_sampled can decide a new
+    trace on before any span is begun."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    return TracerProvider(resource=resource, sampler=_linked_roots_sampled(sampler), id_generator=_primed_ids())
+
+
+def _primed_ids():
+    """The SDK's random ids, except that a thread can give the trace id of the spans it
+    begins (prime(trace_id), then prime(None)): a new trace is decided on an id drawn
+    first, and a sampled one's span must carry it."""
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class Primed(threading.local):
+        trace_id = None
+
+    class PrimedIds(RandomIdGenerator):
+        def __init__(self):
+            self._primed = Primed()
+
+        def prime(self, trace_id: int | None):
+            self._primed.trace_id = trace_id
+
+        def generate_trace_id(self) -> int:
+            trace_id = self._primed.trace_id
+            return super().generate_trace_id() if trace_id is None else trace_id
+
+    return PrimedIds()
 
 
 def _hashed_once(resource):
@@ -187,13 +224,48 @@ def _linked_roots_sampled(configured):
 def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
     """The span a request starts, or None when its trace is not sampled, and the context
     to run it in. A parent context that is not sampled decides at once, without asking the
-    sampler or making a span; otherwise the sampler decides (the SDK's, which follows a
-    sampled parent)."""
+    sampler or making a span. A new trace is decided here, on a trace id drawn from the
+    provider's ids: one not sampled runs under an _UnsampledRoot of that id, and only a
+    sampled one goes to the SDK, primed with the id, to begin its span (the SDK's
+    start_span and the non-recording span it made cost a trace not sampled twice what
+    deciding it here does). A sampled parent's span is begun by the SDK, whose sampler
+    follows the parent."""
     parent_span = trace.get_current_span(parent).get_span_context()
-    if parent_span.is_valid and not parent_span.trace_flags.sampled:
-        return None, parent if parent is not None else context.get_current()
-    span = tracer.start_span(name, parent, kind)
+    if parent_span.is_valid:
+        if not parent_span.trace_flags.sampled:
+            return None, parent if parent is not None else context.get_current()
+        span = tracer.start_span(name, parent, kind)
+    else:
+        ids = tracer.id_generator
+        trace_id = ids.generate_trace_id()
+        if not tracer.sampler.should_sample(parent, trace_id, name, kind).decision.is_recording():
+            return None, trace.set_span_in_context(_UnsampledRoot(trace_id, ids.generate_span_id()), parent)
+        ids.prime(trace_id)
+        try:
+            span = tracer.start_span(name, parent, kind)
+        finally:
+            ids.prime(None)
     return (span if span.is_recording() else None), trace.set_span_in_context(span, parent)
+
+
+class _UnsampledRoot(trace.NonRecordingSpan):
+    """The span of a new trace not sampled: no more than its ids until something reads its
+    span context (a call carrying the decision on, a log line), which most such requests
+    never do."""
+
+    def __init__(self, trace_id: int, span_id: int):
+        super().__init__(None)
+        self._trace_id = trace_id
+        self._span_id = span_id
+
+    def get_span_context(self) -> trace.SpanContext:
+        if self._context is None:
+            self._context = trace.SpanContext(self._trace_id, self._span_id, is_remote=False,
+                                              trace_flags=_UNSAMPLED_RANDOM_ID)
+        return self._context
+
+    def __repr__(self) -> str:
+        return f"_UnsampledRoot({self.get_span_context()!r})"
 
 
 @functools.cache

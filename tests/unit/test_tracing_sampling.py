@@ -3,6 +3,7 @@ update of a trace not sampled begins no span, recording or not (the sampler, whi
 asks for every span it is to begin, counts them; a span processor's on_start counts the
 recording ones), and only carries its context on; a sampled one gets the spans it always had."""
 
+import logging
 from concurrent import futures
 
 import grpc
@@ -11,12 +12,12 @@ from flask import Flask, abort
 from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation.grpc import server_interceptor
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio, Sampler
 
-from chinook import tracing
+from chinook import logs, tracing
 from chinook.cache.v1 import cache_pb2
 from chinook.grpc_server import SampledCalls
 from gateway import request_spans
@@ -43,10 +44,14 @@ class Asked(Sampler):
     def __init__(self, configured: Sampler):
         self.configured = configured
         self.names = []
+        # Each decision: the trace id it was made on, and whether it sampled.
+        self.decisions = []
 
     def should_sample(self, parent_context, trace_id, name, *rest, **named):
         self.names.append(name)
-        return self.configured.should_sample(parent_context, trace_id, name, *rest, **named)
+        result = self.configured.should_sample(parent_context, trace_id, name, *rest, **named)
+        self.decisions.append((trace_id, result.decision.is_sampled()))
+        return result
 
     def get_description(self):
         return "Asked"
@@ -57,7 +62,7 @@ def spans(monkeypatch):
     """Tracing on at `parentbased_traceidratio` 0, as setup() builds it: the spans begun
     (recording or not), the recording ones, and the ended ones."""
     asked, started, exporter = Asked(ParentBasedTraceIdRatio(0)), Started(), InMemorySpanExporter()
-    provider = TracerProvider(sampler=tracing._linked_roots_sampled(asked))
+    provider = tracing.new_provider(asked)
     provider.add_span_processor(started)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(tracing, "_provider", provider)
@@ -92,6 +97,34 @@ def test_a_request_not_sampled_begins_no_span_and_carries_its_context_on(spans, 
     assert not int(answer["traceparent"][-2:], 16) & 1
     if headers:
         assert answer["traceparent"] == UNSAMPLED
+
+
+@pytest.fixture
+def half_sampled(monkeypatch):
+    """Tracing on at `parentbased_traceidratio` 0.5, as setup() builds it: the sampler's
+    decisions and the ended spans."""
+    asked, exporter = Asked(ParentBasedTraceIdRatio(0.5)), InMemorySpanExporter()
+    provider = tracing.new_provider(asked)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_provider", provider)
+    return asked.decisions, exporter
+
+
+def test_a_new_trace_is_decided_on_its_own_id_and_a_sampled_one_keeps_it(half_sampled):
+    decisions, exporter = half_sampled
+    client = traced_app()
+    answers = [client.patch("/albums/7").get_json()["traceparent"] for _ in range(40)]
+    carried = {int(answer[3:35], 16): bool(int(answer[-2:], 16) & 1) for answer in answers}
+    # Each request carries on the trace id its trace was decided on, and that decision.
+    decided = {}
+    for trace_id, sampled in decisions:
+        decided.setdefault(trace_id, sampled)
+    assert carried == decided and len(carried) == 40
+    # A sampled one's span is in that trace (the SDK, asked again, decided alike); one not
+    # sampled has none.
+    exported = {span.context.trace_id for span in exporter.get_finished_spans()}
+    assert exported == {trace_id for trace_id, sampled in carried.items() if sampled}
+    assert 0 < len(exported) < 40
 
 
 def test_a_sampled_request_has_its_server_span_with_the_route_and_status(spans):
@@ -386,3 +419,22 @@ def test_a_flush_of_sampled_writes_is_sampled_in_a_task_not_sampled(spans):
     assert span.parent is None and f"{span.context.trace_id:032x}" != "2" * 32
     assert [tracing.link_of(link.context) for link in span.links] == [link]
     assert started == ["write-back flush album"]
+
+
+def test_a_new_trace_not_sampled_has_valid_ids_for_its_calls_and_log_lines(spans):
+    asked, started, _ = spans
+    span, request_context = tracing.span_if_sampled(tracing.tracer(__name__), "GET", trace.SpanKind.SERVER,
+                                                    context.Context())
+    assert span is None and asked == ["GET"] and started == []
+    carried = trace.get_current_span(request_context)
+    span_context = carried.get_span_context()
+    assert not carried.is_recording() and span_context.is_valid and not span_context.trace_flags.sampled
+    # Made once, when first read: every reader sees the same ids.
+    assert carried.get_span_context() is span_context
+    record = logging.LogRecord("chinook", logging.INFO, __file__, 1, "line", None, None)
+    token = context.attach(request_context)
+    try:
+        logs.TraceContextFilter().filter(record)
+    finally:
+        context.detach(token)
+    assert record.trace_id == f"{span_context.trace_id:032x}" and record.span_id == f"{span_context.span_id:016x}"

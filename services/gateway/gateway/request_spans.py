@@ -31,7 +31,7 @@ class RequestSpans:
             return self.wsgi_app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "")
         incoming = NO_CONTEXT
-        if any(key in environ for key in self.context_keys):
+        if not environ.keys().isdisjoint(self.context_keys):
             incoming = propagate.extract(environ, getter=wsgi.wsgi_getter)
         span, request_context = tracing.span_if_sampled(self.tracer, method, trace.SpanKind.SERVER, incoming)
         token = context.attach(request_context)
