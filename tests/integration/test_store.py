@@ -109,6 +109,16 @@ def test_versions_grow_and_follow_the_clock(store):
     assert abs(versions[-1] - now_us) < 60_000_000, "versions come from the Redis clock"
 
 
+def test_asking_about_no_rows_sends_nothing(store, monkeypatch):
+    """A batch of single updates that reference no row asks which of none are uncached:
+    that makes no pipeline, which with tracing on was a span of every batch."""
+    def no_pipeline(*_, **__):
+        raise AssertionError("a pipeline was made for no calls")
+
+    monkeypatch.setattr(store.redis, "pipeline", no_pipeline)
+    assert store.uncached_ids("artist", []) == []
+
+
 def test_accept_of_an_uncached_row_reports_it(store):
     assert store.accept("album", [(42, {"title": "x"})]) == [-1]
     assert pending(store)[0] == 0
