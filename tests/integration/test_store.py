@@ -110,13 +110,15 @@ def test_versions_grow_and_follow_the_clock(store):
 
 
 def test_asking_about_no_rows_sends_nothing(store, monkeypatch):
-    """A batch of single updates that reference no row asks which of none are uncached:
-    that makes no pipeline, which with tracing on was a span of every batch."""
+    """A batch of single updates that reference no row asks which of none are uncached, a
+    batch of reads whose ids are all invalid reads none: neither makes a pipeline, which
+    with tracing on was a span of every such batch."""
     def no_pipeline(*_, **__):
         raise AssertionError("a pipeline was made for no calls")
 
     monkeypatch.setattr(store.redis, "pipeline", no_pipeline)
     assert store.uncached_ids("artist", []) == []
+    assert store.get_many([]) == []
 
 
 def test_accept_of_an_uncached_row_reports_it(store):
