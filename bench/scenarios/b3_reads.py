@@ -2,7 +2,8 @@
 Zipf-skewed, through the system with the gateway's near cache on and off (and with a
 consistency token), and through the monolith anchor reading its own cache, under granian
 as the gateway is and under gunicorn. With the near cache on, the system and the
-anchor under granian are measured ROUNDS times in a row, each round its own ratio."""
+anchor under granian are measured the profile's b3_rounds times in a row, each round its own
+ratio."""
 
 import time
 from typing import TYPE_CHECKING
@@ -20,11 +21,10 @@ if TYPE_CHECKING:
     from ..run import Bench
 
 NEAR_CACHE_ROWS = "GATEWAY_NEAR_CACHE_ROWS"
-ROUNDS = 3
 
 
 def run(bench: "Bench"):
-    """With the near cache on (and warm), ROUNDS rounds against the monolith under granian,
+    """With the near cache on (and warm), the profile's rounds against the monolith under granian,
     each with uniform reads also presenting the token of a write made before, then the
     monolith under gunicorn."""
     fill_monolith_cache(bench)
@@ -35,7 +35,7 @@ def run(bench: "Bench"):
                            f"{written.text}")
     warm_up = warm_near_cache(bench, list(range(1, bench.table_size + 1)))
     token = written.headers["X-Consistency-Token"]
-    b3["rounds"] = [near_cache_round(bench, number, warm_up, token) for number in range(1, ROUNDS + 1)]
+    b3["rounds"] = [near_cache_round(bench, number, warm_up, token) for number in range(1, bench.profile.b3_rounds + 1)]
     # The first round's figures are the ones the other comparisons use.
     b3.update(b3["rounds"][0])
     for distribution, draw in draws(bench.table_size).items():
@@ -57,11 +57,11 @@ def near_cache_round(bench: "Bench", number: int, warm_up: dict, token: str) -> 
                 bench, distribution, draw(), near=True, token=token, profiled=number == 1)
             with_token["cpu_ratio_to_without"] = round(
                 cpu_ms(with_token["cpu_ms_per_request"]) / cpu_ms(system["cpu_ms_per_request"]), 4)
-            log(f"B3 near cache on, uniform, round {number} of {ROUNDS}: CPU per request with a token / "
+            log(f"B3 near cache on, uniform, round {number} of {bench.profile.b3_rounds}: CPU per request with a token / "
                 f"without: {with_token['cpu_ratio_to_without']}")
         monolith = measured[b3_key("monolith", distribution)] = monolith_reads(bench, bench.monolith, distribution,
                                                                                draw())
-        log(f"B3 near cache on, {distribution}, round {number} of {ROUNDS}: system / monolith "
+        log(f"B3 near cache on, {distribution}, round {number} of {bench.profile.b3_rounds}: system / monolith "
             f"{system['throughput_rps'] / monolith['throughput_rps']:.2f}x")
     return measured
 

@@ -8,6 +8,7 @@ import pytest
 
 from bench import report
 from bench.__main__ import run
+from bench.profiles import SMOKE
 
 pytestmark = pytest.mark.e2e
 
@@ -79,8 +80,8 @@ def test_b3_reads_both_with_the_near_cache_on_and_off(smoke):
     b3 = dict(smoke[0]["b3"])
     rounds = b3.pop("rounds")
     assert set(b3) == B3_KEYS
-    # Three rounds with the near cache on, the first of which the other comparisons use.
-    assert len(rounds) == 3 and all(set(measured) == B3_ROUND_KEYS for measured in rounds)
+    # The profile's rounds with the near cache on, the first of which the other comparisons use.
+    assert len(rounds) == SMOKE.b3_rounds == 2 and all(set(measured) == B3_ROUND_KEYS for measured in rounds)
     assert all(rounds[0][key] == b3[key] for key in B3_ROUND_KEYS)
     for summary in [*b3.values(), *(s for measured in rounds for s in measured.values())]:
         assert summary["requests"] > 0 and summary["errors"] == 0
@@ -104,7 +105,7 @@ def test_b3_reads_both_with_the_near_cache_on_and_off(smoke):
         assert with_token["token"] and with_token["near_cache"] == "on" and with_token["cpu_ratio_to_without"] > 0
         assert with_token["x_cache_tier"].get("near", 0) > 0 and with_token["near_hits"] > 0
     (cost,) = [r for r in report.rows(smoke[0]) if r.scenario.endswith("with a token") and r.target != "-"]
-    assert cost.measure == "CPU per request, all processes" and cost.system.endswith(", mean of 3 rounds")
+    assert cost.measure == "CPU per request, all processes" and cost.system.endswith(", mean of 2 rounds")
 
 
 def test_mix_against_the_monolith_with_the_stale_read_probe(smoke):
@@ -167,9 +168,9 @@ def test_table_has_a_row_per_target(smoke):
         assert expected in measured
     b3_rows = {r.scenario for r in report.rows(results) if r.measure == "throughput" and r.scenario.startswith("B3")}
     assert len(b3_rows) == 5
-    # Near cache on: the 1.3x target checked in each of the three rounds, uniform and Zipf.
+    # Near cache on: the 1.3x target checked in each round, uniform and Zipf.
     rounds = [r for r in report.rows(results) if r.measure.startswith("throughput, round")]
-    assert len(rounds) == 6 and all(r.target == ">= 1.3x" and r.met is not None for r in rounds)
+    assert len(rounds) == 2 * SMOKE.b3_rounds and all(r.target == ">= 1.3x" and r.met is not None for r in rounds)
     # B2 and B3 against the anchors under gunicorn too, without a target.
     on_gunicorn = [r for r in report.rows(results) if r.anchor.startswith(("write-through on gunicorn",
                                                                           "monolith on gunicorn"))]
