@@ -1,6 +1,8 @@
 """What a refused request must leave as it was: the album and artist tables in Postgres,
 and the rows, write-back bookkeeping and counters in Redis under the run's key prefix."""
 
+import re
+
 import psycopg2
 import requests
 
@@ -45,8 +47,12 @@ class DataState:
         return state
 
     def cached_rows(self) -> dict:
-        keys = [key for shard in range(self.store.shards) for name in ENTITIES
-                for key in self.redis.scan_iter(match=f"{self.store.keys.shard_prefix(shard)}{name}:*", count=1000)]
+        # One pass over the run's keys, its rows picked out by their form: SCAN walks the
+        # whole keyspace whatever it matches, so a pass per shard and entity cost the
+        # shared Redis' size as many times over.
+        row_key = re.compile(rf"{re.escape(self.store.prefix)}\{{\d+/{self.store.shards}\}}:"
+                             rf"(?:{'|'.join(map(re.escape, ENTITIES))}):")
+        keys = [key for key in self.redis.scan_iter(match=f"{self.store.prefix}*", count=1000) if row_key.match(key)]
         with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)
