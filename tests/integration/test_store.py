@@ -28,7 +28,7 @@ def client(request, redis_client):
 def store(client):
     prefix = f"chinook_store_{uuid.uuid4().hex[:10]}:"
     yield RowStore(client, prefix, ttl_s=3600, entities=ENTITIES, max_pending=5, shards=SHARDS)
-    for key in client.scan_iter(match=f"{prefix}*"):
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
         client.delete(key)
 
 

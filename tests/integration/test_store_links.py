@@ -22,7 +22,7 @@ def store(request, redis_client):
         client = redis_clients.connect(request.getfixturevalue("redis_cluster").url, cluster=True)
     prefix = f"chinook_links_{uuid.uuid4().hex[:10]}:"
     yield RowStore(client, prefix, ttl_s=3600, entities=ENTITIES, max_pending=100, shards=SHARDS)
-    for key in client.scan_iter(match=f"{prefix}*"):
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
         client.delete(key)
 
 

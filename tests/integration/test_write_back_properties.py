@@ -130,7 +130,7 @@ class Run:
             assert cached.fields["artist_id"] == str(self.expected_artist[row])
 
     def lose_cache(self, _):
-        for key in self.store.redis.scan_iter(match=f"{self.store.prefix}*"):
+        for key in self.store.redis.scan_iter(match=f"{self.store.prefix}*", count=1000):
             self.store.redis.delete(key)
         self.expected.clear()
         self.expected_artist.clear()
