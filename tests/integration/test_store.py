@@ -496,11 +496,13 @@ def redis_now_s(store):
 
 def inspected_during(store, action, row_id=1, entity="album", lease_ms=30_000):
     """Runs action, then inspects the row: its RowState, and the Redis time (s) before the
-    action and after the inspection, which its `since` must lie between (to the ms)."""
-    before = redis_now_s(store) - 0.001
+    action and after the inspection, which its `since` must lie between, to 2 ms: a clean
+    row's is the inspection's time in whole ms less the TTL spent, itself in whole ms, so
+    it may read up to 2 ms early."""
+    before = redis_now_s(store) - 0.002
     action()
     state = store.inspect(entity, row_id, lease_ms)
-    return state, before, redis_now_s(store) + 0.001
+    return state, before, redis_now_s(store) + 0.002
 
 
 def test_inspect_tells_where_a_write_is_and_since_when(store):
