@@ -1,8 +1,6 @@
 """What a refused request must leave as it was: the album and artist tables in Postgres,
 and the rows, write-back bookkeeping and counters in Redis under the run's key prefix."""
 
-import re
-
 import psycopg2
 import requests
 
@@ -47,12 +45,13 @@ class DataState:
         return state
 
     def cached_rows(self) -> dict:
-        # One pass over the run's keys, its rows picked out by their form: SCAN walks the
-        # whole keyspace whatever it matches, so a pass per shard and entity cost the
-        # shared Redis' size as many times over.
-        row_key = re.compile(rf"{re.escape(self.store.prefix)}\{{\d+/{self.store.shards}\}}:"
-                             rf"(?:{'|'.join(map(re.escape, ENTITIES))}):")
-        keys = [key for key in self.redis.scan_iter(match=f"{self.store.prefix}*", count=1000) if row_key.match(key)]
+        # One pass over the run's keys, its rows picked out by the key layout's row
+        # prefixes: SCAN walks the whole keyspace whatever it matches, so a pass per shard
+        # and entity cost the shared Redis' size as many times over.
+        row_prefixes = tuple(self.store.keys.row_prefix(shard, name)
+                             for shard in range(self.store.shards) for name in ENTITIES)
+        keys = [key for key in self.redis.scan_iter(match=f"{self.store.prefix}*", count=1000)
+                if key.startswith(row_prefixes)]
         with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)
