@@ -96,6 +96,19 @@ class Vhosts:
             rabbitmqctl("delete_queue", "-p", vhost, name)
 
 
+def delete_prefixed(client, prefix: str, batch_size: int = 5000):
+    """Deletes every key of `client` (a Redis or a Redis Cluster) that starts with `prefix`,
+    a batch of keys per call: a benchmark leaves hundreds of thousands of them."""
+    batch = []
+    for key in client.scan_iter(match=f"{prefix}*", count=batch_size):
+        batch.append(key)
+        if len(batch) == batch_size:
+            client.unlink(*batch)
+            batch = []
+    if batch:
+        client.unlink(*batch)
+
+
 @dataclass
 class Isolation:
     """The stores' names one run uses: a database, a key prefix, a vhost."""
@@ -126,16 +139,7 @@ class Isolation:
 
     def destroy(self):
         initdb.drop_database(self.database_url)
-        client = self.redis()
-        # A benchmark leaves hundreds of thousands of keys: unlinked a batch per call.
-        batch = []
-        for key in client.scan_iter(match=f"{self.key_prefix}*", count=5000):
-            batch.append(key)
-            if len(batch) == 5000:
-                client.unlink(*batch)
-                batch = []
-        if batch:
-            client.unlink(*batch)
+        delete_prefixed(self.redis(), self.key_prefix)
         Vhosts().delete(self.vhost)
 
     def env(self) -> dict:

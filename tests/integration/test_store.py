@@ -12,6 +12,7 @@ from cache_svc.functions import LIBRARY, ensure_loaded, primaries
 from cache_svc.keys import LayoutError, ShardRetired
 from cache_svc.store import Acknowledged, Backpressure, RowStore
 from chinook.entities import ENTITIES, new_claim_id
+from testkit.stack import delete_prefixed
 from tests.integration.claims import claimed_rows
 
 SHARDS = 4
@@ -28,8 +29,7 @@ def client(request, redis_client):
 def store(client):
     prefix = f"chinook_store_{uuid.uuid4().hex[:10]}:"
     yield RowStore(client, prefix, ttl_s=3600, entities=ENTITIES, max_pending=5, shards=SHARDS)
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
+    delete_prefixed(client, prefix)
 
 
 def claim(store, entity="album", **options):

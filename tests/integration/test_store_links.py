@@ -9,6 +9,7 @@ from cache_svc import redis_clients
 from cache_svc.store import RowStore
 from chinook.entities import ENTITIES
 from chinook.tracing import LINK_WIDTH, LINKS_PER_ROW, split_links
+from testkit.stack import delete_prefixed
 from tests.integration.claims import claimed_rows
 
 SHARDS = 4
@@ -22,8 +23,7 @@ def store(request, redis_client):
         client = redis_clients.connect(request.getfixturevalue("redis_cluster").url, cluster=True)
     prefix = f"chinook_links_{uuid.uuid4().hex[:10]}:"
     yield RowStore(client, prefix, ttl_s=3600, entities=ENTITIES, max_pending=100, shards=SHARDS)
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
+    delete_prefixed(client, prefix)
 
 
 def link(n: int) -> str:

@@ -20,6 +20,7 @@ from chinook.entities import ENTITIES, get_entity
 from persistence_svc import initdb, repository
 from persistence_svc.db import Database
 from persistence_svc.repository import Batch, StoredRow
+from testkit.stack import delete_prefixed
 from tests.integration.claims import claimed_rows
 
 ALBUM = get_entity("album")
@@ -130,8 +131,7 @@ class Run:
             assert cached.fields["artist_id"] == str(self.expected_artist[row])
 
     def lose_cache(self, _):
-        for key in self.store.redis.scan_iter(match=f"{self.store.prefix}*", count=1000):
-            self.store.redis.delete(key)
+        delete_prefixed(self.store.redis, self.store.prefix)
         self.expected.clear()
         self.expected_artist.clear()
 
