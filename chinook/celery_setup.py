@@ -20,7 +20,7 @@ import threading
 import time
 
 from amqp.exceptions import NotFound, PreconditionFailed
-from celery import Celery
+from celery import Celery, Task
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
@@ -70,6 +70,22 @@ class QueueMissing(QueueRefused):
                 "(BROKER_PREDECLARED): no task is sent there until they exist")
 
 
+# The queue each task goes to.
+TASK_QUEUES = {APPLY_WRITES_TASK: WRITE_BACK_QUEUE, DUPLICATE_ROWS_TASK: DUPLICATE_QUEUE}
+
+
+class RetriedThroughItsQueue(Task):
+    """A task whose retries go to its own queue, through the task exchange. Celery sends a
+    retry to the exchange its message arrived by: after native delayed delivery, one of the
+    delay exchanges, which the workers' broker account may not publish to. The broker then
+    refused a retry at once that followed a delayed one, and the task was dropped, its rows
+    left to wait for their lease and to count their tries anew."""
+
+    def signature_from_request(self, request=None, args=None, kwargs=None, queue=None, **options):
+        return super().signature_from_request(request, args, kwargs, queue=queue or TASK_QUEUES.get(self.name),
+                                              **options)
+
+
 def task_queues(queue_type: str, predeclared: bool = False) -> list[Queue]:
     """predeclared: the broker's definitions declare the queues and their exchange, so
     kombu never does (on publishing, consuming or declare_queues)."""
@@ -80,7 +96,8 @@ def task_queues(queue_type: str, predeclared: bool = False) -> list[Queue]:
 
 
 def make_celery(name: str, settings) -> Celery:
-    app = Celery(name, broker=settings.broker_url, backend=settings.celery_result_backend)
+    app = Celery(name, broker=settings.broker_url, backend=settings.celery_result_backend,
+                 task_cls=RetriedThroughItsQueue)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -94,10 +111,7 @@ def make_celery(name: str, settings) -> Celery:
         result_serializer="json",
         accept_content=["json"],
         task_track_started=True,
-        task_routes={
-            APPLY_WRITES_TASK: {"queue": WRITE_BACK_QUEUE},
-            DUPLICATE_ROWS_TASK: {"queue": DUPLICATE_QUEUE},
-        },
+        task_routes={task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
         result_expires=24 * 3600,
         worker_hijack_root_logger=False,
     )

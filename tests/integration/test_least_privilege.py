@@ -26,6 +26,7 @@ import psycopg2.errors
 import pytest
 import redis
 import requests
+from celery.app.task import Context
 from kombu.transport.native_delayed_delivery import (
     bind_queue_to_native_delayed_delivery_exchange,
     declare_native_delayed_delivery_exchanges_and_queues,
@@ -495,18 +496,27 @@ def test_cache_svc_publishes_tasks_and_may_not_take_delete_or_declare_them(broke
 
 def test_the_workers_take_tasks_retry_them_later_and_may_not_delete_queues(broker, empty_task_queues):
     app = celery_as(broker, "workers")
+
+    @app.task(name=APPLY_WRITES_TASK, bind=True, shared=False)
+    def apply_writes(self, *args, **kwargs):
+        pass
+
     workers = broker_connection(broker, "workers")
     channel = workers.channel()
-    # A retry with a countdown goes through delayed delivery's exchanges and queues, which
-    # the definitions declared, and comes back to the task queue when due.
-    app.send_task(APPLY_WRITES_TASK, args=["album", []], countdown=1)
-    delayed = task_message(channel, WRITE_BACK_QUEUE)
-    assert delayed.delivery_info["exchange"] == "celery_delayed_delivery"
-    channel.basic_ack(delayed.delivery_tag)
-    # A retry at once republishes to where the task came from, as Celery's retry does.
-    app.send_task(APPLY_WRITES_TASK, args=["album", []], exchange=delayed.delivery_info["exchange"],
-                  routing_key=delayed.delivery_info["routing_key"])
-    channel.basic_ack(task_message(channel, WRITE_BACK_QUEUE).delivery_tag)
+    # A task delayed by a countdown goes through delayed delivery's exchanges and queues,
+    # which the definitions declared, and comes back to the task queue when due, by an
+    # exchange that depends on the delay. Each retry of it, at once or later, goes to the
+    # task's queue again (RetriedThroughItsQueue), not back by that exchange.
+    for countdown, arrived_by in ((1, "celery_delayed_delivery"), (2, "celery_delayed_0")):
+        app.send_task(APPLY_WRITES_TASK, args=["album", []], countdown=countdown)
+        delayed = task_message(channel, WRITE_BACK_QUEUE)
+        assert delayed.delivery_info["exchange"] == arrived_by
+        channel.basic_ack(delayed.delivery_tag)
+        request = Context(id=delayed.properties["application_headers"]["id"], args=["album", []], kwargs={},
+                          retries=1, delivery_info=delayed.delivery_info)
+        for retry_countdown in (0, 1):
+            apply_writes.signature_from_request(request, countdown=retry_countdown).apply_async()
+            channel.basic_ack(task_message(channel, WRITE_BACK_QUEUE).delivery_tag)
     app.send_task(DUPLICATE_ROWS_TASK, args=["album", 2])
     channel.basic_ack(task_message(channel, DUPLICATE_QUEUE).delivery_tag)
     for call in (lambda ch: ch.queue_delete(WRITE_BACK_QUEUE), lambda ch: ch.queue_delete(DUPLICATE_QUEUE),
@@ -515,7 +525,9 @@ def test_the_workers_take_tasks_retry_them_later_and_may_not_delete_queues(broke
                  lambda ch: ch.queue_declare(WRITE_BACK_QUEUE, durable=True, auto_delete=False,
                                              arguments={"x-queue-type": "quorum"}),
                  lambda ch: ch.queue_bind(WRITE_BACK_QUEUE, "amq.fanout"),
-                 lambda ch: ch.basic_get("celery_delayed_0")):
+                 lambda ch: ch.basic_get("celery_delayed_0"),
+                 lambda ch: ch.basic_publish(amqp.Message("{}"), "celery_delayed_0", "#"),
+                 lambda ch: ch.basic_publish(amqp.Message("{}"), "celery_delayed_delivery", "#")):
         refused_by_the_broker(workers, call)
     workers.close()
 

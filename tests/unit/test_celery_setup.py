@@ -1,6 +1,15 @@
 import pytest
+from celery.app.task import Context
 
-from chinook.celery_setup import DUPLICATE_QUEUE, TASK_EXCHANGE, WRITE_BACK_QUEUE, delay_in_whole_seconds, make_celery
+from chinook.celery_setup import (
+    APPLY_WRITES_TASK,
+    DUPLICATE_QUEUE,
+    DUPLICATE_ROWS_TASK,
+    TASK_EXCHANGE,
+    WRITE_BACK_QUEUE,
+    delay_in_whole_seconds,
+    make_celery,
+)
 from chinook.config import load_settings
 
 
@@ -18,3 +27,22 @@ def test_both_queues_of_the_configured_type_on_a_topic_exchange(queue_type):
 def test_retry_delays_in_whole_seconds(countdown, delay):
     # kombu refuses a positive countdown under one second on quorum queues.
     assert delay_in_whole_seconds(countdown) == delay
+
+
+@pytest.mark.parametrize("task, queue", [(APPLY_WRITES_TASK, WRITE_BACK_QUEUE), (DUPLICATE_ROWS_TASK, DUPLICATE_QUEUE)])
+@pytest.mark.parametrize("arrived_by", [TASK_EXCHANGE, "celery_delayed_0", "celery_delayed_delivery"])
+def test_a_retry_goes_to_the_tasks_own_queue_whatever_exchange_its_message_came_by(task, queue, arrived_by):
+    app = make_celery("test", load_settings({}))
+    request = Context(id="t1", args=["album", "{}"], kwargs={}, retries=1,
+                      delivery_info={"exchange": arrived_by, "routing_key": f"0.0.1.{queue}"})
+
+    @app.task(name=task, bind=True, shared=False)
+    def registered(self, *args, **kwargs):
+        pass
+
+    options = registered.signature_from_request(request, countdown=0).options
+    assert options["queue"] == queue
+    assert "exchange" not in options and "routing_key" not in options
+    # The router sends it through the task exchange, to the queue's routing key.
+    routed = app.amqp.router.route(dict(options), task)
+    assert (routed["queue"].exchange.name, routed["queue"].routing_key) == (TASK_EXCHANGE, queue)
