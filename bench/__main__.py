@@ -13,6 +13,7 @@ them (bench/trace_sink.py); the anchors and B6 run as always.
 import argparse
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,15 @@ def run(scale: str, results_dir: Path, plot_copy: Path | None = None, profile_di
     return results, json_path, png_path
 
 
+def stop_on_sigterm():
+    """SIGTERM (kill, a CI job's timeout) stops a run as Ctrl-C does: through its teardown,
+    which stops the processes and drops the run's database, keys and vhosts. Without this,
+    the run died at once and left them all behind."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv=None):
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description="write-back against its anchors, in one run")
     parser.add_argument("--scale", choices=sorted(PROFILES), default="full",
                         help="full: every size and load (13-16 minutes); quick: B1 at 1,388 and 11,104 rows, "
