@@ -6,6 +6,8 @@ import time
 
 import psycopg2
 
+from . import stores
+
 
 class ConvergenceSampler:
     """During a B1, over time: rows the cache accepted and rows the workers reported
@@ -24,6 +26,8 @@ class ConvergenceSampler:
         self.n = n
         self.conn = psycopg2.connect(database_url)
         self.conn.autocommit = True
+        # The server process answering this sampler's counts: the bench's work, not the system's.
+        self.backend_pid = self.conn.get_backend_pid()
         self.base = self._counters()
         self.series = {"t": [], "cache_rows": [], "written_rows": [], "pg_t": [], "pg_rows": [], "marks": {}}
         self._stop = threading.Event()
@@ -35,6 +39,11 @@ class ConvergenceSampler:
     def _counters(self) -> tuple[int, int]:
         counters = self.counters()
         return counters.get("accepted", 0), counters.get("flushed", 0)
+
+    def postgres_cpu_s(self) -> float:
+        """CPU seconds the Postgres backend answering this sampler has used so far (0 when
+        Postgres runs on another machine)."""
+        return stores.cpu_seconds(self.backend_pid)
 
     def start(self):
         self._started = time.perf_counter()
