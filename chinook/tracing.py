@@ -86,11 +86,9 @@ def protocol(environ=None) -> str:
 def _exporter(chosen: str):
     # Each exporter reads the endpoint, headers, timeout, compression and certificates
     # from the OTEL_EXPORTER_OTLP_* variables itself.
-    if chosen == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    return OTLPSpanExporter()
+    from .span_export import OtlpGrpcSpanExporter, OtlpHttpSpanExporter
+
+    return OtlpGrpcSpanExporter() if chosen == "grpc" else OtlpHttpSpanExporter()
 
 
 def _instrument_celery():
