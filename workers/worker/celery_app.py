@@ -28,7 +28,7 @@ from celery.signals import (
 from celery.worker.consumer import Consumer
 from kombu.transport.native_delayed_delivery import bind_queue_to_native_delayed_delivery_exchange
 
-from chinook import metrics, tracing
+from chinook import heap, metrics, tracing
 from chinook.celery_setup import (
     APPLY_WRITES_TASK,
     DUPLICATE_QUEUE,
@@ -153,6 +153,7 @@ def open_clients(**_):
     credentials = channel_credentials(settings, IDENTITY)
     Clients.persistence = PersistenceClient(settings.persistence_svc_addr, settings.grpc_timeout_s, credentials)
     Clients.cache = CacheClient(settings.cache_svc_addr, settings.grpc_timeout_s, credentials)
+    heap.freeze_startup_objects()
 
 
 @worker_process_shutdown.connect

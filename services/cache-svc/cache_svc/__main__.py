@@ -6,7 +6,7 @@ import sys
 import redis
 from prometheus_client import REGISTRY
 
-from chinook import metrics, tracing
+from chinook import heap, metrics, tracing
 from chinook.cache.v1 import cache_pb2_grpc
 from chinook.config import redact_url, settings_or_exit
 from chinook.entities import ENTITIES, register_modules_or_exit
@@ -145,6 +145,7 @@ def main():
     service.on_stop(publisher.close)
     service.on_stop(persistence.close)
     service.on_stop(tracing.shutdown)
+    heap.freeze_startup_objects()
     service.serve_forever()
 
 

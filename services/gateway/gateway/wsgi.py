@@ -11,7 +11,7 @@ import os
 import sys
 from multiprocessing.util import Finalize
 
-from chinook import tracing
+from chinook import heap, tracing
 from chinook.config import ConfigError, settings_or_exit
 from chinook.entities import register_modules_or_exit
 from chinook.logs import configure_logging
@@ -36,3 +36,4 @@ try:
     app = create_app(settings)
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
+heap.freeze_startup_objects()

@@ -1,6 +1,6 @@
 """Starts the persistence service: `python -m persistence_svc`."""
 
-from chinook import metrics, tracing
+from chinook import heap, metrics, tracing
 from chinook.config import settings_or_exit
 from chinook.entities import register_modules_or_exit
 from chinook.grpc_client import PERSISTENCE_SERVICE
@@ -33,6 +33,7 @@ def main():
     persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(PersistenceServicer(db), service.server)
     service.on_stop(db.close)
     service.on_stop(tracing.shutdown)
+    heap.freeze_startup_objects()
     service.serve_forever()
 
 
