@@ -115,7 +115,7 @@ def _fill_attributes(out, attributes):
 def _fill_value(out, value):
     if value is None:
         out.SetInParent()
-    elif value.__class__ is str:
+    elif isinstance(value, str):
         out.string_value = value
     # Before int: a bool is one too.
     elif isinstance(value, bool):
@@ -126,8 +126,6 @@ def _fill_value(out, value):
         out.double_value = value
     elif isinstance(value, bytes):
         out.bytes_value = value
-    elif isinstance(value, str):
-        out.string_value = value
     elif isinstance(value, Sequence):
         array = out.array_value
         array.SetInParent()
