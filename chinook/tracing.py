@@ -219,7 +219,7 @@ def _linked_roots_sampled(configured):
     return LinkedRootsSampled()
 
 
-def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
+def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attributes=None):
     """The span a request starts, or None when its trace is not sampled, and the context
     to run it in. A parent context that is not sampled decides at once, without asking the
     sampler or making a span. A new trace is decided here, on a trace id drawn from the
@@ -227,12 +227,13 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
     sampled one goes to the SDK, primed with the id, to begin its span (the SDK's
     start_span and the non-recording span it made cost a trace not sampled twice what
     deciding it here does). A sampled parent's span is begun by the SDK, whose sampler
-    follows the parent."""
+    follows the parent. `attributes` are given to the span as it begins: one check of
+    them all, where setting them after took one per call."""
     parent_span = trace.get_current_span(parent).get_span_context()
     if parent_span.is_valid:
         if not parent_span.trace_flags.sampled:
             return None, parent if parent is not None else context.get_current()
-        span = tracer.start_span(name, parent, kind)
+        span = tracer.start_span(name, parent, kind, attributes)
     else:
         ids = tracer.id_generator
         trace_id = ids.generate_trace_id()
@@ -240,7 +241,7 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None):
             return None, trace.set_span_in_context(_UnsampledRoot(trace_id, ids.generate_span_id()), parent)
         ids.prime(trace_id)
         try:
-            span = tracer.start_span(name, parent, kind)
+            span = tracer.start_span(name, parent, kind, attributes)
         finally:
             ids.prime(None)
     return (span if span.is_recording() else None), trace.set_span_in_context(span, parent)

@@ -69,10 +69,13 @@ def spans(monkeypatch):
     return asked.names, started.names, exporter
 
 
-def traced_app(refuse: bool = False):
-    """A Flask app with one route, which answers the context it ran in; with refuse, a
-    check installed after the instrumentation (as the gateway's are) refuses every request."""
+def traced_app(refuse: bool = False, propagate_exceptions: bool = False):
+    """A Flask app with a route which answers the context it ran in, and one that fails;
+    with refuse, a check installed after the instrumentation (as the gateway's are)
+    refuses every request. With propagate_exceptions a failure leaves the app, where
+    otherwise Flask answers it with a 500."""
     app = Flask(__name__)
+    app.config["PROPAGATE_EXCEPTIONS"] = propagate_exceptions
     request_spans.instrument(app)
     if refuse:
         app.before_request(lambda: abort(403))
@@ -82,6 +85,10 @@ def traced_app(refuse: bool = False):
         carrier = {}
         propagate.inject(carrier)
         return {"traceparent": carrier.get("traceparent"), "recording": trace.get_current_span().is_recording()}
+
+    @app.get("/fails")
+    def fails():
+        raise LookupError("no such thing")
 
     return app.test_client()
 
@@ -145,6 +152,27 @@ def test_a_sampled_request_refused_by_a_check_has_its_route_too(spans):
     (span,) = exporter.get_finished_spans()
     assert span.name == "PATCH /albums/<int:album_id>"
     assert (span.attributes["http.route"], span.attributes["http.status_code"]) == ("/albums/<int:album_id>", 403)
+
+
+def test_a_sampled_request_answered_with_a_5xx_is_an_error_and_a_4xx_is_not(spans):
+    _, _, exporter = spans
+    client = traced_app()
+    assert client.get("/fails", headers={"traceparent": SAMPLED}).status_code == 500
+    assert client.get("/nowhere", headers={"traceparent": SAMPLED}).status_code == 404
+    failed, missing = exporter.get_finished_spans()
+    assert (failed.attributes["http.status_code"], failed.status.status_code) == (500, trace.StatusCode.ERROR)
+    assert (missing.attributes["http.status_code"], missing.status.status_code) == (404, trace.StatusCode.UNSET)
+
+
+def test_a_sampled_request_whose_error_leaves_the_app_records_it(spans):
+    _, _, exporter = spans
+    with pytest.raises(LookupError):
+        traced_app(propagate_exceptions=True).get("/fails", headers={"traceparent": SAMPLED})
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert span.status.description == "LookupError: no such thing"
+    (event,) = span.events
+    assert (event.name, event.attributes["exception.type"]) == ("exception", "LookupError")
 
 
 def test_a_sampled_request_to_no_route_keeps_the_method_as_its_name(spans):

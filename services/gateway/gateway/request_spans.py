@@ -5,6 +5,8 @@ and nothing more."""
 from flask import has_request_context, request
 from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation import wsgi
+from opentelemetry.instrumentation.utils import http_status_to_status_code
+from opentelemetry.trace import Status, StatusCode
 
 from chinook import tracing
 
@@ -33,7 +35,12 @@ class RequestSpans:
         incoming = NO_CONTEXT
         if not environ.keys().isdisjoint(self.context_keys):
             incoming = propagate.extract(environ, getter=wsgi.wsgi_getter)
-        span, request_context = tracing.span_if_sampled(self.tracer, method, trace.SpanKind.SERVER, incoming)
+        # The attributes a request is found by, no more: with the WSGI instrumentation's
+        # thirteen, making and exporting a span took twice as long.
+        span, request_context = tracing.span_if_sampled(self.tracer, method, trace.SpanKind.SERVER, incoming, {
+            "http.method": method, "http.scheme": environ.get("wsgi.url_scheme", ""),
+            "http.target": environ.get("RAW_URI") or environ.get("PATH_INFO", ""),
+            "net.peer.ip": environ.get("REMOTE_ADDR", "")})
         token = context.attach(request_context)
         try:
             if span is None:
@@ -43,30 +50,37 @@ class RequestSpans:
             context.detach(token)
 
     def _traced(self, span, method: str, environ, start_response):
-        # The attributes a request is found by, no more: with the WSGI instrumentation's
-        # thirteen, making and exporting a span took twice as long.
-        span.set_attributes({"http.method": method, "http.scheme": environ.get("wsgi.url_scheme", ""),
-                             "http.target": environ.get("RAW_URI") or environ.get("PATH_INFO", ""),
-                             "net.peer.ip": environ.get("REMOTE_ADDR", "")})
-
         def recording_start_response(status, headers, *exc_info):
-            name_by_route(span, method)
-            wsgi.add_response_attributes(span, status, headers)
+            response_attributes(span, method, status)
             return start_response(status, headers, *exc_info)
 
-        with trace.use_span(span, end_on_exit=True):
+        # The span is current already (request_context holds it): use_span would attach
+        # it again.
+        try:
             return self.wsgi_app(environ, recording_start_response)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            span.end()
 
 
-def name_by_route(span, method: str):
-    """Gives a sampled request's span the route Flask matched, when its response starts:
-    Flask matched it before any check ran, so refused requests have it too, and a request
-    not sampled pays nothing (matching the URL again in the middleware cost as much as
-    making the span; a hook before every request, a few µs of each)."""
+def response_attributes(span, method: str, status: str):
+    """Gives a sampled request's span its status code and the route Flask matched, when
+    its response starts, in one call: Flask matched the route before any check ran, so
+    refused requests have it too, and a request not sampled pays nothing (matching the URL
+    again in the middleware cost as much as making the span; a hook before every request,
+    a few µs of each). A 5xx, as the HTTP conventions have it, is an error."""
+    code = int(status[:3])
+    attributes = {"http.status_code": code}
     rule = request.url_rule if has_request_context() else None
     if rule is not None:
-        span.set_attribute("http.route", rule.rule)
+        attributes["http.route"] = rule.rule
         span.update_name(f"{method} {rule.rule}")
+    span.set_attributes(attributes)
+    if http_status_to_status_code(code, server_span=True) is StatusCode.ERROR:
+        span.set_status(Status(StatusCode.ERROR))
 
 
 def instrument(app):
