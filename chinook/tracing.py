@@ -52,6 +52,8 @@ UNTRACED_METHODS = ("/WatchChanges",)
 # A new trace's flags when not sampled: its id is random (W3C trace context level 2), as the
 # SDK marks the ids of its random generator.
 _UNSAMPLED_RANDOM_ID = trace.TraceFlags(trace.TraceFlags.RANDOM_TRACE_ID)
+# The part of a trace id the SDK's ratio sampler decides on.
+_TRACE_ID_LOW_BITS = (1 << 64) - 1
 
 # The provider this process set up; None while tracing is off.
 _provider = None
@@ -206,6 +208,10 @@ def _linked_roots_sampled(configured):
     from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
     class LinkedRootsSampled(Sampler):
+        # How the configured sampler decides a new trace with no links, from its id alone
+        # (new_trace_bound), where that is known.
+        new_trace_bound = _new_trace_bound(configured)
+
         def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
                           trace_state=None):
             if links and not trace.get_current_span(parent_context).get_span_context().is_valid \
@@ -217,6 +223,26 @@ def _linked_roots_sampled(configured):
             return f"LinkedRootsSampled{{{configured.get_description()}}}"
 
     return LinkedRootsSampled()
+
+
+def _new_trace_bound(sampler) -> int | None:
+    """For the samplers OTEL_TRACES_SAMPLER names (always_on, always_off, traceidratio and
+    their parentbased_ forms), the bound under which a new trace's id, its lower 64 bits,
+    is sampled: what their should_sample decides for a trace with no parent, which cost a
+    request not sampled more than the rest of its path. None for any other sampler, which
+    is asked."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    if isinstance(sampler, ParentBased):
+        # A trace with no parent is decided by the root sampler alone.
+        sampler = sampler._root
+    if sampler is ALWAYS_ON:
+        return TraceIdRatioBased.TRACE_ID_LIMIT + 1
+    if sampler is ALWAYS_OFF:
+        return 0
+    if type(sampler) is TraceIdRatioBased:
+        return sampler.bound
+    return None
 
 
 def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attributes=None):
@@ -237,8 +263,10 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attrib
     else:
         ids = tracer.id_generator
         trace_id = ids.generate_trace_id()
-        if not tracer.sampler.should_sample(parent, trace_id, name, kind).decision.is_recording():
-            return None, trace.set_span_in_context(_UnsampledRoot(trace_id, ids.generate_span_id()), parent)
+        bound = tracer.sampler.new_trace_bound
+        if not (trace_id & _TRACE_ID_LOW_BITS < bound if bound is not None
+                else tracer.sampler.should_sample(parent, trace_id, name, kind).decision.is_recording()):
+            return None, trace.set_span_in_context(_UnsampledRoot(trace_id, ids), parent)
         ids.prime(trace_id)
         try:
             span = tracer.start_span(name, parent, kind, attributes)
@@ -248,18 +276,18 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attrib
 
 
 class _UnsampledRoot(trace.NonRecordingSpan):
-    """The span of a new trace not sampled: no more than its ids until something reads its
-    span context (a call carrying the decision on, a log line), which most such requests
-    never do."""
+    """The span of a new trace not sampled: no more than its trace id until something reads
+    its span context (a call carrying the decision on, a log line), which most such
+    requests never do; its span id is drawn then, from `ids`."""
 
-    def __init__(self, trace_id: int, span_id: int):
+    def __init__(self, trace_id: int, ids):
         super().__init__(None)
         self._trace_id = trace_id
-        self._span_id = span_id
+        self._ids = ids
 
     def get_span_context(self) -> trace.SpanContext:
         if self._context is None:
-            self._context = trace.SpanContext(self._trace_id, self._span_id, is_remote=False,
+            self._context = trace.SpanContext(self._trace_id, self._ids.generate_span_id(), is_remote=False,
                                               trace_flags=_UNSAMPLED_RANDOM_ID)
         return self._context
 

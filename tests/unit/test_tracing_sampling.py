@@ -4,6 +4,7 @@ asks for every span it is to begin, counts them; a span processor's on_start cou
 recording ones), and only carries its context on; a sampled one gets the spans it always had."""
 
 import logging
+import random
 from concurrent import futures
 
 import grpc
@@ -12,7 +13,7 @@ from flask import Flask, abort
 from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation.grpc import server_interceptor
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio, Sampler
@@ -132,6 +133,47 @@ def test_a_new_trace_is_decided_on_its_own_id_and_a_sampled_one_keeps_it(half_sa
     exported = {span.context.trace_id for span in exporter.get_finished_spans()}
     assert exported == {trace_id for trace_id, sampled in carried.items() if sampled}
     assert 0 < len(exported) < 40
+
+
+@pytest.mark.parametrize("name, argument", [
+    ("always_on", None), ("always_off", None), ("traceidratio", "0.25"), ("traceidratio", "1"),
+    ("parentbased_always_on", None), ("parentbased_always_off", None), ("parentbased_traceidratio", "0.1"),
+    ("parentbased_traceidratio", "0"),
+])
+def test_a_new_trace_is_decided_from_its_id_as_the_configured_sampler_decides_it(monkeypatch, name, argument):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", name)
+    if argument is None:
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", argument)
+    configured = TracerProvider(shutdown_on_exit=False).sampler
+    tracer = tracing.new_provider(configured).get_tracer(__name__)
+    # Ids across the bound of a ratio, and either side of it exactly.
+    trace_ids = [random.getrandbits(128) or 1 for _ in range(2000)]
+    bound = tracer.sampler.new_trace_bound
+    assert bound is not None, "the SDK's own samplers are decided without asking them"
+    trace_ids += [(7 << 64) | max(bound - 1, 1), (7 << 64) | bound]
+    for trace_id in trace_ids:
+        tracer.id_generator.prime(trace_id)
+        try:
+            span, _ = tracing.span_if_sampled(tracer, "GET", trace.SpanKind.SERVER, context.Context())
+        finally:
+            tracer.id_generator.prime(None)
+        expected = configured.should_sample(None, trace_id, "GET").decision.is_sampled()
+        # The decision made from the id alone (the SDK, asked again to begin a sampled
+        # span, would hide one made wrongly that way), and what the request got.
+        assert (trace_id & ((1 << 64) - 1) < bound) == expected, f"{name} {argument}: trace id {trace_id:032x}"
+        assert (span is not None) == expected
+        if span is not None:
+            assert span.get_span_context().trace_id == trace_id
+
+
+def test_a_sampler_of_its_own_is_asked_for_each_new_trace(spans):
+    asked, _, _ = spans
+    tracer = tracing.tracer(__name__)
+    assert tracer.sampler.new_trace_bound is None
+    tracing.span_if_sampled(tracer, "GET", trace.SpanKind.SERVER, context.Context())
+    assert asked == ["GET"]
 
 
 def test_a_sampled_request_has_its_server_span_with_the_route_and_status(spans):
