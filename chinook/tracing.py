@@ -253,13 +253,14 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attrib
     sampled one goes to the SDK, primed with the id, to begin its span (the SDK's
     start_span and the non-recording span it made cost a trace not sampled twice what
     deciding it here does). A sampled parent's span is begun by the SDK, whose sampler
-    follows the parent. `attributes` are given to the span as it begins: one check of
-    them all, where setting them after took one per call."""
+    follows the parent. `attributes`, a function called only for a sampled span, gives
+    the attributes it begins with: one check of them all, where setting them after took
+    one per call."""
     parent_span = trace.get_current_span(parent).get_span_context()
     if parent_span.is_valid:
         if not parent_span.trace_flags.sampled:
             return None, parent if parent is not None else context.get_current()
-        span = tracer.start_span(name, parent, kind, attributes)
+        span = tracer.start_span(name, parent, kind, attributes() if attributes else None)
     else:
         ids = tracer.id_generator
         trace_id = ids.generate_trace_id()
@@ -269,7 +270,7 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attrib
             return None, trace.set_span_in_context(_UnsampledRoot(trace_id, ids), parent)
         ids.prime(trace_id)
         try:
-            span = tracer.start_span(name, parent, kind, attributes)
+            span = tracer.start_span(name, parent, kind, attributes() if attributes else None)
         finally:
             ids.prime(None)
     return (span if span.is_recording() else None), trace.set_span_in_context(span, parent)
