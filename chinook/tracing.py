@@ -23,10 +23,11 @@ import functools
 import logging
 import os
 import sys
-import threading
 
 import grpc
 from opentelemetry import context, propagate, trace
+
+from .trace_provider import hashed_once, new_provider
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def setup(service: str, *instrumentations: str) -> bool:
     # default), with flushes of sampled writes always sampled; the batch processor's limits
     # come from OTEL_BSP_*.
     configured = TracerProvider(shutdown_on_exit=False).sampler
-    provider = new_provider(configured, _hashed_once(resource))
+    provider = new_provider(configured, hashed_once(resource))
     provider.add_span_processor(BatchSpanProcessor(_exporter(chosen)))
     trace.set_tracer_provider(provider)
     _provider = provider
@@ -150,99 +151,6 @@ def shutdown():
     """Exports the spans still buffered and stops the exporter; a no-op when off."""
     if _provider is not None:
         _provider.shutdown()
-
-
-def new_provider(sampler, resource=None):
-    """The tracer provider tracing runs on: `sampler` (the configured one), except that
-    flushes of sampled writes are always sampled, and ids span_if_sampled can decide a new
-    trace on before any span is begun."""
-    from opentelemetry.sdk.trace import TracerProvider
-
-    return TracerProvider(resource=resource, sampler=_linked_roots_sampled(sampler), id_generator=_primed_ids())
-
-
-def _primed_ids():
-    """The SDK's random ids, except that a thread can give the trace id of the spans it
-    begins (prime(trace_id), then prime(None)): a new trace is decided on an id drawn
-    first, and a sampled one's span must carry it."""
-    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-
-    class Primed(threading.local):
-        trace_id = None
-
-    class PrimedIds(RandomIdGenerator):
-        def __init__(self):
-            self._primed = Primed()
-
-        def prime(self, trace_id: int | None):
-            self._primed.trace_id = trace_id
-
-        def generate_trace_id(self) -> int:
-            trace_id = self._primed.trace_id
-            return super().generate_trace_id() if trace_id is None else trace_id
-
-    return PrimedIds()
-
-
-def _hashed_once(resource):
-    """The resource, its hash computed once: the OTLP exporter groups each batch's spans by
-    resource, and the SDK's Resource hashes its attributes as JSON on every call, a quarter
-    of the time encoding a span took (41 -> 30 µs a span, measured alone)."""
-    from opentelemetry.sdk.resources import Resource
-
-    class HashedOnce(Resource):
-        def __init__(self, attributes, schema_url):
-            super().__init__(attributes, schema_url)
-            self._hash = super().__hash__()
-
-        def __hash__(self):
-            return self._hash
-
-    return HashedOnce(resource.attributes, resource.schema_url)
-
-
-def _linked_roots_sampled(configured):
-    """The configured sampler, except that a span starting a trace with links to sampled
-    spans is sampled: a flush of sampled writes links to them even where the sampler would
-    have left its trace out."""
-    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-
-    class LinkedRootsSampled(Sampler):
-        # How the configured sampler decides a new trace with no links, from its id alone
-        # (new_trace_bound), where that is known.
-        new_trace_bound = _new_trace_bound(configured)
-
-        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
-                          trace_state=None):
-            if links and not trace.get_current_span(parent_context).get_span_context().is_valid \
-                    and any(link.context.trace_flags.sampled for link in links):
-                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
-            return configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-
-        def get_description(self):
-            return f"LinkedRootsSampled{{{configured.get_description()}}}"
-
-    return LinkedRootsSampled()
-
-
-def _new_trace_bound(sampler) -> int | None:
-    """For the samplers OTEL_TRACES_SAMPLER names (always_on, always_off, traceidratio and
-    their parentbased_ forms), the bound under which a new trace's id, its lower 64 bits,
-    is sampled: what their should_sample decides for a trace with no parent, which cost a
-    request not sampled more than the rest of its path. None for any other sampler, which
-    is asked."""
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
-
-    if isinstance(sampler, ParentBased):
-        # A trace with no parent is decided by the root sampler alone.
-        sampler = sampler._root
-    if sampler is ALWAYS_ON:
-        return TraceIdRatioBased.TRACE_ID_LIMIT + 1
-    if sampler is ALWAYS_OFF:
-        return 0
-    if type(sampler) is TraceIdRatioBased:
-        return sampler.bound
-    return None
 
 
 def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attributes=None):

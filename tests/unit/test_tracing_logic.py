@@ -8,7 +8,7 @@ import logging
 import pytest
 from opentelemetry import trace
 
-from chinook import logs, tracing
+from chinook import logs, trace_provider, tracing
 
 TRACE_ID, SPAN_ID = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
 
@@ -35,7 +35,7 @@ def test_the_resource_is_hashed_once_and_stays_the_same_resource(monkeypatch):
     from opentelemetry.sdk import resources
 
     resource = resources.Resource.create({"service.name": "gateway"})
-    hashed = tracing._hashed_once(resource)
+    hashed = trace_provider.hashed_once(resource)
     assert hashed == resource and hash(hashed) == hash(resource)
     assert hashed.attributes == resource.attributes and hashed.schema_url == resource.schema_url
     # The exporter hashes it for every span it encodes: no JSON of its attributes then.
