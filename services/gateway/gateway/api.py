@@ -68,9 +68,9 @@ def update_response(entity: Entity, raw_id: str) -> Response:
     row_id = path_id(raw_id, entity.primary_key)
     token = consistency.presented(request)
     result = update_row(entity.name, row_id, json.dumps(json_body()))
-    response = jsonify({entity.primary_key: result.id, "version": result.version, "write_back": "pending"})
-    response.status_code = 202
-    return answer_token(response, token, result.version)
+    # Made here, not by jsonify: the app's JSON provider took a tenth of an update's CPU.
+    body = json.dumps({entity.primary_key: result.id, "version": result.version, "write_back": "pending"})
+    return answer_token(Response(body, 202, mimetype="application/json"), token, result.version)
 
 
 def bulk_response(entity_name: str, ids, token: int, accepted) -> Response:
