@@ -183,11 +183,8 @@ class CacheClient(_Client):
 
     def ack_flushed(self, entity: str, versions: list[tuple[int, int]], claim: str) -> cache_pb2.AckFlushedResponse:
         """claim: the claim id the flush task carries."""
-        request = cache_pb2.AckFlushedRequest(
-            entity=entity,
-            rows=[cache_pb2.RowVersion(id=row_id, version=version) for row_id, version in versions],
-            claim=claim,
-        )
+        ids, flushed = zip(*versions, strict=True) if versions else ((), ())
+        request = cache_pb2.AckFlushedRequest(entity=entity, ids=ids, versions=flushed, claim=claim)
         return self.stub.AckFlushed(request, timeout=self.timeout_s)
 
     def dead_letter(self, entity: str, failures: list[tuple[int, int, str]],

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from chinook.cache.v1 import cache_pb2
 from chinook.celery_setup import APPLY_WRITES_TASK, DUPLICATE_ROWS_TASK, make_celery
 from chinook.config import MAX_WRITEBACK_BATCH_SIZE, load_settings
 from chinook.entities import MAX_VERSION, get_entity, new_claim_id
@@ -69,6 +70,25 @@ def test_an_ack_naming_no_claim_or_a_guessed_one_leaves_the_write_pending(held):
     assert (album(api, 11), flushed_total(api)) == before, "nothing was written or counted"
     api.flush()
     assert album(api, 11)[0] == "Acknowledged by nobody" and cache_state(api, 11) == ("clean", version)
+
+
+def test_an_ack_in_both_forms_or_of_unmatched_lists_is_refused_and_changes_nothing(held):
+    _, api, cache, _ = held
+    version = accepted(api, 18, "Acknowledged in two forms")
+    claim = new_claim_id()
+    for request, message in [
+        (cache_pb2.AckFlushedRequest(entity="album", rows=[cache_pb2.RowVersion(id=18, version=version)], ids=[18],
+                                     versions=[version], claim=claim), "set rows, or ids and versions, not both"),
+        (cache_pb2.AckFlushedRequest(entity="album", ids=[18, 19], versions=[version], claim=claim),
+         "ids and versions: 2 ids but 1 versions"),
+    ]:
+        with pytest.raises(grpc.RpcError) as refused:
+            cache.stub.AckFlushed(request, timeout=TIMEOUT_S)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in refused.value.details()
+    assert cache_state(api, 18) == ("pending", version)
+    api.flush()
+    assert album(api, 18)[0] == "Acknowledged in two forms" and cache_state(api, 18) == ("clean", version)
 
 
 def test_a_version_far_ahead_is_refused_whole_and_the_row_keeps_taking_writes(held):

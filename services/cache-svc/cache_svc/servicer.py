@@ -220,7 +220,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     def AckFlushed(self, request, context):
         with status_codes(context):
-            versions = [(r.id, r.version) for r in request.rows]
+            versions = flushed_versions(request)
             return cache_pb2.AckFlushedResponse(
                 cleaned=self.write_back.ack_flushed(request.entity, versions, request.claim)
             )
@@ -273,3 +273,14 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             elif isinstance(info, BaseException):
                 status.error = f"{type(info).__name__}: {info}"
             return status
+
+
+def flushed_versions(request) -> list[tuple[int, int]]:
+    """The (id, version) pairs of an AckFlushedRequest, given in either of its forms."""
+    if not request.ids and not request.versions:
+        return [(r.id, r.version) for r in request.rows]
+    if request.rows:
+        raise ValidationError("set rows, or ids and versions, not both")
+    if len(request.ids) != len(request.versions):
+        raise ValidationError(f"ids and versions: {len(request.ids)} ids but {len(request.versions)} versions")
+    return list(zip(request.ids, request.versions, strict=True))
