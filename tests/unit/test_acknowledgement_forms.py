@@ -3,8 +3,8 @@ before, and two lists (ids and versions), as they send them now. cache-svc takes
 so that workers of both versions run side by side through a rolling update."""
 
 import pytest
-from cache_svc.servicer import flushed_versions
 
+from cache_svc.servicer import flushed_versions
 from chinook.cache.v1 import cache_pb2
 from chinook.entities import ValidationError
 

@@ -224,14 +224,18 @@ class FlushRequest(_message.Message):
     def __init__(self, wait_seconds: _Optional[float] = ...) -> None: ...
 
 class AckFlushedRequest(_message.Message):
-    __slots__ = ("entity", "rows", "claim")
+    __slots__ = ("entity", "rows", "ids", "versions", "claim")
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     CLAIM_FIELD_NUMBER: _ClassVar[int]
     entity: str
     rows: _containers.RepeatedCompositeFieldContainer[RowVersion]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    versions: _containers.RepeatedScalarFieldContainer[int]
     claim: str
-    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[RowVersion, _Mapping]]] = ..., claim: _Optional[str] = ...) -> None: ...
+    def __init__(self, entity: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[RowVersion, _Mapping]]] = ..., ids: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ..., claim: _Optional[str] = ...) -> None: ...
 
 class AckFlushedResponse(_message.Message):
     __slots__ = ("cleaned",)
