@@ -6,6 +6,9 @@ import threading
 
 from opentelemetry import trace
 
+# The part of a trace id the SDK's ratio sampler decides on.
+TRACE_ID_LOW_BITS = (1 << 64) - 1
+
 
 def new_provider(sampler, resource=None):
     """The tracer provider tracing runs on: `sampler` (the configured one), except that
@@ -64,8 +67,14 @@ def _linked_roots_sampled(configured):
 
     class LinkedRootsSampled(Sampler):
         # How the configured sampler decides a new trace with no links, from its id alone
-        # (new_trace_bound), where that is known.
+        # (_new_trace_bound), where that is known.
         new_trace_bound = _new_trace_bound(configured)
+
+        def samples_new_trace(self, trace_id: int) -> bool | None:
+            """Whether the configured sampler samples a new trace of this id, with no links,
+            decided from the id alone; None where that is not known (ask should_sample)."""
+            bound = self.new_trace_bound
+            return None if bound is None else trace_id & TRACE_ID_LOW_BITS < bound
 
         def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
                           trace_state=None):
@@ -92,7 +101,7 @@ def _new_trace_bound(sampler) -> int | None:
         # A trace with no parent is decided by the root sampler alone.
         sampler = sampler._root
     if sampler is ALWAYS_ON:
-        return TraceIdRatioBased.TRACE_ID_LIMIT + 1
+        return TRACE_ID_LOW_BITS + 1
     if sampler is ALWAYS_OFF:
         return 0
     if type(sampler) is TraceIdRatioBased:

@@ -53,8 +53,6 @@ UNTRACED_METHODS = ("/WatchChanges",)
 # A new trace's flags when not sampled: its id is random (W3C trace context level 2), as the
 # SDK marks the ids of its random generator.
 _UNSAMPLED_RANDOM_ID = trace.TraceFlags(trace.TraceFlags.RANDOM_TRACE_ID)
-# The part of a trace id the SDK's ratio sampler decides on.
-_TRACE_ID_LOW_BITS = (1 << 64) - 1
 
 # The provider this process set up; None while tracing is off.
 _provider = None
@@ -172,9 +170,10 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attrib
     else:
         ids = tracer.id_generator
         trace_id = ids.generate_trace_id()
-        bound = tracer.sampler.new_trace_bound
-        if not (trace_id & _TRACE_ID_LOW_BITS < bound if bound is not None
-                else tracer.sampler.should_sample(parent, trace_id, name, kind).decision.is_recording()):
+        sampled = tracer.sampler.samples_new_trace(trace_id)
+        if sampled is None:
+            sampled = tracer.sampler.should_sample(parent, trace_id, name, kind).decision.is_recording()
+        if not sampled:
             return None, trace.set_span_in_context(_UnsampledRoot(trace_id, ids), parent)
         ids.prime(trace_id)
         try:

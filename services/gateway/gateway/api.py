@@ -68,7 +68,7 @@ def update_response(entity: Entity, raw_id: str) -> Response:
     row_id = path_id(raw_id, entity.primary_key)
     token = consistency.presented(request)
     result = update_row(entity.name, row_id, json.dumps(json_body()))
-    # Made here, not by jsonify: the app's JSON provider took a tenth of an update's CPU.
+    # Made here, not by jsonify: its JSON provider and response class were 9 % of an update's profile.
     body = json.dumps({entity.primary_key: result.id, "version": result.version, "write_back": "pending"})
     return answer_token(Response(body, 202, mimetype="application/json"), token, result.version)
 
