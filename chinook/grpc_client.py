@@ -181,10 +181,10 @@ class CacheClient(_Client):
     def flush(self, wait_s: float) -> cache_pb2.WriteBackStatus:
         return self.stub.Flush(cache_pb2.FlushRequest(wait_seconds=wait_s), timeout=self.timeout_s + wait_s)
 
-    def ack_flushed(self, entity: str, versions: list[tuple[int, int]], claim: str) -> cache_pb2.AckFlushedResponse:
-        """claim: the claim id the flush task carries."""
-        ids, flushed = zip(*versions, strict=True) if versions else ((), ())
-        request = cache_pb2.AckFlushedRequest(entity=entity, ids=ids, versions=flushed, claim=claim)
+    def ack_flushed(self, entity: str, ids: list[int], versions: list[int], claim: str) -> cache_pb2.AckFlushedResponse:
+        """The rows `ids` are durable at `versions` (in the same order). claim: the claim id
+        the flush task carries."""
+        request = cache_pb2.AckFlushedRequest(entity=entity, ids=ids, versions=versions, claim=claim)
         return self.stub.AckFlushed(request, timeout=self.timeout_s)
 
     def dead_letter(self, entity: str, failures: list[tuple[int, int, str]],

@@ -60,10 +60,10 @@ def test_an_ack_naming_no_claim_or_a_guessed_one_leaves_the_write_pending(held):
     before = album(api, 11), flushed_total(api)
 
     with pytest.raises(grpc.RpcError) as refused:
-        cache.ack_flushed("album", [(11, version)], "")
+        cache.ack_flushed("album", [11], [version], "")
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "claim: must be the claim id of a flush task" in refused.value.details()
-    assert cache.ack_flushed("album", [(11, version)], new_claim_id()).cleaned == 0
+    assert cache.ack_flushed("album", [11], [version], new_claim_id()).cleaned == 0
     assert cache.dead_letter("album", [(11, version, "forged")], new_claim_id()).dead_lettered == 0
 
     assert cache_state(api, 11) == ("pending", version)

@@ -157,7 +157,7 @@ def test_ack_of_the_current_version_makes_the_row_clean(store):
     cache_row(store)
     store.accept("album", [(1, {"title": "x"})])
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
-    acknowledged = store.ack("album", [(1, claimed.version)], claim_id)
+    acknowledged = store.ack("album", [1], [claimed.version], claim_id)
     assert acknowledged.cleaned == 1 and len(acknowledged.lags_ms) == 1 and acknowledged.lags_ms[0] >= 0
     row = store.get("album", 1)
     assert not row.dirty and row.fields["title"] == "x"
@@ -166,7 +166,7 @@ def test_ack_of_the_current_version_makes_the_row_clean(store):
     assert pending(store) == (0, None)
     assert store.counters() == {"accepted": 1, "flushed": 1}
     # A redelivered task acknowledges again: the row is no longer in flight, nothing changes.
-    assert store.ack("album", [(1, claimed.version)], claim_id) == Acknowledged(0, [], 0, [])
+    assert store.ack("album", [1], [claimed.version], claim_id) == Acknowledged(0, [], 0, [])
     assert store.counters() == {"accepted": 1, "flushed": 1}
 
 
@@ -176,7 +176,7 @@ def test_ack_of_an_older_version_keeps_a_newer_write_dirty_and_due(store):
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     store.accept("album", [(1, {"title": "second"})])
     second_accepted_ms = int(store.redis.hget(store.keys.row_key("album", 1), "_since"))
-    acknowledged = store.ack("album", [(1, claimed.version)], claim_id)
+    acknowledged = store.ack("album", [1], [claimed.version], claim_id)
     assert (acknowledged.cleaned, acknowledged.flushed) == (0, 1), "the first write is durable, counted once"
     row = store.get("album", 1)
     assert row.dirty and row.fields["title"] == "second"
@@ -195,10 +195,10 @@ def test_an_ack_of_no_claim_another_claim_or_another_version_changes_nothing(sto
     forged = [("", claimed.version), (new_claim_id(), claimed.version), (claim_id, claimed.version - 1),
               (claim_id, claimed.version + 1)]
     for claim_named, version in forged:
-        assert store.ack("album", [(1, version)], claim_named) == Acknowledged(0, [], 0, []), (claim_named, version)
+        assert store.ack("album", [1], [version], claim_named) == Acknowledged(0, [], 0, []), (claim_named, version)
         assert store.dead_letter("album", [(1, version, "refused")], claim_named) == 0, (claim_named, version)
         assert bookkeeping(store) == before, (claim_named, version)
-    assert store.ack("album", [(1, claimed.version)], claim_id).cleaned == 1
+    assert store.ack("album", [1], [claimed.version], claim_id).cleaned == 1
     messages, deadline = [], time.monotonic() + 10
     while len(messages) < 4 and time.monotonic() < deadline:
         message = subscriber.get_message(timeout=1)
@@ -214,7 +214,7 @@ def test_a_pending_row_not_claimed_yet_is_not_acknowledged(store):
     [version] = store.accept("album", [(1, {"title": "x"})])
     _, claim_id = claim_with_id(store, delay_ms=60_000, batch_size=10, lease_ms=30_000)
     before = bookkeeping(store)
-    assert store.ack("album", [(1, version)], claim_id) == Acknowledged(0, [], 0, [])
+    assert store.ack("album", [1], [version], claim_id) == Acknowledged(0, [], 0, [])
     assert bookkeeping(store) == before and store.get("album", 1).dirty
 
 
@@ -224,9 +224,9 @@ def test_a_row_claimed_again_after_its_lease_is_cleaned_by_the_new_claim_only(st
     [first], first_claim = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=0)
     [again], second_claim = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     assert (again.id, again.version) == (first.id, first.version) and second_claim != first_claim
-    assert store.ack("album", [(1, first.version)], first_claim).cleaned == 0, "the old task's ack is fenced off"
+    assert store.ack("album", [1], [first.version], first_claim).cleaned == 0, "the old task's ack is fenced off"
     assert store.get("album", 1).dirty
-    assert store.ack("album", [(1, again.version)], second_claim).cleaned == 1
+    assert store.ack("album", [1], [again.version], second_claim).cleaned == 1
     assert store.counters()["flushed"] == 1
 
 
@@ -236,9 +236,9 @@ def test_a_row_in_flight_without_a_claim_id_is_claimed_again_when_its_lease_ends
     store.accept("album", [(1, {"title": "x"})])
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=0)
     store.redis.hdel(store.keys.row_key("album", 1), "_claim")
-    assert store.ack("album", [(1, claimed.version)], claim_id).cleaned == 0
+    assert store.ack("album", [1], [claimed.version], claim_id).cleaned == 0
     [again], new_claim = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
-    assert store.ack("album", [(1, again.version)], new_claim).cleaned == 1
+    assert store.ack("album", [1], [again.version], new_claim).cleaned == 1
 
 
 def test_release_makes_claimed_rows_claimable_again(store):
@@ -260,7 +260,7 @@ def test_expedite_skips_the_delay(store):
 def test_an_ack_newer_than_a_clean_row_reports_it_and_postgres_decides_whether_it_is_dropped(store):
     cache_row(store, version=7)
     before = bookkeeping(store)
-    acknowledged = store.ack("album", [(1, 9)], new_claim_id())
+    acknowledged = store.ack("album", [1], [9], new_claim_id())
     assert acknowledged == Acknowledged(0, [], 0, [1]) and bookkeeping(store) == before, "an ack alone drops nothing"
     assert store.drop_outdated("album", {1: 7}) == 0 and bookkeeping(store) == before
     assert store.drop_outdated("album", {1: 9}) == 1
@@ -281,7 +281,7 @@ def test_a_load_overtaken_by_another_fill_does_not_cache_its_stale_value(store):
     cache_row(store, version=7)  # another loader caches it first...
     store.accept("album", [(1, {"title": "New"})])
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
-    store.ack("album", [(1, claimed.version)], claim_id)  # ...it is written, flushed...
+    store.ack("album", [1], [claimed.version], claim_id)  # ...it is written, flushed...
     store.redis.delete(store.keys.row_key("album", 1))  # ...and evicted
     [reply] = store.fill("album", slow_token, [(1, {"title": "Old", "artist_id": 1}, 7)], reply=True)
     assert reply is None and store.get("album", 1) is None, "the slow reader must not cache version 7"
@@ -313,7 +313,7 @@ def test_writes_during_a_flush_count_for_the_next_one_only(store):
     store.accept("album", [(1, {"title": "during 0"})])
     during_ms = int(store.redis.hget(store.keys.row_key("album", 1), "_since"))
     store.accept("album", [(1, {"title": "during 1"})])
-    assert store.ack("album", [(1, claimed.version)], claim_id).flushed == 1
+    assert store.ack("album", [1], [claimed.version], claim_id).flushed == 1
     assert pending(store) == (1, during_ms), "pending since the first write the flush did not cover"
     [again] = claimed_batches(store)
     assert (again.count, again.writes) == (1, 2)
@@ -475,7 +475,7 @@ def test_changing_the_number_of_shards_is_refused_while_rows_are_pending(store):
     # Refused: the first layout keeps taking writes.
     assert store.accept("album", [(3, {"title": "still accepted"})])[0] > 0
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
-    store.ack("album", [(3, claimed.version)], claim_id)
+    store.ack("album", [3], [claimed.version], claim_id)
     resharded.adopt_layout()
     with pytest.raises(ShardRetired, match="restart this cache-svc"):
         store.accept("album", [(3, {"title": "into a retired layout"})])
@@ -529,7 +529,7 @@ def test_inspect_tells_where_a_write_is_and_since_when(store):
     [claimed], claim_id = claim_with_id(store, delay_ms=0, batch_size=10, lease_ms=30_000)
     assert store.inspect("album", 1, 30_000).state == "in_flight"
 
-    state, before, after = inspected_during(store, lambda: store.ack("album", [(1, claimed.version)], claim_id))
+    state, before, after = inspected_during(store, lambda: store.ack("album", [1], [claimed.version], claim_id))
     assert (state.state, state.row.version) == ("clean", versions[-1])
     assert before <= state.since <= after, "clean since the flush"
 

@@ -109,7 +109,8 @@ class Run:
         claim, task = self.tasks[index % len(self.tasks)]
         result = repository.apply_writes(self.db, ALBUM, Batch.of(ALBUM, [StoredRow(i, f, v) for i, v, f in task]))
         durable = set(result.applied_ids) | set(result.stale_ids)
-        acknowledged = self.store.ack("album", [(i, v) for i, v, _ in task if i in durable], claim)
+        acknowledged = self.store.ack("album", [i for i, _, _ in task if i in durable],
+                                        [v for i, v, _ in task if i in durable], claim)
         if acknowledged.outdated:
             # As cache-svc does: Postgres says which clean rows are stale.
             self.store.drop_outdated("album", repository.get_versions(self.db, ALBUM, acknowledged.outdated))

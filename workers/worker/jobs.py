@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import dataclass, field
+from itertools import compress
 
 import grpc
 
@@ -42,8 +43,11 @@ def apply_writes(persistence, cache, entity: str, rows_json: str, columns: dict,
         result = persistence.apply_writes(entity, rows_json)
         durable = set(result.applied_ids) | set(result.stale_ids)
         if durable:
-            cache.ack_flushed(entity, [(i, v) for i, v in zip(columns["id"], columns["version"], strict=True)
-                                       if i in durable], claim)
+            ids, versions = columns["id"], columns["version"]
+            kept = [row_id in durable for row_id in ids]
+            if not all(kept):
+                ids, versions = list(compress(ids, kept)), list(compress(versions, kept))
+            cache.ack_flushed(entity, ids, versions, claim)
     except grpc.RpcError as exc:
         raise classify(exc) from None
     errors = {f.id: f.error for f in result.failed}

@@ -4,6 +4,7 @@
 import random
 from urllib.parse import urlsplit
 
+import hiredis
 import redis
 
 # Connection settings of every client: a Redis that does not answer fails a call in
@@ -11,13 +12,33 @@ import redis
 OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 10}
 
 
+class CommandPacker:
+    """Packs a command for the wire as redis-py's hiredis packer does, without first copying
+    every argument to turn memoryviews and bytearrays into bytes: cache-svc sends none, and a
+    bulk's script calls carry five arguments a row (packing them took 1.17 µs a row, 0.70
+    this way)."""
+
+    def pack(self, *args):
+        command = args[0]
+        if isinstance(command, str):
+            args = (*command.encode().split(), *args[1:])
+        elif b" " in command:
+            args = (*command.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise redis.DataError(exc) from None
+
+
 def connect(url: str, cluster: bool) -> redis.Redis | redis.RedisCluster:
     """The client of the rows and their bookkeeping (decoded strings)."""
     if cluster:
         # A failover answers with connection errors, then MOVED: the client re-reads the
-        # slot map and retries.
+        # slot map and retries. Its nodes' connections take redis-py's own packer (the
+        # cluster client passes no packer on).
         return redis.RedisCluster.from_url(url, decode_responses=True, **OPTIONS)
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=10, **OPTIONS)
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=10,
+                                command_packer=CommandPacker(), **OPTIONS)
 
 
 def node_clients(client) -> list[tuple[str, redis.Redis]]:

@@ -220,9 +220,9 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     def AckFlushed(self, request, context):
         with status_codes(context):
-            versions = flushed_versions(request)
+            ids, versions = flushed_versions(request)
             return cache_pb2.AckFlushedResponse(
-                cleaned=self.write_back.ack_flushed(request.entity, versions, request.claim)
+                cleaned=self.write_back.ack_flushed(request.entity, ids, versions, request.claim)
             )
 
     def DeadLetter(self, request, context):
@@ -275,12 +275,13 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             return status
 
 
-def flushed_versions(request) -> list[tuple[int, int]]:
-    """The (id, version) pairs of an AckFlushedRequest, given in either of its forms."""
+def flushed_versions(request) -> tuple[list[int], list[int]]:
+    """The ids and the versions of an AckFlushedRequest, two lists in the same order, given in
+    either of its forms."""
     if not request.ids and not request.versions:
-        return [(r.id, r.version) for r in request.rows]
+        return [r.id for r in request.rows], [r.version for r in request.rows]
     if request.rows:
         raise ValidationError("set rows, or ids and versions, not both")
     if len(request.ids) != len(request.versions):
         raise ValidationError(f"ids and versions: {len(request.ids)} ids but {len(request.versions)} versions")
-    return list(zip(request.ids, request.versions, strict=True))
+    return list(request.ids), list(request.versions)

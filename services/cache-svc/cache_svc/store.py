@@ -103,6 +103,14 @@ def _encode_fields(fields: dict) -> list:
     return flat
 
 
+def _interleaved(first: list, second: list) -> list:
+    """first[0], second[0], first[1], second[1], ...: pairs as a script's arguments."""
+    both = [None] * (2 * len(first))
+    both[::2] = first
+    both[1::2] = second
+    return both
+
+
 def _encode_patch(fields: dict) -> list:
     """Column/value pairs of a patch; a column set to NULL is sent as NULL (NUL, which
     validation refuses in any value), so lua/accept.lua removes it from the hash."""
@@ -399,13 +407,12 @@ class RowStore:
                 pipe.zadd(self.keys.due_key(shard, entity), {str(ids[i]): 0 for i in positions}, xx=True)
             pipe.execute()
 
-    def ack(self, entity: str, versions: list[tuple[int, int]], claim: str) -> Acknowledged:
-        """Marks the (id, version) rows flushed under `claim` clean, as lua/ack.lua does."""
+    def ack(self, entity: str, ids: list[int], versions: list[int], claim: str) -> Acknowledged:
+        """Marks the rows `ids`, flushed at `versions` under `claim`, clean, as lua/ack.lua does."""
         calls = []
-        for shard, positions in self.keys.by_shard([row_id for row_id, _ in versions]).items():
-            args = [self.keys.row_prefix(shard, entity), self.ttl_s, self.keys.changes_channel, entity, claim]
-            for i in positions:
-                args += list(versions[i])
+        for shard, positions in self.keys.by_shard(ids).items():
+            args = [self.keys.row_prefix(shard, entity), self.ttl_s, self.keys.changes_channel, entity, claim,
+                    *_interleaved([ids[i] for i in positions], [versions[i] for i in positions])]
             calls.append((self._ack, [self.keys.due_key(shard, entity), self.keys.pending_key(shard, entity), self.keys.stats_key(shard)],
                           args))
         cleaned, lags, flushed, outdated = 0, [], 0, []

@@ -122,12 +122,6 @@ class Inspection:
             values.get(name) == value for name, value in self.cached_values.items())
 
 
-def _check_versions(versions: list[tuple[int, int]]):
-    """Checks the (id, version) pairs of a worker's report."""
-    if versions:
-        check_ids_and_versions(*zip(*versions, strict=True))
-
-
 class WriteBack:
     def __init__(self, store: RowStore, persistence, lease_ms: int):
         self.store = store
@@ -388,13 +382,13 @@ class WriteBack:
 
     # Flushing
 
-    def ack_flushed(self, entity_name: str, versions: list[tuple[int, int]], claim: str) -> int:
-        """Marks the rows a flush task made durable clean, where they are in flight under
-        the task's claim; returns how many."""
+    def ack_flushed(self, entity_name: str, ids: list[int], versions: list[int], claim: str) -> int:
+        """Marks the rows a flush task made durable clean (ids, and the version of each),
+        where they are in flight under the task's claim; returns how many."""
         entity = get_entity(entity_name)
-        _check_versions(versions)
+        check_ids_and_versions(ids, versions)
         claim = parse_claim(claim)
-        acknowledged = self.store.ack(entity.name, versions, claim)
+        acknowledged = self.store.ack(entity.name, ids, versions, claim)
         metrics.ROWS_FLUSHED.labels(entity.name).inc(acknowledged.flushed)
         metrics.ACCEPT_TO_DURABLE.observe_many(entity.name, [lag_ms / 1000 for lag_ms in acknowledged.lags_ms])
         if acknowledged.outdated:
@@ -406,7 +400,7 @@ class WriteBack:
 
     def dead_letter(self, entity_name: str, failures: list[tuple[int, int, str]], claim: str) -> int:
         entity = get_entity(entity_name)
-        _check_versions([(row_id, version) for row_id, version, _ in failures])
+        check_ids_and_versions([row_id for row_id, _, _ in failures], [version for _, version, _ in failures])
         count = self.store.dead_letter(entity.name, failures, parse_claim(claim))
         if count:
             metrics.ROWS_DEAD_LETTERED.labels(entity.name).inc(count)
