@@ -429,7 +429,7 @@ class RowStore:
         ids = list(stored)
         calls = [(self._drop_outdated, [self.keys.stats_key(shard)],
                   [self.keys.row_prefix(shard, entity), self.keys.changes_channel, entity,
-                   *(value for i in positions for value in (ids[i], stored[ids[i]]))])
+                   *_interleaved([ids[i] for i in positions], [stored[ids[i]] for i in positions])])
                  for shard, positions in self.keys.by_shard(ids).items()]
         return sum(self.transport.run(calls)) if calls else 0
 
