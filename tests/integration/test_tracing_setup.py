@@ -39,7 +39,7 @@ WITHOUT_ENDPOINT = textwrap.dedent("""
         "channel": type(channel).__module__,
         "server_interceptors": len(tracing.grpc_server_interceptors()),
         "threads": threads,
-        "wsgi_app": app.wsgi_app.__qualname__,
+        "wsgi_app": [type(app.wsgi_app).__name__, app.wsgi_app.wsgi_app.__qualname__],
     }))
 """)
 
@@ -70,7 +70,7 @@ def test_without_an_endpoint_nothing_is_installed():
     assert found["channel"] == "grpc._channel", "a plain channel, no interceptor"
     assert found["server_interceptors"] == 0
     assert found["threads"] == ["MainThread"], "no exporter thread"
-    assert found["wsgi_app"] == "Flask.wsgi_app", "the app is not wrapped"
+    assert found["wsgi_app"] == ["DirectRows", "Flask.wsgi_app"], "the app is not wrapped in spans"
 
 
 @pytest.fixture(scope="module")

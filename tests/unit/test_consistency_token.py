@@ -56,7 +56,7 @@ def test_a_long_token_is_shown_cut_short():
 
 def presented(headers):
     with Flask(__name__).test_request_context(headers=headers) as context:
-        return consistency.presented(context.request)
+        return consistency.presented(context.request.environ)
 
 
 def test_the_header_wins_over_the_cookie_and_both_must_be_tokens():

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio, Sampler
 from chinook import logs, tracing
 from chinook.cache.v1 import cache_pb2
 from chinook.grpc_server import SampledCalls
-from gateway import request_spans
+from gateway import direct_rows, request_spans
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 UNSAMPLED = f"00-{TRACE_ID}-b7ad6b7169203331-00"
@@ -186,6 +186,25 @@ def test_a_sampled_request_has_its_server_span_with_the_route_and_status(spans):
     assert span.kind == trace.SpanKind.SERVER and f"{span.context.trace_id:032x}" == TRACE_ID
     assert (span.attributes["http.method"], span.attributes["http.route"], span.attributes["http.status_code"]) == (
         "PATCH", "/albums/<int:album_id>", 200)
+
+
+def test_a_sampled_request_answered_before_flask_has_the_route_its_answer_names(spans):
+    _, _, exporter = spans
+    rule = "/albums/<album_id>"
+
+    def answered_directly(environ, start_response):
+        # As gateway.direct_rows answers a row's update, in no request context of Flask's.
+        environ[direct_rows.ROUTE_KEY] = rule
+        start_response("202 ACCEPTED", [("Content-Length", "0")])
+        return [b""]
+
+    app = Flask(__name__)
+    app.wsgi_app = answered_directly
+    request_spans.instrument(app)
+    assert app.test_client().patch("/albums/7", headers={"traceparent": SAMPLED}).status_code == 202
+    (span,) = exporter.get_finished_spans()
+    assert span.name == f"PATCH {rule}"
+    assert (span.attributes["http.route"], span.attributes["http.status_code"]) == (rule, 202)
 
 
 def test_a_sampled_request_refused_by_a_check_has_its_route_too(spans):

@@ -22,7 +22,7 @@ from chinook.grpc_client import from_struct
 
 from . import consistency
 from .errors import bad_request
-from .extensions import cache
+from .extensions import cache, near_cache, updates
 from .json_input import json_body
 from .near_cache import NO_TOKEN
 from .near_cache_protocol import answer_token, bulk_written, read_row, update_row
@@ -56,7 +56,7 @@ def path_id(raw: str, name: str) -> int:
 def read_response(entity: Entity, raw_id: str) -> Response:
     """The row, with the tier it came from and its write-back state in headers."""
     row_id = path_id(raw_id, entity.primary_key)
-    token = consistency.presented(request)
+    token = consistency.presented(request.environ)
     row = read_row(entity.name, row_id, token)
     response = Response(row.body, mimetype="application/json", headers={
         "X-Cache": "MISS" if row.tier == "postgres" else "HIT", "X-Cache-Tier": row.tier, "X-Write-Back": row.state,
@@ -66,8 +66,8 @@ def read_response(entity: Entity, raw_id: str) -> Response:
 
 def update_response(entity: Entity, raw_id: str) -> Response:
     row_id = path_id(raw_id, entity.primary_key)
-    token = consistency.presented(request)
-    result = update_row(entity.name, row_id, json.dumps(json_body()))
+    token = consistency.presented(request.environ)
+    result = update_row(near_cache(), updates(), entity.name, row_id, json.dumps(json_body()))
     # Made here, not by jsonify: its JSON provider and response class were 9 % of an update's profile.
     body = json.dumps({entity.primary_key: result.id, "version": result.version, "write_back": "pending"})
     return answer_token(Response(body, 202, mimetype="application/json"), token, result.version)
@@ -82,7 +82,7 @@ def bulk_response(entity_name: str, ids, token: int, accepted) -> Response:
 
 
 def bulk_update_response(entity: Entity) -> Response:
-    token = consistency.presented(request)
+    token = consistency.presented(request.environ)
     body = json_body()
     extra = sorted(set(body) - {"updates"})
     if extra:
@@ -125,7 +125,7 @@ def add_entity_routes(state):
 @api.post(f"/albums/{RANDOM_TITLES}")
 @requires("admin")
 def bulk_random_albums():
-    token = consistency.presented(request)
+    token = consistency.presented(request.environ)
     # Every album gets a title: every one this process holds leaves.
     return bulk_response("album", None, token, cache().randomize_album_titles(include_rows=False))
 

@@ -13,6 +13,8 @@ import math
 import re
 import time
 
+from werkzeug.http import parse_cookie
+
 from .errors import ApiError
 from .near_cache import NO_TOKEN
 
@@ -52,12 +54,14 @@ def parse(raw: str, source: str, now_us: int) -> int:
     raise ApiError(400, "invalid_argument", f"{source}: {problem}, got {shown!r}")
 
 
-def presented(request) -> int:
-    """The version of the token the request presents (the header wins over the cookie),
-    NO_TOKEN if none. Either one malformed is bad input, even beside a good other one."""
-    in_header = request.environ.get(HEADER_KEY)
-    cookies = request.environ.get("HTTP_COOKIE")
-    in_cookie = request.cookies.get(COOKIE) if cookies is not None and COOKIE in cookies else None
+def presented(environ) -> int:
+    """The version of the token the request of this WSGI environ presents (the header
+    wins over the cookie), NO_TOKEN if none. Either one malformed is bad input, even
+    beside a good other one."""
+    in_header = environ.get(HEADER_KEY)
+    cookies = environ.get("HTTP_COOKIE")
+    # Parsed as Flask's request.cookies parses them.
+    in_cookie = parse_cookie(cookies).get(COOKIE) if cookies is not None and COOKIE in cookies else None
     if in_cookie is None and cookies is not None and COOKIE_NAMED.search(cookies):
         # Werkzeug skips a pair whose value no cookie may have (a space, a quote inside).
         raise ApiError(400, "invalid_argument", f"{COOKIE} cookie: expected {PREFIX}<version> as a response "
@@ -72,7 +76,13 @@ def presented(request) -> int:
 
 def answer(response, version: int, max_age_s: int):
     """Gives the client `version` as its token, in the header and the cookie."""
-    token = f"{PREFIX}{version}"
+    (_, token), (_, cookie) = token_headers(version, max_age_s)
     response.headers[HEADER] = token
-    response.headers.add("Set-Cookie", f"{COOKIE}={token}; Max-Age={max_age_s}; Path=/; HttpOnly; SameSite=Strict")
+    response.headers.add("Set-Cookie", cookie)
     return response
+
+
+def token_headers(version: int, max_age_s: int) -> list[tuple[str, str]]:
+    """The header and the cookie that give the client `version` as its token."""
+    token = f"{PREFIX}{version}"
+    return [(HEADER, token), ("Set-Cookie", f"{COOKIE}={token}; Max-Age={max_age_s}; Path=/; HttpOnly; SameSite=Strict")]

@@ -57,7 +57,11 @@ def _bounded_int(digits: str) -> int:
 
 def json_body() -> dict:
     # get_data, not request.data: that would first try to parse the body as a form.
-    data = request.get_data()
+    return json_object(request.get_data())
+
+
+def json_object(data: bytes) -> dict:
+    """The body as a JSON object; ApiError 400 saying what is wrong with it otherwise."""
     if not data:
         raise ApiError(400, "invalid_argument", "request body: expected a JSON object")
     if nested_deeper_than(data, MAX_JSON_DEPTH):

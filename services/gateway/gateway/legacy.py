@@ -24,7 +24,7 @@ def legacy_get_album():
     if raw is None:
         raise bad_request("album_id: query parameter required, e.g. /album?album_id=193")
     row_id = path_id(raw, "album_id")
-    token = consistency.presented(request)
+    token = consistency.presented(request.environ)
     read = read_row("album", row_id, token)
     row = json.loads(read.body)
     response = jsonify({"album_id": row["album_id"], "title": row["title"]})
@@ -35,7 +35,7 @@ def legacy_get_album():
 @requires("admin")
 @changes_state
 def legacy_update_all_albums():
-    token = consistency.presented(request)
+    token = consistency.presented(request.environ)
     accepted = cache().randomize_album_titles(include_rows=True)
     bulk_written("album", None, accepted.max_version)
     return answer_token(jsonify([{"album_id": r.id, "version": r.version} for r in accepted.rows]), token,

@@ -103,18 +103,21 @@ class NearCache:
     def _serving(self) -> bool:
         return self._enabled and time.monotonic() <= self._trusted_until
 
-    def get(self, key, token: int = NO_TOKEN) -> Entry | None:
+    def get(self, key, token: int = NO_TOKEN, count_miss: bool = True) -> Entry | None:
         """The row, if held; for a read presenting a consistency token, only once every
         change up to the token has been applied here (token < applied_through), or if the
         row is at least as new as the token, as after the process' own write: a row's
-        versions only grow, so it is then as new as every write of it the token covers."""
+        versions only grow, so it is then as new as every write of it the token covers.
+        count_miss=False: a miss is not counted (the caller hands the read to code that
+        asks again)."""
         with self._lock:
             item = self._rows.get(key) if self._serving() else None
             if item.__class__ is Entry and (token < self.applied_through or item.version >= token):
                 self._rows.move_to_end(key)
                 self.counts["hits"] += 1
                 return item
-            self.counts["misses"] += 1
+            if count_miss:
+                self.counts["misses"] += 1
             return None
 
     def reserve(self, key) -> Reservation | None:

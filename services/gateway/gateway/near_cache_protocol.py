@@ -16,9 +16,10 @@ from chinook import tracing
 from chinook.cache.v1 import cache_pb2
 
 from . import consistency
+from .batching import CallBatcher
 from .errors import STATUS_BY_NUMBER, CallFailed
-from .extensions import near_cache, reads, updates
-from .near_cache import NO_TOKEN, PENDING
+from .extensions import near_cache, reads
+from .near_cache import NO_TOKEN, PENDING, NearCache
 
 WRITE_BACK_HEADER = {
     cache_pb2.WRITE_BACK_STATE_CLEAN: "clean",
@@ -56,17 +57,17 @@ def read_row(entity_name: str, row_id: int, token: int = NO_TOKEN) -> RowRead:
     return RowRead(body, "redis" if result.cache_hit else "postgres", state, result.version)
 
 
-def update_row(entity_name: str, row_id: int, fields_json: str) -> cache_pb2.RowResult:
-    """Writes the columns of `fields_json` through cache-svc; the row accepted (id and
-    version) once this process' near cache shows the write."""
+def update_row(near: NearCache, batcher: CallBatcher, entity_name: str, row_id: int,
+               fields_json: str) -> cache_pb2.RowResult:
+    """Writes the columns of `fields_json` through cache-svc (in a call of `batcher`); the
+    row accepted (id and version) once this process' near cache, `near`, shows the write."""
     key = (entity_name, row_id)
-    near = near_cache()
     reservation = near.reserve(key)
     patch = cache_pb2.RowPatch(entity=entity_name, id=row_id, fields_json=fields_json)
     # Several requests' updates may travel in one call: each carries its own request's
     # sampling decision, with its trace context when sampled.
     patch.trace_unsampled = tracing.carry_decision(patch.trace_context)
-    result = updates().submit(patch)
+    result = batcher.submit(patch)
     if result.code:
         raise CallFailed(STATUS_BY_NUMBER[result.code], result.message)
     # Before the response: a client reading through this process sees its own write

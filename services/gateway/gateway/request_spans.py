@@ -10,6 +10,8 @@ from opentelemetry.trace import Status, StatusCode
 
 from chinook import tracing
 
+from .direct_rows import ROUTE_KEY
+
 # A request's context when it carries none: extract() would make this anew each time.
 NO_CONTEXT = context.Context()
 
@@ -47,7 +49,7 @@ class RequestSpans:
 
     def _traced(self, span, method: str, environ, start_response):
         def recording_start_response(status, headers, *exc_info):
-            response_attributes(span, method, status)
+            response_attributes(span, method, status, environ)
             return start_response(status, headers, *exc_info)
 
         # The span is current already (request_context holds it): use_span would attach
@@ -70,18 +72,20 @@ def request_attributes(method: str, environ) -> dict:
             "net.peer.ip": environ.get("REMOTE_ADDR", "")}
 
 
-def response_attributes(span, method: str, status: str):
-    """Gives a sampled request's span its status code and the route Flask matched, when
-    its response starts, in one call: Flask matched the route before any check ran, so
-    refused requests have it too, and a request not sampled pays nothing (matching the URL
-    again in the middleware cost as much as making the span; a hook before every request,
-    a few µs of each). A 5xx, as the HTTP conventions have it, is an error."""
+def response_attributes(span, method: str, status: str, environ):
+    """Gives a sampled request's span its status code and the route Flask matched (or
+    direct_rows answered), when its response starts, in one call: Flask matched the route
+    before any check ran, so refused requests have it too, and a request not sampled pays
+    nothing (matching the URL again in the middleware cost as much as making the span; a
+    hook before every request, a few µs of each). A 5xx, as the HTTP conventions have it,
+    is an error."""
     code = int(status[:3])
     attributes = {"http.status_code": code}
-    rule = request.url_rule if has_request_context() else None
+    url_rule = request.url_rule if has_request_context() else None
+    rule = url_rule.rule if url_rule is not None else environ.get(ROUTE_KEY)
     if rule is not None:
-        attributes["http.route"] = rule.rule
-        span.update_name(f"{method} {rule.rule}")
+        attributes["http.route"] = rule
+        span.update_name(f"{method} {rule}")
     span.set_attributes(attributes)
     if http_status_to_status_code(code, server_span=True) is StatusCode.ERROR:
         span.set_status(Status(StatusCode.ERROR))
