@@ -13,12 +13,13 @@ older than the process' own writes.
 """
 
 import json
+import threading
 import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.near_cache import CLEAN, DEAD_LETTER, NO_TOKEN, PENDING, NearCache
+from gateway.near_cache import CLEAN, DEAD_LETTER, NO_TOKEN, PENDING, Entry, NearCache
 
 KEY = ("album", 7)
 
@@ -176,6 +177,18 @@ def test_a_write_that_carries_its_values_updates_the_row_in_place():
     assert near.get(("album", 8)) is None and near.counts["invalidations"] == 1
     near.apply("album", "v", [[7, 4, {"title": "older"}]])
     assert near.get(KEY).version == 6
+
+
+def test_a_row_taken_from_a_change_is_rendered_once_whichever_threads_read_it_first():
+    bodies = []
+    for _ in range(200):
+        entry = Entry(6, PENDING, None, ("album", 7, {"title": "new", "artist_id": "2"}))
+        readers = [threading.Thread(target=lambda entry=entry: bodies.append(entry.body)) for _ in range(4)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+    assert len(bodies) == 800 and set(bodies) == {b'{"album_id": 7, "title": "new", "artist_id": 2}'}
 
 
 def test_a_token_is_served_here_only_past_every_shards_watermark_or_by_a_row_as_new():

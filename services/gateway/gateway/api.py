@@ -22,7 +22,7 @@ from chinook.grpc_client import from_struct
 
 from . import consistency
 from .errors import bad_request
-from .extensions import cache, near_cache, updates
+from .extensions import cache, near_cache, reads, updates
 from .json_input import json_body
 from .near_cache import NO_TOKEN
 from .near_cache_protocol import answer_token, bulk_written, read_row, update_row
@@ -57,7 +57,7 @@ def read_response(entity: Entity, raw_id: str) -> Response:
     """The row, with the tier it came from and its write-back state in headers."""
     row_id = path_id(raw_id, entity.primary_key)
     token = consistency.presented(request.environ)
-    row = read_row(entity.name, row_id, token)
+    row = read_row(near_cache(), reads(), entity.name, row_id, token)
     response = Response(row.body, mimetype="application/json", headers={
         "X-Cache": "MISS" if row.tier == "postgres" else "HIT", "X-Cache-Tier": row.tier, "X-Write-Back": row.state,
     })

@@ -1,17 +1,16 @@
-"""The two requests clients send most, a row read from this process' near cache and a row's
-update, answered without Flask's per-request machinery: its request and app contexts,
-routing, hooks and response objects took more than half of an update's CPU and most of a
-near-cache read's in the running gateway (bench/README.md).
+"""The two requests clients send most, a row's read (from this process' near cache or
+through cache-svc) and a row's update, answered without Flask's per-request machinery:
+its request and app contexts, routing, hooks and response objects took more than half of
+an update's CPU and most of a near-cache read's in the running gateway (bench/README.md).
 
 Only a request that is plainly one the Flask app would answer the same way is answered
 here: GET or PATCH of /<collection>/<id> with an id of plain digits and no query string,
-from a Host ALLOWED_HOSTS lists, with a token whose role the route needs, and
-for an update no Origin or Sec-Fetch-Site (what browsers send) and a JSON object of at
-most MAX_BODY_BYTES as its body; a read only when the near cache holds the row. Every
-other request goes to the Flask app unchanged (a body read here is handed on), which
-answers it, refusals and errors included, as it answers every request; so does a failure
-of an update once sent to cache-svc. tests/unit/test_direct_rows.py sends both the same
-requests and compares the answers.
+from a Host ALLOWED_HOSTS lists, with a token whose role the route needs, and for an
+update neither Origin nor Sec-Fetch-Site (what browsers send) and a JSON object of at
+most MAX_BODY_BYTES as its body. Every other request goes to the Flask app unchanged (a
+body read here is handed on), which answers it, refusals and errors included, as it
+answers every request; so does a failure of a read or an update sent to cache-svc.
+tests/unit/test_direct_rows.py sends both the same requests and compares the answers.
 """
 
 import io
@@ -31,7 +30,7 @@ from .browsers import JSON_MEDIA_TYPE
 from .errors import ApiError
 from .json_input import json_object
 from .near_cache import NO_TOKEN
-from .near_cache_protocol import update_row
+from .near_cache_protocol import read_row, update_row
 from .request_hooks import STARTED_KEY, http_timer
 
 # Larger bodies (a patch of one row is far smaller) go to the Flask app.
@@ -53,7 +52,7 @@ class DirectRows:
         self.wsgi_app = wsgi_app
         extensions = flask_app.extensions
         self.near = extensions["near_cache"]
-        self.updates = extensions["update_batcher"]
+        self.reads, self.updates = extensions["read_batcher"], extensions["update_batcher"]
         self.access = extensions["access"]
         self.allowed_hosts = extensions["allowed_hosts"]
         self.token_max_age_s = extensions["token_max_age_s"]
@@ -110,14 +109,16 @@ class DirectRows:
             return None
 
     def _read(self, environ, start_response, entity, rule: str, row_id: int, token: int, started: float):
-        entry = self.near.get((entity.name, row_id), token, count_miss=False)
-        if entry is None:
-            return self.wsgi_app(environ, start_response)
         environ[ROUTE_KEY] = rule
-        headers = [("X-Cache", "HIT"), ("X-Cache-Tier", "near"), ("X-Write-Back", entry.state)]
+        try:
+            row = read_row(self.near, self.reads, entity.name, row_id, token)
+        except Exception as exc:  # noqa: BLE001 - answered as the app answers it
+            return self._failed(environ, start_response, exc, b"", started)
+        headers = [("X-Cache", "MISS" if row.tier == "postgres" else "HIT"), ("X-Cache-Tier", row.tier),
+                   ("X-Write-Back", row.state)]
         if token != NO_TOKEN:
-            headers += consistency.token_headers(max(token, entry.version), self.token_max_age_s)
-        return self._respond(start_response, "200 OK", headers, entry.body, "GET", rule, started)
+            headers += consistency.token_headers(max(token, row.version), self.token_max_age_s)
+        return self._respond(start_response, "200 OK", headers, row.body, "GET", rule, started)
 
     def _update(self, environ, start_response, entity, rule: str, row_id: int, token: int, started: float):
         media_type = environ.get("CONTENT_TYPE", "").lower()
@@ -151,7 +152,7 @@ class DirectRows:
         return [body]
 
     def _failed(self, environ, start_response, exc: Exception, data: bytes, started: float):
-        """A failure of an update sent: answered by the app's error handlers in a request
+        """A failure of a read or an update sent to cache-svc: answered by the app's error handlers in a request
         context of its own, its duration observed by the app's hook."""
         environ["wsgi.input"] = io.BytesIO(data)
         environ[STARTED_KEY] = started

@@ -9,7 +9,7 @@ from . import consistency
 from .api import path_id, task_body
 from .browsers import changes_state
 from .errors import bad_request
-from .extensions import cache
+from .extensions import cache, near_cache, reads
 from .near_cache import NO_TOKEN
 from .near_cache_protocol import answer_token, bulk_written, read_row
 from .request_hooks import requires
@@ -25,7 +25,7 @@ def legacy_get_album():
         raise bad_request("album_id: query parameter required, e.g. /album?album_id=193")
     row_id = path_id(raw, "album_id")
     token = consistency.presented(request.environ)
-    read = read_row("album", row_id, token)
+    read = read_row(near_cache(), reads(), "album", row_id, token)
     row = json.loads(read.body)
     response = jsonify({"album_id": row["album_id"], "title": row["title"]})
     return response if token == NO_TOKEN else answer_token(response, token, read.version)

@@ -40,10 +40,29 @@ WRITTEN_CHUNK = 1000
 
 
 class Entry:
-    __slots__ = ("body", "state", "version")
+    """A row held: its version, its write-back state, and the body a read answers with.
+    A row taken from a change's values is rendered into its body at its first read, not
+    when the change arrives: under a write-heavy load most such rows are written again
+    before anyone reads them, and every process holding the row would render it."""
 
-    def __init__(self, version: int, state: str, body: bytes):
-        self.version, self.state, self.body = version, state, body
+    __slots__ = ("_body", "_stored", "state", "version")
+
+    def __init__(self, version: int, state: str, body: bytes | None, stored: tuple | None = None):
+        # stored: (entity, id, values as stored) to render the body from, when body is None.
+        self.version, self.state, self._body, self._stored = version, state, body, stored
+
+    @property
+    def body(self) -> bytes:
+        body = self._body
+        if body is None:
+            stored = self._stored
+            if stored is None:
+                # Rendered meanwhile by another thread, which set the body first.
+                return self._body
+            entity, row_id, values = stored
+            body = self._body = get_entity(entity).row_json(row_id, values).encode()
+            self._stored = None
+        return body
 
 
 class Reservation:
@@ -103,21 +122,18 @@ class NearCache:
     def _serving(self) -> bool:
         return self._enabled and time.monotonic() <= self._trusted_until
 
-    def get(self, key, token: int = NO_TOKEN, count_miss: bool = True) -> Entry | None:
+    def get(self, key, token: int = NO_TOKEN) -> Entry | None:
         """The row, if held; for a read presenting a consistency token, only once every
         change up to the token has been applied here (token < applied_through), or if the
         row is at least as new as the token, as after the process' own write: a row's
-        versions only grow, so it is then as new as every write of it the token covers.
-        count_miss=False: a miss is not counted (the caller hands the read to code that
-        asks again)."""
+        versions only grow, so it is then as new as every write of it the token covers."""
         with self._lock:
             item = self._rows.get(key) if self._serving() else None
             if item.__class__ is Entry and (token < self.applied_through or item.version >= token):
                 self._rows.move_to_end(key)
                 self.counts["hits"] += 1
                 return item
-            if count_miss:
-                self.counts["misses"] += 1
+            self.counts["misses"] += 1
             return None
 
     def reserve(self, key) -> Reservation | None:
@@ -219,7 +235,7 @@ class NearCache:
                         item.version, item.state = version, state
                 elif kind == "v" and item.version < version:
                     # The new value itself: the row stays here, at its new version.
-                    self._rows[key] = Entry(version, state, get_entity(entity).row_json(row[0], row[2]).encode())
+                    self._rows[key] = Entry(version, state, None, (entity, row[0], row[2]))
                     self.counts["invalidations"] += 1
                 elif item.version < version or (kind == "f" and item.version != version):
                     # Older than the change; or, for a row loaded from Postgres, not what

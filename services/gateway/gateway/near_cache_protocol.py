@@ -18,7 +18,7 @@ from chinook.cache.v1 import cache_pb2
 from . import consistency
 from .batching import CallBatcher
 from .errors import STATUS_BY_NUMBER, CallFailed
-from .extensions import near_cache, reads
+from .extensions import near_cache
 from .near_cache import NO_TOKEN, PENDING, NearCache
 
 WRITE_BACK_HEADER = {
@@ -40,16 +40,17 @@ def answer_token(response: Response, token: int, version: int) -> Response:
     return consistency.answer(response, max(token, version), current_app.extensions["token_max_age_s"])
 
 
-def read_row(entity_name: str, row_id: int, token: int = NO_TOKEN) -> RowRead:
-    """The row from the near cache (for a read presenting a token, where NearCache.get
-    allows it), or through cache-svc, keeping it here."""
+def read_row(near: NearCache, batcher: CallBatcher, entity_name: str, row_id: int,
+             token: int = NO_TOKEN) -> RowRead:
+    """The row from the near cache `near` (for a read presenting a token, where
+    NearCache.get allows it), or through cache-svc (in a call of `batcher`), keeping it
+    there."""
     key = (entity_name, row_id)
-    near = near_cache()
     entry = near.get(key, token)
     if entry is not None:
         return RowRead(entry.body, "near", entry.state, entry.version)
     reservation = near.reserve(key)
-    result = reads().submit(cache_pb2.RowKey(entity=entity_name, id=row_id))
+    result = batcher.submit(cache_pb2.RowKey(entity=entity_name, id=row_id))
     if result.code:
         raise CallFailed(STATUS_BY_NUMBER[result.code], result.message)
     body, state = result.row_json.encode(), WRITE_BACK_HEADER[result.write_back]
