@@ -25,7 +25,7 @@ from .errors import bad_request
 from .extensions import cache, near_cache, reads, updates
 from .json_input import json_body
 from .near_cache import NO_TOKEN
-from .near_cache_protocol import answer_token, bulk_written, read_row, update_row
+from .near_cache_protocol import accepted_body, answer_token, bulk_written, read_headers, read_row, update_row
 from .request_hooks import requires
 
 MAX_FLUSH_WAIT_S = 300
@@ -58,9 +58,7 @@ def read_response(entity: Entity, raw_id: str) -> Response:
     row_id = path_id(raw_id, entity.primary_key)
     token = consistency.presented(request.environ)
     row = read_row(near_cache(), reads(), entity.name, row_id, token)
-    response = Response(row.body, mimetype="application/json", headers={
-        "X-Cache": "MISS" if row.tier == "postgres" else "HIT", "X-Cache-Tier": row.tier, "X-Write-Back": row.state,
-    })
+    response = Response(row.body, mimetype="application/json", headers=read_headers(row))
     return response if token == NO_TOKEN else answer_token(response, token, row.version)
 
 
@@ -69,7 +67,7 @@ def update_response(entity: Entity, raw_id: str) -> Response:
     token = consistency.presented(request.environ)
     result = update_row(near_cache(), updates(), entity.name, row_id, json.dumps(json_body()))
     # Made here, not by jsonify: its JSON provider and response class were 9 % of an update's profile.
-    body = json.dumps({entity.primary_key: result.id, "version": result.version, "write_back": "pending"})
+    body = accepted_body(entity.primary_key, result)
     return answer_token(Response(body, 202, mimetype="application/json"), token, result.version)
 
 

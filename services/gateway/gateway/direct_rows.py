@@ -18,7 +18,7 @@ import json
 import re
 import time
 
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_host
 
 from chinook.entities import ENTITIES, INT_MAX
@@ -30,7 +30,7 @@ from .browsers import JSON_MEDIA_TYPE
 from .errors import ApiError
 from .json_input import json_object
 from .near_cache import NO_TOKEN
-from .near_cache_protocol import read_row, update_row
+from .near_cache_protocol import accepted_body, read_headers, read_row, update_row
 from .request_hooks import STARTED_KEY, http_timer
 
 # Larger bodies (a patch of one row is far smaller) go to the Flask app.
@@ -65,7 +65,7 @@ class DirectRows:
                 endpoint = f"{api.name}.{view}_{entity.name}"
                 try:
                     rule, _ = adapter.match(f"/{entity.collection}/1", method, return_rule=True)
-                except NotFound:
+                except HTTPException:  # no such route, or not with this method
                     continue
                 if rule.endpoint == endpoint:
                     role = flask_app.view_functions[endpoint].required_role
@@ -78,7 +78,7 @@ class DirectRows:
         started = time.perf_counter()
         match = _ROW_PATH.fullmatch(environ.get("PATH_INFO", ""))
         route = match and self.routes.get((match[1], method))
-        if route is None or environ.get("QUERY_STRING") or environ.get("SCRIPT_NAME") \
+        if route is None or int(match[2]) > INT_MAX or environ.get("QUERY_STRING") or environ.get("SCRIPT_NAME") \
                 or not self._allowed(environ, route[2]):
             return self.wsgi_app(environ, start_response)
         token = self._token(environ)
@@ -86,8 +86,6 @@ class DirectRows:
             return self.wsgi_app(environ, start_response)
         entity, rule, _ = route
         row_id = int(match[2])
-        if row_id > INT_MAX:
-            return self.wsgi_app(environ, start_response)
         if method == "GET":
             return self._read(environ, start_response, entity, rule, row_id, token, started)
         return self._update(environ, start_response, entity, rule, row_id, token, started)
@@ -114,8 +112,7 @@ class DirectRows:
             row = read_row(self.near, self.reads, entity.name, row_id, token)
         except Exception as exc:  # noqa: BLE001 - answered as the app answers it
             return self._failed(environ, start_response, exc, b"", started)
-        headers = [("X-Cache", "MISS" if row.tier == "postgres" else "HIT"), ("X-Cache-Tier", row.tier),
-                   ("X-Write-Back", row.state)]
+        headers = read_headers(row)
         if token != NO_TOKEN:
             headers += consistency.token_headers(max(token, row.version), self.token_max_age_s)
         return self._respond(start_response, "200 OK", headers, row.body, "GET", rule, started)
@@ -128,11 +125,8 @@ class DirectRows:
                 or not (length.isascii() and length.isdigit()) or not 0 < int(length) <= MAX_BODY_BYTES:
             return self.wsgi_app(environ, start_response)
         data = environ["wsgi.input"].read(int(length))
-        try:
-            if len(data) != int(length):
-                raise ApiError(400, "invalid_argument", "request body: shorter than its Content-Length")
-            fields_json = json.dumps(json_object(data))
-        except ApiError:
+        fields_json = _fields_json(data) if len(data) == int(length) else None
+        if fields_json is None:
             # The app reads the body as it came, and says what is wrong with it.
             environ["wsgi.input"] = io.BytesIO(data)
             return self.wsgi_app(environ, start_response)
@@ -141,9 +135,9 @@ class DirectRows:
             result = update_row(self.near, self.updates, entity.name, row_id, fields_json)
         except Exception as exc:  # noqa: BLE001 - answered as the app answers it
             return self._failed(environ, start_response, exc, data, started)
-        body = json.dumps({entity.primary_key: result.id, "version": result.version, "write_back": "pending"})
         headers = consistency.token_headers(max(token, result.version), self.token_max_age_s)
-        return self._respond(start_response, "202 ACCEPTED", headers, body.encode(), "PATCH", rule, started)
+        return self._respond(start_response, "202 ACCEPTED", headers, accepted_body(entity.primary_key, result).encode(),
+                             "PATCH", rule, started)
 
     @staticmethod
     def _respond(start_response, status: str, headers: list, body: bytes, method: str, rule: str, started: float):
@@ -152,8 +146,8 @@ class DirectRows:
         return [body]
 
     def _failed(self, environ, start_response, exc: Exception, data: bytes, started: float):
-        """A failure of a read or an update sent to cache-svc: answered by the app's error handlers in a request
-        context of its own, its duration observed by the app's hook."""
+        """A failure of a read or an update sent to cache-svc: answered by the app's error
+        handlers in a request context of its own, its duration observed by the app's hook."""
         environ["wsgi.input"] = io.BytesIO(data)
         environ[STARTED_KEY] = started
         app = self.app
@@ -165,3 +159,10 @@ class DirectRows:
             response = app.process_response(response)
         return response(environ, start_response)
 
+
+def _fields_json(data: bytes) -> str | None:
+    """The body's columns as the views pass them on, None for a body the app refuses."""
+    try:
+        return json.dumps(json_object(data))
+    except ApiError:
+        return None

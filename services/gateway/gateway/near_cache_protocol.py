@@ -8,6 +8,7 @@ before its response marks it written here, so that a client reading through this
 sees its own write; a bulk drops its rows from here likewise.
 """
 
+import json
 from typing import NamedTuple
 
 from flask import Response, current_app
@@ -33,6 +34,17 @@ class RowRead(NamedTuple):
     tier: str  # near, redis or postgres
     state: str  # its write-back state: clean, pending or dead-letter
     version: int
+
+
+def read_headers(row: RowRead) -> list[tuple[str, str]]:
+    """The headers of a row's read: the tier it came from and its write-back state."""
+    return [("X-Cache", "MISS" if row.tier == "postgres" else "HIT"), ("X-Cache-Tier", row.tier),
+            ("X-Write-Back", row.state)]
+
+
+def accepted_body(primary_key: str, result: cache_pb2.RowResult) -> str:
+    """The body of the 202 that answers a row's update."""
+    return json.dumps({primary_key: result.id, "version": result.version, "write_back": "pending"})
 
 
 def answer_token(response: Response, token: int, version: int) -> Response:
