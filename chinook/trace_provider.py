@@ -1,8 +1,6 @@
 """The tracer provider chinook.tracing runs on: the configured sampler, except that flushes
-of sampled writes are always sampled, ids a new trace can be decided on before any span is
-begun, and a resource hashed once."""
-
-import threading
+of sampled writes are always sampled, tracers that make light spans, and a resource hashed
+once."""
 
 from opentelemetry import trace
 
@@ -12,34 +10,11 @@ TRACE_ID_LOW_BITS = (1 << 64) - 1
 
 def new_provider(sampler, resource=None):
     """The tracer provider tracing runs on: `sampler` (the configured one), except that
-    flushes of sampled writes are always sampled, and ids span_if_sampled can decide a new
-    trace on before any span is begun."""
-    from opentelemetry.sdk.trace import TracerProvider
+    flushes of sampled writes are always sampled, and tracers that make light spans
+    (chinook.light_spans)."""
+    from .light_spans import LightSpansProvider
 
-    return TracerProvider(resource=resource, sampler=_linked_roots_sampled(sampler), id_generator=_primed_ids())
-
-
-def _primed_ids():
-    """The SDK's random ids, except that a thread can give the trace id of the spans it
-    begins (prime(trace_id), then prime(None)): a new trace is decided on an id drawn
-    first, and a sampled one's span must carry it."""
-    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-
-    class Primed(threading.local):
-        trace_id = None
-
-    class PrimedIds(RandomIdGenerator):
-        def __init__(self):
-            self._primed = Primed()
-
-        def prime(self, trace_id: int | None):
-            self._primed.trace_id = trace_id
-
-        def generate_trace_id(self) -> int:
-            trace_id = self._primed.trace_id
-            return super().generate_trace_id() if trace_id is None else trace_id
-
-    return PrimedIds()
+    return LightSpansProvider(resource=resource, sampler=_linked_roots_sampled(sampler))
 
 
 def hashed_once(resource):

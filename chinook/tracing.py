@@ -155,13 +155,12 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attrib
     """The span a request starts, or None when its trace is not sampled, and the context
     to run it in. A parent context that is not sampled decides at once, without asking the
     sampler or making a span. A new trace is decided here, on a trace id drawn from the
-    provider's ids: one not sampled runs under an _UnsampledRoot of that id, and only a
-    sampled one goes to the SDK, primed with the id, to begin its span (the SDK's
-    start_span and the non-recording span it made cost a trace not sampled twice what
-    deciding it here does). A sampled parent's span is begun by the SDK, whose sampler
-    follows the parent. `attributes`, a function called only for a sampled span, gives
-    the attributes it begins with: one check of them all, where setting them after took
-    one per call."""
+    provider's ids: one not sampled runs under an _UnsampledRoot of that id, and a sampled
+    one begins its span with that id, the sampler not asked again (the SDK's start_span and
+    the non-recording span it made cost a trace not sampled twice what deciding it here
+    does). A sampled parent's span is begun by the tracer, whose sampler follows the
+    parent. `attributes`, a function called only for a sampled span, gives the attributes
+    it begins with: one check of them all, where setting them after took one per call."""
     parent_span = trace.get_current_span(parent).get_span_context()
     if parent_span.is_valid:
         if not parent_span.trace_flags.sampled:
@@ -171,15 +170,13 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attrib
         ids = tracer.id_generator
         trace_id = ids.generate_trace_id()
         sampled = tracer.sampler.samples_new_trace(trace_id)
+        sampling = None
         if sampled is None:
-            sampled = tracer.sampler.should_sample(parent, trace_id, name, kind).decision.is_recording()
+            sampling = tracer.sampler.should_sample(parent, trace_id, name, kind)
+            sampled = sampling.decision.is_recording()
         if not sampled:
             return None, trace.set_span_in_context(_UnsampledRoot(trace_id, ids), parent)
-        ids.prime(trace_id)
-        try:
-            span = tracer.start_span(name, parent, kind, attributes() if attributes else None)
-        finally:
-            ids.prime(None)
+        span = tracer.start_new_trace(name, parent, kind, trace_id, attributes() if attributes else None, sampling)
     return (span if span.is_recording() else None), trace.set_span_in_context(span, parent)
 
 
