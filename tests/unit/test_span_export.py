@@ -1,5 +1,6 @@
 """chinook.span_export: its encoder makes the request the OpenTelemetry exporters' own
-encoder makes, for every kind of span, and its exporters send it."""
+encoder makes, byte for byte, for every kind of span (those it writes itself and those it
+leaves to protobuf's messages), and its exporters send it."""
 
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -14,7 +15,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from chinook.span_export import OtlpGrpcSpanExporter, OtlpHttpSpanExporter, encode_spans
+from chinook import span_export
+from chinook.light_spans import LightSpansProvider
+from chinook.span_export import OtlpGrpcSpanExporter, OtlpHttpSpanExporter, encode_spans, serialize_spans
 
 REMOTE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
                      trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "value"), ("other", "1")]))
@@ -57,6 +60,60 @@ def varied_spans() -> list[ReadableSpan]:
     span.end()
     tracer.start_span("flush", links=[Link(LOCAL)]).end()
     return [*first_spans.get_finished_spans(), *second_spans.get_finished_spans()]
+
+
+def plain_spans(provider_class) -> list:
+    """Spans the encoder writes itself: every plain kind of value, at the edges of its
+    encoding (empty, negative, the largest int64, long and non-ASCII strings), parents
+    remote, local and none, a trace state, every status, a span with no name, and
+    attributes past the limit."""
+    exporter = InMemorySpanExporter()
+    made = provider_class(resource=Resource({"service.name": "gateway", "pid": 7}, "https://schema/1"),
+                          span_limits=SpanLimits(max_span_attributes=12))
+    made.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = made.get_tracer("plain", "0.1")
+    remote_parent = trace.set_span_in_context(trace.NonRecordingSpan(REMOTE))
+    with tracer.start_as_current_span("GET /albums/<id>", remote_parent, SpanKind.SERVER) as root:
+        root.set_attributes({"s": "x", "s.empty": "", "s.long": "é" * 300, "b.true": True, "b.false": False,
+                             "i.zero": 0, "i.negative": -(1 << 63), "i.large": (1 << 63) - 1, "i.small": 127,
+                             "f": -0.5, "bytes": b"\x00\xff", "none": None})
+        root.set_attribute("beyond", 1)
+        root.set_status(Status(StatusCode.ERROR, "a description"))
+        with tracer.start_as_current_span("", kind=SpanKind.CLIENT) as child:
+            child.set_status(Status(StatusCode.OK))
+    tracer.start_span("root", context=trace.set_span_in_context(trace.INVALID_SPAN)).end()
+    return exporter.get_finished_spans()
+
+
+@pytest.mark.parametrize("provider_class", [TracerProvider, LightSpansProvider], ids=["sdk spans", "light spans"])
+def test_the_bytes_are_the_libraries_for_spans_written_here_and_spans_left_to_protobuf(provider_class):
+    for spans in (plain_spans(provider_class), varied_spans()):
+        assert serialize_spans(spans) == library_encode_spans(spans).SerializeToString(deterministic=True)
+    # What was compared holds what was meant to be.
+    root = ExportTraceServiceRequest.FromString(serialize_spans(plain_spans(provider_class))).resource_spans[0] \
+        .scope_spans[0].spans[-2]
+    assert root.dropped_attributes_count == 1 and root.status.message == "a description"
+    assert len(root.attributes) == 12 and root.parent_span_id and root.trace_state == "vendor=value,other=1"
+
+
+def test_string_attributes_are_kept_encoded_within_bounds_and_encode_alike_past_them():
+    exporter = InMemorySpanExporter()
+    made = LightSpansProvider(resource=Resource({}))
+    made.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = made.get_tracer("bounds")
+    for index in range(3 * span_export._MAX_VALUES_PER_KEY):
+        tracer.start_span("GET", attributes={"http.target": f"/albums/{index}", "http.method": "GET"}).end()
+    spans = exporter.get_finished_spans()
+    assert serialize_spans(spans) == library_encode_spans(spans).SerializeToString(deterministic=True)
+    assert len(span_export._string_attributes["http.target"]) == span_export._MAX_VALUES_PER_KEY
+    assert len(span_export._string_attributes) <= span_export._MAX_KEYS
+
+
+def test_the_bytes_comparison_can_fail():
+    spans = plain_spans(LightSpansProvider)
+    written = serialize_spans(spans)
+    spans[0].attributes["i.zero"] = 1
+    assert serialize_spans(spans) != written
 
 
 def test_the_request_is_the_libraries_for_every_kind_of_span():
