@@ -5,7 +5,6 @@ and nothing more."""
 from flask import has_request_context, request
 from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation import wsgi
-from opentelemetry.instrumentation.utils import http_status_to_status_code
 from opentelemetry.trace import Status, StatusCode
 
 from chinook import tracing
@@ -14,6 +13,7 @@ from .direct_rows import ROUTE_KEY
 
 # A request's context when it carries none: extract() would make this anew each time.
 NO_CONTEXT = context.Context()
+SERVER_ERROR = Status(StatusCode.ERROR)
 
 
 class RequestSpans:
@@ -81,14 +81,17 @@ def response_attributes(span, method: str, status: str, environ):
     is an error."""
     code = int(status[:3])
     attributes = {"http.status_code": code}
-    url_rule = request.url_rule if has_request_context() else None
-    rule = url_rule.rule if url_rule is not None else environ.get(ROUTE_KEY)
+    rule = environ.get(ROUTE_KEY)
+    if rule is None and has_request_context():
+        url_rule = request.url_rule
+        rule = url_rule.rule if url_rule is not None else None
     if rule is not None:
         attributes["http.route"] = rule
         span.update_name(f"{method} {rule}")
     span.set_attributes(attributes)
-    if http_status_to_status_code(code, server_span=True) is StatusCode.ERROR:
-        span.set_status(Status(StatusCode.ERROR))
+    # As the instrumentations' http_status_to_status_code has it for a server span.
+    if code < 100 or code >= 500:
+        span.set_status(SERVER_ERROR)
 
 
 def instrument(app):
