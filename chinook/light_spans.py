@@ -19,6 +19,7 @@ from time import time_ns
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes, _clean_attribute_value
 from opentelemetry.sdk.trace import Event, Tracer, TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Status, StatusCode
 
 log = logging.getLogger(__name__)
@@ -69,41 +70,43 @@ class LightTracer(trace.Tracer):
         parent = trace.get_current_span(context).get_span_context()
         if not self._sdk_tracer._is_enabled():
             return trace.NonRecordingSpan(parent)
-        ids = self.id_generator
         if parent.is_valid:
-            trace_id = parent.trace_id
-            random_id = parent.trace_flags.random_trace_id
+            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
         else:
             parent = None
-            trace_id = ids.generate_trace_id()
-            random_id = ids.is_trace_id_random()
+            trace_id, random_id = self.id_generator.generate_trace_id(), self.id_generator.is_trace_id_random()
         result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        if result.decision.is_sampled():
+        return self._begin(name, context, parent, kind, trace_id, random_id, result.decision, result.trace_state,
+                           result.attributes, links, start_time, record_exception, set_status_on_exception)
+
+    def start_new_trace(self, name, context, kind, trace_id: int, attributes=None, sampling=None):
+        """The span beginning a new trace of `trace_id`, which the caller decided to sample
+        (tracing.span_if_sampled): the sampler is not asked again. `sampling`, the
+        sampler's result where the caller asked it, gives its decision, attributes and
+        trace state."""
+        if not self._sdk_tracer._is_enabled():
+            return trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
+        decision, trace_state = Decision.RECORD_AND_SAMPLE, None
+        if sampling is not None:
+            decision, trace_state = sampling.decision, sampling.trace_state
+            attributes = {**(attributes or {}), **sampling.attributes}
+        return self._begin(name, context, None, kind, trace_id, self.id_generator.is_trace_id_random(), decision,
+                           trace_state, attributes, (), None, True, True)
+
+    def _begin(self, name, context, parent, kind, trace_id: int, random_id: bool, decision, trace_state, attributes,
+               links, start_time, record_exception, set_status_on_exception):
+        """The span of a decided trace: a LightSpan if the decision records it, a
+        non-recording span otherwise, with the flags the SDK gives it."""
+        if decision.is_sampled():
             flags = _SAMPLED_RANDOM if random_id else _SAMPLED
         else:
             flags = _DEFAULT_RANDOM if random_id else _DEFAULT
-        span_context = trace.SpanContext(trace_id, ids.generate_span_id(), is_remote=False, trace_flags=flags,
-                                         trace_state=result.trace_state)
-        if not result.decision.is_recording():
-            return trace.NonRecordingSpan(span_context)
-        span = LightSpan(self, name, span_context, parent, kind, result.attributes, links, record_exception,
-                         set_status_on_exception, start_time)
-        self.span_processor.on_start(span, parent_context=context)
-        return span
-
-    def start_new_trace(self, name, context, kind, trace_id: int, attributes=None, sampling=None):
-        """The span beginning a new trace of `trace_id`, one the caller found sampled
-        (tracing.span_if_sampled): the sampler is not asked again. `sampling`, the
-        sampler's result where it was asked, gives its attributes and trace state."""
-        trace_state = None
-        if sampling is not None:
-            trace_state = sampling.trace_state
-            if sampling.attributes:
-                attributes = {**(attributes or {}), **sampling.attributes}
-        flags = _SAMPLED_RANDOM if self.id_generator.is_trace_id_random() else _SAMPLED
         span_context = trace.SpanContext(trace_id, self.id_generator.generate_span_id(), is_remote=False,
                                          trace_flags=flags, trace_state=trace_state)
-        span = LightSpan(self, name, span_context, None, kind, attributes, (), True, True)
+        if not decision.is_recording():
+            return trace.NonRecordingSpan(span_context)
+        span = LightSpan(self, name, span_context, parent, kind, attributes, links, record_exception,
+                         set_status_on_exception, start_time)
         self.span_processor.on_start(span, parent_context=context)
         return span
 

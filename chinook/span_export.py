@@ -74,7 +74,7 @@ def serialize_spans(spans: Sequence) -> bytes:
         encoded = scopes.get(scope)
         if encoded is None:
             encoded = scopes[scope] = []
-        encoded.append(_SPANS + _length(span_bytes := _span_bytes(span)) + span_bytes)
+        encoded.append(_field(_SPANS, _span_bytes(span)))
     out = []
     for resource, scopes in scopes_by_resource.items():
         resource_spans = [_field(_RESOURCE, _resource_bytes(resource))]
@@ -107,11 +107,6 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
-
-
-def _length(payload: bytes) -> bytes:
-    size = len(payload)
-    return _SMALL[size] if size < 0x80 else _varint(size)
 
 
 def _field(key: bytes, payload: bytes) -> bytes:

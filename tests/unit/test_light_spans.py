@@ -13,10 +13,17 @@ from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from chinook import light_spans
+from chinook import light_spans, tracing
 from chinook.light_spans import LightSpan, LightSpansProvider
 from chinook.span_export import encode_spans
 
@@ -154,3 +161,30 @@ def test_a_disabled_provider_makes_no_spans(monkeypatch):
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     span = LightSpansProvider().get_tracer("x").start_span("GET")
     assert not span.is_recording()
+
+
+class RecordOnly(Sampler):
+    """A sampler of its own: records every span without sampling it, adding an attribute
+    and a trace state."""
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                      trace_state=None):
+        return SamplingResult(Decision.RECORD_ONLY, {**(attributes or {}), "sampler.attribute": 1},
+                              TraceState([("sampler", "yes")]))
+
+    def get_description(self):
+        return "RecordOnly"
+
+
+def test_a_new_trace_a_sampler_of_its_own_decides_begins_as_the_sdk_begins_it():
+    sdk_span = TracerProvider(sampler=RecordOnly()).get_tracer("x").start_span(
+        "GET", context.Context(), SpanKind.SERVER, {"http.method": "GET"})
+    tracer = tracing.new_provider(RecordOnly()).get_tracer("x")
+    light, _ = tracing.span_if_sampled(tracer, "GET", SpanKind.SERVER, context.Context(),
+                                       lambda: {"http.method": "GET"})
+    assert isinstance(light, LightSpan) and light.is_recording() and sdk_span.is_recording()
+    for span in (light, sdk_span):
+        span_context = span.get_span_context()
+        assert not span_context.trace_flags.sampled and span_context.trace_state == TraceState([("sampler", "yes")])
+    assert light.get_span_context().trace_flags == sdk_span.get_span_context().trace_flags
+    assert dict(light.attributes) == dict(sdk_span.attributes) == {"http.method": "GET", "sampler.attribute": 1}

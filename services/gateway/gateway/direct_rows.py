@@ -78,14 +78,13 @@ class DirectRows:
         started = time.perf_counter()
         match = _ROW_PATH.fullmatch(environ.get("PATH_INFO", ""))
         route = match and self.routes.get((match[1], method))
-        if route is None or int(match[2]) > INT_MAX or environ.get("QUERY_STRING") or environ.get("SCRIPT_NAME") \
-                or not self._allowed(environ, route[2]):
+        if route is None or (row_id := int(match[2])) > INT_MAX or environ.get("QUERY_STRING") \
+                or environ.get("SCRIPT_NAME") or not self._allowed(environ, route[2]):
             return self.wsgi_app(environ, start_response)
         token = self._token(environ)
         if token is None:
             return self.wsgi_app(environ, start_response)
         entity, rule, _ = route
-        row_id = int(match[2])
         if method == "GET":
             return self._read(environ, start_response, entity, rule, row_id, token, started)
         return self._update(environ, start_response, entity, rule, row_id, token, started)
@@ -122,10 +121,10 @@ class DirectRows:
         length = environ.get("CONTENT_LENGTH", "")
         if (media_type != JSON_MEDIA_TYPE and not media_type.startswith(JSON_MEDIA_TYPE + ";")) \
                 or "HTTP_TRANSFER_ENCODING" in environ or not environ.keys().isdisjoint(_BROWSER_KEYS) \
-                or not (length.isascii() and length.isdigit()) or not 0 < int(length) <= MAX_BODY_BYTES:
+                or not (length.isascii() and length.isdigit()) or not 0 < (size := int(length)) <= MAX_BODY_BYTES:
             return self.wsgi_app(environ, start_response)
-        data = environ["wsgi.input"].read(int(length))
-        fields_json = _fields_json(data) if len(data) == int(length) else None
+        data = environ["wsgi.input"].read(size)
+        fields_json = _fields_json(data) if len(data) == size else None
         if fields_json is None:
             # The app reads the body as it came, and says what is wrong with it.
             environ["wsgi.input"] = io.BytesIO(data)
