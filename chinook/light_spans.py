@@ -22,16 +22,20 @@ from opentelemetry.sdk.trace import Event, Tracer, TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Status, StatusCode
 
+from .tracing import local_span_context
+
 log = logging.getLogger(__name__)
 
 # Values kept as they are when no length limit applies; anything else goes through the
 # SDK's cleaner (sequences become tuples, other types strings or nothing).
 _PLAIN_TYPES = frozenset((str, bool, int, float, bytes, type(None)))
+_KEY_TYPES = frozenset((str,))
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
 _SAMPLED_RANDOM = trace.TraceFlags(trace.TraceFlags.SAMPLED | trace.TraceFlags.RANDOM_TRACE_ID)
 _DEFAULT = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 _DEFAULT_RANDOM = trace.TraceFlags(trace.TraceFlags.RANDOM_TRACE_ID)
+_DROP, _RECORD_AND_SAMPLE = Decision.DROP, Decision.RECORD_AND_SAMPLE
 
 
 class LightSpansProvider(TracerProvider):
@@ -97,13 +101,12 @@ class LightTracer(trace.Tracer):
                links, start_time, record_exception, set_status_on_exception):
         """The span of a decided trace: a LightSpan if the decision records it, a
         non-recording span otherwise, with the flags the SDK gives it."""
-        if decision.is_sampled():
+        if decision is _RECORD_AND_SAMPLE:
             flags = _SAMPLED_RANDOM if random_id else _SAMPLED
         else:
             flags = _DEFAULT_RANDOM if random_id else _DEFAULT
-        span_context = trace.SpanContext(trace_id, self.id_generator.generate_span_id(), is_remote=False,
-                                         trace_flags=flags, trace_state=trace_state)
-        if not decision.is_recording():
+        span_context = local_span_context(trace_id, self.id_generator.generate_span_id(), flags, trace_state)
+        if decision is _DROP:
             return trace.NonRecordingSpan(span_context)
         span = LightSpan(self, name, span_context, parent, kind, attributes, links, record_exception,
                          set_status_on_exception, start_time)
@@ -147,7 +150,8 @@ class LightSpan(trace.Span):
         self._set_status_on_exception = set_status_on_exception
         self.status = _UNSET
         self.attributes = {}
-        self.events = []
+        # Most spans get neither events nor links: a list is made for the first one.
+        self.events = ()
         self.dropped_attributes = self.dropped_events = self.dropped_links = 0
         self.links = self._valid_links(links)
         self.end_time = None
@@ -155,9 +159,9 @@ class LightSpan(trace.Span):
             self._set(attributes)
         self.start_time = start_time if start_time is not None else time_ns()
 
-    def _valid_links(self, links) -> list:
+    def _valid_links(self, links) -> list | tuple:
         if not links:
-            return []
+            return ()
         limits = self._limits
         kept = []
         for link in links:
@@ -178,6 +182,13 @@ class LightSpan(trace.Span):
         most = limits.max_span_attributes
         max_length = limits.max_span_attribute_length
         kept = self.attributes
+        # Most calls: new keys, all strings, plain values, no length limit and room for all,
+        # so the loop below would keep each as it is.
+        if (max_length is None and _KEY_TYPES.issuperset(map(type, attributes)) and "" not in attributes
+                and _PLAIN_TYPES.issuperset(map(type, attributes.values())) and kept.keys().isdisjoint(attributes)
+                and (most is None or len(kept) + len(attributes) <= most)):
+            kept.update(attributes)
+            return
         for key, value in attributes.items():
             if not key or type(key) is not str:
                 log.warning("invalid key `%s`. must be non-empty string. Dropping key from attributes.", key)
@@ -223,6 +234,8 @@ class LightSpan(trace.Span):
         if self._ended("add_event"):
             return
         limits = self._limits
+        if not self.events:
+            self.events = []
         if limits.max_events is not None and len(self.events) >= limits.max_events:
             # As the SDK's bounded list: the oldest event makes way.
             del self.events[0]
@@ -235,6 +248,8 @@ class LightSpan(trace.Span):
         if self._ended("add_link"):
             return
         for link in self._valid_links([trace.Link(context, attributes)]):
+            if not self.links:
+                self.links = []
             if self._limits.max_links is not None and len(self.links) >= self._limits.max_links:
                 del self.links[0]
                 self.dropped_links += 1

@@ -26,12 +26,10 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 log = logging.getLogger(__name__)
 
-# OTLP's span kinds are the SDK's plus one: OTLP keeps 0 for "unspecified".
-_KINDS = {kind: kind.value + 1 for kind in SpanKind}
 _HAS_IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 
@@ -46,13 +44,16 @@ _TRACE_ID, _SPAN_ID, _TRACE_STATE, _PARENT_SPAN_ID = b"\x0a\x10", b"\x12\x08", b
 _NAME, _KIND, _START, _END = b"\x2a", b"\x30", b"\x39", b"\x41"
 _ATTRIBUTE, _DROPPED_ATTRIBUTES, _DROPPED_EVENTS, _DROPPED_LINKS = b"\x4a", b"\x50", b"\x60", b"\x70"
 _STATUS, _FLAGS = b"\x7a", b"\x85\x01"
+# A span kind's field: OTLP's kinds are the SDK's plus one (OTLP keeps 0 for "unspecified").
+_KIND_FIELDS = {kind: _KIND + bytes((kind.value + 1,)) for kind in SpanKind}
 # Status: message, code. KeyValue: key, value. AnyValue: string, bool, int, double, bytes.
 _STATUS_MESSAGE, _STATUS_CODE = b"\x12", b"\x18"
 _KEY, _VALUE = b"\x0a", b"\x12"
 _STRING, _BOOL, _INT, _DOUBLE, _BYTES = b"\x0a", b"\x10", b"\x18", b"\x21", b"\x3a"
 _FALSE, _TRUE = b"\x10\x00", b"\x10\x01"
-# A status with no description, by its code (unset, ok, error).
-_STATUSES = [b"\x7a\x00", b"\x7a\x02\x18\x01", b"\x7a\x02\x18\x02"]
+# A status with no description, by its code.
+_STATUS_FIELDS = {StatusCode.UNSET: b"\x7a\x00", StatusCode.OK: b"\x7a\x02\x18\x01",
+                  StatusCode.ERROR: b"\x7a\x02\x18\x02"}
 _NO_VALUE = b""
 _FIXED64 = struct.Struct("<Q").pack
 _DOUBLE_BYTES = struct.Struct("<d").pack
@@ -117,12 +118,15 @@ def _field(key: bytes, payload: bytes) -> bytes:
 
 _resources: dict = {}
 _scopes: dict = {}
-# Encoded attributes (whole KeyValue fields) with string values, by key and value, for the
-# first keys seen and each one's first values: a process' spans use a few dozen keys, most
-# with a few values (a method, a route, a service), which are then not encoded again.
-_string_attributes: dict = {}
+# Encoded attributes (whole KeyValue fields) with string or integer values, by key and
+# value, for the first keys seen and each one's first values: a process' spans use a few
+# dozen keys, most with a few values (a method, a route, a status code), which are then not
+# encoded again. Booleans and floats are left out: True, 1 and 1.0 are one key of a dict.
+_cached_attributes: dict = {}
 _MAX_KEYS = 1024
 _MAX_VALUES_PER_KEY = 64
+# A key's field, for the values not kept above.
+_key_fields: dict = {}
 
 
 def _resource_bytes(resource) -> bytes:
@@ -151,16 +155,28 @@ def _scope_bytes(scope) -> bytes:
 
 def _attribute(key: str, value: bytes) -> bytes:
     """A span's attribute field: a KeyValue of the key and an encoded AnyValue."""
-    return _field(_ATTRIBUTE, _field(_KEY, key.encode()) + _field(_VALUE, value))
+    key_field = _key_fields.get(key)
+    if key_field is None:
+        key_field = _field(_KEY, key.encode())
+        if len(_key_fields) < _MAX_KEYS:
+            _key_fields[key] = key_field
+    return _field(_ATTRIBUTE, key_field + _field(_VALUE, value))
 
 
-def _string_attribute(key: str, value: str) -> bytes:
-    by_value = _string_attributes.get(key)
-    if by_value is None and len(_string_attributes) < _MAX_KEYS:
-        by_value = _string_attributes[key] = {}
+def _cached_attribute(key: str, value) -> bytes | None:
+    """A string or integer attribute's field, from _cached_attributes or encoded (and kept
+    there, within its bounds); None for an integer protobuf cannot hold."""
+    by_value = _cached_attributes.get(key)
+    if by_value is None and len(_cached_attributes) < _MAX_KEYS:
+        by_value = _cached_attributes[key] = {}
     encoded = by_value.get(value) if by_value is not None else None
     if encoded is None:
-        encoded = _attribute(key, _field(_STRING, value.encode()))
+        if type(value) is str:
+            encoded = _attribute(key, _field(_STRING, value.encode()))
+        elif _INT64_MIN <= value < _INT64_END:
+            encoded = _attribute(key, _INT + _varint(value & _UINT64))
+        else:
+            return None
         if by_value is not None and len(by_value) < _MAX_VALUES_PER_KEY:
             by_value[value] = encoded
     return encoded
@@ -171,11 +187,11 @@ def _span_bytes(span) -> bytes:
     links, through protobuf's messages otherwise."""
     if span.events or span.links:
         return _span_message(span)
-    context = span.context
-    out = [_TRACE_ID, context.trace_id.to_bytes(16, "big"), _SPAN_ID, context.span_id.to_bytes(8, "big")]
-    if context.trace_state:
-        out.append(_field(_TRACE_STATE, ",".join(f"{key}={value}" for key, value in context.trace_state.items())
-                          .encode()))
+    # A SpanContext is a tuple: unpacked at once rather than through a property each.
+    trace_id, span_id, _, _, trace_state, _ = span.context
+    out = [_TRACE_ID, trace_id.to_bytes(16, "big"), _SPAN_ID, span_id.to_bytes(8, "big")]
+    if trace_state:
+        out.append(_field(_TRACE_STATE, ",".join(f"{key}={value}" for key, value in trace_state.items()).encode()))
     parent = span.parent
     flags = _HAS_IS_REMOTE
     if parent is not None:
@@ -184,19 +200,18 @@ def _span_bytes(span) -> bytes:
             flags |= _IS_REMOTE
     if span.name:
         out.append(_field(_NAME, span.name.encode()))
-    out += (_KIND, _SMALL[_KINDS[span.kind]])
+    out.append(_KIND_FIELDS[span.kind])
     if span.start_time:
         out += (_START, _FIXED64(span.start_time))
     if span.end_time:
         out += (_END, _FIXED64(span.end_time))
     for key, value in span.attributes.items():
-        if type(value) is str:
-            out.append(_string_attribute(key, value))
-            continue
-        encoded = _plain_value(value)
+        kind = type(value)
+        encoded = (_cached_attribute(key, value) if kind is str or kind is int else
+                   _attribute(key, plain) if (plain := _plain_value(value)) is not None else None)
         if encoded is None:
             return _span_message(span)
-        out.append(_attribute(key, encoded))
+        out.append(encoded)
     if span.dropped_attributes:
         out += (_DROPPED_ATTRIBUTES, _varint(span.dropped_attributes))
     if span.dropped_events:
@@ -204,12 +219,13 @@ def _span_bytes(span) -> bytes:
     if span.dropped_links:
         out += (_DROPPED_LINKS, _varint(span.dropped_links))
     status = span.status
-    code = status.status_code.value
+    code = status.status_code
     if status.description:
+        value = code.value
         out.append(_field(_STATUS, _field(_STATUS_MESSAGE, status.description.encode())
-                          + (_STATUS_CODE + _SMALL[code] if code else b"")))
+                          + (_STATUS_CODE + _SMALL[value] if value else b"")))
     else:
-        out.append(_STATUSES[code])
+        out.append(_STATUS_FIELDS[code])
     out += (_FLAGS, _FIXED32(flags))
     return b"".join(out)
 
@@ -253,7 +269,7 @@ def _fill_span(out, span):
             flags |= _IS_REMOTE
     out.flags = flags
     out.name = span.name
-    out.kind = _KINDS[span.kind]
+    out.kind = span.kind.value + 1
     out.start_time_unix_nano = span.start_time
     out.end_time_unix_nano = span.end_time
     _fill_attributes(out.attributes, span.attributes)

@@ -96,17 +96,23 @@ def test_the_bytes_are_the_libraries_for_spans_written_here_and_spans_left_to_pr
     assert len(root.attributes) == 12 and root.parent_span_id and root.trace_state == "vendor=value,other=1"
 
 
-def test_string_attributes_are_kept_encoded_within_bounds_and_encode_alike_past_them():
+def test_string_and_integer_attributes_are_kept_encoded_within_bounds_and_encode_alike_past_them():
     exporter = InMemorySpanExporter()
     made = LightSpansProvider(resource=Resource({}))
     made.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = made.get_tracer("bounds")
     for index in range(3 * span_export._MAX_VALUES_PER_KEY):
-        tracer.start_span("GET", attributes={"http.target": f"/albums/{index}", "http.method": "GET"}).end()
+        tracer.start_span("GET", attributes={"http.target": f"/albums/{index}", "http.method": "GET",
+                                             "http.status_code": 200 + index}).end()
+    # A key kept with an integer value, then given values equal to it as keys of a dict
+    # (True == 1 == 1.0): each encoded as itself.
+    for value in (1, True, 1.0, 1):
+        tracer.start_span("typed", attributes={"a.value": value}).end()
     spans = exporter.get_finished_spans()
     assert serialize_spans(spans) == library_encode_spans(spans).SerializeToString(deterministic=True)
-    assert len(span_export._string_attributes["http.target"]) == span_export._MAX_VALUES_PER_KEY
-    assert len(span_export._string_attributes) <= span_export._MAX_KEYS
+    for key in ("http.target", "http.status_code"):
+        assert len(span_export._cached_attributes[key]) == span_export._MAX_VALUES_PER_KEY
+    assert len(span_export._cached_attributes) <= span_export._MAX_KEYS
 
 
 def test_the_bytes_comparison_can_fail():

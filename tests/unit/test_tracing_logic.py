@@ -57,6 +57,23 @@ def test_an_unknown_protocol_is_refused_by_name():
         tracing.protocol({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
 
 
+@pytest.mark.parametrize("trace_id, span_id, flags, trace_state", [
+    (TRACE_ID, SPAN_ID, trace.TraceFlags(trace.TraceFlags.SAMPLED | trace.TraceFlags.RANDOM_TRACE_ID), None),
+    (TRACE_ID, SPAN_ID, trace.TraceFlags(trace.TraceFlags.DEFAULT), trace.TraceState([("vendor", "value")])),
+    # Ids out of range, which no id generator of the SDK gives: invalid, as the SDK has it.
+    (0, SPAN_ID, trace.TraceFlags(1), None),
+    (TRACE_ID, 0, trace.TraceFlags(1), None),
+    (1 << 128, SPAN_ID, trace.TraceFlags(1), None),
+    (TRACE_ID, 1 << 64, trace.TraceFlags(1), None),
+])
+def test_a_local_span_context_is_the_one_the_sdk_makes(trace_id, span_id, flags, trace_state):
+    made = tracing.local_span_context(trace_id, span_id, flags, trace_state)
+    expected = trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=trace_state)
+    assert type(made) is trace.SpanContext and made == expected
+    assert (made.trace_id, made.span_id, made.is_remote, made.trace_flags, made.trace_state, made.is_valid) == \
+        (expected.trace_id, expected.span_id, False, flags, expected.trace_state, expected.is_valid)
+
+
 def test_only_sampled_valid_span_contexts_are_kept_as_links():
     link = tracing.link_of(span_context())
     assert link == "0af7651916cd43dd8448eb211c80319cb7ad6b7169203331"
