@@ -78,12 +78,14 @@ class Settings:
     # falls further behind, or hears nothing (not even a heartbeat) for longer, is reset
     # and clears its near cache.
     near_cache_max_lag_ms: int = 1000
-    # How long a single update, or a read that missed the near cache, waits in the gateway
+    # How long a single update, and a read that missed the near cache, waits in the gateway
     # for others to share its RPC, only while others are in progress; 0 sends each at once
-    # (still gathering the ones that arrive while an RPC is in flight). 3 ms rather than 1
-    # took a quarter less of cache-svc's CPU per update under 16 clients, at the same or
-    # better latency (bench/README.md).
+    # (still gathering the ones that arrive while an RPC is in flight). For updates 3 ms
+    # rather than 1 took a quarter less of cache-svc's CPU per update under 16 clients at
+    # the same or better latency; for reads, whose call costs less, it cost latency and
+    # throughput (bench/README.md).
     gateway_batch_linger_ms: float = 3.0
+    gateway_read_batch_linger_ms: float = 1.0
     # Bearer tokens of the HTTP API: "role:token" pairs, comma-separated (development and
     # tests), and a file of "role sha256-hex-of-token [name]" lines (deployments).
     api_tokens: str = ""

@@ -44,9 +44,8 @@ def create_app(settings: Settings, cache_client: CacheClient | None = None) -> F
     app.extensions["token_max_age_s"] = consistency.cookie_max_age_s(settings.near_cache_max_lag_ms)
     if settings.gateway_near_cache_rows:
         ChangeWatcher(client.watch_changes, near, settings.near_cache_max_lag_ms / 1000).start()
-    linger_s = settings.gateway_batch_linger_ms / 1000
-    app.extensions["update_batcher"] = CallBatcher(client.update_rows, linger_s)
-    app.extensions["read_batcher"] = CallBatcher(client.get_rows, linger_s)
+    app.extensions["update_batcher"] = CallBatcher(client.update_rows, settings.gateway_batch_linger_ms / 1000)
+    app.extensions["read_batcher"] = CallBatcher(client.get_rows, settings.gateway_read_batch_linger_ms / 1000)
     access = app.extensions["access"] = Access.from_settings(settings)
     app.extensions["allowed_hosts"] = AllowedHosts.from_settings(settings, access.anonymous_role)
     app.extensions["limited_log"] = RateLimitedLog(log, REFUSAL_LOG_WINDOW_S)
