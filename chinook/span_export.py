@@ -44,8 +44,9 @@ _TRACE_ID, _SPAN_ID, _TRACE_STATE, _PARENT_SPAN_ID = b"\x0a\x10", b"\x12\x08", b
 _NAME, _KIND, _START, _END = b"\x2a", b"\x30", b"\x39", b"\x41"
 _ATTRIBUTE, _DROPPED_ATTRIBUTES, _DROPPED_EVENTS, _DROPPED_LINKS = b"\x4a", b"\x50", b"\x60", b"\x70"
 _STATUS, _FLAGS = b"\x7a", b"\x85\x01"
-# A span kind's field: OTLP's kinds are the SDK's plus one (OTLP keeps 0 for "unspecified").
-_KIND_FIELDS = {kind: _KIND + bytes((kind.value + 1,)) for kind in SpanKind}
+# OTLP's span kinds are the SDK's plus one (OTLP keeps 0 for "unspecified"), and each one's field.
+_KINDS = {kind: kind.value + 1 for kind in SpanKind}
+_KIND_FIELDS = {kind: _KIND + bytes((number,)) for kind, number in _KINDS.items()}
 # Status: message, code. KeyValue: key, value. AnyValue: string, bool, int, double, bytes.
 _STATUS_MESSAGE, _STATUS_CODE = b"\x12", b"\x18"
 _KEY, _VALUE = b"\x0a", b"\x12"
@@ -171,12 +172,10 @@ def _cached_attribute(key: str, value) -> bytes | None:
         by_value = _cached_attributes[key] = {}
     encoded = by_value.get(value) if by_value is not None else None
     if encoded is None:
-        if type(value) is str:
-            encoded = _attribute(key, _field(_STRING, value.encode()))
-        elif _INT64_MIN <= value < _INT64_END:
-            encoded = _attribute(key, _INT + _varint(value & _UINT64))
-        else:
+        any_value = _field(_STRING, value.encode()) if type(value) is str else _plain_value(value)
+        if any_value is None:
             return None
+        encoded = _attribute(key, any_value)
         if by_value is not None and len(by_value) < _MAX_VALUES_PER_KEY:
             by_value[value] = encoded
     return encoded
@@ -207,8 +206,11 @@ def _span_bytes(span) -> bytes:
         out += (_END, _FIXED64(span.end_time))
     for key, value in span.attributes.items():
         kind = type(value)
-        encoded = (_cached_attribute(key, value) if kind is str or kind is int else
-                   _attribute(key, plain) if (plain := _plain_value(value)) is not None else None)
+        if kind is str or kind is int:
+            encoded = _cached_attribute(key, value)
+        else:
+            any_value = _plain_value(value)
+            encoded = None if any_value is None else _attribute(key, any_value)
         if encoded is None:
             return _span_message(span)
         out.append(encoded)
@@ -269,7 +271,7 @@ def _fill_span(out, span):
             flags |= _IS_REMOTE
     out.flags = flags
     out.name = span.name
-    out.kind = span.kind.value + 1
+    out.kind = _KINDS[span.kind]
     out.start_time_unix_nano = span.start_time
     out.end_time_unix_nano = span.end_time
     _fill_attributes(out.attributes, span.attributes)

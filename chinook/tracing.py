@@ -26,7 +26,6 @@ import sys
 
 import grpc
 from opentelemetry import context, propagate, trace
-from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import _SPAN_ID_MAX_VALUE, _TRACE_ID_MAX_VALUE
 
 from .trace_provider import hashed_once, new_provider
@@ -177,14 +176,9 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attrib
             sampling = tracer.sampler.should_sample(parent, trace_id, name, kind)
             sampled = sampling.decision.is_recording()
         if not sampled:
-            return None, _in_context(_UnsampledRoot(trace_id, ids), parent)
+            return None, trace.set_span_in_context(_UnsampledRoot(trace_id, ids), parent)
         span = tracer.start_new_trace(name, parent, kind, trace_id, attributes() if attributes else None, sampling)
-    return (span if span.is_recording() else None), _in_context(span, parent)
-
-
-def _in_context(span, parent) -> context.Context:
-    """trace.set_span_in_context(span, parent), in one step rather than three."""
-    return context.Context({**(context.get_current() if parent is None else parent), _SPAN_KEY: span})
+    return (span if span.is_recording() else None), trace.set_span_in_context(span, parent)
 
 
 def local_span_context(trace_id: int, span_id: int, flags, trace_state=None) -> trace.SpanContext:
